@@ -3,6 +3,18 @@ for differential expression in multi-subject single-cell RNA-seq."""
 
 from __future__ import annotations
 
+from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit
+from pyflashmm.sumstats import SummaryStats, summary_stats
+
 __version__ = "0.1.0"
 
-__all__: list[str] = ["__version__"]
+__all__ = [
+    "STATUS_NAMES",
+    "ConvergenceWarning",
+    "LmmFit",
+    "SummaryStats",
+    "__version__",
+    "lmm",
+    "lmmfit",
+    "summary_stats",
+]

@@ -1,0 +1,431 @@
+"""Linear mixed models fitted per gene from summary statistics (the FLASHMM method).
+
+Model, for each gene (Y's column) y ∈ ℝⁿ:
+
+    y = Xβ + Σₖ Zₖbₖ + ε,   bₖ ~ N(0, σₖ² I_{qₖ}),   ε ~ N(0, σ² Iₙ),
+
+K random-effect blocks of sizes d = (q₁, …, q_K), Z = [Z₁ … Z_K] (n × q). The variance components
+θ = (σ₁², …, σ_K², σ²) — residual variance last, FLASHMM's order — are estimated by REML or ML with
+Fisher scoring on the summary statistics XᵀX, XᵀY, ZᵀX, ZᵀY, ZᵀZ, Σy², n (see
+:mod:`pyflashmm.sumstats`), so the cost does not grow with the number of cells. The maths of the
+score, the expected information and the likelihood is in :mod:`pyflashmm._kernels.lmm`.
+
+Given θ̂, β̂ = (XᵀV⁻¹X)⁻¹XᵀV⁻¹y and Cov(β̂) = (XᵀV⁻¹X)⁻¹ with V = σ²(I + Z D Zᵀ), D = diag(σₖ²/σ²).
+Tests use t = β̂/se with df = n − p (FLASHMM's choice). ``loglik`` is the log-likelihood (ML) or
+the REML criterion on lme4's scale, −½[(n−p) log 2π + log|V| + log|XᵀV⁻¹X| + (y−Xβ̂)ᵀV⁻¹(y−Xβ̂)],
+which equals ``lme4::logLik`` and statsmodels' ``llf`` (FLASHMM's REML value adds ½ log|XᵀX|).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+from scipy import stats as sps
+
+from pyflashmm import _checks
+from pyflashmm._kernels import lmm as _k
+from pyflashmm.sumstats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
+
+#: names of the per-gene status codes returned by the kernels, indexed by code
+STATUS_NAMES = (
+    "ok",
+    "boundary",
+    "max_iter",
+    "zero_variance",
+    "not_positive_definite",
+    "line_search_failed",
+    "singular_information",
+)
+#: statuses whose estimates are NaN (no usable fit)
+_FAILED = (_k.ZERO_VARIANCE, _k.NOT_POSITIVE_DEFINITE, _k.SINGULAR_INFORMATION)
+_METHODS = ("REML", "ML")
+_ENGINES = ("auto", "eigen", "dense")
+
+
+class ConvergenceWarning(UserWarning):
+    """Some genes did not converge or could not be fitted (see ``LmmFit.status``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class LmmFit:
+    """Per-gene LMM fits; every array is gene-major (first axis = genes).
+
+    Attributes
+    ----------
+    coef, se, t, p_value : ndarray, G × p
+        β̂, its standard errors √diag Cov(β̂), t = β̂/se and two-sided p-values on ``df``.
+    df : float
+        Degrees of freedom of the t tests, n − p.
+    cov : ndarray or None, G × p × p
+        Cov(β̂) = σ̂²C⁻¹ with C = σ²XᵀV⁻¹X (None with ``output_cov=False``).
+    theta : ndarray, G × (K+1)
+        Variance components (σ₁², …, σ_K², σ²), residual last.
+    se_theta : ndarray, G × (K+1)
+        √diag of the inverse expected information of θ.
+    fim_theta : ndarray, G × (K+1) × (K+1)
+        Expected (Fisher) information of θ at θ̂.
+    dlogL : ndarray, G × (K+1)
+        Score ∂ℓ/∂θ at θ̂ (≈ 0 when converged).
+    loglik : ndarray, G
+        ML log-likelihood or REML criterion on lme4's scale.
+    niter : ndarray of int, G
+        Fisher-scoring iterations.
+    converged : ndarray of bool, G
+        max |dlogL| < tol (components held at 0 by ``nonneg`` excepted).
+    status : ndarray of str, G
+        One of :data:`STATUS_NAMES`.
+    method : str
+        "REML" or "ML".
+    n, d : int, ndarray
+        Number of cells and random-effect block sizes.
+    fixed_names, theta_names, gene_names : list of str
+        Names of the coefficients, of the variance components (last ``"residual"``), of genes.
+    """
+
+    coef: np.ndarray
+    se: np.ndarray
+    t: np.ndarray
+    p_value: np.ndarray
+    df: float
+    cov: np.ndarray | None
+    theta: np.ndarray
+    se_theta: np.ndarray
+    fim_theta: np.ndarray
+    dlogL: np.ndarray
+    loglik: np.ndarray
+    niter: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    method: str
+    n: int
+    d: np.ndarray
+    fixed_names: list[str]
+    theta_names: list[str]
+    gene_names: list[str]
+
+    @property
+    def n_genes(self) -> int:
+        return self.coef.shape[0]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table, one row per (gene, coefficient).
+
+        Columns: ``variable`` (gene), ``term``, ``estimate``, ``se``, ``stat`` (t), ``df``,
+        ``p_value``, ``converged``, ``status``.
+        """
+        G, p = self.coef.shape
+        return pd.DataFrame(
+            {
+                "variable": np.repeat(np.asarray(self.gene_names, dtype=object), p),
+                "term": np.tile(np.asarray(self.fixed_names, dtype=object), G),
+                "estimate": self.coef.ravel(),
+                "se": self.se.ravel(),
+                "stat": self.t.ravel(),
+                "df": np.full(G * p, self.df),
+                "p_value": self.p_value.ravel(),
+                "converged": np.repeat(self.converged, p),
+                "status": np.repeat(self.status, p),
+            }
+        )
+
+    def theta_frame(self) -> pd.DataFrame:
+        """Variance components per gene: columns ``<name>``, ``se_<name>``, ``loglik``, status."""
+        out = pd.DataFrame(self.theta, columns=self.theta_names, index=self.gene_names)
+        for j, name in enumerate(self.theta_names):
+            out[f"se_{name}"] = self.se_theta[:, j]
+        out["loglik"] = self.loglik
+        out["niter"] = self.niter
+        out["converged"] = self.converged
+        out["status"] = self.status
+        return out
+
+
+def _stats_from_args(stats, XY, ZX, ZY, ZZ, Ynorm, n, d) -> SummaryStats:
+    positional = (XY, ZX, ZY, ZZ, Ynorm, n)
+    if isinstance(stats, SummaryStats):
+        if any(a is not None for a in positional) or d is not None:
+            raise TypeError("pass either a SummaryStats or the arrays XX, XY, ZX, ZY, ZZ, Ynorm, n")
+        return stats
+    if any(a is None for a in positional):
+        raise TypeError(
+            "lmm needs a SummaryStats, or FLASHMM-style XX, XY, ZX, ZY, ZZ, Ynorm, n (and d)"
+        )
+    arrays = {}
+    for name, value in zip(("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"), (stats, XY, ZX, ZY, ZZ, Ynorm)):
+        arr = np.asarray(value)
+        _checks.check_numeric_dtype(name, arr.dtype)
+        arrays[name] = np.asarray(arr, dtype=np.float64)
+    XYa = arrays["XY"]
+    if XYa.ndim == 1:
+        arrays["XY"] = XYa[:, None]
+    if arrays["ZY"].ndim == 1:
+        arrays["ZY"] = arrays["ZY"][:, None]
+    arrays["Ynorm"] = np.atleast_1d(arrays["Ynorm"])
+    if not np.isscalar(n) and np.ndim(n) != 0:
+        raise TypeError(f"n must be a scalar number of cells; got {type(n).__name__}")
+    if float(n) != int(n) or int(n) <= 0:
+        raise ValueError(f"n must be a positive integer number of cells; got {n!r}")
+    ZZa = arrays["ZZ"]
+    q = ZZa.shape[0] if ZZa.ndim == 2 else -1
+    return SummaryStats(
+        XX=arrays["XX"],
+        XY=arrays["XY"],
+        ZX=arrays["ZX"],
+        ZY=arrays["ZY"],
+        ZZ=ZZa,
+        Ynorm=arrays["Ynorm"],
+        n=int(n),
+        d=_checks.check_block_sizes(d, q) if q > 0 else np.asarray(d),
+        fixed_names=_checks.default_names("x", arrays["XX"].shape[0]),
+        random_names=_checks.default_names("z", max(q, 0)),
+        gene_names=_checks.default_names("gene", arrays["XY"].shape[1]),
+    )
+
+
+def _validate_stats(s: SummaryStats) -> None:
+    if s.XX.ndim != 2 or s.XX.shape[0] != s.XX.shape[1]:
+        raise ValueError(f"XX must be a square p×p matrix; got shape {s.XX.shape}")
+    p = s.XX.shape[0]
+    if s.ZZ.ndim != 2 or s.ZZ.shape[0] != s.ZZ.shape[1]:
+        raise ValueError(f"ZZ must be a square q×q matrix; got shape {s.ZZ.shape}")
+    q = s.ZZ.shape[0]
+    G = s.XY.shape[1] if s.XY.ndim == 2 else -1
+    expected = {"XY": (p, G), "ZX": (q, p), "ZY": (q, G), "Ynorm": (G,)}
+    for name, shape in expected.items():
+        if getattr(s, name).shape != shape:
+            raise ValueError(f"{name} has shape {getattr(s, name).shape}; expected {shape}")
+    for name in ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"):
+        _checks.check_finite(name, getattr(s, name))
+    _checks.check_block_sizes(s.d, q)
+    if s.n <= p:
+        raise ValueError(f"n = {s.n} cells must exceed p = {p} fixed effects")
+    if np.any(s.Ynorm < 0):
+        raise ValueError(f"Ynorm must be ≥ 0 (a sum of squares); gene {int(np.argmin(s.Ynorm))}")
+    if not np.allclose(s.XX, s.XX.T, rtol=1e-10, atol=0) or not np.allclose(s.ZZ, s.ZZ.T):
+        raise ValueError("XX and ZZ must be symmetric")
+    _checks.check_full_rank(s.XX, s.fixed_names)
+
+
+def _theta_start(theta0, yRy, n, p, K1) -> np.ndarray:
+    G = yRy.shape[0]
+    if theta0 is None:
+        start = np.zeros((G, K1))
+        start[:, -1] = yRy / (n - p)
+        return start
+    arr = np.asarray(theta0, dtype=np.float64)
+    if arr.shape == (K1,):
+        arr = np.broadcast_to(arr, (G, K1))
+    if arr.shape != (G, K1):
+        raise ValueError(f"theta0 must have shape ({K1},) or ({G}, {K1}); got {arr.shape}")
+    _checks.check_finite("theta0", arr)
+    if np.any(arr[:, -1] <= 0):
+        raise ValueError("theta0: the residual variance (last entry) must be > 0")
+    return np.ascontiguousarray(arr)
+
+
+def _psd_sqrt(A: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(A)
+    return np.ascontiguousarray((vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T)
+
+
+def _inverse_information(info: np.ndarray) -> np.ndarray:
+    out = np.full_like(info, np.nan)
+    good = np.isfinite(info).all(axis=(1, 2))
+    for g in np.flatnonzero(good):
+        try:
+            out[g] = np.linalg.inv(info[g])
+        except np.linalg.LinAlgError:
+            out[g] = np.linalg.pinv(info[g])
+    return out
+
+
+def lmm(
+    stats,
+    XY=None,
+    ZX=None,
+    ZY=None,
+    ZZ=None,
+    Ynorm=None,
+    n=None,
+    d=None,
+    *,
+    method: str = "REML",
+    max_iter: int = 50,
+    tol: float = 1e-5,
+    theta0=None,
+    nonneg: bool = False,
+    output_cov: bool = True,
+    engine: str = "auto",
+    warn: bool = True,
+) -> LmmFit:
+    """Fit the LMM of every gene from summary statistics by REML or ML (Fisher scoring).
+
+    Parameters
+    ----------
+    stats : SummaryStats or ndarray
+        The statistics; or, FLASHMM-style, ``XX`` followed positionally by
+        ``XY, ZX, ZY, ZZ, Ynorm, n, d`` (shapes as in :class:`SummaryStats`).
+    method : {"REML", "ML"}
+    max_iter : int
+        Maximum Fisher-scoring iterations per gene.
+    tol : float
+        Convergence when max |∂ℓ/∂θ| < tol (FLASHMM's ``epsilon``).
+    theta0 : array-like, optional
+        Start (K+1,) for every gene or (G, K+1); default (0, …, 0, yᵀRy/(n−p)) as FLASHMM.
+    nonneg : bool
+        Constrain σₖ² ≥ 0 (lme4's semantics). Default False: variance components may be
+        negative as long as V stays positive definite (FLASHMM's semantics).
+    output_cov : bool
+        Keep the G × p × p covariance matrices of β̂.
+    engine : {"auto", "eigen", "dense"}
+        "eigen" is the O(q)-per-iteration path for one random-effect block (K = 1); "dense" the
+        general O(q³) path; "auto" picks "eigen" when K = 1.
+    warn : bool
+        Emit one :class:`ConvergenceWarning` summarising genes that did not converge.
+
+    Returns
+    -------
+    LmmFit
+    """
+    s = _stats_from_args(stats, XY, ZX, ZY, ZZ, Ynorm, n, d)
+    if method not in _METHODS:
+        raise ValueError(f"method must be 'REML' or 'ML'; got {method!r}")
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {_ENGINES}; got {engine!r}")
+    if not isinstance(max_iter, int | np.integer) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer; got {max_iter!r}")
+    if not (np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number; got {tol!r}")
+    _validate_stats(s)
+    K = len(s.d)
+    if engine == "eigen" and K != 1:
+        raise ValueError(f"engine='eigen' needs one random-effect block (K = 1); d = {s.d}")
+    use_eigen = engine == "eigen" or (engine == "auto" and K == 1)
+    reml = method == "REML"
+    n_, p, q, G = s.n, s.p, s.q, s.n_genes
+
+    # residualise on X once for all genes
+    chol = scipy.linalg.cho_factor(s.XX, lower=True)
+    AXY = scipy.linalg.cho_solve(chol, s.XY)
+    AZXt = scipy.linalg.cho_solve(chol, s.ZX.T)
+    yRy = s.Ynorm - np.einsum("pg,pg->g", s.XY, AXY)
+    ZRy = s.ZY - s.ZX @ AXY  # q × G
+    S = s.ZZ - s.ZX @ AZXt
+    S = 0.5 * (S + S.T)
+    logdet_XX = 2.0 * np.sum(np.log(np.diag(chol[0])))
+    n_eff = float(n_ - p) if reml else float(n_)
+    ll_const = n_eff * np.log(2 * np.pi) + (logdet_XX if reml else 0.0)
+    start = _theta_start(theta0, yRy, n_, p, K + 1)
+    ZZ_sym = 0.5 * (s.ZZ + s.ZZ.T)
+    XYt = np.ascontiguousarray(s.XY.T)
+    zero_tol = 1e-10
+
+    if use_eigen:
+        lam, Umat = np.linalg.eigh(S)
+        lam = np.clip(lam, 0.0, None)
+        mu, Qmat = np.linalg.eigh(ZZ_sym)
+        mu = np.clip(mu, 0.0, None)
+        W = np.ascontiguousarray(ZRy.T @ Umat)
+        mu_t = lam if reml else mu
+        theta, score, info, loglik, niter, status = _k.fit_k1(
+            W, yRy, lam, np.ascontiguousarray(mu_t), float(mu.max()), n_eff, ll_const, start,
+            int(max_iter), float(tol), bool(nonneg), zero_tol, s.Ynorm,
+        )  # fmt: skip
+        failed = np.isin(status, _FAILED)
+        coef, Cinv, bad = _k.fixed_effects_k1(
+            theta, ~failed, mu, np.ascontiguousarray(Qmat.T @ s.ZX),
+            np.ascontiguousarray(s.ZY.T @ Qmat), s.XX, XYt,
+        )  # fmt: skip
+    else:
+        blocks = np.repeat(np.arange(K), s.d).astype(np.int64)
+        Ws = _psd_sqrt(S)
+        Wz = _psd_sqrt(ZZ_sym)
+        theta, score, info, loglik, niter, status = _k.fit_general(
+            np.ascontiguousarray(ZRy.T), yRy, np.ascontiguousarray(S), Ws, Wz, blocks, K, reml,
+            n_eff, ll_const, start, int(max_iter), float(tol), bool(nonneg), zero_tol, s.Ynorm,
+        )  # fmt: skip
+        failed = np.isin(status, _FAILED)
+        coef, Cinv, bad = _k.fixed_effects_general(
+            theta, ~failed, blocks, Wz, np.ascontiguousarray(s.ZX), np.ascontiguousarray(s.ZY.T),
+            s.XX, XYt,
+        )  # fmt: skip
+
+    status = np.where(bad == 1, _k.NOT_POSITIVE_DEFINITE, status)
+    failed = np.isin(status, _FAILED)
+    theta[failed] = np.nan
+    score[failed] = np.nan
+    info[failed] = np.nan
+    loglik[failed] = np.nan
+    sigma2 = theta[:, -1]
+    cov = Cinv * sigma2[:, None, None]
+    se = np.sqrt(np.einsum("gjj->gj", cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tval = coef / se
+    df = float(n_ - p)
+    pval = 2.0 * sps.t.sf(np.abs(tval), df)
+    inv_info = _inverse_information(info)
+    se_theta = np.sqrt(np.clip(np.einsum("gjj->gj", inv_info), 0.0, None))
+    se_theta[~np.isfinite(inv_info).all(axis=(1, 2))] = np.nan
+    converged = np.isin(status, (_k.OK, _k.BOUNDARY))
+    status_names = np.asarray(STATUS_NAMES, dtype=object)[status]
+
+    if warn and not converged.all():
+        counts = pd.Series(status_names[~converged]).value_counts()
+        detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        warnings.warn(
+            f"{int((~converged).sum())} of {G} genes did not converge ({detail}); "
+            "see LmmFit.status and LmmFit.converged",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+
+    return LmmFit(
+        coef=coef,
+        se=se,
+        t=tval,
+        p_value=pval,
+        df=df,
+        cov=cov if output_cov else None,
+        theta=theta,
+        se_theta=se_theta,
+        fim_theta=info,
+        dlogL=score,
+        loglik=loglik,
+        niter=niter,
+        converged=converged,
+        status=status_names,
+        method=method,
+        n=n_,
+        d=np.asarray(s.d),
+        fixed_names=list(s.fixed_names),
+        theta_names=_theta_names(s),
+        gene_names=list(s.gene_names),
+    )
+
+
+def _theta_names(s: SummaryStats) -> list[str]:
+    K = len(s.d)
+    names = [f"var{k + 1}" for k in range(K)]
+    return names + ["residual"]
+
+
+def lmmfit(
+    Y,
+    X,
+    Z,
+    d=None,
+    *,
+    transform: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    gene_names=None,
+    **kwargs,
+) -> LmmFit:
+    """:func:`summary_stats` then :func:`lmm`; ``kwargs`` go to :func:`lmm`."""
+    stats = summary_stats(
+        Y, X, Z, d, transform=transform, chunk_size=chunk_size, gene_names=gene_names
+    )
+    return lmm(stats, **kwargs)

@@ -1,0 +1,348 @@
+"""Summary statistics of a linear mixed model: everything the LMM fit needs, computed in one pass.
+
+Notation (FLASHMM's names; Y is cells × genes, n × G):
+
+=========  ===========  =====================================================
+name       shape        definition
+=========  ===========  =====================================================
+``XX``     p × p        XᵀX
+``XY``     p × G        XᵀY
+``ZX``     q × p        ZᵀX
+``ZY``     q × G        ZᵀY
+``ZZ``     q × q        ZᵀZ
+``Ynorm``  G            Σ_cells y²  (per gene)
+``n``      scalar       number of cells
+``d``      K            sizes of the random-effect blocks, Σ d = q
+=========  ===========  =====================================================
+
+Every statistic is a sum over cells, so the statistics of disjoint cell chunks add up:
+``summary_stats(Y[a]) + summary_stats(Y[b]) == summary_stats(Y[a ∪ b])``. Y is read chunk by chunk
+(``chunk_size`` cells at a time) and sparse Y is never densified; the extra memory is
+O(chunk + (p + q)·G).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from pyflashmm import _checks
+from pyflashmm._kernels import sumstats as _k
+
+#: default number of cells per chunk
+DEFAULT_CHUNK_SIZE = 50_000
+#: genes are split into this many blocks for the parallel kernels (fixed: results do not
+#: depend on the thread count)
+_GENE_BLOCKS = 32
+
+
+@dataclass(frozen=True, eq=False)
+class SummaryStats:
+    """Summary statistics of an LMM for G genes (see the module docstring for the notation).
+
+    Attributes
+    ----------
+    XX, XY, ZX, ZY, ZZ, Ynorm : numpy.ndarray
+        The sums over cells, shapes p×p, p×G, q×p, q×G, q×q and (G,).
+    n : int
+        Number of cells.
+    d : numpy.ndarray
+        Random-effect block sizes (K,), ``d.sum() == q``.
+    fixed_names, random_names, gene_names : list of str
+        Names of the columns of X, of Z and of the genes.
+    transform : str or None
+        The transform that was applied to Y (``None``, ``"log1p"``, ``"log2p1"``).
+    """
+
+    XX: np.ndarray
+    XY: np.ndarray
+    ZX: np.ndarray
+    ZY: np.ndarray
+    ZZ: np.ndarray
+    Ynorm: np.ndarray
+    n: int
+    d: np.ndarray
+    fixed_names: list[str] = field(default_factory=list)
+    random_names: list[str] = field(default_factory=list)
+    gene_names: list[str] = field(default_factory=list)
+    transform: str | None = None
+
+    @property
+    def n_genes(self) -> int:
+        return self.XY.shape[1]
+
+    @property
+    def p(self) -> int:
+        return self.XX.shape[0]
+
+    @property
+    def q(self) -> int:
+        return self.ZZ.shape[0]
+
+    def __add__(self, other: SummaryStats) -> SummaryStats:
+        """Merge the statistics of two disjoint sets of cells (same genes, same design columns)."""
+        if not isinstance(other, SummaryStats):
+            return NotImplemented
+        for attr in ("fixed_names", "random_names", "gene_names", "transform"):
+            if getattr(self, attr) != getattr(other, attr):
+                raise ValueError(f"cannot add SummaryStats with different {attr}")
+        if not np.array_equal(self.d, other.d):
+            raise ValueError(f"cannot add SummaryStats with different d: {self.d} vs {other.d}")
+        return SummaryStats(
+            XX=self.XX + other.XX,
+            XY=self.XY + other.XY,
+            ZX=self.ZX + other.ZX,
+            ZY=self.ZY + other.ZY,
+            ZZ=self.ZZ + other.ZZ,
+            Ynorm=self.Ynorm + other.Ynorm,
+            n=self.n + other.n,
+            d=self.d.copy(),
+            fixed_names=list(self.fixed_names),
+            random_names=list(self.random_names),
+            gene_names=list(self.gene_names),
+            transform=self.transform,
+        )
+
+    def subset_genes(self, index) -> SummaryStats:
+        """The statistics of a subset of genes (``index``: integer positions or a boolean mask)."""
+        idx = np.arange(self.n_genes)[index]
+        return SummaryStats(
+            XX=self.XX,
+            XY=self.XY[:, idx],
+            ZX=self.ZX,
+            ZY=self.ZY[:, idx],
+            ZZ=self.ZZ,
+            Ynorm=self.Ynorm[idx],
+            n=self.n,
+            d=self.d,
+            fixed_names=self.fixed_names,
+            random_names=self.random_names,
+            gene_names=[self.gene_names[i] for i in idx],
+            transform=self.transform,
+        )
+
+    def save(self, path) -> None:
+        """Write to a ``.npz`` file (uncompressed; names stored as string arrays)."""
+        np.savez(
+            path,
+            XX=self.XX,
+            XY=self.XY,
+            ZX=self.ZX,
+            ZY=self.ZY,
+            ZZ=self.ZZ,
+            Ynorm=self.Ynorm,
+            n=np.int64(self.n),
+            d=self.d,
+            fixed_names=np.array(self.fixed_names, dtype=str),
+            random_names=np.array(self.random_names, dtype=str),
+            gene_names=np.array(self.gene_names, dtype=str),
+            transform=np.array("" if self.transform is None else self.transform),
+        )
+
+    @classmethod
+    def load(cls, path) -> SummaryStats:
+        """Read statistics written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            transform = str(z["transform"]) or None
+            return cls(
+                XX=z["XX"],
+                XY=z["XY"],
+                ZX=z["ZX"],
+                ZY=z["ZY"],
+                ZZ=z["ZZ"],
+                Ynorm=z["Ynorm"],
+                n=int(z["n"]),
+                d=z["d"].astype(np.int64),
+                fixed_names=z["fixed_names"].tolist(),
+                random_names=z["random_names"].tolist(),
+                gene_names=z["gene_names"].tolist(),
+                transform=transform,
+            )
+
+
+def _gene_bounds(n_genes: int) -> np.ndarray:
+    n_blocks = max(1, min(_GENE_BLOCKS, n_genes))
+    return np.linspace(0, n_genes, n_blocks + 1).round().astype(np.int64)
+
+
+def _names_from(obj, k: int, prefix: str) -> list[str]:
+    cols = getattr(obj, "columns", None)
+    if cols is not None and len(cols) == k:
+        return [str(c) for c in cols]
+    return _checks.default_names(prefix, k)
+
+
+def _as_cell_chunk(block):
+    """A chunk as CSR (sorted indices) or C-order float64 ndarray, plus its format tag."""
+    if sp.issparse(block):
+        if block.format == "csc":
+            return block, "csc"
+        csr = block.tocsr()
+        if not csr.has_sorted_indices:
+            csr = csr.sorted_indices()
+        return csr, "csr"
+    if hasattr(block, "compute"):  # dask array chunk
+        block = block.compute()
+        return _as_cell_chunk(block)
+    arr = np.ascontiguousarray(np.asarray(block), dtype=np.float64)
+    return arr, "dense"
+
+
+def _check_Y(Y) -> tuple[int, int]:
+    shape = getattr(Y, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise TypeError(
+            "Y must be a 2-D cells × genes matrix (ndarray, scipy.sparse, backed or dask array)"
+        )
+    dtype = getattr(Y, "dtype", None)
+    if dtype is not None:
+        _checks.check_numeric_dtype("Y", dtype)
+    if isinstance(Y, np.ndarray | pd.DataFrame) or sp.issparse(Y):
+        _checks.check_finite("Y", Y.to_numpy() if isinstance(Y, pd.DataFrame) else Y)
+        if sp.issparse(Y) and Y.data.size and np.min(Y.data) < 0:
+            pass  # negative values are legal for transformed input; transform check below
+    return int(shape[0]), int(shape[1])
+
+
+def _check_transform(transform, Y) -> int:
+    if transform not in _k.TRANSFORM_CODES:
+        raise ValueError(
+            f"transform must be one of None, 'log1p', 'log2p1'; got {transform!r}"
+        )
+    if transform is not None and (isinstance(Y, np.ndarray) or sp.issparse(Y)):
+        values = Y.data if sp.issparse(Y) else Y
+        if values.size and np.min(values) <= -1:
+            raise ValueError(f"transform={transform!r} needs Y > -1 (counts); Y has values ≤ -1")
+    return _k.TRANSFORM_CODES[transform]
+
+
+def summary_stats(
+    Y,
+    X,
+    Z,
+    d=None,
+    *,
+    transform: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    gene_names=None,
+    progress: bool | None = None,
+) -> SummaryStats:
+    """Compute the LMM summary statistics of Y in one pass over cell chunks.
+
+    Parameters
+    ----------
+    Y : array-like, cells × genes (n × G)
+        ndarray, pandas DataFrame, ``scipy.sparse`` CSR/CSC (never densified), or any object
+        with ``shape`` whose row slices ``Y[a:b]`` give one of those (backed AnnData ``X``,
+        h5py-backed sparse datasets, dask arrays).
+    X : array-like, n × p
+        Fixed-effects design (dense; a DataFrame's columns name the coefficients).
+    Z : array-like, n × q
+        Random-effects design, dense or sparse (indicator columns).
+    d : sequence of int, optional
+        Sizes of the K random-effect blocks (``sum(d) == q``); default one block ``[q]``.
+    transform : {None, "log1p", "log2p1"}
+        Applied on the fly to every stored value: ``log(1 + y)`` or ``log2(1 + y)``.
+    chunk_size : int
+        Cells per chunk; bounds the extra memory for dense and backed input.
+    gene_names : sequence of str, optional
+        Default: a DataFrame's columns or ``gene0, gene1, ...``.
+    progress : bool, optional
+        Show a progress bar over chunks (default: when there are more than 4 chunks).
+
+    Returns
+    -------
+    SummaryStats
+    """
+    n, G = _check_Y(Y)
+    if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    code = _check_transform(transform, Y)
+    fixed_names = _names_from(X, np.shape(X)[1] if np.ndim(X) == 2 else 1, "x")
+    Xd = _checks.as_float_matrix("X", X, n_rows=n)
+    if sp.issparse(Z):
+        Zs = sp.csr_matrix(Z, dtype=np.float64)
+        _checks.check_numeric_dtype("Z", Z.dtype)
+        if Zs.shape[0] != n:
+            raise ValueError(f"Z has {Zs.shape[0]} rows but Y has {n} cells (rows)")
+        _checks.check_finite("Z", Zs)
+        random_names = _checks.default_names("z", Zs.shape[1])
+    else:
+        random_names = _names_from(Z, np.shape(Z)[1] if np.ndim(Z) == 2 else 1, "z")
+        Zs = sp.csr_matrix(_checks.as_float_matrix("Z", Z, n_rows=n))
+    Zs.sort_indices()
+    q = Zs.shape[1]
+    d_arr = _checks.check_block_sizes(d, q)
+    if isinstance(Y, pd.DataFrame):
+        gene_names = gene_names if gene_names is not None else list(map(str, Y.columns))
+        Y = Y.to_numpy()
+    gene_names = _checks.check_names("gene_names", gene_names, G, "gene")
+    if n == 0:
+        raise ValueError("Y has no cells (rows)")
+
+    p = Xd.shape[1]
+    XYt = np.zeros((G, p))
+    ZYt = np.zeros((G, q))
+    Ynorm = np.zeros(G)
+    bounds = _gene_bounds(G)
+    z_indptr = Zs.indptr.astype(np.int64)
+    z_indices = Zs.indices.astype(np.int64)
+    z_data = Zs.data.astype(np.float64)
+
+    in_memory_csr = sp.issparse(Y) and Y.format == "csr" and Y.has_sorted_indices
+    if sp.issparse(Y) and Y.format == "csc":
+        chunk_size = n  # column-major data: one pass over genes, no row slicing
+    n_chunks = math.ceil(n / chunk_size)
+    show = n_chunks > 4 if progress is None else bool(progress)
+    chunks = range(0, n, chunk_size)
+    for start in tqdm(chunks, total=n_chunks, disable=not show, desc="summary stats", unit="chunk"):
+        stop = min(n, start + chunk_size)
+        Xc = Xd[start:stop]
+        zi = z_indptr[start : stop + 1]  # absolute offsets into the full z arrays
+        if in_memory_csr:
+            # no copy: row offsets index straight into Y's full indices/data arrays
+            _k.accumulate_csr(
+                Y.indptr[start : stop + 1], Y.indices, Y.data, bounds, Xc,
+                zi, z_indices, z_data, code, XYt, ZYt, Ynorm,
+            )  # fmt: skip
+            continue
+        block, kind = _as_cell_chunk(Y[start:stop])
+        if block.shape != (stop - start, G):
+            raise ValueError(f"Y[{start}:{stop}] has shape {block.shape}; expected {(stop - start, G)}")
+        if not (isinstance(Y, np.ndarray) or sp.issparse(Y)):
+            _checks.check_finite(f"Y (cells {start}:{stop})", block)
+        zi = zi - zi[0]
+        zj = z_indices[z_indptr[start] : z_indptr[stop]]
+        zv = z_data[z_indptr[start] : z_indptr[stop]]
+        if kind == "csr":
+            _k.accumulate_csr(
+                block.indptr, block.indices, block.data, bounds, Xc,
+                zi, zj, zv, code, XYt, ZYt, Ynorm,
+            )  # fmt: skip
+        elif kind == "csc":
+            _k.accumulate_csc(
+                block.indptr, block.indices, block.data, Xc,
+                zi, zj, zv, code, XYt, ZYt, Ynorm,
+            )  # fmt: skip
+        else:
+            _k.accumulate_dense(block, bounds, Xc, zi, zj, zv, code, XYt, ZYt, Ynorm)
+
+    return SummaryStats(
+        XX=Xd.T @ Xd,
+        XY=np.ascontiguousarray(XYt.T),
+        ZX=np.asarray(Zs.T @ Xd),
+        ZY=np.ascontiguousarray(ZYt.T),
+        ZZ=np.asarray((Zs.T @ Zs).toarray()),
+        Ynorm=Ynorm,
+        n=n,
+        d=d_arr,
+        fixed_names=fixed_names,
+        random_names=random_names,
+        gene_names=gene_names,
+        transform=transform,
+    )
