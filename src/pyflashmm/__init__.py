@@ -3,7 +3,7 @@ for differential expression in multi-subject single-cell RNA-seq."""
 
 from __future__ import annotations
 
-from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit
+from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm.sumstats import SummaryStats, summary_stats
 
 __version__ = "0.1.0"
@@ -16,5 +16,6 @@ __all__ = [
     "__version__",
     "lmm",
     "lmmfit",
+    "loglik_score",
     "summary_stats",
 ]

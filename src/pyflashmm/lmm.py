@@ -155,7 +155,9 @@ def _stats_from_args(stats, XY, ZX, ZY, ZZ, Ynorm, n, d) -> SummaryStats:
             "lmm needs a SummaryStats, or FLASHMM-style XX, XY, ZX, ZY, ZZ, Ynorm, n (and d)"
         )
     arrays = {}
-    for name, value in zip(("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"), (stats, XY, ZX, ZY, ZZ, Ynorm)):
+    for name, value in zip(
+        ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"), (stats, XY, ZX, ZY, ZZ, Ynorm), strict=True
+    ):
         arr = np.asarray(value)
         _checks.check_numeric_dtype(name, arr.dtype)
         arrays[name] = np.asarray(arr, dtype=np.float64)
@@ -243,6 +245,104 @@ def _inverse_information(info: np.ndarray) -> np.ndarray:
     return out
 
 
+_ZERO_TOL = 1e-10  # yᵀRy ≤ this × Σy²: the gene is (numerically) in the span of X
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    """Quantities shared by all genes after residualising on X (see the kernels' notation).
+
+    ``W`` is G × q: ZᵀRy rotated by the eigenvectors of S (eigen path) or ZᵀRy itself (dense).
+    """
+
+    K: int
+    reml: bool
+    eigen: bool
+    n_eff: float
+    ll_const: float
+    yRy: np.ndarray
+    W: np.ndarray
+    S: np.ndarray
+    lam: np.ndarray | None = None
+    mu: np.ndarray | None = None
+    mu_t: np.ndarray | None = None
+    mu_max: float = 0.0
+    Q: np.ndarray | None = None
+    Ws: np.ndarray | None = None
+    Wz: np.ndarray | None = None
+    blocks: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, s: SummaryStats, method: str, engine: str) -> _Problem:
+        K = len(s.d)
+        if engine == "eigen" and K != 1:
+            raise ValueError(f"engine='eigen' needs one random-effect block (K = 1); d = {s.d}")
+        eigen = engine == "eigen" or (engine == "auto" and K == 1)
+        reml = method == "REML"
+        chol = scipy.linalg.cho_factor(s.XX, lower=True)
+        AXY = scipy.linalg.cho_solve(chol, s.XY)
+        yRy = s.Ynorm - np.einsum("pg,pg->g", s.XY, AXY)
+        ZRy = s.ZY - s.ZX @ AXY  # q × G
+        S = s.ZZ - s.ZX @ scipy.linalg.cho_solve(chol, s.ZX.T)
+        S = 0.5 * (S + S.T)
+        ZZ = 0.5 * (s.ZZ + s.ZZ.T)
+        logdet_XX = 2.0 * np.sum(np.log(np.diag(chol[0])))
+        n_eff = float(s.n - s.p) if reml else float(s.n)
+        ll_const = n_eff * np.log(2 * np.pi) + (logdet_XX if reml else 0.0)
+        common = {"K": K, "reml": reml, "eigen": eigen, "n_eff": n_eff, "ll_const": ll_const}
+        if eigen:
+            lam, U = np.linalg.eigh(S)
+            lam = np.clip(lam, 0.0, None)
+            mu, Q = np.linalg.eigh(ZZ)
+            mu = np.clip(mu, 0.0, None)
+            return cls(
+                **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T @ U), S=S, lam=lam, mu=mu,
+                mu_t=np.ascontiguousarray(lam if reml else mu), mu_max=float(mu.max()), Q=Q,
+            )  # fmt: skip
+        return cls(
+            **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T), S=np.ascontiguousarray(S),
+            Ws=_psd_sqrt(S), Wz=_psd_sqrt(ZZ), blocks=np.repeat(np.arange(K), s.d).astype(np.int64),
+        )  # fmt: skip
+
+    def evaluate(self, theta: np.ndarray):
+        """(loglik, score, information) at θ (G × (K+1)) for every gene."""
+        theta = np.ascontiguousarray(theta, dtype=np.float64)
+        if self.eigen:
+            return _k.evaluate_k1(
+                theta, self.W, self.yRy, self.lam, self.mu_t, self.n_eff, self.ll_const
+            )
+        return _k.evaluate_general(
+            theta, self.W, self.yRy, self.S, self.Ws, self.Wz, self.blocks, self.K, self.reml,
+            self.n_eff, self.ll_const,
+        )  # fmt: skip
+
+
+def loglik_score(stats: SummaryStats, theta, *, method: str = "REML", engine: str = "auto"):
+    """Log-likelihood (ML) or REML criterion, score and expected information at given θ.
+
+    Useful for profiles and diagnostics. ``theta`` is (K+1,) for every gene or G × (K+1);
+    θ where V is not positive definite gives NaN (with the dense engine; the eigen engine
+    checks only σ² > 0).
+
+    Returns
+    -------
+    loglik : ndarray (G,)
+    score : ndarray (G, K+1)
+    information : ndarray (G, K+1, K+1)
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be 'REML' or 'ML'; got {method!r}")
+    _validate_stats(stats)
+    prob = _Problem.build(stats, method, engine)
+    theta = np.asarray(theta, dtype=np.float64)
+    K1 = prob.K + 1
+    if theta.shape == (K1,):
+        theta = np.broadcast_to(theta, (stats.n_genes, K1))
+    if theta.shape != (stats.n_genes, K1):
+        raise ValueError(f"theta must have shape ({K1},) or ({stats.n_genes}, {K1})")
+    return prob.evaluate(theta)
+
+
 def lmm(
     stats,
     XY=None,
@@ -301,57 +401,30 @@ def lmm(
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive number; got {tol!r}")
     _validate_stats(s)
-    K = len(s.d)
-    if engine == "eigen" and K != 1:
-        raise ValueError(f"engine='eigen' needs one random-effect block (K = 1); d = {s.d}")
-    use_eigen = engine == "eigen" or (engine == "auto" and K == 1)
-    reml = method == "REML"
-    n_, p, q, G = s.n, s.p, s.q, s.n_genes
-
-    # residualise on X once for all genes
-    chol = scipy.linalg.cho_factor(s.XX, lower=True)
-    AXY = scipy.linalg.cho_solve(chol, s.XY)
-    AZXt = scipy.linalg.cho_solve(chol, s.ZX.T)
-    yRy = s.Ynorm - np.einsum("pg,pg->g", s.XY, AXY)
-    ZRy = s.ZY - s.ZX @ AXY  # q × G
-    S = s.ZZ - s.ZX @ AZXt
-    S = 0.5 * (S + S.T)
-    logdet_XX = 2.0 * np.sum(np.log(np.diag(chol[0])))
-    n_eff = float(n_ - p) if reml else float(n_)
-    ll_const = n_eff * np.log(2 * np.pi) + (logdet_XX if reml else 0.0)
-    start = _theta_start(theta0, yRy, n_, p, K + 1)
-    ZZ_sym = 0.5 * (s.ZZ + s.ZZ.T)
+    prob = _Problem.build(s, method, engine)
+    K, n_, p, G = prob.K, s.n, s.p, s.n_genes
+    start = _theta_start(theta0, prob.yRy, n_, p, K + 1)
     XYt = np.ascontiguousarray(s.XY.T)
-    zero_tol = 1e-10
-
-    if use_eigen:
-        lam, Umat = np.linalg.eigh(S)
-        lam = np.clip(lam, 0.0, None)
-        mu, Qmat = np.linalg.eigh(ZZ_sym)
-        mu = np.clip(mu, 0.0, None)
-        W = np.ascontiguousarray(ZRy.T @ Umat)
-        mu_t = lam if reml else mu
+    opts = (int(max_iter), float(tol), bool(nonneg), _ZERO_TOL, s.Ynorm)
+    if prob.eigen:
         theta, score, info, loglik, niter, status = _k.fit_k1(
-            W, yRy, lam, np.ascontiguousarray(mu_t), float(mu.max()), n_eff, ll_const, start,
-            int(max_iter), float(tol), bool(nonneg), zero_tol, s.Ynorm,
+            prob.W, prob.yRy, prob.lam, prob.mu_t, prob.mu_max, prob.n_eff, prob.ll_const, start,
+            *opts,
         )  # fmt: skip
         failed = np.isin(status, _FAILED)
         coef, Cinv, bad = _k.fixed_effects_k1(
-            theta, ~failed, mu, np.ascontiguousarray(Qmat.T @ s.ZX),
-            np.ascontiguousarray(s.ZY.T @ Qmat), s.XX, XYt,
+            theta, ~failed, prob.mu, np.ascontiguousarray(prob.Q.T @ s.ZX),
+            np.ascontiguousarray(s.ZY.T @ prob.Q), s.XX, XYt,
         )  # fmt: skip
     else:
-        blocks = np.repeat(np.arange(K), s.d).astype(np.int64)
-        Ws = _psd_sqrt(S)
-        Wz = _psd_sqrt(ZZ_sym)
         theta, score, info, loglik, niter, status = _k.fit_general(
-            np.ascontiguousarray(ZRy.T), yRy, np.ascontiguousarray(S), Ws, Wz, blocks, K, reml,
-            n_eff, ll_const, start, int(max_iter), float(tol), bool(nonneg), zero_tol, s.Ynorm,
+            prob.W, prob.yRy, prob.S, prob.Ws, prob.Wz, prob.blocks, K, prob.reml, prob.n_eff,
+            prob.ll_const, start, *opts,
         )  # fmt: skip
         failed = np.isin(status, _FAILED)
         coef, Cinv, bad = _k.fixed_effects_general(
-            theta, ~failed, blocks, Wz, np.ascontiguousarray(s.ZX), np.ascontiguousarray(s.ZY.T),
-            s.XX, XYt,
+            theta, ~failed, prob.blocks, prob.Wz, np.ascontiguousarray(s.ZX),
+            np.ascontiguousarray(s.ZY.T), s.XX, XYt,
         )  # fmt: skip
 
     status = np.where(bad == 1, _k.NOT_POSITIVE_DEFINITE, status)

@@ -204,16 +204,12 @@ def _check_Y(Y) -> tuple[int, int]:
         _checks.check_numeric_dtype("Y", dtype)
     if isinstance(Y, np.ndarray | pd.DataFrame) or sp.issparse(Y):
         _checks.check_finite("Y", Y.to_numpy() if isinstance(Y, pd.DataFrame) else Y)
-        if sp.issparse(Y) and Y.data.size and np.min(Y.data) < 0:
-            pass  # negative values are legal for transformed input; transform check below
     return int(shape[0]), int(shape[1])
 
 
 def _check_transform(transform, Y) -> int:
     if transform not in _k.TRANSFORM_CODES:
-        raise ValueError(
-            f"transform must be one of None, 'log1p', 'log2p1'; got {transform!r}"
-        )
+        raise ValueError(f"transform must be one of None, 'log1p', 'log2p1'; got {transform!r}")
     if transform is not None and (isinstance(Y, np.ndarray) or sp.issparse(Y)):
         values = Y.data if sp.issparse(Y) else Y
         if values.size and np.min(values) <= -1:
@@ -294,7 +290,11 @@ def summary_stats(
     z_indices = Zs.indices.astype(np.int64)
     z_data = Zs.data.astype(np.float64)
 
-    in_memory_csr = sp.issparse(Y) and Y.format == "csr" and Y.has_sorted_indices
+    if sp.issparse(Y) and Y.format not in ("csr", "csc"):
+        Y = Y.tocsr()  # COO, LIL, ...: one conversion (CSR and CSC are used as they are)
+    if sp.issparse(Y) and Y.format == "csr" and not Y.has_sorted_indices:
+        Y = Y.sorted_indices()  # the kernel locates gene blocks by binary search
+    in_memory_csr = sp.issparse(Y) and Y.format == "csr"
     if sp.issparse(Y) and Y.format == "csc":
         chunk_size = n  # column-major data: one pass over genes, no row slicing
     n_chunks = math.ceil(n / chunk_size)
@@ -313,7 +313,9 @@ def summary_stats(
             continue
         block, kind = _as_cell_chunk(Y[start:stop])
         if block.shape != (stop - start, G):
-            raise ValueError(f"Y[{start}:{stop}] has shape {block.shape}; expected {(stop - start, G)}")
+            raise ValueError(
+                f"Y[{start}:{stop}] has shape {block.shape}; expected {(stop - start, G)}"
+            )
         if not (isinstance(Y, np.ndarray) or sp.issparse(Y)):
             _checks.check_finite(f"Y (cells {start}:{stop})", block)
         zi = zi - zi[0]

@@ -7,8 +7,8 @@ over the q random-effect columns (``dvec``); V = σ²(Iₙ + Z D Zᵀ).
 A = (XᵀX)⁻¹; R = I − X A Xᵀ. Shared: S = ZᵀRZ = ZZ − ZX A ZXᵀ (q×q). Per gene: u = ZᵀRy (q),
 yRy = yᵀRy. P = V⁻¹ − V⁻¹X(XᵀV⁻¹X)⁻¹XᵀV⁻¹ (the REML projection).
 
-With W = S^{1/2} and B = I + W D W (PD iff the REML criterion is defined), T = (I + S D)⁻¹S = W B⁻¹ W
-(symmetric) and a = (I + S D)⁻¹u = u − T D u:
+With W = S^{1/2} and B = I + W D W (PD iff the REML criterion is defined),
+T = (I + S D)⁻¹S = W B⁻¹ W (symmetric) and a = (I + S D)⁻¹u = u − T D u:
 
 * ZᵀPy = a/σ², ZᵀPZ = T/σ², σ²·yᵀPy = yRy − uᵀDa, σ⁴·yᵀP²y = yRy − 2uᵀDa + (Da)ᵀS(Da).
 
@@ -164,7 +164,9 @@ def _k1_valid(s1, s0, mu_max):
 
 
 @njit(parallel=True)
-def fit_k1(W, yRy, lam, mu_t, mu_max, n_eff, ll_const, theta0, max_iter, tol, nonneg, zero_tol, Ynorm):
+def fit_k1(
+    W, yRy, lam, mu_t, mu_max, n_eff, ll_const, theta0, max_iter, tol, nonneg, zero_tol, Ynorm
+):
     """Fisher scoring for all genes, one random-effect block (see the module docstring).
 
     Parameters: ``W`` G×q rotated ZᵀRy (w = Uᵀu per gene); ``yRy`` (G); ``theta0`` G×2 start.
@@ -217,7 +219,16 @@ def fit_k1(W, yRy, lam, mu_t, mu_max, n_eff, ll_const, theta0, max_iter, tol, no
                     trial[0] = 0.0
                 if _k1_valid(trial[0], trial[1], mu_max):
                     ll_new = _k1_eval(
-                        trial[0], trial[1], W[g], yRy[g], lam, mu_t, n_eff, ll_const, sc_new, fim_new
+                        trial[0],
+                        trial[1],
+                        W[g],
+                        yRy[g],
+                        lam,
+                        mu_t,
+                        n_eff,
+                        ll_const,
+                        sc_new,
+                        fim_new,
                     )
                     if ll_new >= ll - 1e-12 * abs(ll):
                         accepted = True
@@ -371,7 +382,22 @@ def _general_eval(theta, blocks, K, u, yRy, S, Ws, Wz, reml, n_eff, ll_const, sc
 
 @njit(parallel=True)
 def fit_general(
-    U, yRy, S, Ws, Wz, blocks, K, reml, n_eff, ll_const, theta0, max_iter, tol, nonneg, zero_tol, Ynorm
+    U,
+    yRy,
+    S,
+    Ws,
+    Wz,
+    blocks,
+    K,
+    reml,
+    n_eff,
+    ll_const,
+    theta0,
+    max_iter,
+    tol,
+    nonneg,
+    zero_tol,
+    Ynorm,
 ):
     """Fisher scoring for all genes with K blocks; ``U`` is G×q ZᵀRy, ``blocks`` maps column→block.
 
@@ -395,7 +421,9 @@ def fit_general(
                 th[k] = max(th[k], 0.0)
         sc = np.empty(K1)
         fim = np.empty((K1, K1))
-        ok, ll = _general_eval(th, blocks, K, U[g], yRy[g], S, Ws, Wz, reml, n_eff, ll_const, sc, fim)
+        ok, ll = _general_eval(
+            th, blocks, K, U[g], yRy[g], S, Ws, Wz, reml, n_eff, ll_const, sc, fim
+        )
         if not ok:
             status[g] = NOT_POSITIVE_DEFINITE
             continue
@@ -427,7 +455,19 @@ def fit_general(
                     for k in range(K):
                         trial[k] = max(trial[k], 0.0)
                 ok, ll_new = _general_eval(
-                    trial, blocks, K, U[g], yRy[g], S, Ws, Wz, reml, n_eff, ll_const, sc_new, fim_new
+                    trial,
+                    blocks,
+                    K,
+                    U[g],
+                    yRy[g],
+                    S,
+                    Ws,
+                    Wz,
+                    reml,
+                    n_eff,
+                    ll_const,
+                    sc_new,
+                    fim_new,
                 )
                 if ok and ll_new >= ll - 1e-12 * abs(ll):
                     accepted = True
@@ -484,3 +524,45 @@ def fixed_effects_general(theta, ok, blocks, Wz, ZX, ZYt, XX, XYt):
         coef[g] = Ci @ rhs
         Cinv[g] = Ci
     return coef, Cinv, bad
+
+
+@njit(parallel=True)
+def evaluate_k1(theta, W, yRy, lam, mu_t, n_eff, ll_const):
+    """Log-likelihood, score and information at given θ (G×2) for K = 1 (NaN where σ² ≤ 0)."""
+    G = W.shape[0]
+    loglik = np.full(G, np.nan)
+    score = np.full((G, 2), np.nan)
+    info = np.full((G, 2, 2), np.nan)
+    for g in prange(G):
+        if not theta[g, 1] > 0.0:
+            continue
+        sc = np.empty(2)
+        fim = np.empty((2, 2))
+        loglik[g] = _k1_eval(
+            theta[g, 0], theta[g, 1], W[g], yRy[g], lam, mu_t, n_eff, ll_const, sc, fim
+        )
+        score[g] = sc
+        info[g] = fim
+    return loglik, score, info
+
+
+@njit(parallel=True)
+def evaluate_general(theta, U, yRy, S, Ws, Wz, blocks, K, reml, n_eff, ll_const):
+    """Log-likelihood, score and information at given θ (G×(K+1)); NaN where V is not PD."""
+    G = U.shape[0]
+    K1 = K + 1
+    loglik = np.full(G, np.nan)
+    score = np.full((G, K1), np.nan)
+    info = np.full((G, K1, K1), np.nan)
+    for g in prange(G):
+        sc = np.empty(K1)
+        fim = np.empty((K1, K1))
+        th = theta[g].copy()
+        ok, ll = _general_eval(
+            th, blocks, K, U[g], yRy[g], S, Ws, Wz, reml, n_eff, ll_const, sc, fim
+        )
+        if ok:
+            loglik[g] = ll
+            score[g] = sc
+            info[g] = fim
+    return loglik, score, info

@@ -70,7 +70,9 @@ def accumulate_csr(
 
 
 @njit(parallel=True)
-def accumulate_csc(indptr, indices, data, X, z_indptr, z_indices, z_data, transform, XYt, ZYt, Ynorm):
+def accumulate_csc(
+    indptr, indices, data, X, z_indptr, z_indices, z_data, transform, XYt, ZYt, Ynorm
+):
     """Add the statistics of CSC columns (genes); one gene per parallel iteration."""
     G = indptr.shape[0] - 1
     for g in prange(G):

@@ -1,0 +1,135 @@
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import pyflashmm as fm
+from pyflashmm.sumstats import SummaryStats
+
+TRANSFORMS = {None: lambda v: v, "log1p": np.log1p, "log2p1": lambda v: np.log2(1 + v)}
+
+
+def counts_data(rng, n=300, G=40, p=4, q=7, density=0.3):
+    Y = sp.random(n, G, density=density, format="csr", random_state=rng, dtype=np.float64)
+    Y.data = np.round(Y.data * 20) + 1
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, p - 1))])
+    g = rng.integers(0, q, n)
+    Z = sp.csr_matrix((np.ones(n), (np.arange(n), g)), shape=(n, q))
+    return Y, X, Z
+
+
+def oracle(Y, X, Z, transform):
+    Yt = TRANSFORMS[transform](Y.toarray() if sp.issparse(Y) else np.asarray(Y, dtype=float))
+    Zd = Z.toarray() if sp.issparse(Z) else Z
+    return {
+        "XX": X.T @ X,
+        "XY": X.T @ Yt,
+        "ZX": Zd.T @ X,
+        "ZY": Zd.T @ Yt,
+        "ZZ": Zd.T @ Zd,
+        "Ynorm": (Yt**2).sum(axis=0),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense", "coo"])
+@pytest.mark.parametrize("transform", [None, "log1p", "log2p1"])
+def test_kernels_match_numpy_oracle(rng, fmt, transform):
+    Y, X, Z = counts_data(rng)
+    Yin = Y.toarray() if fmt == "dense" else Y.asformat(fmt)
+    s = fm.summary_stats(Yin, X, Z, transform=transform, chunk_size=77)
+    ref = oracle(Y, X, Z, transform)
+    for name, value in ref.items():
+        np.testing.assert_allclose(getattr(s, name), value, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert s.n == Y.shape[0] and s.d.tolist() == [Z.shape[1]] and s.transform == transform
+
+
+def test_unsorted_csr_and_int_data(rng):
+    Y, X, Z = counts_data(rng)
+    Yi = Y.astype(np.int64)
+    # reverse the column order inside each row: same matrix, unsorted indices
+    Yu = sp.csr_matrix((Yi.data.copy(), Yi.indices.copy(), Yi.indptr.copy()), shape=Yi.shape)
+    for i in range(Yu.shape[0]):
+        a, b = Yu.indptr[i], Yu.indptr[i + 1]
+        Yu.indices[a:b] = Yu.indices[a:b][::-1]
+        Yu.data[a:b] = Yu.data[a:b][::-1]
+    Yu.has_sorted_indices = False
+    s = fm.summary_stats(Yu, X, Z, transform="log1p", chunk_size=50)
+    ref = oracle(Y, X, Z, "log1p")
+    np.testing.assert_allclose(s.XY, ref["XY"], rtol=1e-12)
+    np.testing.assert_allclose(s.Ynorm, ref["Ynorm"], rtol=1e-12)
+
+
+def test_chunks_add_up_and_save_load(rng, tmp_path):
+    Y, X, Z = counts_data(rng)
+    whole = fm.summary_stats(Y, X, Z, transform="log2p1")
+    a = fm.summary_stats(Y[:120], X[:120], Z[:120], transform="log2p1")
+    b = fm.summary_stats(Y[120:], X[120:], Z[120:], transform="log2p1")
+    merged = a + b
+    for name in ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=1e-12)
+    assert merged.n == whole.n
+    path = tmp_path / "stats.npz"
+    whole.save(path)
+    back = SummaryStats.load(path)
+    for name in ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm", "d"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(whole, name))
+    assert back.gene_names == whole.gene_names and back.transform == "log2p1"
+    with pytest.raises(ValueError, match="transform"):
+        whole + fm.summary_stats(Y, X, Z)
+
+
+def test_chunking_and_threads_do_not_change_bits(rng):
+    Y, X, Z = counts_data(rng, n=500, G=70)
+    ref = fm.summary_stats(Y, X, Z, transform="log1p", chunk_size=500)
+    other = fm.summary_stats(Y, X, Z, transform="log1p", chunk_size=33)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = fm.summary_stats(Y, X, Z, transform="log1p", chunk_size=33)
+    finally:
+        numba.set_num_threads(before)
+    for s in (other, single):
+        assert np.array_equal(s.XY, ref.XY) and np.array_equal(s.ZY, ref.ZY)
+        assert np.array_equal(s.Ynorm, ref.Ynorm)
+
+
+def test_names_from_dataframes(rng):
+    pd = pytest.importorskip("pandas")
+    Y, X, Z = counts_data(rng, G=3)
+    Ydf = pd.DataFrame(Y.toarray(), columns=["a", "b", "c"])
+    Xdf = pd.DataFrame(X, columns=["(Intercept)", "u", "v", "w"])
+    s = fm.summary_stats(Ydf, Xdf, Z)
+    assert s.gene_names == ["a", "b", "c"] and s.fixed_names[0] == "(Intercept)"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "exc", "match"),
+    [
+        (lambda Y, X, Z: (Y.toarray() * np.nan, X, Z), ValueError, "Y contains NaN"),
+        (lambda Y, X, Z: (Y, X[:-1], Z), ValueError, "X has 299 rows"),
+        (lambda Y, X, Z: (Y, X, Z[:-1]), ValueError, "Z has 299 rows"),
+        (lambda Y, X, Z: (Y, np.where(X > 1, np.inf, X), Z), ValueError, "X contains NaN or Inf"),
+        (lambda Y, X, Z: (Y.toarray().astype(str), X, Z), TypeError, "Y must hold real numbers"),
+        (lambda Y, X, Z: (Y, X.astype(object).astype(str), Z), TypeError, "X must hold real"),
+    ],
+)
+def test_bad_input_is_named(rng, mutate, exc, match):
+    Y, X, Z = counts_data(rng)
+    with pytest.raises(exc, match=match):
+        fm.summary_stats(*mutate(Y, X, Z))
+
+
+def test_bad_sizes_and_options(rng):
+    Y, X, Z = counts_data(rng)
+    with pytest.raises(ValueError, match=r"sum\(d\) = 5 must equal q = 7"):
+        fm.summary_stats(Y, X, Z, d=[2, 3])
+    with pytest.raises(ValueError, match="positive block sizes"):
+        fm.summary_stats(Y, X, Z, d=[-1, 8])
+    with pytest.raises(ValueError, match="transform must be one of"):
+        fm.summary_stats(Y, X, Z, transform="sqrt")
+    with pytest.raises(ValueError, match="chunk_size"):
+        fm.summary_stats(Y, X, Z, chunk_size=0)
+    Yneg = Y.copy()
+    Yneg.data[0] = -3
+    with pytest.raises(ValueError, match="Y > -1"):
+        fm.summary_stats(Yneg, X, Z, transform="log1p")
