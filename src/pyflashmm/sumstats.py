@@ -282,13 +282,14 @@ def summary_stats(
         raise ValueError("Y has no cells (rows)")
 
     p = Xd.shape[1]
-    XYt = np.zeros((G, p))
-    ZYt = np.zeros((G, q))
+    W = sp.hstack([sp.csr_matrix(Xd), Zs], format="csr")  # [X | Z]; exact zeros dropped
+    W.sort_indices()
+    w_indptr = W.indptr.astype(np.int64)
+    w_indices = W.indices.astype(np.int64)
+    w_data = W.data.astype(np.float64)
+    WYt = np.zeros((G, p + q))
     Ynorm = np.zeros(G)
     bounds = _gene_bounds(G)
-    z_indptr = Zs.indptr.astype(np.int64)
-    z_indices = Zs.indices.astype(np.int64)
-    z_data = Zs.data.astype(np.float64)
 
     if sp.issparse(Y) and Y.format not in ("csr", "csc"):
         Y = Y.tocsr()  # COO, LIL, ...: one conversion (CSR and CSC are used as they are)
@@ -302,13 +303,12 @@ def summary_stats(
     chunks = range(0, n, chunk_size)
     for start in tqdm(chunks, total=n_chunks, disable=not show, desc="summary stats", unit="chunk"):
         stop = min(n, start + chunk_size)
-        Xc = Xd[start:stop]
-        zi = z_indptr[start : stop + 1]  # absolute offsets into the full z arrays
+        wi = w_indptr[start : stop + 1]  # absolute offsets into the full W arrays
         if in_memory_csr:
             # no copy: row offsets index straight into Y's full indices/data arrays
             _k.accumulate_csr(
-                Y.indptr[start : stop + 1], Y.indices, Y.data, bounds, Xc,
-                zi, z_indices, z_data, code, XYt, ZYt, Ynorm,
+                Y.indptr[start : stop + 1], Y.indices, Y.data, bounds,
+                wi, w_indices, w_data, code, WYt, Ynorm,
             )  # fmt: skip
             continue
         block, kind = _as_cell_chunk(Y[start:stop])
@@ -318,27 +318,23 @@ def summary_stats(
             )
         if not (isinstance(Y, np.ndarray) or sp.issparse(Y)):
             _checks.check_finite(f"Y (cells {start}:{stop})", block)
-        zi = zi - zi[0]
-        zj = z_indices[z_indptr[start] : z_indptr[stop]]
-        zv = z_data[z_indptr[start] : z_indptr[stop]]
+        wi = wi - wi[0]
+        wj = w_indices[w_indptr[start] : w_indptr[stop]]
+        wv = w_data[w_indptr[start] : w_indptr[stop]]
         if kind == "csr":
             _k.accumulate_csr(
-                block.indptr, block.indices, block.data, bounds, Xc,
-                zi, zj, zv, code, XYt, ZYt, Ynorm,
-            )  # fmt: skip
+                block.indptr, block.indices, block.data, bounds, wi, wj, wv, code, WYt, Ynorm
+            )
         elif kind == "csc":
-            _k.accumulate_csc(
-                block.indptr, block.indices, block.data, Xc,
-                zi, zj, zv, code, XYt, ZYt, Ynorm,
-            )  # fmt: skip
+            _k.accumulate_csc(block.indptr, block.indices, block.data, wi, wj, wv, code, WYt, Ynorm)
         else:
-            _k.accumulate_dense(block, bounds, Xc, zi, zj, zv, code, XYt, ZYt, Ynorm)
+            _k.accumulate_dense(block, bounds, wi, wj, wv, code, WYt, Ynorm)
 
     return SummaryStats(
         XX=Xd.T @ Xd,
-        XY=np.ascontiguousarray(XYt.T),
+        XY=np.ascontiguousarray(WYt[:, :p].T),
         ZX=np.asarray(Zs.T @ Xd),
-        ZY=np.ascontiguousarray(ZYt.T),
+        ZY=np.ascontiguousarray(WYt[:, p:].T),
         ZZ=np.asarray((Zs.T @ Zs).toarray()),
         Ynorm=Ynorm,
         n=n,

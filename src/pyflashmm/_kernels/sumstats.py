@@ -1,9 +1,10 @@
 """Numba kernels that accumulate the per-gene summary statistics XᵀY, ZᵀY and Σy².
 
-Notation: Y is cells × genes (n × G), X is n × p (dense, C-order), Z is n × q given as CSR
-arrays (``z_indptr``, ``z_indices``, ``z_data``). The kernels *add* into gene-major
-accumulators ``XYt`` (G × p), ``ZYt`` (G × q) and ``Ynorm`` (G), so a caller can stream cell
-chunks through them. ``transform`` codes: 0 none, 1 ``log(1 + y)``, 2 ``log2(1 + y)``; every
+Notation: Y is cells × genes (n × G); the designs enter as one CSR matrix W = [X | Z]
+(n × (p + q); arrays ``w_indptr``, ``w_indices``, ``w_data``), so the exact zeros of one-hot
+design columns cost nothing. The kernels *add* into the gene-major accumulator ``WYt``
+(G × (p + q), i.e. [XᵀY; ZᵀY]ᵀ) and ``Ynorm`` (G), so a caller can stream cell chunks through
+them. ``transform`` codes: 0 none, 1 ``log(1 + y)``, 2 ``log2(1 + y)``; every
 transform maps 0 to 0, so sparse data stays sparse.
 
 Determinism: work is split over *genes* (blocks of columns), never over cells, so each gene's
@@ -32,18 +33,15 @@ def _apply(value, transform):
 
 
 @njit
-def _add_cell_gene(g, i, y, X, z_indptr, z_indices, z_data, XYt, ZYt, Ynorm):
-    p = X.shape[1]
-    for c in range(p):
-        XYt[g, c] += y * X[i, c]
-    for k in range(z_indptr[i], z_indptr[i + 1]):
-        ZYt[g, z_indices[k]] += y * z_data[k]
+def _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm):
+    for k in range(w_indptr[i], w_indptr[i + 1]):
+        WYt[g, w_indices[k]] += y * w_data[k]
     Ynorm[g] += y * y
 
 
 @njit(parallel=True)
 def accumulate_csr(
-    indptr, indices, data, gene_bounds, X, z_indptr, z_indices, z_data, transform, XYt, ZYt, Ynorm
+    indptr, indices, data, gene_bounds, w_indptr, w_indices, w_data, transform, WYt, Ynorm
 ):
     """Add the statistics of CSR rows (cells) into the accumulators.
 
@@ -66,23 +64,21 @@ def accumulate_csr(
             k1 = start + np.searchsorted(row, g_hi)
             for k in range(k0, k1):
                 y = _apply(data[k], transform)
-                _add_cell_gene(indices[k], i, y, X, z_indptr, z_indices, z_data, XYt, ZYt, Ynorm)
+                _add_cell_gene(indices[k], i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
 
 
 @njit(parallel=True)
-def accumulate_csc(
-    indptr, indices, data, X, z_indptr, z_indices, z_data, transform, XYt, ZYt, Ynorm
-):
+def accumulate_csc(indptr, indices, data, w_indptr, w_indices, w_data, transform, WYt, Ynorm):
     """Add the statistics of CSC columns (genes); one gene per parallel iteration."""
     G = indptr.shape[0] - 1
     for g in prange(G):
         for k in range(indptr[g], indptr[g + 1]):
             y = _apply(data[k], transform)
-            _add_cell_gene(g, indices[k], y, X, z_indptr, z_indices, z_data, XYt, ZYt, Ynorm)
+            _add_cell_gene(g, indices[k], y, w_indptr, w_indices, w_data, WYt, Ynorm)
 
 
 @njit(parallel=True)
-def accumulate_dense(Y, gene_bounds, X, z_indptr, z_indices, z_data, transform, XYt, ZYt, Ynorm):
+def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, WYt, Ynorm):
     """Add the statistics of a dense C-order cells × genes block; zeros are skipped."""
     n = Y.shape[0]
     n_blocks = gene_bounds.shape[0] - 1
@@ -93,7 +89,7 @@ def accumulate_dense(Y, gene_bounds, X, z_indptr, z_indices, z_data, transform, 
                 if v == 0.0:
                     continue
                 y = _apply(v, transform)
-                _add_cell_gene(g, i, y, X, z_indptr, z_indices, z_data, XYt, ZYt, Ynorm)
+                _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
 
 
 @njit(parallel=True)
