@@ -39,6 +39,7 @@ STATUS_NAMES = (
     "not_positive_definite",
     "line_search_failed",
     "singular_information",
+    "pd_boundary",
 )
 #: statuses whose estimates are NaN (no usable fit)
 _FAILED = (_k.ZERO_VARIANCE, _k.NOT_POSITIVE_DEFINITE, _k.SINGULAR_INFORMATION)
@@ -427,7 +428,8 @@ def lmm(
             np.ascontiguousarray(s.ZY.T), s.XX, XYt,
         )  # fmt: skip
 
-    status = np.where(bad == 1, _k.NOT_POSITIVE_DEFINITE, status)
+    # C = σ²XᵀV⁻¹X not PD: no usable β̂ (a pd_boundary gene keeps its more telling status)
+    status = np.where((bad == 1) & (status != _k.PD_BOUNDARY), _k.NOT_POSITIVE_DEFINITE, status)
     failed = np.isin(status, _FAILED)
     theta[failed] = np.nan
     score[failed] = np.nan

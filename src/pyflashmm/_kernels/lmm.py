@@ -28,7 +28,10 @@ quantity above is a sum over q eigenvalues, so an iteration costs O(q) per gene.
 Optimiser: Fisher scoring θ ← θ + t·I⁻¹g, with t halved until the log-likelihood does not
 decrease and V stays positive definite (σ² > 0 and I + D ZZ ≻ 0); with ``nonneg`` the σₖ² are
 projected onto [0, ∞) and a component held at 0 with a negative score counts as converged.
-Converged means max |g| < tol on the absolute scale of θ (FLASHMM's criterion).
+Converged means max |g| < tol on the absolute scale of θ (FLASHMM's criterion). Negative
+components can put the maximum on the edge of the region where V is PD (REML: the criterion is
+finite there when λ_max(S) < λ_max(ZZ); ML: the likelihood is unbounded there); such genes stop
+with status PD_BOUNDARY at the last PD iterate and are not counted as converged.
 """
 
 from __future__ import annotations
@@ -51,9 +54,13 @@ ZERO_VARIANCE = 3
 NOT_POSITIVE_DEFINITE = 4
 LINE_SEARCH_FAILED = 5
 SINGULAR_INFORMATION = 6
+PD_BOUNDARY = 7
+PD_BOUNDARY = 7
 
 _LOG_2PI = np.log(2.0 * np.pi)
 _MAX_HALVINGS = 40
+#: relative distance to the edge of the positive-definite region that counts as "on the edge"
+_EDGE = 1e-6
 
 
 @njit
@@ -95,13 +102,49 @@ def _solve_small(A, b, out):
 
 
 @njit
+def _held_at_zero(theta, score, k, nonneg):
+    """σₖ² is held at its bound 0 (nonneg) because its score points below 0."""
+    return nonneg and k < theta.shape[0] - 1 and theta[k] == 0.0 and score[k] <= 0.0
+
+
+@njit
+def _fisher_step(theta, score, info, nonneg, step):
+    """Fisher-scoring direction I⁻¹g on the free components; held components get 0.
+
+    With ``nonneg``, components at 0 whose score is ≤ 0 are fixed (active set), and the system
+    is solved for the others only: the full step's other entries assume the held ones go
+    negative, so projecting it afterwards would not improve the likelihood.
+    """
+    K1 = theta.shape[0]
+    free = np.empty(K1, dtype=np.int64)
+    m = 0
+    for k in range(K1):
+        step[k] = 0.0
+        if not _held_at_zero(theta, score, k, nonneg):
+            free[m] = k
+            m += 1
+    A = np.empty((m, m))
+    b = np.empty(m)
+    x = np.empty(m)
+    for i in range(m):
+        b[i] = score[free[i]]
+        for j in range(m):
+            A[i, j] = info[free[i], free[j]]
+    if not _solve_small(A, b, x):
+        return False
+    for i in range(m):
+        step[free[i]] = x[i]
+    return True
+
+
+@njit
 def _converged(theta, score, tol, nonneg):
     """max |g| < tol, ignoring a σₖ² held at 0 (nonneg) whose score points below 0."""
     K1 = theta.shape[0]
     at_bound = False
     for k in range(K1):
         g = score[k]
-        if nonneg and k < K1 - 1 and theta[k] == 0.0 and g <= 0.0:
+        if _held_at_zero(theta, score, k, nonneg):
             at_bound = True
             continue
         if not abs(g) < tol:
@@ -207,11 +250,13 @@ def fit_k1(
                 st = MAX_ITER
                 break
             it += 1
-            if not _solve_small(fim, sc, step):
-                st = SINGULAR_INFORMATION
+            if not _fisher_step(th, sc, fim, nonneg, step):
+                edge = th[0] < 0.0 and 1.0 + th[0] / th[1] * mu_max < _EDGE
+                st = PD_BOUNDARY if edge else SINGULAR_INFORMATION
                 break
             t = 1.0
             accepted = False
+            left_pd = False
             for _ in range(_MAX_HALVINGS):
                 trial[0] = th[0] + t * step[0]
                 trial[1] = th[1] + t * step[1]
@@ -233,9 +278,11 @@ def fit_k1(
                     if ll_new >= ll - 1e-12 * abs(ll):
                         accepted = True
                         break
+                else:
+                    left_pd = True
                 t *= 0.5
             if not accepted:
-                st = LINE_SEARCH_FAILED
+                st = PD_BOUNDARY if left_pd else LINE_SEARCH_FAILED
                 break
             th[0] = trial[0]
             th[1] = trial[1]
@@ -322,6 +369,20 @@ def _v_positive_definite(Wz, dvec):
             ok, _, _ = _solve_T(Wz, dvec)
             return ok
     return True
+
+
+@njit
+def _near_pd_edge(theta, blocks, Wz):
+    """V is PD at θ but not when its negative components grow by the relative margin _EDGE."""
+    q = blocks.shape[0]
+    dvec = np.empty(q)
+    _expand(theta, blocks, dvec)
+    any_negative = False
+    for j in range(q):
+        if dvec[j] < 0.0:
+            dvec[j] *= 1.0 + _EDGE
+            any_negative = True
+    return any_negative and not _v_positive_definite(Wz, dvec)
 
 
 @njit
@@ -442,11 +503,12 @@ def fit_general(
                 st = MAX_ITER
                 break
             it += 1
-            if not _solve_small(fim, sc, step):
-                st = SINGULAR_INFORMATION
+            if not _fisher_step(th, sc, fim, nonneg, step):
+                st = PD_BOUNDARY if _near_pd_edge(th, blocks, Wz) else SINGULAR_INFORMATION
                 break
             t = 1.0
             accepted = False
+            left_pd = False
             ll_new = np.nan
             for _ in range(_MAX_HALVINGS):
                 for k in range(K1):
@@ -472,9 +534,10 @@ def fit_general(
                 if ok and ll_new >= ll - 1e-12 * abs(ll):
                     accepted = True
                     break
+                left_pd = left_pd or not ok
                 t *= 0.5
             if not accepted:
-                st = LINE_SEARCH_FAILED
+                st = PD_BOUNDARY if left_pd else LINE_SEARCH_FAILED
                 break
             th[:] = trial
             ll = ll_new

@@ -1,0 +1,199 @@
+"""Benchmark the LMM fit (and the summary statistics) against FLASHMM, in one run.
+
+Cases (issue 2):
+  (a) 10,000 genes, n = 100,000, p = 21, q = 25, K = 1 (the FLASHMM vignette's shape)
+  (b) 11,596 genes, p = 62, q = 259, K = 1 (FLASHMM's tuberculosis atlas model)
+  (c) K = 2: subject (25) crossed with batch (8), 10,000 genes, n = 100,000, p = 21
+  (d) summary statistics of a sparse CSR matrix with 10⁸ stored values, as a ratio to one plain
+      pass over the same data (Σ log1p(y)² per gene, same traversal) and to scipy.
+
+Inputs for (a)–(c) are drawn exactly from the model's sufficient statistics
+(``sufficient_stats.py``). FLASHMM (R) runs on the same statistics when ``Rscript`` can load it
+(set ``R_LIBS``); for (b) it runs on a subset of genes and its time is scaled to all genes.
+Times are medians of ``--repeats`` runs after one warm-up (compilation excluded).
+
+Usage: python benchmarks/bench_lmm.py [--quick] [--repeats N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sufficient_stats as ss  # noqa: E402
+
+import pyflashmm as fm  # noqa: E402
+from pyflashmm._kernels import sumstats as ks  # noqa: E402
+from pyflashmm.sumstats import _gene_bounds  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up: compilation and caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def flashmm_available() -> bool:
+    if shutil.which("Rscript") is None:
+        return False
+    ok = subprocess.run(
+        ["Rscript", "-e", "quit(status = !requireNamespace('FLASHMM', quietly = TRUE))"],
+        capture_output=True,
+    )
+    return ok.returncode == 0
+
+
+def run_flashmm(stats, method="REML"):
+    """FLASHMM::lmm on the same statistics: (elapsed s, theta G×(K+1), coef G×p)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        for name in ("XX", "ZX", "ZZ"):
+            np.ascontiguousarray(getattr(stats, name)).astype("<f8").tofile(d / f"{name}.bin")
+        np.ascontiguousarray(stats.XY.T).astype("<f8").tofile(d / "XY.bin")
+        np.ascontiguousarray(stats.ZY.T).astype("<f8").tofile(d / "ZY.bin")
+        stats.Ynorm.astype("<f8").tofile(d / "Ynorm.bin")
+        (d / "meta.txt").write_text(
+            "p q G n d method\n"
+            f"{stats.p} {stats.q} {stats.n_genes} {stats.n} {'-'.join(map(str, stats.d))} {method}\n"
+        )
+        subprocess.run(["Rscript", str(HERE / "flashmm_lmm.R"), str(d)], check=True)
+        elapsed = float((d / "flashmm_time.txt").read_text())
+        K1 = len(stats.d) + 1
+        theta = np.fromfile(d / "flashmm_theta.bin", "<f8").reshape(stats.n_genes, K1)
+        coef = np.fromfile(d / "flashmm_coef.bin", "<f8").reshape(stats.n_genes, stats.p)
+    return elapsed, theta, coef
+
+
+def lmm_case(label, stats, repeats, flashmm, flashmm_genes=None):
+    t = median_time(lambda: fm.lmm(stats, warn=False), repeats)
+    fit = fm.lmm(stats, warn=False)
+    row = {
+        "case": label,
+        "genes": stats.n_genes,
+        "n": stats.n,
+        "p": stats.p,
+        "q": stats.q,
+        "K": len(stats.d),
+        "seconds": t,
+        "genes_per_s": stats.n_genes / t,
+        "converged": float(fit.converged.mean()),
+        "median_iter": float(np.median(fit.niter)),
+    }
+    if flashmm:
+        sub = stats if flashmm_genes is None else stats.subset_genes(slice(0, flashmm_genes))
+        elapsed, theta, coef = run_flashmm(sub)
+        scale = stats.n_genes / sub.n_genes
+        row["flashmm_seconds"] = elapsed * scale
+        row["flashmm_genes_timed"] = sub.n_genes
+        row["speedup_vs_flashmm"] = elapsed * scale / t
+        ours = fm.lmm(sub, warn=False)
+        good = ours.converged
+        row["max_rel_diff_theta_vs_flashmm"] = float(
+            np.max(np.abs(ours.theta[good] - theta[good]) / np.abs(theta[good]).max(axis=1)[:, None])
+        )
+        row["max_abs_diff_coef_vs_flashmm"] = float(np.max(np.abs(ours.coef[good] - coef[good])))
+    return row
+
+
+def random_csr(rng, n, G, per_row):
+    """n × G CSR count matrix with ``per_row`` stored values per row (sorted, may repeat)."""
+    indices = np.sort(rng.integers(0, G, (n, per_row), dtype=np.int32), axis=1).ravel()
+    data = rng.geometric(0.4, n * per_row).astype(np.float64)
+    indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int64)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, G))
+
+
+def sumstats_case(rng, n, G, per_row, repeats):
+    Y = random_csr(rng, n, G, per_row)
+    X, Z, d = ss.vignette_design(rng, n)
+    t_stats = median_time(lambda: fm.summary_stats(Y, X, Z, d, transform="log1p"), repeats)
+    bounds = _gene_bounds(G)
+    t_pass = median_time(
+        lambda: ks.sum_of_squares_csr(Y.indptr, Y.indices, Y.data, G, bounds, 1), repeats
+    )
+    t_scipy_pass = median_time(lambda: np.asarray(Y.log1p().power(2).sum(axis=0)), 1)
+    t_scipy_xy = median_time(lambda: Y.log1p().T @ X, 1)
+    return {
+        "case": "(d) summary stats, sparse",
+        "n": n,
+        "genes": G,
+        "nnz": int(Y.nnz),
+        "seconds": t_stats,
+        "plain_pass_seconds": t_pass,
+        "ratio_to_plain_pass": t_stats / t_pass,
+        "scipy_sum_sq_seconds": t_scipy_pass,
+        "ratio_to_scipy_sum_sq": t_stats / t_scipy_pass,
+        "scipy_XtY_only_seconds": t_scipy_xy,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-flashmm", action="store_true", help="skip FLASHMM even if present")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(20261121)
+    flashmm = not args.no_flashmm and flashmm_available()
+    f = 20 if args.quick else 1
+    print(
+        f"pyflashmm {fm.__version__}, numba threads {numba.get_num_threads()}, "
+        f"cpus {os.cpu_count()}, FLASHMM {'found' if flashmm else 'not found (skipped)'}"
+    )
+    rows = []
+    X, Z, d = ss.vignette_design(rng, 100_000 // f)
+    stats = ss.simulate_stats(rng, X, Z, d, 10_000 // f, theta=(0.1, 1.0))
+    rows.append(lmm_case("(a) vignette K=1", stats, args.repeats, flashmm))
+    X, Z, d = ss.tb_design(rng, 500_000 // f)
+    stats = ss.simulate_stats(rng, X, Z, d, 11_596 // f, theta=(0.1, 1.0))
+    rows.append(lmm_case("(b) TB atlas K=1", stats, args.repeats, flashmm, flashmm_genes=300 // f))
+    X, Z, d = ss.vignette_design(rng, 100_000 // f, extra_factors=(8,))
+    stats = ss.simulate_stats(rng, X, Z, d, 10_000 // f, theta=(0.1, 0.05, 1.0))
+    rows.append(lmm_case("(c) crossed K=2", stats, args.repeats, flashmm))
+    rows.append(sumstats_case(rng, 1_000_000 // f, 10_000 // (f // 4 or 1), 100, args.repeats))
+    for row in rows:
+        print(json.dumps(row))
+    print()
+    print(f"{'case':28s} {'genes':>7s} {'p':>3s} {'q':>4s} {'time s':>8s} {'genes/s':>9s}  vs FLASHMM")
+    for row in rows[:3]:
+        vs = (
+            f"{row['speedup_vs_flashmm']:.0f}x (FLASHMM {row['flashmm_seconds']:.1f} s)"
+            if "speedup_vs_flashmm" in row
+            else "-"
+        )
+        print(
+            f"{row['case']:28s} {row['genes']:7d} {row['p']:3d} {row['q']:4d} "
+            f"{row['seconds']:8.3f} {row['genes_per_s']:9.0f}  {vs}"
+        )
+    r = rows[3]
+    print(
+        f"{r['case']:28s} nnz {r['nnz']:.2e}: {r['seconds']:.2f} s = {r['ratio_to_plain_pass']:.2f}x "
+        f"a plain pass ({r['plain_pass_seconds']:.2f} s), {r['ratio_to_scipy_sum_sq']:.2f}x "
+        f"scipy's Σlog1p(y)² ({r['scipy_sum_sq_seconds']:.2f} s)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
