@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.linalg
-from scipy import stats as sps
 
 from pyflashmm import _checks
 from pyflashmm._kernels import lmm as _k
+from pyflashmm._pvalues import t_two_sided
 from pyflashmm.sumstats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
 
 #: names of the per-gene status codes returned by the kernels, indexed by code
@@ -235,17 +235,6 @@ def _psd_sqrt(A: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T)
 
 
-def _inverse_information(info: np.ndarray) -> np.ndarray:
-    out = np.full_like(info, np.nan)
-    good = np.isfinite(info).all(axis=(1, 2))
-    for g in np.flatnonzero(good):
-        try:
-            out[g] = np.linalg.inv(info[g])
-        except np.linalg.LinAlgError:
-            out[g] = np.linalg.pinv(info[g])
-    return out
-
-
 _ZERO_TOL = 1e-10  # yᵀRy ≤ this × Σy²: the gene is (numerically) in the span of X
 
 
@@ -413,9 +402,9 @@ def lmm(
             *opts,
         )  # fmt: skip
         failed = np.isin(status, _FAILED)
-        coef, Cinv, bad = _k.fixed_effects_k1(
+        coef, cov, se, bad = _k.fixed_effects_k1(
             theta, ~failed, prob.mu, np.ascontiguousarray(prob.Q.T @ s.ZX),
-            np.ascontiguousarray(s.ZY.T @ prob.Q), s.XX, XYt,
+            np.ascontiguousarray(s.ZY.T @ prob.Q), s.XX, XYt, bool(output_cov),
         )  # fmt: skip
     else:
         theta, score, info, loglik, niter, status = _k.fit_general(
@@ -423,9 +412,9 @@ def lmm(
             prob.ll_const, start, *opts,
         )  # fmt: skip
         failed = np.isin(status, _FAILED)
-        coef, Cinv, bad = _k.fixed_effects_general(
+        coef, cov, se, bad = _k.fixed_effects_general(
             theta, ~failed, prob.blocks, prob.Wz, np.ascontiguousarray(s.ZX),
-            np.ascontiguousarray(s.ZY.T), s.XX, XYt,
+            np.ascontiguousarray(s.ZY.T), s.XX, XYt, bool(output_cov),
         )  # fmt: skip
 
     # C = σ²XᵀV⁻¹X not PD: no usable β̂ (a pd_boundary gene keeps its more telling status)
@@ -435,16 +424,11 @@ def lmm(
     score[failed] = np.nan
     info[failed] = np.nan
     loglik[failed] = np.nan
-    sigma2 = theta[:, -1]
-    cov = Cinv * sigma2[:, None, None]
-    se = np.sqrt(np.einsum("gjj->gj", cov))
     with np.errstate(invalid="ignore", divide="ignore"):
         tval = coef / se
     df = float(n_ - p)
-    pval = 2.0 * sps.t.sf(np.abs(tval), df)
-    inv_info = _inverse_information(info)
-    se_theta = np.sqrt(np.clip(np.einsum("gjj->gj", inv_info), 0.0, None))
-    se_theta[~np.isfinite(inv_info).all(axis=(1, 2))] = np.nan
+    pval = t_two_sided(tval, df)
+    se_theta = _k.inverse_information_diagonal(info)
     converged = np.isin(status, (_k.OK, _k.BOUNDARY))
     status_names = np.asarray(STATUS_NAMES, dtype=object)[status]
 

@@ -299,39 +299,67 @@ def fit_k1(
     return theta, score, info, loglik, niter, status
 
 
-@njit(parallel=True)
-def fixed_effects_k1(theta, ok, mu, ZXq, ZYq, XX, XYt):
-    """β̂ and C = σ²XᵀV⁻¹X per gene for K = 1, with ZZ = Q diag(μ) Qᵀ, ZXq = QᵀZX, ZYq = ZYᵀQ.
+@njit
+def _finish_fixed_effects(C, rhs, sigma2, g, coef, cov, se, store_cov):
+    """From C (lower triangle) and the right-hand side: β̂ = C⁻¹rhs, Cov = σ²C⁻¹, se.
 
-    C = XX − ZXqᵀ diag(h) ZXq with h = γ/(1 + γμ); β̂ = C⁻¹(XY − ZXqᵀ(h∘ZYq)); returns
-    (coef G×p, Cinv G×p×p, status G) — status 1 if C is not positive definite.
+    Returns False when C is not positive definite.
+    """
+    p = C.shape[0]
+    L = np.zeros((p, p))
+    if not cholesky_lower(C, L):
+        return False
+    Ci = np.empty((p, p))
+    cholesky_inverse(L, Ci)
+    for a in range(p):
+        t = 0.0
+        for b in range(p):
+            t += Ci[a, b] * rhs[b]
+        coef[g, a] = t
+        se[g, a] = np.sqrt(sigma2 * Ci[a, a])
+    if store_cov:
+        for a in range(p):
+            for b in range(p):
+                cov[g, a, b] = sigma2 * Ci[a, b]
+    return True
+
+
+@njit(parallel=True)
+def fixed_effects_k1(theta, ok, mu, ZXq, ZYq, XX, XYt, store_cov):
+    """β̂, Cov(β̂) = σ²C⁻¹ and se per gene for K = 1 (C = σ²XᵀV⁻¹X).
+
+    With ZZ = Q diag(μ) Qᵀ, ZXq = QᵀZX and ZYq = ZYᵀQ: C = XX − ZXqᵀ diag(h) ZXq and
+    β̂ = C⁻¹(XY − ZXqᵀ(h∘ZYq)), h = γ/(1 + γμ); O(q·p² + p³) per gene.
+    Returns coef (G×p), cov (G×p×p, or 1×p×p unused when not ``store_cov``), se, bad (G).
     """
     G = theta.shape[0]
     p = XX.shape[0]
     q = mu.shape[0]
     coef = np.full((G, p), np.nan)
-    Cinv = np.full((G, p, p), np.nan)
+    se = np.full((G, p), np.nan)
+    cov = np.full((G if store_cov else 1, p, p), np.nan)
     bad = np.zeros(G, dtype=np.int64)
     for g in prange(G):
         if not ok[g]:
             continue
         gam = theta[g, 0] / theta[g, 1]
-        HZX = np.empty((q, p))
+        C = XX.copy()
+        rhs = XYt[g].copy()
         for j in range(q):
             hj = gam / (1.0 + gam * mu[j])
-            for c in range(p):
-                HZX[j, c] = hj * ZXq[j, c]
-        C = XX - ZXq.T @ HZX
-        rhs = XYt[g] - HZX.T @ ZYq[g]
-        L = np.zeros((p, p))
-        if not cholesky_lower(C, L):
+            if hj == 0.0:
+                continue
+            hy = hj * ZYq[g, j]
+            zj = ZXq[j]
+            for a in range(p):
+                za = hj * zj[a]
+                rhs[a] -= zj[a] * hy
+                Ca = C[a]
+                for b in range(p):  # full rows: contiguous, vectorises
+                    Ca[b] -= za * zj[b]
+        if not _finish_fixed_effects(C, rhs, theta[g, 1], g, coef, cov, se, store_cov):
             bad[g] = 1
-            continue
-        Ci = np.empty((p, p))
-        cholesky_inverse(L, Ci)
-        coef[g] = Ci @ rhs
-        Cinv[g] = Ci
-    return coef, Cinv, bad
+    return coef, cov, se, bad
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,13 +581,14 @@ def fit_general(
 
 
 @njit(parallel=True)
-def fixed_effects_general(theta, ok, blocks, Wz, ZX, ZYt, XX, XYt):
-    """β̂ and C⁻¹ (C = σ²XᵀV⁻¹X) per gene for any K: C = XX − ZXᵀH ZX, H = D − D T_Z D."""
+def fixed_effects_general(theta, ok, blocks, Wz, ZX, ZYt, XX, XYt, store_cov):
+    """β̂, Cov(β̂) and se per gene for any K: C = XX − ZXᵀH ZX with H = D − D T_Z D."""
     G = theta.shape[0]
     p = XX.shape[0]
     q = ZX.shape[0]
     coef = np.full((G, p), np.nan)
-    Cinv = np.full((G, p, p), np.nan)
+    se = np.full((G, p), np.nan)
+    cov = np.full((G if store_cov else 1, p, p), np.nan)
     bad = np.zeros(G, dtype=np.int64)
     for g in prange(G):
         if not ok[g]:
@@ -578,15 +607,26 @@ def fixed_effects_general(theta, ok, blocks, Wz, ZX, ZYt, XX, XYt):
         HZX = H @ ZX
         C = XX - ZX.T @ HZX
         rhs = XYt[g] - HZX.T @ ZYt[g]
-        L = np.zeros((p, p))
-        if not cholesky_lower(C, L):
+        if not _finish_fixed_effects(C, rhs, theta[g, -1], g, coef, cov, se, store_cov):
             bad[g] = 1
-            continue
-        Ci = np.empty((p, p))
-        cholesky_inverse(L, Ci)
-        coef[g] = Ci @ rhs
-        Cinv[g] = Ci
-    return coef, Cinv, bad
+    return coef, cov, se, bad
+
+
+@njit(parallel=True)
+def inverse_information_diagonal(info):
+    """√diag(I⁻¹) per gene (the standard errors of θ̂); NaN where I is singular or NaN."""
+    G, K1, _ = info.shape
+    out = np.full((G, K1), np.nan)
+    for g in prange(G):
+        e = np.zeros(K1)
+        x = np.empty(K1)
+        for k in range(K1):
+            e[:] = 0.0
+            e[k] = 1.0
+            if not _solve_small(info[g], e, x):
+                break
+            out[g, k] = np.sqrt(x[k]) if x[k] >= 0.0 else np.nan
+    return out
 
 
 @njit(parallel=True)
