@@ -5,4 +5,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__: list[str] = ["__version__"]
+from pyflashmm.simulate import SimulatedData, simulate_rnaseq
+
+__all__: list[str] = ["__version__", "SimulatedData", "simulate_rnaseq"]
