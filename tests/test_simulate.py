@@ -199,7 +199,8 @@ def test_moment_estimates_and_gene_filter(reference):
     np.testing.assert_allclose(sim.ref_mean_dispersion["mu"], mu, rtol=1e-12)
     ok = (mu > 0) & (v > mu)
     np.testing.assert_allclose(
-        sim.ref_mean_dispersion["dispersion"].to_numpy()[ok], mu[ok] ** 2 / (v[ok] - mu[ok]),
+        sim.ref_mean_dispersion["dispersion"].to_numpy()[ok],
+        mu[ok] ** 2 / (v[ok] - mu[ok]),
         rtol=1e-9,
     )
     # n_genes=None keeps the eligible genes in reference order, with their names
@@ -361,7 +362,18 @@ def test_cli_simulate_writes_h5ad(tmp_path):
     _cli_simulate.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "cli.h5ad"
     args = parser.parse_args(
-        ["simulate", "--n-genes", "15", "--n-cells", "300", "--seed", "3", "--quiet", "-o", str(out)]
+        [
+            "simulate",
+            "--n-genes",
+            "15",
+            "--n-cells",
+            "300",
+            "--seed",
+            "3",
+            "--quiet",
+            "-o",
+            str(out),
+        ]
     )
     assert args.func(args) == 0
     import anndata

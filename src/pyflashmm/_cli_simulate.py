@@ -36,9 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--var-subject-cluster", type=float, default=0.0, help="subject x cluster variance"
     )
-    p.add_argument(
-        "--not-nested", action="store_true", help="subjects are seen in every condition"
-    )
+    p.add_argument("--not-nested", action="store_true", help="subjects are seen in every condition")
     p.add_argument(
         "--no-adjust-library-size", action="store_true", help="same library size for all cells"
     )

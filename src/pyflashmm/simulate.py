@@ -391,10 +391,10 @@ def _simulate_counts(
 
 def _mme(R: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Column mean, unbiased variance and MME size (NaN/negative where v <= mu)."""
-    n = R.shape[0]
-    mu = np.asarray(R.sum(axis=0), dtype=np.float64).ravel() / n
-    sq = R.multiply(R) if R.dtype.kind == "f" else R.astype(np.float64).multiply(R)
-    s2 = np.asarray(sq.sum(axis=0), dtype=np.float64).ravel()
+    n, G = R.shape
+    x = R.data.astype(np.float64)
+    mu = np.bincount(R.indices, weights=x, minlength=G) / n
+    s2 = np.bincount(R.indices, weights=x * x, minlength=G)
     v = s2 / (n - 1) - n * mu**2 / (n - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         size = mu**2 / (v - mu)
