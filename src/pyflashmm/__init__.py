@@ -4,6 +4,7 @@ for differential expression in multi-subject single-cell RNA-seq."""
 from __future__ import annotations
 
 from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
+from pyflashmm.simulate import SimulatedData, simulate_rnaseq
 from pyflashmm.sumstats import SummaryStats, summary_stats
 
 __version__ = "0.1.0"
@@ -12,10 +13,12 @@ __all__ = [
     "STATUS_NAMES",
     "ConvergenceWarning",
     "LmmFit",
+    "SimulatedData",
     "SummaryStats",
     "__version__",
     "lmm",
     "lmmfit",
     "loglik_score",
+    "simulate_rnaseq",
     "summary_stats",
 ]
