@@ -444,7 +444,6 @@ def _general_eval(theta, blocks, K, u, yRy, S, Ws, Wz, reml, n_eff, ll_const, sc
         ok, Tt, logdet = _solve_T(Wz, dvec)
         if not ok:
             return False, np.nan
-    TDT = Tt @ (dvec[:, None] * Tt)
     s02 = s0 * s0
     for k in range(K1):
         score[k] = 0.0
@@ -455,12 +454,14 @@ def _general_eval(theta, blocks, K, u, yRy, S, Ws, Wz, reml, n_eff, ll_const, sc
     for i in range(q):
         ki = blocks[i]
         score[ki] += 0.5 * (a[i] * a[i] / s02 - Tt[i, i] / s0)
-        info[ki, K] += 0.5 * (Tt[i, i] - TDT[i, i]) / s02
         trDT += dvec[i] * Tt[i, i]
+        tdt_ii = 0.0  # (T D T)_ii = Σ_j d_j T_ij²
         for j in range(q):
             t2 = Tt[i, j] * Tt[i, j]
             info[ki, blocks[j]] += 0.5 * t2 / s02
-            trDTDT += dvec[i] * dvec[j] * t2
+            tdt_ii += dvec[j] * t2
+        info[ki, K] += 0.5 * (Tt[i, i] - tdt_ii) / s02
+        trDTDT += dvec[i] * tdt_ii
     for k in range(K):
         info[K, k] = info[k, K]
     score[K] = 0.5 * (quad2 / s02 - (n_eff - trDT) / s0)
