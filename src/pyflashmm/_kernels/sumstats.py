@@ -25,11 +25,13 @@ _INV_LOG2 = 1.0 / np.log(2.0)
 
 @njit
 def _apply(value, transform):
+    """The transformed value in float64 (float32 counts are widened before the log)."""
+    x = np.float64(value)
     if transform == 1:
-        return np.log1p(value)
+        return np.log1p(x)
     if transform == 2:
-        return np.log1p(value) * _INV_LOG2
-    return value
+        return np.log1p(x) * _INV_LOG2
+    return x
 
 
 @njit
