@@ -5,4 +5,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__: list[str] = ["__version__"]
+from pyflashmm.nbglm import NbGlmFit, nbglm, pseudobulk, size_factors
+
+__all__: list[str] = ["__version__", "NbGlmFit", "nbglm", "pseudobulk", "size_factors"]
