@@ -483,9 +483,12 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     est = np.empty(Gn)
     bm = np.empty(Gn)
     pos = 0
+    mu_store = []  # initial means of non-group designs (a GLM fit; kept, not refitted)
     for idx in blocks:
         Yb = _dense_rows(Y, idx)
-        e, _ = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion, min_disp)
+        e, mu0 = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion, min_disp)
+        if not linear_mu:
+            mu_store.append(mu0)
         est[pos : pos + idx.size] = e
         bm[pos : pos + idx.size] = (Yb / sf).mean(axis=1)
         pos += idx.size
@@ -526,9 +529,14 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
             res["stat_lrt"][idx] = out["lrt_stat"]
 
     refit_genes = []
-    for idx in blocks:
+    pos = 0
+    for b_, idx in enumerate(blocks):
         Yb = _dense_rows(Y, idx)
-        out = _fit_block(Yb, sh)
+        e = est[pos : pos + idx.size]
+        pos += idx.size
+        mu0 = mu_store[b_] if not linear_mu else np.maximum(
+            _disp.linear_model_mu(Yb / sf, X) * sf, minmu)  # fmt: skip
+        out = _fit_block(Yb, sh, e, mu0)
         store(idx, out)
         ck = out["cooks"]
         res["max_cooks"][idx] = _max_cooks(ck, X)
