@@ -4,6 +4,7 @@ for differential expression in multi-subject single-cell RNA-seq."""
 from __future__ import annotations
 
 from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
+from pyflashmm.nbglm import NbGlmFit, nbglm, pseudobulk, size_factors
 from pyflashmm.simulate import SimulatedData, simulate_rnaseq
 from pyflashmm.sumstats import SummaryStats, summary_stats
 
@@ -13,12 +14,16 @@ __all__ = [
     "STATUS_NAMES",
     "ConvergenceWarning",
     "LmmFit",
+    "NbGlmFit",
     "SimulatedData",
     "SummaryStats",
     "__version__",
     "lmm",
     "lmmfit",
     "loglik_score",
+    "nbglm",
+    "pseudobulk",
     "simulate_rnaseq",
+    "size_factors",
     "summary_stats",
 ]

@@ -1,0 +1,87 @@
+"""Input checks and small R-compatible helpers shared by the NB-GLM modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def as_counts(counts, *, allow_non_integer: bool = False, name: str = "counts"):
+    """Validate a cells/samples × genes count matrix; return float64 dense or CSC."""
+    if sp.issparse(counts):
+        mat = sp.csc_matrix(counts, dtype=np.float64)
+        data = mat.data
+    else:
+        if hasattr(counts, "to_numpy"):
+            counts = counts.to_numpy()
+        mat = np.asarray(counts, dtype=np.float64)
+        if mat.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (samples × genes), got shape {mat.shape}")
+        data = mat
+    if mat.shape[0] < 1 or mat.shape[1] < 1:
+        raise ValueError(f"{name} is empty: shape {mat.shape}")
+    if np.isnan(data).any():
+        raise ValueError(f"{name} contains NaN")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{name} contains infinite values")
+    if (data < 0).any():
+        idx = np.argwhere(mat < 0)[0] if not sp.issparse(mat) else None
+        where = f" (first at {tuple(int(i) for i in idx)})" if idx is not None else ""
+        raise ValueError(f"{name} contains negative values{where}")
+    if not allow_non_integer and (data != np.round(data)).any():
+        raise ValueError(
+            f"{name} contains non-integer values; pass allow_non_integer=True for estimated counts"
+        )
+    return mat
+
+
+def trimmed_mean(x, trim, axis=-1):
+    """R's ``mean(x, trim=)``: drop floor(n·trim) values at each end of the sorted data."""
+    x = np.sort(np.asarray(x, dtype=np.float64), axis=axis)
+    n = x.shape[axis]
+    if trim <= 0 or n == 0:
+        return x.mean(axis=axis)
+    if trim >= 0.5:
+        return np.median(x, axis=axis)
+    lo = int(np.floor(n * trim))
+    hi = n - lo
+    return np.take(x, np.arange(lo, hi), axis=axis).mean(axis=axis)
+
+
+def mad(x):
+    """R's ``mad``: 1.4826 · median |x − median(x)|."""
+    x = np.asarray(x, dtype=np.float64)
+    return 1.4826 * np.median(np.abs(x - np.median(x)))
+
+
+def r_quantile(x, probs):
+    """R's default (type 7) quantile."""
+    return np.quantile(np.asarray(x, dtype=np.float64), probs, method="linear")
+
+
+def p_adjust_bh(p):
+    """Benjamini–Hochberg adjusted p-values; NaN stays NaN and is not counted in n."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    n = q.size
+    if n == 0:
+        return out
+    order = np.argsort(q)[::-1]
+    ranks = np.arange(n, 0, -1)
+    adj = np.minimum.accumulate(q[order] * n / ranks)
+    res = np.empty(n)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+def row_groups(X):
+    """Integer label of each distinct row of X (first-appearance order) and group count."""
+    _, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    order = np.argsort(first)
+    remap = np.empty_like(order)
+    remap[order] = np.arange(order.size)
+    return remap[inv], order.size

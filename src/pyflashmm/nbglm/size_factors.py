@@ -1,0 +1,118 @@
+"""Size factors s_j of samples (or cells) j for counts y_ij (samples × genes here).
+
+* ``ratio`` (DESeq2 median of ratios): s_j = exp(median_i[ln y_ji − mean_v ln y_vi]) over
+  genes with no zero count; an error when every gene has a zero.
+* ``poscounts`` (DESeq2): gene geometric means over positive counts only,
+  ln g_i = Σ_{y>0} ln y_ji / m (m counts all samples), ratios over y_ji > 0, then the factors
+  are rescaled to geometric mean 1.
+* ``normed_sum`` (glmGamPoi): column sums rescaled to geometric mean 1.
+* ``iterate`` (DESeq2): alternate a mean-only NB fit and a likelihood maximisation over the
+  centred ln s (5 % worst genes left out) until Σ(Δ ln s)² < 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from pyflashmm.nbglm._util import as_counts
+
+METHODS = ("ratio", "poscounts", "normed_sum", "iterate")
+
+
+def _median_ratios_dense(Y, loggeo):
+    m = Y.shape[0]
+    sf = np.empty(m)
+    finite = np.isfinite(loggeo)
+    for j in range(m):
+        row = Y[j]
+        use = finite & (row > 0)
+        if not use.any():
+            raise ValueError(f"counts: sample {j} has no positive count on a usable gene")
+        sf[j] = np.exp(np.median(np.log(row[use]) - loggeo[use]))
+    return sf
+
+
+def _median_ratios_csc(Yc, loggeo):
+    Yr = sp.csr_matrix(Yc)
+    m = Yr.shape[0]
+    sf = np.empty(m)
+    finite = np.isfinite(loggeo)
+    for j in range(m):
+        lo, hi = Yr.indptr[j], Yr.indptr[j + 1]
+        idx = Yr.indices[lo:hi]
+        val = Yr.data[lo:hi]
+        keep = (val > 0) & finite[idx]
+        if not keep.any():
+            raise ValueError(f"counts: sample {j} has no positive count on a usable gene")
+        sf[j] = np.exp(np.median(np.log(val[keep]) - loggeo[idx[keep]]))
+    return sf
+
+
+def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = False):
+    """Size factors of the rows (samples or cells) of a count matrix.
+
+    Parameters
+    ----------
+    counts : array_like or scipy.sparse matrix, shape (m, G)
+        Non-negative counts, samples/cells in rows and genes in columns.
+    method : {"ratio", "poscounts", "normed_sum", "iterate"}
+        See the module docstring for the formulas; ``ratio`` raises when every gene has a zero
+        (use ``poscounts`` for sparse data) and never falls back silently.
+    allow_non_integer : bool
+        Accept non-integer (estimated) counts.
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    Y = as_counts(counts, allow_non_integer=allow_non_integer)
+    m, G = Y.shape
+    if method == "normed_sum":
+        tot = np.asarray(Y.sum(axis=1)).ravel()
+        if (tot <= 0).any():
+            raise ValueError(f"counts: sample {int(np.argmin(tot))} has zero total count")
+        return tot / np.exp(np.mean(np.log(tot)))
+    if method == "iterate":
+        from pyflashmm.nbglm.glm import _size_factors_iterate
+
+        return _size_factors_iterate(Y)
+    if sp.issparse(Y):
+        if method == "ratio":
+            nnz_per_gene = np.diff(Y.indptr)
+            if (nnz_per_gene < m).all():
+                raise ValueError(
+                    "counts: every gene contains at least one zero, cannot compute log "
+                    "geometric means (method='ratio'); use method='poscounts'"
+                )
+            Yd = Y[:, nnz_per_gene == m].toarray()
+            loggeo = np.log(Yd).mean(axis=0)
+            return _median_ratios_dense(Yd, loggeo)
+        L = Y.copy()
+        L.data = np.log(L.data, where=L.data > 0, out=np.zeros_like(L.data))
+        loggeo = np.asarray(L.sum(axis=0)).ravel() / m
+        allzero = np.asarray(Y.sum(axis=0)).ravel() == 0
+        loggeo[allzero] = -np.inf
+        if np.isinf(loggeo).all():
+            raise ValueError("counts: every gene is all-zero")
+        sf = _median_ratios_csc(Y, loggeo)
+    else:
+        with np.errstate(divide="ignore"):
+            lc = np.log(Y)
+        if method == "ratio":
+            loggeo = lc.mean(axis=0)
+            if np.isinf(loggeo).all():
+                raise ValueError(
+                    "counts: every gene contains at least one zero, cannot compute log "
+                    "geometric means (method='ratio'); use method='poscounts'"
+                )
+            return _median_ratios_dense(Y, loggeo)
+        lc[~np.isfinite(lc)] = 0.0
+        loggeo = lc.sum(axis=0) / m
+        loggeo[Y.sum(axis=0) == 0] = -np.inf
+        if np.isinf(loggeo).all():
+            raise ValueError("counts: every gene is all-zero")
+        sf = _median_ratios_dense(Y, loggeo)
+    return sf / np.exp(np.mean(np.log(sf)))

@@ -1,0 +1,110 @@
+#!/usr/bin/env Rscript
+# Reference fixtures for tests/nbglm: R DESeq2 (Debian r-bioc-deseq2) on simulated NB data.
+# Run from this directory:  Rscript make_fixtures.R   (writes one folder per scenario)
+suppressPackageStartupMessages(library(DESeq2))
+
+sim <- function(G, coldata, mm, lfc_sd = 0.6, frac_de = 0.2, seed = 1,
+                disp_fun = function(mu) 0.05 + 1 / mu, sf_sd = 0.3,
+                disp_sd = 0.7) {
+  set.seed(seed)
+  m <- nrow(coldata)
+  base <- exp(rnorm(G, log(80), 1.6))
+  beta <- matrix(0, G, ncol(mm))
+  if (ncol(mm) > 1) {
+    de <- runif(G * (ncol(mm) - 1)) < frac_de
+    beta[, -1] <- ifelse(de, rnorm(G * (ncol(mm) - 1), 0, lfc_sd), 0)
+  }
+  sf <- exp(rnorm(m, 0, sf_sd))
+  mu <- base * exp(beta %*% t(mm)) * matrix(sf, G, m, byrow = TRUE)
+  disp <- disp_fun(base) * exp(rnorm(G, 0, disp_sd))
+  cts <- matrix(rnbinom(G * m, mu = mu, size = 1 / disp), G, m)
+  storage.mode(cts) <- "integer"
+  cts[1:3, ] <- 0L                     # all-zero genes
+  colnames(cts) <- paste0("s", seq_len(m)); rownames(cts) <- paste0("g", seq_len(G))
+  cts
+}
+
+run <- function(name, cts, coldata, design, test = "Wald", reduced = NULL, res_name = NULL, ...) {
+  dir.create(name, showWarnings = FALSE)
+  dds <- DESeqDataSetFromMatrix(cts, coldata, design)
+  dds <- if (test == "Wald") DESeq(dds, quiet = TRUE, ...) else
+    DESeq(dds, test = "LRT", reduced = reduced, quiet = TRUE, ...)
+  res <- if (is.null(res_name)) results(dds) else results(dds, name = res_name)
+  mc <- mcols(dds)
+  out <- data.frame(baseMean = res$baseMean, log2FoldChange = res$log2FoldChange,
+                    lfcSE = res$lfcSE, stat = res$stat, pvalue = res$pvalue, padj = res$padj,
+                    dispGeneEst = mc$dispGeneEst, dispFit = mc$dispFit,
+                    dispersion = mc$dispersion, dispMAP = mc$dispMAP,
+                    dispOutlier = mc$dispOutlier, dispGeneIter = mc$dispGeneIter,
+                    maxCooks = mc$maxCooks,
+                    replace = if (is.null(mc$replace)) NA else mc$replace,
+                    betaConv = if (test == "Wald") mc$betaConv else mc$fullBetaConv)
+  write.csv(out, file.path(name, "results.csv"), row.names = FALSE)
+  gz <- gzfile(file.path(name, "counts.csv.gz"), "w")
+  write.csv(cts, gz); close(gz)
+  mm <- model.matrix(design(dds), as.data.frame(colData(dds)))
+  write.csv(mm, file.path(name, "design.csv"), row.names = FALSE)
+  if (!is.null(reduced)) {
+    write.csv(model.matrix(reduced, as.data.frame(colData(dds))),
+              file.path(name, "reduced.csv"), row.names = FALSE)
+  }
+  df <- dispersionFunction(dds)
+  info <- data.frame(key = c("fitType", "dispPriorVar", "varLogDispEsts", "coef", "filterThreshold"),
+                     value = c(attr(df, "fitType"), attr(df, "dispPriorVar"),
+                               attr(df, "varLogDispEsts"), resultsNames(dds)[ncol(mm)],
+                               metadata(res)$filterThreshold))
+  write.csv(info, file.path(name, "info.csv"), row.names = FALSE)
+  write.csv(data.frame(sizeFactor = sizeFactors(dds)), file.path(name, "size_factors.csv"),
+            row.names = FALSE)
+  cat(name, ":", attr(df, "fitType"), " priorVar", attr(df, "dispPriorVar"),
+      " replaced", sum(mc$replace, na.rm = TRUE), " NA p", sum(is.na(res$pvalue)), "\n")
+}
+
+# 1. two groups, 6 vs 6
+cd <- data.frame(cls = factor(rep(c("A", "B"), each = 6)))
+cts <- sim(800, cd, model.matrix(~cls, cd), seed = 11)
+run("two_group", cts, cd, ~cls)
+
+# 2. multi-factor ~ cls + trt (3 x 2, 4 replicates)
+cd <- data.frame(cls = factor(rep(c("a", "b", "c"), each = 8)), trt = factor(rep(rep(c("A", "B"), each = 4), 3)))
+cts <- sim(800, cd, model.matrix(~cls + trt, cd), seed = 12)
+run("multi_factor", cts, cd, ~cls + trt)
+
+# 3. continuous covariate
+set.seed(3)
+cd <- data.frame(x = round(rnorm(20), 3))
+cts <- sim(700, cd, model.matrix(~x, cd), seed = 13, lfc_sd = 0.4)
+run("continuous", cts, cd, ~x)
+
+# 4. small sample: 2 vs 2 (m - p = 2, Monte-Carlo prior variance)
+cd <- data.frame(cls = factor(rep(c("A", "B"), each = 2)))
+cts <- sim(700, cd, model.matrix(~cls, cd), seed = 14)
+run("small_sample", cts, cd, ~cls)
+
+# 5. outliers: 8 vs 8 with injected outlier counts (replacement and refit)
+cd <- data.frame(cls = factor(rep(c("A", "B"), each = 8)))
+cts <- sim(800, cd, model.matrix(~cls, cd), seed = 15)
+set.seed(5)
+og <- sample(4:800, 60)
+for (g in og) { j <- sample(16, 1); cts[g, j] <- as.integer(cts[g, j] * 20 + 50) }
+run("outliers", cts, cd, ~cls)
+
+# 6. LRT ~ cls + trt vs ~ cls
+cd <- data.frame(cls = factor(rep(c("a", "b", "c"), each = 8)), trt = factor(rep(rep(c("A", "B"), each = 4), 3)))
+cts <- sim(800, cd, model.matrix(~cls + trt, cd), seed = 16)
+run("lrt", cts, cd, ~cls + trt, test = "LRT", reduced = ~cls)
+
+# 7. flat dispersions (parametric trend fails, local fit used)
+cd <- data.frame(cls = factor(rep(c("A", "B"), each = 10)), trt = factor(rep(c("A", "B"), 10)))
+cts <- sim(800, cd, model.matrix(~cls + trt, cd), seed = 17,
+           disp_fun = function(mu) 0.02 * (mu / 80)^0.6, disp_sd = 0.3)
+run("flat_dispersion", cts, cd, ~cls + trt)
+
+# 8. pseudobulk-sized: 2000 genes x 250 samples, ~ cls + trt (slow tests, benchmark)
+set.seed(8)
+cd <- data.frame(cls = factor(sample(c("c1", "c2", "c3", "c4", "c5"), 250, TRUE)),
+                 trt = factor(sample(c("A", "B"), 250, TRUE)))
+cts <- sim(2000, cd, model.matrix(~cls + trt, cd), seed = 18, sf_sd = 0.5,
+           disp_fun = function(mu) 0.03 + 0.5 / mu)
+run("pseudobulk_2000x250", cts, cd, ~cls + trt)
+writeLines(capture.output(sessionInfo()), "sessionInfo.txt")

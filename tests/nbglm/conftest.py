@@ -1,0 +1,28 @@
+"""Loaders for the DESeq2 reference fixtures (tests/data/deseq2-1.38.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "deseq2-1.38.3"
+
+
+def load_scenario(name):
+    d = DATA / name
+    cts = pd.read_csv(d / "counts.csv.gz", index_col=0)
+    X = pd.read_csv(d / "design.csv")
+    res = pd.read_csv(d / "results.csv")
+    info = pd.read_csv(d / "info.csv").set_index("key")["value"]
+    sf = pd.read_csv(d / "size_factors.csv")["sizeFactor"].to_numpy()
+    red = pd.read_csv(d / "reduced.csv").to_numpy() if (d / "reduced.csv").exists() else None
+    return {
+        "Y": np.ascontiguousarray(cts.T.to_numpy(dtype=np.float64)),
+        "X": X,
+        "res": res,
+        "info": info,
+        "sf": sf,
+        "reduced": red,
+    }

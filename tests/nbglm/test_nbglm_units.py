@@ -1,0 +1,162 @@
+"""Unit tests of the NB-GLM pieces against independent NumPy/statsmodels oracles."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy import stats
+
+from pyflashmm import NbGlmFit, nbglm, pseudobulk, size_factors
+from pyflashmm._kernels import nb as K
+
+
+def _sim(rng, m=16, G=120, p_de=0.3):
+    grp = np.repeat([0.0, 1.0], m // 2)
+    X = np.column_stack([np.ones(m), grp])
+    base = np.exp(rng.normal(3.5, 1.2, G))
+    lfc = np.where(rng.random(G) < p_de, rng.normal(0, 1, G), 0.0)
+    sf = np.exp(rng.normal(0, 0.3, m))
+    mu = sf[:, None] * base[None, :] * np.exp(np.outer(grp, lfc))
+    disp = 0.05 + 1.0 / base
+    Y = rng.negative_binomial(1 / disp, 1 / (1 + mu * disp)).astype(float)
+    return Y, X
+
+
+def test_size_factor_oracles(rng):
+    Y = rng.poisson(20, size=(6, 50)).astype(float) + 1
+    lg = np.log(Y).mean(axis=0)
+    oracle = np.exp(np.median(np.log(Y) - lg, axis=1))
+    np.testing.assert_allclose(size_factors(Y, "ratio"), oracle, rtol=1e-12)
+    Y[0, :10] = 0
+    lc = np.where(Y > 0, np.log(np.where(Y > 0, Y, 1)), 0.0)
+    lgp = lc.sum(axis=0) / Y.shape[0]
+    sfp = np.array([np.exp(np.median(np.log(Y[j][Y[j] > 0]) - lgp[Y[j] > 0])) for j in range(6)])
+    sfp /= np.exp(np.mean(np.log(sfp)))
+    np.testing.assert_allclose(size_factors(Y, "poscounts"), sfp, rtol=1e-12)
+    np.testing.assert_allclose(size_factors(sp.csr_matrix(Y), "poscounts"), sfp, rtol=1e-12)
+    tot = Y.sum(axis=1)
+    np.testing.assert_allclose(size_factors(Y, "normed_sum"), tot / np.exp(np.log(tot).mean()))
+
+
+def test_size_factor_errors():
+    Y = np.array([[0, 1, 2], [3, 0, 1], [1, 2, 0]], float)
+    with pytest.raises(ValueError, match="every gene contains at least one zero"):
+        size_factors(Y, "ratio")
+    with pytest.raises(ValueError, match="every gene contains at least one zero"):
+        size_factors(sp.csc_matrix(Y), "ratio")
+    with pytest.raises(ValueError, match="method"):
+        size_factors(Y, "tmm")
+
+
+def test_bad_input(rng):
+    Y, X = _sim(rng)
+    with pytest.raises(ValueError, match="negative"):
+        nbglm(-Y, X)
+    with pytest.raises(ValueError, match="non-integer"):
+        nbglm(Y + 0.5, X)
+    Yn = Y.copy()
+    Yn[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        nbglm(Yn, X)
+    with pytest.raises(ValueError, match="full column rank"):
+        nbglm(Y, np.column_stack([X, X[:, 1]]))
+    with pytest.raises(ValueError, match="size_factors has length"):
+        nbglm(Y, X, size_factors=np.ones(3))
+    with pytest.raises(ValueError, match="size_factors must be"):
+        nbglm(Y, X, size_factors=np.r_[0.0, np.ones(Y.shape[0] - 1)])
+    with pytest.raises(ValueError, match="X must have shape"):
+        nbglm(Y, X[:-1])
+
+
+def test_dlog_posterior_matches_finite_differences(rng):
+    Y, X = _sim(rng, G=3)
+    mu = np.maximum(Y.mean(axis=0)[None, :] * np.ones((Y.shape[0], 1)), 0.5).T.copy()
+    y = np.ascontiguousarray(Y.T[1])
+    m, p = X.shape
+    w, B, L, Bi, dB = np.empty(m), *(np.empty((p, p)) for _ in range(4))
+    for a in (-4.0, -1.0, 0.5):
+        args = (y, mu[1], X, -1.0, 0.7, True, True)
+        h = 1e-5
+        fd = (K.log_posterior(a + h, *args, w, B, L) - K.log_posterior(a - h, *args, w, B, L)) / (
+            2 * h
+        )
+        an = K.dlog_posterior(a, *args, w, B, L, Bi, dB)
+        assert abs(fd - an) < 1e-6 * max(1, abs(an))
+
+
+def test_nb_logpdf_matches_scipy():
+    # scipy evaluates lnΓ(y + 1/α) − lnΓ(1/α) directly and loses ~1e-8 at α = 1e-7
+    # (lnΓ(1e7) ≈ 1.5e8), hence the looser tolerance for that case.
+    cases = [(0, 3.0, 0.1, 1e-12), (5, 2.0, 1e-7, 1e-7), (250, 300.0, 0.3, 1e-10),
+             (7, 1e-3, 2.0, 1e-10)]  # fmt: skip
+    for y, mu, a, tol in cases:
+        r = 1 / a
+        ref = stats.nbinom.logpmf(y, r, r / (r + mu))
+        assert abs(K.nb_logpdf(float(y), mu, a) - ref) < tol * max(1, abs(ref))
+
+
+def test_fit_beta_matches_statsmodels(rng):
+    """IRLS at fixed α vs statsmodels' NB GLM (ridge 1e-6 changes β by < 1e-6)."""
+    import statsmodels.api as sm
+
+    Y, X = _sim(rng, m=20, G=5)
+    sf = np.exp(rng.normal(0, 0.2, X.shape[0]))
+    alpha = np.full(5, 0.1)
+    beta0 = np.zeros((5, 2))
+    beta0[:, 0] = np.log(Y.mean(axis=0) + 0.1)
+    beta, sigma, *_ = K.fit_beta(
+        np.ascontiguousarray(Y.T), sf, X, alpha, beta0, np.full(2, 1e-6 / math.log(2) ** 2),
+        1e-300, 1e-12, 200,
+    )  # fmt: skip
+    for g in range(5):
+        mod = sm.GLM(Y[:, g], X, family=sm.families.NegativeBinomial(alpha=0.1),
+                     offset=np.log(sf)).fit(tol=1e-13)  # fmt: skip
+        np.testing.assert_allclose(beta[g], mod.params, atol=1e-5)
+        np.testing.assert_allclose(np.sqrt(np.diag(sigma[g])), mod.bse, rtol=1e-4)
+
+
+def test_sparse_equals_dense_and_frame(rng):
+    Y, X = _sim(rng)
+    Y[:, 5] = 0
+    f1 = nbglm(Y, X, size_factors="poscounts")
+    f2 = nbglm(sp.csr_matrix(Y), X, size_factors="poscounts", block_size=37)
+    assert isinstance(f1, NbGlmFit)
+    assert f1.all_zero[5] and np.isnan(f1.p_value[5])
+    np.testing.assert_allclose(f1.p_value, f2.p_value, rtol=1e-9, equal_nan=True)
+    df = f1.to_frame()
+    assert list(df.columns[:9]) == ["variable", "contrast", "log_fc", "se", "stat", "df",
+                                    "p_value", "adj_p_value", "method"]  # fmt: skip
+    assert (df["method"] == "nbglm").all()
+    np.testing.assert_allclose(f1.natural_log_fold_change, f1.coef[:, 1], equal_nan=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f1.base_mean = None  # type: ignore[misc]
+
+
+def test_lrt_and_single_cell_preset(rng):
+    Y, X = _sim(rng, m=30, G=60)
+    f = nbglm(Y, X, test="lrt")
+    assert f.test == "lrt" and np.all(f.stat[~np.isnan(f.stat)] > -1e-6)
+    fs = nbglm(Y, X, preset="single_cell")
+    assert fs.test == "lrt"
+    assert np.isfinite(fs.p_value).sum() > 50
+
+
+def test_pseudobulk_matches_groupby(rng):
+    n, G = 300, 7
+    Y = rng.poisson(1.0, size=(n, G)).astype(float)
+    obs = pd.DataFrame({"sam": rng.choice(["s1", "s2", "s3"], n), "cls": rng.choice(["a", "b"], n)})
+    pb, tab = pseudobulk(sp.csr_matrix(Y), obs, by=["sam", "cls"], chunk_size=64)
+    ref = pd.DataFrame(Y).groupby([obs["sam"], obs["cls"]], sort=False).sum()
+    for k, row in tab.iterrows():
+        np.testing.assert_allclose(pb[k], ref.loc[(row["sam"], row["cls"])].to_numpy())
+        assert row["n_cells"] == ((obs["sam"] == row["sam"]) & (obs["cls"] == row["cls"])).sum()
+    np.testing.assert_allclose(tab["libsize"], pb.sum(axis=1))
+    pb2, _ = pseudobulk(Y, obs, by=["sam", "cls"])
+    np.testing.assert_allclose(pb, pb2)
+    with pytest.raises(ValueError, match="by"):
+        pseudobulk(Y, obs, by=["nope"])
