@@ -307,6 +307,39 @@ class _Problem:
         )  # fmt: skip
 
 
+_GENE_BLOCK = 2048  # genes per block in the fixed-effects step (bounds its temporaries)
+
+
+def _fixed_effects_eigen(s: SummaryStats, prob: _Problem, theta, ok, store_cov):
+    """β̂, Cov(β̂), se for K = 1, with the per-gene p×p matrices built by one BLAS product.
+
+    With ZZ = Q diag(μ) Qᵀ, z_j the rows of QᵀZX and h_g = γ_g/(1 + γ_g μ):
+    C_g = XX − Σ_j h_gj z_j z_jᵀ (all genes of a block at once: H (b×q) @ [z_j z_jᵀ] (q×p²)),
+    rhs_g = XY_g − Σ_j h_gj (QᵀZY)_jg z_j; then Cov = σ²C⁻¹ and β̂ = C⁻¹rhs per gene (Numba).
+    """
+    G, p = s.n_genes, s.p
+    ZXq = prob.Q.T @ s.ZX
+    outer = np.einsum("ja,jb->jab", ZXq, ZXq).reshape(ZXq.shape[0], p * p)
+    ZYq = s.ZY.T @ prob.Q
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gam = theta[:, 0] / theta[:, 1]
+        H = gam[:, None] / (1.0 + gam[:, None] * prob.mu[None, :])
+    H[~ok] = 0.0
+    coef = np.full((G, p), np.nan)
+    se = np.full((G, p), np.nan)
+    bad = np.zeros(G, dtype=np.int64)
+    cov = np.empty((G, p, p)) if store_cov else None
+    for a in range(0, G, _GENE_BLOCK):
+        b = min(G, a + _GENE_BLOCK)
+        C = cov[a:b] if store_cov else np.empty((b - a, p, p))
+        np.matmul(H[a:b], outer, out=C.reshape(b - a, p * p))  # Σ_j h_gj z_j z_jᵀ
+        rhs = s.XY[:, a:b].T - (H[a:b] * ZYq[a:b]) @ ZXq
+        _k.fixed_effects_from_C(
+            C, s.XX, np.ascontiguousarray(rhs), theta[a:b, 1], ok[a:b], coef[a:b], se[a:b], bad[a:b]
+        )
+    return coef, cov, se, bad
+
+
 def loglik_score(stats: SummaryStats, theta, *, method: str = "REML", engine: str = "auto"):
     """Log-likelihood (ML) or REML criterion, score and expected information at given θ.
 
@@ -402,10 +435,7 @@ def lmm(
             *opts,
         )  # fmt: skip
         failed = np.isin(status, _FAILED)
-        coef, cov, se, bad = _k.fixed_effects_k1(
-            theta, ~failed, prob.mu, np.ascontiguousarray(prob.Q.T @ s.ZX),
-            np.ascontiguousarray(s.ZY.T @ prob.Q), s.XX, XYt, bool(output_cov),
-        )  # fmt: skip
+        coef, cov, se, bad = _fixed_effects_eigen(s, prob, theta, ~failed, bool(output_cov))
     else:
         theta, score, info, loglik, niter, status = _k.fit_general(
             prob.W, prob.yRy, prob.S, prob.Ws, prob.Wz, prob.blocks, K, prob.reml, prob.n_eff,
@@ -416,6 +446,7 @@ def lmm(
             theta, ~failed, prob.blocks, prob.Wz, np.ascontiguousarray(s.ZX),
             np.ascontiguousarray(s.ZY.T), s.XX, XYt, bool(output_cov),
         )  # fmt: skip
+        cov = cov if output_cov else None
 
     # C = σ²XᵀV⁻¹X not PD: no usable β̂ (a pd_boundary gene keeps its more telling status)
     status = np.where((bad == 1) & (status != _k.PD_BOUNDARY), _k.NOT_POSITIVE_DEFINITE, status)
@@ -448,7 +479,7 @@ def lmm(
         t=tval,
         p_value=pval,
         df=df,
-        cov=cov if output_cov else None,
+        cov=cov,
         theta=theta,
         se_theta=se_theta,
         fim_theta=info,

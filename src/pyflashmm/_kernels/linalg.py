@@ -1,5 +1,7 @@
 """Small dense linear algebra that never raises: Cholesky with a success flag, solves and inverse.
 
+These run per gene inside the fixed-effects and general-K kernels, so they are written for
+small matrices (p, q ≲ 300): contiguous inner loops, no allocation beyond one work array.
 Numba's ``np.linalg.cholesky`` raises on a matrix that is not positive definite; inside a
 ``prange`` loop over genes an exception would sink the whole batch, so kernels use these instead
 and turn a failed factorisation into a per-gene status code.
@@ -11,8 +13,12 @@ import numpy as np
 
 from pyflashmm._jit import njit
 
+#: reassociation and FMA contraction only (lets the reductions vectorise); unlike blanket
+#: fastmath these flags do not assume the absence of NaN/Inf, so a NaN still fails the checks
+_FLOAT_FLAGS = {"reassoc", "contract"}
 
-@njit
+
+@njit(fastmath=_FLOAT_FLAGS)
 def cholesky_lower(A, L):
     """Write the lower Cholesky factor of symmetric ``A`` into ``L``; return False if A is not PD.
 
@@ -38,7 +44,7 @@ def cholesky_lower(A, L):
     return True
 
 
-@njit
+@njit(fastmath=_FLOAT_FLAGS)
 def cholesky_logdet(L):
     """log|A| = 2 Σ log L_jj for A = L Lᵀ."""
     s = 0.0
@@ -47,7 +53,7 @@ def cholesky_logdet(L):
     return 2.0 * s
 
 
-@njit
+@njit(fastmath=_FLOAT_FLAGS)
 def forward_substitute(L, B):
     """Overwrite ``B`` (m×k) with L⁻¹B for lower-triangular ``L``."""
     m = L.shape[0]
@@ -60,7 +66,7 @@ def forward_substitute(L, B):
             B[i, c] = t / L[i, i]
 
 
-@njit
+@njit(fastmath=_FLOAT_FLAGS)
 def cholesky_solve_vector(L, b, out):
     """Solve (L Lᵀ) x = b into ``out``."""
     m = L.shape[0]
@@ -76,21 +82,32 @@ def cholesky_solve_vector(L, b, out):
         out[i] = t / L[i, i]
 
 
-@njit
+@njit(fastmath=_FLOAT_FLAGS)
 def cholesky_inverse(L, out):
-    """Write (L Lᵀ)⁻¹ into ``out`` (symmetric, both triangles filled)."""
+    """Write (L Lᵀ)⁻¹ into ``out`` (symmetric, both triangles filled).
+
+    U = (L⁻¹)ᵀ is built a row at a time (row c solves L x = e_c by forward substitution), then
+    (LLᵀ)⁻¹ = L⁻ᵀL⁻¹ = U Uᵀ from dot products of U's rows; every inner loop is contiguous.
+    """
     m = L.shape[0]
-    Linv = np.zeros((m, m))
+    U = np.empty((m, m))
     for c in range(m):
-        for i in range(c, m):
-            t = 1.0 if i == c else 0.0
+        x = U[c]
+        for i in range(c):
+            x[i] = 0.0
+        x[c] = 1.0 / L[c, c]
+        for i in range(c + 1, m):
+            t = 0.0
+            Li = L[i]
             for j in range(c, i):
-                t -= L[i, j] * Linv[j, c]
-            Linv[i, c] = t / L[i, i]
+                t += Li[j] * x[j]
+            x[i] = -t / L[i, i]
     for a in range(m):
+        Ua = U[a]
         for b in range(a + 1):
-            s = 0.0
+            Ub = U[b]
+            t = 0.0
             for k in range(a, m):
-                s += Linv[k, a] * Linv[k, b]
-            out[a, b] = s
-            out[b, a] = s
+                t += Ua[k] * Ub[k]
+            out[a, b] = t
+            out[b, a] = t

@@ -325,41 +325,39 @@ def _finish_fixed_effects(C, rhs, sigma2, g, coef, cov, se, store_cov):
 
 
 @njit(parallel=True)
-def fixed_effects_k1(theta, ok, mu, ZXq, ZYq, XX, XYt, store_cov):
-    """β̂, Cov(β̂) = σ²C⁻¹ and se per gene for K = 1 (C = σ²XᵀV⁻¹X).
+def fixed_effects_from_C(C, XX, rhs, sigma2, ok, coef, se, bad):
+    """In place over a block of genes: C holds XX − σ²XᵀV⁻¹X (b×p×p) and becomes Cov(β̂).
 
-    With ZZ = Q diag(μ) Qᵀ, ZXq = QᵀZX and ZYq = ZYᵀQ: C = XX − ZXqᵀ diag(h) ZXq and
-    β̂ = C⁻¹(XY − ZXqᵀ(h∘ZYq)), h = γ/(1 + γμ); O(q·p² + p³) per gene.
-    Returns coef (G×p), cov (G×p×p, or 1×p×p unused when not ``store_cov``), se, bad (G).
+    First C ← XX − C = σ²XᵀV⁻¹X, then Cov(β̂) = σ²C⁻¹ overwrites it.
+
+    ``rhs`` (b×p) is XᵀV⁻¹y·σ²; writes β̂ = C⁻¹rhs into ``coef`` and √diag Cov into ``se``;
+    ``bad`` is set where C is not positive definite (C is then overwritten with NaN).
     """
-    G = theta.shape[0]
-    p = XX.shape[0]
-    q = mu.shape[0]
-    coef = np.full((G, p), np.nan)
-    se = np.full((G, p), np.nan)
-    cov = np.full((G if store_cov else 1, p, p), np.nan)
-    bad = np.zeros(G, dtype=np.int64)
-    for g in prange(G):
+    nb, p, _ = C.shape
+    for g in prange(nb):
         if not ok[g]:
+            C[g] = np.nan
             continue
-        gam = theta[g, 0] / theta[g, 1]
-        C = XX.copy()
-        rhs = XYt[g].copy()
-        for j in range(q):
-            hj = gam / (1.0 + gam * mu[j])
-            if hj == 0.0:
-                continue
-            hy = hj * ZYq[g, j]
-            zj = ZXq[j]
-            for a in range(p):
-                za = hj * zj[a]
-                rhs[a] -= zj[a] * hy
-                Ca = C[a]
-                for b in range(p):  # full rows: contiguous, vectorises
-                    Ca[b] -= za * zj[b]
-        if not _finish_fixed_effects(C, rhs, theta[g, 1], g, coef, cov, se, store_cov):
+        Ci = C[g]
+        for a in range(p):
+            for b in range(p):
+                Ci[a, b] = XX[a, b] - Ci[a, b]
+        L = np.zeros((p, p))
+        if not cholesky_lower(Ci, L):
             bad[g] = 1
-    return coef, cov, se, bad
+            C[g] = np.nan
+            continue
+        cholesky_inverse(L, Ci)
+        s2 = sigma2[g]
+        for a in range(p):
+            t = 0.0
+            for b in range(p):
+                t += Ci[a, b] * rhs[g, b]
+            coef[g, a] = t
+        for a in range(p):
+            for b in range(p):
+                Ci[a, b] *= s2
+            se[g, a] = np.sqrt(Ci[a, a])
 
 
 # --------------------------------------------------------------------------------------------
