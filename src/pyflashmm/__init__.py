@@ -3,6 +3,7 @@ for differential expression in multi-subject single-cell RNA-seq."""
 
 from __future__ import annotations
 
+from pyflashmm.inference import lmmtest, lrt, random_effects, vctest
 from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm.nbglm import NbGlmFit, nbglm, pseudobulk, size_factors
 from pyflashmm.simulate import SimulatedData, simulate_rnaseq
@@ -20,10 +21,14 @@ __all__ = [
     "__version__",
     "lmm",
     "lmmfit",
+    "lmmtest",
+    "lrt",
     "loglik_score",
     "nbglm",
     "pseudobulk",
+    "random_effects",
     "simulate_rnaseq",
     "size_factors",
     "summary_stats",
+    "vctest",
 ]

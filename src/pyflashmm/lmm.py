@@ -85,6 +85,9 @@ class LmmFit:
         Number of cells and random-effect block sizes.
     fixed_names, theta_names, gene_names : list of str
         Names of the coefficients, of the variance components (last ``"residual"``), of genes.
+    stats : SummaryStats
+        The statistics the fit came from (a reference, not a copy); inference that needs more
+        than β̂ and Cov(β̂) (Satterthwaite df, BLUPs) reads them.
     """
 
     coef: np.ndarray
@@ -107,6 +110,7 @@ class LmmFit:
     fixed_names: list[str]
     theta_names: list[str]
     gene_names: list[str]
+    stats: SummaryStats | None = None
 
     @property
     def n_genes(self) -> int:
@@ -494,6 +498,7 @@ def lmm(
         fixed_names=list(s.fixed_names),
         theta_names=_theta_names(s),
         gene_names=list(s.gene_names),
+        stats=s,
     )
 
 

@@ -1,0 +1,479 @@
+"""Inference on LMM fits: contrasts with calibrated degrees of freedom, variance components, BLUPs.
+
+Notation (as in :mod:`pyflashmm.lmm`): θ = (σ₁², …, σ_K², σ²), V = Σₖ θₖ Vₖ with Vₖ = ZₖZₖᵀ and
+V₀ = I (the residual), Cov(β̂) = (XᵀV⁻¹X)⁻¹, P the REML projection, ℓ the log-likelihood (ML) or
+REML criterion.
+
+Contrast c (one row): estimate cᵀβ̂, variance f(θ) = cᵀCov(β̂)c, t = cᵀβ̂/√f.
+
+**Satterthwaite** degrees of freedom (as lmerTest): ν = 2f² / (∇fᵀ A ∇f), with
+∂f/∂θᵢ = wᵀXᵀV⁻¹VᵢV⁻¹Xw (w = Cov(β̂)c) and A = J⁻¹ the inverse *observed* information of θ,
+J = −∂²ℓ/∂θ∂θᵀ = Q − I, where Qᵢⱼ = yᵀPVᵢPVⱼPy and I is the expected information (½tr(PVᵢPVⱼ) for
+REML, ½tr(V⁻¹VᵢV⁻¹Vⱼ) for ML). Everything is computed from the summary statistics:
+
+* ZᵀPy = a/σ², ZᵀPZ = T/σ² (kernel notation), so Q_kl = a_kᵀT_kl a_l/σ⁶,
+  Q_k0 = a_kᵀ(a − TDa)_k/σ⁶, Q_00 = (σ²yᵀPy − 2aᵀDa + aᵀDTDa)/σ⁶;
+* ZᵀV⁻¹X = (I + ZZ·D)⁻¹ZX/σ² and σ⁴XᵀV⁻²X = XX − 2ZXᵀH ZX + ZXᵀH·ZZ·H ZX, H = (I + D·ZZ)⁻¹D.
+
+A joint (multi-row) contrast L (p × r) gives F = (Lᵀβ̂)ᵀ(LᵀCov L)⁻¹(Lᵀβ̂)/r with denominator df
+from the eigen-decomposition of LᵀCov L (Fai & Cornelius 1996, as lmerTest's ``contestMD``):
+νₘ per eigen-direction, E = Σ νₘ/(νₘ − 2), ddf = 2E/(E − r) (2 if some νₘ ≤ 2).
+
+``df="residual"`` is FLASHMM's n − p. ``df="between"`` is the number of levels of the first
+random-effect block minus the rank of the fixed-effect columns that are constant within those
+levels (the residual df of the subject-level regression), appropriate for between-subject
+contrasts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from pyflashmm import _checks
+from pyflashmm._kernels import inference as _ki
+from pyflashmm._pvalues import t_two_sided
+from pyflashmm.lmm import LmmFit, _Problem
+
+_ALTERNATIVES = ("two-sided", "less", "greater")
+_DF_METHODS = ("satterthwaite", "residual", "between")
+
+
+# --------------------------------------------------------------------------------------------
+# multiple testing
+# --------------------------------------------------------------------------------------------
+
+
+def bh_adjust(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values; NaN entries stay NaN and are not counted."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    pv = p[ok]
+    order = np.argsort(pv, kind="stable")
+    scaled = pv[order] * m / np.arange(1, m + 1)
+    adj = np.minimum.accumulate(scaled[::-1])[::-1]
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# contrasts
+# --------------------------------------------------------------------------------------------
+
+
+def _as_contrasts(fit: LmmFit, contrast, index) -> dict[str, np.ndarray]:
+    """Normalise the ``contrast``/``index`` arguments to {name: p × r matrix}."""
+    names = list(fit.fixed_names)
+    p = len(names)
+    if contrast is None:
+        if index is None:
+            index = list(range(p))
+        idx = [index] if isinstance(index, str | int | np.integer) else list(index)
+        out = {}
+        for i in idx:
+            j = names.index(i) if isinstance(i, str) and i in names else i
+            if isinstance(j, str) or not 0 <= int(j) < p:
+                close = _close(str(i), names)
+                raise ValueError(f"index: unknown coefficient {i!r}{close}")
+            e = np.zeros((p, 1))
+            e[int(j), 0] = 1.0
+            out[names[int(j)]] = e
+        return out
+    if index is not None:
+        raise TypeError("pass either contrast or index, not both")
+    if isinstance(contrast, pd.DataFrame):
+        mat = contrast.reindex(names)
+        if mat.isna().any().any():
+            missing = [n for n in names if n not in contrast.index]
+            raise ValueError(f"contrast: rows missing for coefficients {missing}")
+        return {str(c): mat[[c]].to_numpy(dtype=np.float64) for c in mat.columns}
+    if isinstance(contrast, np.ndarray):
+        arr = np.asarray(contrast, dtype=np.float64)
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        if arr.shape[0] != p:
+            raise ValueError(f"contrast has {arr.shape[0]} rows but the fit has p = {p}")
+        return {f"c{j}": arr[:, [j]] for j in range(arr.shape[1])}
+    if isinstance(contrast, str):
+        contrast = {contrast: contrast}
+    elif isinstance(contrast, list | tuple):
+        contrast = {str(c): c for c in contrast}
+    if not isinstance(contrast, Mapping):
+        raise TypeError(
+            "contrast must be a dict, str, list of str, ndarray or DataFrame; "
+            f"got {type(contrast).__name__}"
+        )
+    out = {}
+    for key, value in contrast.items():
+        if isinstance(value, str):
+            out[str(key)] = _parse([value], names)
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            out[str(key)] = _parse(list(value), names)  # a joint (multi-row) hypothesis
+        else:
+            arr = np.asarray(value, dtype=np.float64)
+            arr = arr[:, None] if arr.ndim == 1 else arr
+            if arr.ndim != 2 or arr.shape[0] != p:
+                raise ValueError(f"contrast {key!r} must have p = {p} rows; got {arr.shape}")
+            out[str(key)] = arr
+    return out
+
+
+def _parse(expressions: list[str], names: list[str]) -> np.ndarray:
+    try:
+        from pyflashmm.contrasts import contrast_matrix
+    except ImportError:  # pragma: no cover - the parser ships with the package
+        contrast_matrix = None
+    if contrast_matrix is not None:
+        return contrast_matrix(expressions, names).to_numpy(dtype=np.float64)
+    out = np.zeros((len(names), len(expressions)))
+    for j, expr in enumerate(expressions):
+        if expr not in names:
+            raise ValueError(f"contrast: unknown coefficient {expr!r}{_close(expr, names)}")
+        out[names.index(expr), j] = 1.0
+    return out
+
+
+def _close(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=3)
+    return f"; close matches: {close}" if close else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Satterthwaite ingredients
+# --------------------------------------------------------------------------------------------
+
+
+def _require_stats(fit: LmmFit):
+    if fit.stats is None:
+        raise ValueError("fit: this LmmFit carries no summary statistics (fit.stats is None)")
+    return fit.stats
+
+
+def observed_information(fit: LmmFit) -> np.ndarray:
+    """J = −∂²ℓ/∂θ∂θᵀ at θ̂ per gene (G × (K+1) × (K+1)), from the summary statistics."""
+    s = _require_stats(fit)
+    prob = _Problem.build(s, fit.method, "auto")
+    theta = np.ascontiguousarray(fit.theta)
+    if prob.eigen:
+        Q = _ki.quadratic_terms_k1(theta, prob.W, prob.yRy, prob.lam)
+    else:
+        Q = _ki.quadratic_terms_general(theta, prob.W, prob.yRy, prob.Ws, prob.blocks, prob.K)
+    return Q - fit.fim_theta
+
+
+def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
+    """∂(cᵀCov(β̂)c)/∂θ for w = Cov(β̂)c given as ``Wc`` (G × L × p); returns G × L × (K+1)."""
+    s = _require_stats(fit)
+    theta = np.ascontiguousarray(fit.theta)
+    if len(s.d) == 1:
+        mu, Qm = np.linalg.eigh(0.5 * (s.ZZ + s.ZZ.T))
+        mu = np.clip(mu, 0.0, None)
+        ZXq = Qm.T @ s.ZX
+        return _ki.cov_gradient_k1(theta, mu, np.ascontiguousarray(ZXq), s.XX, Wc)
+    prob = _Problem.build(s, fit.method, "dense")
+    return _ki.cov_gradient_general(
+        theta,
+        prob.Wz,
+        prob.blocks,
+        np.ascontiguousarray(s.ZX),
+        np.ascontiguousarray(s.ZZ),
+        s.XX,
+        Wc,
+    )
+
+
+def _satterthwaite(fit: LmmFit, Lmat: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Satterthwaite df of the single-row contrasts in the columns of ``Lmat`` (p × L): G × L."""
+    Wc = np.ascontiguousarray(np.einsum("gab,bl->gla", cov, Lmat))
+    grad = _cov_gradient(fit, Wc)
+    J = observed_information(fit)
+    A = np.full_like(J, np.nan)
+    good = np.isfinite(J).all(axis=(1, 2))
+    for g in np.flatnonzero(good):
+        try:
+            A[g] = np.linalg.inv(J[g])
+        except np.linalg.LinAlgError:
+            A[g] = np.nan
+    var = np.einsum("al,gla->gl", Lmat, Wc)
+    denom = np.einsum("glk,gkm,glm->gl", grad, A, grad)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nu = 2.0 * var**2 / denom
+    nu[~(nu > 0)] = np.nan
+    return nu
+
+
+def _between_df(fit: LmmFit) -> float:
+    """Levels of the first random block minus the rank of X's columns constant within them."""
+    s = _require_stats(fit)
+    q1 = int(s.d[0])
+    ZZ1 = s.ZZ[:q1, :q1]
+    ZX1 = s.ZX[:q1]
+    proj = ZX1.T @ np.linalg.pinv(ZZ1) @ ZX1  # ‖P_Z x‖² for each column pair
+    resid = np.diag(s.XX) - np.diag(proj)
+    between = resid <= 1e-10 * np.maximum(np.diag(s.XX), 1e-300)
+    rank = np.linalg.matrix_rank(s.XX[np.ix_(between, between)]) if between.any() else 0
+    return float(q1 - rank)
+
+
+# --------------------------------------------------------------------------------------------
+# public tests
+# --------------------------------------------------------------------------------------------
+
+
+def lmmtest(
+    fit: LmmFit,
+    contrast=None,
+    *,
+    index=None,
+    alternative: str = "two-sided",
+    df: str = "satterthwaite",
+) -> pd.DataFrame:
+    """Test coefficients or contrasts of every gene; one tidy row per (gene, contrast).
+
+    Parameters
+    ----------
+    fit : LmmFit
+        From :func:`pyflashmm.lmm` (with ``output_cov=True``).
+    contrast : dict, str, list of str, ndarray or DataFrame, optional
+        ``{"name": "expression"}`` (parsed by :func:`pyflashmm.contrast_matrix`), a list of
+        expressions, a p × L matrix (one test per column) or a DataFrame from
+        :func:`contrast_matrix`. A dict value that is a *list* of expressions (or a p × r
+        matrix) is one joint hypothesis, tested by an F test.
+    index : str, int or list, optional
+        Coefficients to test (identity contrasts) when ``contrast`` is None; default all.
+    alternative : {"two-sided", "less", "greater"}
+        For single-row contrasts.
+    df : {"satterthwaite", "residual", "between"}
+        Denominator degrees of freedom (see the module docstring). Default Satterthwaite:
+        FLASHMM's n − p gives inflated type-I error for between-subject contrasts.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``variable`` (gene), ``contrast``, ``log_fc`` (the contrast estimate on the model's
+        scale; NaN for joint tests), ``se``, ``stat`` (t, or F for joint tests), ``df``,
+        ``df_num`` (1, or r), ``p_value``, ``adj_p_value`` (BH over genes, per contrast),
+        ``method``, ``converged``.
+    """
+    if not isinstance(fit, LmmFit):
+        raise TypeError(f"fit must be an LmmFit; got {type(fit).__name__}")
+    if alternative not in _ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}")
+    if df not in _DF_METHODS:
+        raise ValueError(f"df must be one of {_DF_METHODS}; got {df!r}")
+    if fit.cov is None:
+        raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
+    contrasts = _as_contrasts(fit, contrast, index)
+    for name, Lm in contrasts.items():
+        if Lm.shape[1] > 1 and alternative != "two-sided":
+            raise ValueError(f"contrast {name!r} is a joint test: alternative must be two-sided")
+        if not np.linalg.matrix_rank(Lm) == Lm.shape[1]:
+            raise ValueError(f"contrast {name!r}: its {Lm.shape[1]} rows are linearly dependent")
+    cov = fit.cov
+    G = fit.n_genes
+    frames = []
+    method = f"lmm_{fit.method.lower()}"
+    between = _between_df(fit) if df == "between" else None
+    for name, Lm in contrasts.items():
+        r = Lm.shape[1]
+        est = fit.coef @ Lm  # G × r
+        V = np.einsum("al,gab,bm->glm", Lm, cov, Lm)
+        if r == 1:
+            var = V[:, 0, 0]
+            se = np.sqrt(var)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                stat = est[:, 0] / se
+            if df == "satterthwaite":
+                nu = _satterthwaite(fit, Lm, cov)[:, 0]
+            elif df == "residual":
+                nu = np.full(G, fit.df)
+            else:
+                nu = np.full(G, between)
+            if alternative == "two-sided":
+                pval = t_two_sided(stat, nu)
+            elif alternative == "greater":
+                pval = sps.t.sf(stat, nu)
+            else:
+                pval = sps.t.cdf(stat, nu)
+            log_fc = est[:, 0]
+        else:
+            stat, nu, se = _joint_test(fit, Lm, cov, est, V, df, between)
+            pval = sps.f.sf(stat, r, nu)
+            log_fc = np.full(G, np.nan)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "variable": fit.gene_names,
+                    "contrast": name,
+                    "log_fc": log_fc,
+                    "se": se,
+                    "stat": stat,
+                    "df": nu,
+                    "df_num": r,
+                    "p_value": pval,
+                    "adj_p_value": bh_adjust(pval),
+                    "method": method,
+                    "converged": fit.converged,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _joint_test(fit, Lm, cov, est, V, df, between):
+    G, r = est.shape
+    F = np.full(G, np.nan)
+    nu = np.full(G, np.nan)
+    good = np.isfinite(V).all(axis=(1, 2))
+    evals = np.full((G, r), np.nan)
+    evecs = np.full((G, r, r), np.nan)
+    evals[good], evecs[good] = np.linalg.eigh(V[good])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proj = np.einsum("grm,gr->gm", evecs, est)  # estimates along the eigen-directions
+        F = np.sum(proj**2 / evals, axis=1) / r
+    if df == "satterthwaite":
+        # each eigen-direction m is a single contrast L P_m with variance λ_m
+        nus = np.full((G, r), np.nan)
+        for m in range(r):
+            cm = np.einsum("pr,gr->gp", Lm, evecs[:, :, m])
+            nus[:, m] = _satterthwaite_varying(fit, cm, cov)
+        nu = _fstat_ddf(nus)
+    elif df == "residual":
+        nu[:] = fit.df
+    else:
+        nu[:] = between
+    return F, nu, np.full(G, np.nan)
+
+
+def _satterthwaite_varying(fit, cvec, cov):
+    """Satterthwaite df for a per-gene contrast vector (G × p)."""
+    Wc = np.ascontiguousarray(np.einsum("gab,gb->ga", cov, np.nan_to_num(cvec))[:, None, :])
+    grad = _cov_gradient(fit, Wc)[:, 0, :]
+    J = observed_information(fit)
+    var = np.einsum("ga,ga->g", np.nan_to_num(cvec), Wc[:, 0, :])
+    out = np.full(fit.n_genes, np.nan)
+    for g in range(fit.n_genes):
+        if not (np.isfinite(J[g]).all() and np.isfinite(grad[g]).all()):
+            continue
+        try:
+            d = grad[g] @ np.linalg.solve(J[g], grad[g])
+        except np.linalg.LinAlgError:
+            continue
+        if d > 0:
+            out[g] = 2.0 * var[g] ** 2 / d
+    return out
+
+
+def _fstat_ddf(nus: np.ndarray) -> np.ndarray:
+    """Denominator df of an r-df F test from the per-direction Satterthwaite df."""
+    r = nus.shape[1]
+    out = np.full(nus.shape[0], np.nan)
+    finite = np.isfinite(nus).all(axis=1)
+    small = finite & (nus <= 2).any(axis=1)
+    out[small] = 2.0
+    ok = finite & ~small
+    E = np.sum(nus[ok] / (nus[ok] - 2.0), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[ok] = np.where(E > r, 2.0 * E / (E - r), np.nan)
+    return out
+
+
+def vctest(fit: LmmFit) -> pd.DataFrame:
+    """FLASHMM's z-test of each variance component: H₀ σₖ² ≤ 0 vs σₖ² > 0.
+
+    z = θ̂ₖ/se(θ̂ₖ) and the one-sided p = P(Z > z). Valid because θₖ may be negative
+    (no boundary at 0); with ``nonneg=True`` fits use :func:`lrt` with the χ² mixture instead.
+    One row per (gene, component).
+    """
+    K = fit.theta.shape[1] - 1
+    rows = []
+    for k in range(K):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = fit.theta[:, k] / fit.se_theta[:, k]
+        p = sps.norm.sf(z)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "variable": fit.gene_names,
+                    "component": fit.theta_names[k],
+                    "estimate": fit.theta[:, k],
+                    "se": fit.se_theta[:, k],
+                    "stat": z,
+                    "p_value": p,
+                    "adj_p_value": bh_adjust(p),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def lrt(fit0: LmmFit, fit1: LmmFit, *, boundary: bool = True) -> pd.DataFrame:
+    """Likelihood-ratio test of nested fits (fit0 ⊂ fit1), gene by gene.
+
+    Λ = 2(ℓ₁ − ℓ₀) on df = (number of parameters of fit1) − (of fit0). For one variance
+    component tested at its boundary 0 (``boundary=True``, the default when the fits differ by
+    random-effect blocks only) the null distribution is the 50:50 mixture of χ²₀ and χ²₁
+    (Self & Liang 1987): p = ½P(χ²₁ > Λ) for Λ > 0. REML fits must share X (the criteria are
+    otherwise not comparable); use ML to compare fixed effects.
+    """
+    for name, f in (("fit0", fit0), ("fit1", fit1)):
+        if not isinstance(f, LmmFit):
+            raise TypeError(f"{name} must be an LmmFit; got {type(f).__name__}")
+    if fit0.method != fit1.method:
+        raise ValueError(f"fit0 is {fit0.method} but fit1 is {fit1.method}")
+    if fit0.n != fit1.n or fit0.gene_names != fit1.gene_names:
+        raise ValueError("fit0 and fit1 must be fitted to the same cells and genes")
+    same_x = fit0.fixed_names == fit1.fixed_names
+    if fit0.method == "REML" and not same_x:
+        raise ValueError("REML fits with different fixed effects are not comparable: use ML")
+    k0 = len(fit0.fixed_names) + fit0.theta.shape[1]
+    k1 = len(fit1.fixed_names) + fit1.theta.shape[1]
+    ddf = k1 - k0
+    if ddf <= 0:
+        raise ValueError(f"fit1 must have more parameters than fit0 (got {k1} vs {k0})")
+    stat = 2.0 * (fit1.loglik - fit0.loglik)
+    stat = np.where(stat < 0, 0.0, stat)  # rounding at the boundary
+    if boundary and same_x and ddf == 1:
+        p = np.where(stat > 0, 0.5 * sps.chi2.sf(stat, 1), 1.0)
+    else:
+        p = sps.chi2.sf(stat, ddf)
+    p = np.where(np.isfinite(fit0.loglik) & np.isfinite(fit1.loglik), p, np.nan)
+    return pd.DataFrame(
+        {
+            "variable": fit1.gene_names,
+            "stat": stat,
+            "df": ddf,
+            "p_value": p,
+            "adj_p_value": bh_adjust(p),
+            "converged": fit0.converged & fit1.converged,
+        }
+    )
+
+
+def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
+    """BLUPs of the random effects per gene: b̂ = H(ZᵀY − ZᵀXβ̂), H = (I + D·ZᵀZ)⁻¹D.
+
+    Returns a genes × q DataFrame (columns = the random-effect names of the statistics).
+    """
+    s = stats if stats is not None else _require_stats(fit)
+    if s.n_genes != fit.n_genes or s.p != fit.coef.shape[1]:
+        raise ValueError("stats do not match the fit (genes or fixed effects differ)")
+    blocks = np.repeat(np.arange(len(s.d)), s.d)
+    gam = fit.theta[:, :-1] / fit.theta[:, -1:]
+    b = _ki.blups(
+        np.ascontiguousarray(gam), blocks.astype(np.int64), np.ascontiguousarray(s.ZZ),
+        np.ascontiguousarray(s.ZY.T), np.ascontiguousarray(s.ZX), np.nan_to_num(fit.coef),
+    )  # fmt: skip
+    b[~np.isfinite(fit.coef).all(axis=1)] = np.nan
+    return pd.DataFrame(b, index=fit.gene_names, columns=_checks.check_names(
+        "random_names", s.random_names or None, s.q, "z"))  # fmt: skip
