@@ -70,9 +70,9 @@ def bh_adjust(p: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_contrasts(fit: LmmFit, contrast, index) -> dict[str, np.ndarray]:
-    """Normalise the ``contrast``/``index`` arguments to {name: p × r matrix}."""
-    names = list(fit.fixed_names)
+def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
+    """Normalise ``contrast``/``index`` to {name: p × r matrix} over the coefficients ``names``."""
+    names = list(names)
     p = len(names)
     if contrast is None:
         if index is None:
@@ -273,7 +273,7 @@ def lmmtest(
         raise ValueError(f"df must be one of {_DF_METHODS}; got {df!r}")
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
-    contrasts = _as_contrasts(fit, contrast, index)
+    contrasts = as_contrasts(fit.fixed_names, contrast, index)
     for name, Lm in contrasts.items():
         if Lm.shape[1] > 1 and alternative != "two-sided":
             raise ValueError(f"contrast {name!r} is a joint test: alternative must be two-sided")
