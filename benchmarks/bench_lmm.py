@@ -72,7 +72,8 @@ def run_flashmm(stats, method="REML"):
         stats.Ynorm.astype("<f8").tofile(d / "Ynorm.bin")
         (d / "meta.txt").write_text(
             "p q G n d method\n"
-            f"{stats.p} {stats.q} {stats.n_genes} {stats.n} {'-'.join(map(str, stats.d))} {method}\n"
+            f"{stats.p} {stats.q} {stats.n_genes} {stats.n} "
+            f"{'-'.join(map(str, stats.d))} {method}\n"
         )
         subprocess.run(["Rscript", str(HERE / "flashmm_lmm.R"), str(d)], check=True)
         elapsed = float((d / "flashmm_time.txt").read_text())
@@ -107,7 +108,9 @@ def lmm_case(label, stats, repeats, flashmm, flashmm_genes=None):
         ours = fm.lmm(sub, warn=False)
         good = ours.converged
         row["max_rel_diff_theta_vs_flashmm"] = float(
-            np.max(np.abs(ours.theta[good] - theta[good]) / np.abs(theta[good]).max(axis=1)[:, None])
+            np.max(
+                np.abs(ours.theta[good] - theta[good]) / np.abs(theta[good]).max(axis=1)[:, None]
+            )
         )
         row["max_abs_diff_coef_vs_flashmm"] = float(np.max(np.abs(ours.coef[good] - coef[good])))
     return row
@@ -124,7 +127,9 @@ def random_csr(rng, n, G, per_row):
 def sumstats_case(rng, n, G, per_row, repeats):
     Y = random_csr(rng, n, G, per_row)
     X, Z, d = ss.vignette_design(rng, n)
-    t_stats = median_time(lambda: fm.summary_stats(Y, X, Z, d, transform="log1p", progress=False), repeats)
+    t_stats = median_time(
+        lambda: fm.summary_stats(Y, X, Z, d, transform="log1p", progress=False), repeats
+    )
     bounds = _gene_bounds(G)
     t_pass = median_time(
         lambda: ks.sum_of_squares_csr(Y.indptr, Y.indices, Y.data, G, bounds, 1), repeats
@@ -173,7 +178,9 @@ def main(argv=None):
     for row in rows:
         print(json.dumps(row))
     print()
-    print(f"{'case':28s} {'genes':>7s} {'p':>3s} {'q':>4s} {'time s':>8s} {'genes/s':>9s}  vs FLASHMM")
+    print(
+        f"{'case':28s} {'genes':>7s} {'p':>3s} {'q':>4s} {'time s':>8s} {'genes/s':>9s}  vs FLASHMM"
+    )
     for row in rows[:3]:
         vs = (
             f"{row['speedup_vs_flashmm']:.0f}x (FLASHMM {row['flashmm_seconds']:.1f} s)"
@@ -186,7 +193,8 @@ def main(argv=None):
         )
     r = rows[3]
     print(
-        f"{r['case']:28s} nnz {r['nnz']:.2e}: {r['seconds']:.2f} s = {r['ratio_to_plain_pass']:.2f}x "
+        f"{r['case']:28s} nnz {r['nnz']:.2e}: {r['seconds']:.2f} s = "
+        f"{r['ratio_to_plain_pass']:.2f}x "
         f"a plain pass ({r['plain_pass_seconds']:.2f} s), {r['ratio_to_scipy_sum_sq']:.2f}x "
         f"scipy's Σlog1p(y)² ({r['scipy_sum_sq_seconds']:.2f} s)"
     )

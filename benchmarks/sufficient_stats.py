@@ -74,9 +74,11 @@ def simulate_stats(rng, X, Z, d, n_genes, theta=(0.1, 1.0), batch=2000) -> Summa
         WY = WW @ coefs + Wt_eps
         XY[:, start : start + G] = WY[:p]
         ZY[:, start : start + G] = WY[p:]
-        Ynorm[start : start + G] = np.einsum("ig,ig->g", coefs, WW @ coefs) + 2 * np.einsum(
-            "ig,ig->g", coefs, Wt_eps
-        ) + eps2
+        Ynorm[start : start + G] = (
+            np.einsum("ig,ig->g", coefs, WW @ coefs)
+            + 2 * np.einsum("ig,ig->g", coefs, Wt_eps)
+            + eps2
+        )
     return SummaryStats(
         XX=XX, XY=XY, ZX=ZX, ZY=ZY, ZZ=ZZ, Ynorm=Ynorm, n=n, d=np.asarray(d),
         fixed_names=[f"x{j}" for j in range(p)], random_names=[f"z{j}" for j in range(q)],
