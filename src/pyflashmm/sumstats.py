@@ -170,6 +170,38 @@ def _gene_bounds(n_genes: int) -> np.ndarray:
     return np.linspace(0, n_genes, n_blocks + 1).round().astype(np.int64)
 
 
+#: memory for the per-block partial sums of the in-memory CSR pass
+_PARTIALS_BUDGET = 256 * 2**20
+_MAX_CELL_BLOCKS = 16
+
+
+def _cell_bounds(n: int, G: int, P: int) -> np.ndarray:
+    """Fixed cell blocks for the in-memory CSR pass: as many as memory allows (≤ 16), each of at
+    least 4,096 cells; a function of the sizes only, never of the thread count."""
+    per_block = 8 * G * (P + 1)
+    n_blocks = min(_MAX_CELL_BLOCKS, max(1, _PARTIALS_BUDGET // per_block), max(1, n // 4096))
+    return np.linspace(0, n, n_blocks + 1).round().astype(np.int64)
+
+
+def _finish(Xd, Zs, WYt, Ynorm, n, d, fixed_names, random_names, gene_names, transform):
+    """Assemble :class:`SummaryStats` from the accumulators and the designs."""
+    p = Xd.shape[1]
+    return SummaryStats(
+        XX=Xd.T @ Xd,
+        XY=np.ascontiguousarray(WYt[:, :p].T),
+        ZX=np.asarray(Zs.T @ Xd),
+        ZY=np.ascontiguousarray(WYt[:, p:].T),
+        ZZ=np.asarray((Zs.T @ Zs).toarray()),
+        Ynorm=Ynorm,
+        n=n,
+        d=d,
+        fixed_names=fixed_names,
+        random_names=random_names,
+        gene_names=gene_names,
+        transform=transform,
+    )
+
+
 def _names_from(obj, k: int, prefix: str) -> list[str]:
     cols = getattr(obj, "columns", None)
     if cols is not None and len(cols) == k:
@@ -296,6 +328,15 @@ def summary_stats(
     if sp.issparse(Y) and Y.format == "csr" and not Y.has_sorted_indices:
         Y = Y.sorted_indices()  # the kernel locates gene blocks by binary search
     in_memory_csr = sp.issparse(Y) and Y.format == "csr"
+    if in_memory_csr:
+        # the data are in memory already: one linear pass over fixed cell blocks, no chunks
+        _k.accumulate_csr_cell_blocks(
+            Y.indptr, Y.indices, Y.data, _cell_bounds(n, G, p + q), w_indptr, w_indices, w_data,
+            code, WYt, Ynorm,
+        )  # fmt: skip
+        return _finish(
+            Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
+        )
     if sp.issparse(Y) and Y.format == "csc":
         chunk_size = n  # column-major data: one pass over genes, no row slicing
     n_chunks = math.ceil(n / chunk_size)
@@ -304,13 +345,6 @@ def summary_stats(
     for start in tqdm(chunks, total=n_chunks, disable=not show, desc="summary stats", unit="chunk"):
         stop = min(n, start + chunk_size)
         wi = w_indptr[start : stop + 1]  # absolute offsets into the full W arrays
-        if in_memory_csr:
-            # no copy: row offsets index straight into Y's full indices/data arrays
-            _k.accumulate_csr(
-                Y.indptr[start : stop + 1], Y.indices, Y.data, bounds,
-                wi, w_indices, w_data, code, WYt, Ynorm,
-            )  # fmt: skip
-            continue
         block, kind = _as_cell_chunk(Y[start:stop])
         if block.shape != (stop - start, G):
             raise ValueError(
@@ -330,17 +364,4 @@ def summary_stats(
         else:
             _k.accumulate_dense(block, bounds, wi, wj, wv, code, WYt, Ynorm)
 
-    return SummaryStats(
-        XX=Xd.T @ Xd,
-        XY=np.ascontiguousarray(WYt[:, :p].T),
-        ZX=np.asarray(Zs.T @ Xd),
-        ZY=np.ascontiguousarray(WYt[:, p:].T),
-        ZZ=np.asarray((Zs.T @ Zs).toarray()),
-        Ynorm=Ynorm,
-        n=n,
-        d=d_arr,
-        fixed_names=fixed_names,
-        random_names=random_names,
-        gene_names=gene_names,
-        transform=transform,
-    )
+    return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform)

@@ -7,9 +7,9 @@ design columns cost nothing. The kernels *add* into the gene-major accumulator `
 them. ``transform`` codes: 0 none, 1 ``log(1 + y)``, 2 ``log2(1 + y)``; every
 transform maps 0 to 0, so sparse data stays sparse.
 
-Determinism: work is split over *genes* (blocks of columns), never over cells, so each gene's
-sums are taken in cell order whatever the number of threads; results are bit-identical for any
-thread count and any chunking.
+Determinism: work is split either over *genes* (blocks of columns: each gene's sums are taken
+in cell order) or over fixed blocks of cells whose partial sums are added in block order; the
+blocks never depend on the number of threads, so results are bit-identical for any thread count.
 """
 
 from __future__ import annotations
@@ -70,6 +70,35 @@ def accumulate_csr(
 
 
 @njit(parallel=True)
+def accumulate_csr_cell_blocks(
+    indptr, indices, data, cell_bounds, w_indptr, w_indices, w_data, transform, WYt, Ynorm
+):
+    """Add the statistics of CSR rows, each fixed block of cells into its own partial sums.
+
+    Block b scans rows ``cell_bounds[b]:cell_bounds[b+1]`` linearly (contiguous memory) into
+    private accumulators; the partials are then added into ``WYt``/``Ynorm`` gene by gene in
+    block order. The blocks depend only on the data size, never on the thread count, so the
+    result is bit-identical for any number of threads.
+    """
+    n_blocks = cell_bounds.shape[0] - 1
+    G, P = WYt.shape
+    parts = np.zeros((n_blocks, G, P))
+    norms = np.zeros((n_blocks, G))
+    for b in prange(n_blocks):
+        part = parts[b]
+        norm = norms[b]
+        for i in range(cell_bounds[b], cell_bounds[b + 1]):
+            for k in range(indptr[i], indptr[i + 1]):
+                y = _apply(data[k], transform)
+                _add_cell_gene(indices[k], i, y, w_indptr, w_indices, w_data, part, norm)
+    for g in prange(G):
+        for b in range(n_blocks):
+            for c in range(P):
+                WYt[g, c] += parts[b, g, c]
+            Ynorm[g] += norms[b, g]
+
+
+@njit(parallel=True)
 def accumulate_csc(indptr, indices, data, w_indptr, w_indices, w_data, transform, WYt, Ynorm):
     """Add the statistics of CSC columns (genes); one gene per parallel iteration."""
     G = indptr.shape[0] - 1
@@ -92,26 +121,3 @@ def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, WYt
                     continue
                 y = _apply(v, transform)
                 _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
-
-
-@njit(parallel=True)
-def sum_of_squares_csr(indptr, indices, data, n_genes, gene_bounds, transform):
-    """Baseline for benchmarks: Σ over cells of the transformed values squared, per gene.
-
-    One plain pass over the stored values (the least any statistic of Y must cost).
-    """
-    out = np.zeros(n_genes)
-    n = indptr.shape[0] - 1
-    for b in prange(gene_bounds.shape[0] - 1):
-        g_lo = gene_bounds[b]
-        g_hi = gene_bounds[b + 1]
-        for i in range(n):
-            start = indptr[i]
-            end = indptr[i + 1]
-            row = indices[start:end]
-            k0 = start + np.searchsorted(row, g_lo)
-            k1 = start + np.searchsorted(row, g_hi)
-            for k in range(k0, k1):
-                y = _apply(data[k], transform)
-                out[indices[k]] += y * y
-    return out
