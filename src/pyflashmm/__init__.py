@@ -3,6 +3,8 @@ for differential expression in multi-subject single-cell RNA-seq."""
 
 from __future__ import annotations
 
+from pyflashmm.contrasts import contrast_matrix
+from pyflashmm.design import Design, design
 from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm.nbglm import NbGlmFit, nbglm, pseudobulk, size_factors
 from pyflashmm.simulate import SimulatedData, simulate_rnaseq
@@ -13,11 +15,14 @@ __version__ = "0.1.0"
 __all__ = [
     "STATUS_NAMES",
     "ConvergenceWarning",
+    "Design",
     "LmmFit",
     "NbGlmFit",
     "SimulatedData",
     "SummaryStats",
     "__version__",
+    "contrast_matrix",
+    "design",
     "lmm",
     "lmmfit",
     "loglik_score",

@@ -112,8 +112,9 @@ def _check_no_empty_categories(obs: pd.DataFrame, columns, arg: str) -> None:
     for col in columns:
         s = obs[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
-            counts = np.bincount(s.cat.codes.to_numpy()[s.cat.codes.to_numpy() >= 0],
-                                 minlength=len(s.cat.categories))
+            counts = np.bincount(
+                s.cat.codes.to_numpy()[s.cat.codes.to_numpy() >= 0], minlength=len(s.cat.categories)
+            )
             empty = [s.cat.categories[j] for j in np.flatnonzero(counts == 0)]
             if empty:
                 raise ValueError(
@@ -158,7 +159,8 @@ def _parse_formula(formula: str, arg: str):
         f = Formula(text)
         f_written = Formula(text, _ordering="none")
     except FormulaSyntaxError as e:
-        raise ValueError(f"{arg}: cannot parse formula {formula!r}: {e}") from None
+        msg = re.sub(r"\x1b\[[0-9;]*m|[⧛⧚]", "", str(e)).strip()
+        raise ValueError(f"{arg}: cannot parse formula {formula!r}: {msg}") from None
     return f, f_written
 
 
@@ -214,7 +216,10 @@ def _term_layout(structure, encoder_state, rank):
                 labels_f.append([key])
                 labels_r.append([key])
         # formulaic: first factor varies fastest
-        f_lab = [tuple(reversed(t)) for t in itertools.product(*reversed([range(len(lab)) for lab in labels_f]))]
+        f_lab = [
+            tuple(reversed(t))
+            for t in itertools.product(*reversed([range(len(lab)) for lab in labels_f]))
+        ]
         n_cols = len(f_lab)
         expected = [":".join(labels_f[j][i] for j, i in enumerate(t)) for t in f_lab]
         actual = list(structure.columns[offset : offset + n_cols])
@@ -429,8 +434,10 @@ class DesignSpec:
     @property
     def d(self) -> np.ndarray:
         return np.array(
-            [len(b.perm) if isinstance(b, _FormulaBlock) else len(b.keys)
-             for b in self._random_blocks],
+            [
+                len(b.perm) if isinstance(b, _FormulaBlock) else len(b.keys)
+                for b in self._random_blocks
+            ],
             dtype=np.int64,
         )
 
@@ -449,10 +456,13 @@ class DesignSpec:
         """
         obs = _check_obs(obs)
         X = self._fixed_block.matrix(obs)
-        Z = _hstack([
-            b.matrix(obs, sparse=True) if isinstance(b, _FormulaBlock) else b.matrix(obs)
-            for b in self._random_blocks
-        ], len(obs))
+        Z = _hstack(
+            [
+                b.matrix(obs, sparse=True) if isinstance(b, _FormulaBlock) else b.matrix(obs)
+                for b in self._random_blocks
+            ],
+            len(obs),
+        )
         return Design(
             X=X,
             Z=Z,
@@ -529,8 +539,7 @@ def _random_entries(random) -> list[str]:
         for r in out:
             if not isinstance(r, str):
                 raise TypeError(
-                    f"random must hold strings (column names, 'a:b' or '~ ...' formulas); "
-                    f"got {r!r}"
+                    f"random must hold strings (column names, 'a:b' or '~ ...' formulas); got {r!r}"
                 )
         return out
     raise TypeError(
