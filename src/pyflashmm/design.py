@@ -386,8 +386,8 @@ class _GroupBlock:
             i = int(np.flatnonzero(bad)[0])
             combo = tuple(obs[c].iloc[i] for c in self.columns)
             raise ValueError(
-                f"{self.arg}: combination {combo} of {self.label!r} (chunk row {i}) was not present "
-                "when the design was built"
+                f"{self.arg}: combination {combo} of {self.label!r} (chunk row {i}) was not "
+                "present when the design was built"
             )
         return sp.csr_matrix(
             (np.ones(n), col, np.arange(n + 1, dtype=np.int64)), shape=(n, q), dtype=np.float64
