@@ -240,3 +240,15 @@ def test_design_is_frozen(obs):
     des = design(obs, "~ trt")
     with pytest.raises(AttributeError):
         des.X = None
+
+
+def test_logical_columns_coded_as_r_factors():
+    # R 4.2.2: model.matrix(~ flag + x) -> (Intercept) flagTRUE x;
+    #          model.matrix(~ x:flag)  -> (Intercept) x:flagFALSE x:flagTRUE
+    obs = pd.DataFrame({"flag": [True, False, True, False], "x": [1.0, 2.0, 3.0, 5.0]})
+    des = design(obs, "~ flag + x")
+    assert des.fixed_names == ["(Intercept)", "flagTRUE", "x"]
+    np.testing.assert_array_equal(des.X[:, 1], [1, 0, 1, 0])
+    des = design(obs, "~ x:flag")
+    assert des.fixed_names == ["(Intercept)", "x:flagFALSE", "x:flagTRUE"]
+    np.testing.assert_array_equal(des.apply(obs.iloc[[1]]).X, [[1.0, 2.0, 0.0]])

@@ -133,6 +133,18 @@ def _check_known_levels(chunk: pd.DataFrame, col: str, levels, arg: str) -> None
         )
 
 
+def _logical_as_factor(frame: pd.DataFrame) -> pd.DataFrame:
+    """Boolean columns become categoricals (levels False < True present), as R codes logicals."""
+    bools = [c for c in frame.columns if frame[c].dtype == bool]
+    if not bools:
+        return frame
+    frame = frame.copy()
+    for c in bools:
+        present = sorted(pd.unique(frame[c].to_numpy()).tolist())
+        frame[c] = pd.Categorical(frame[c].to_numpy(), categories=present)
+    return frame
+
+
 def _level_str(v) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "TRUE" if v else "FALSE"
@@ -268,7 +280,7 @@ class _FormulaBlock:
         _check_columns_exist(obs, columns, arg, f"formula {formula!r}")
         _check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
-        mm = f.get_model_matrix(obs[columns], na_action="raise")
+        mm = f.get_model_matrix(_logical_as_factor(obs[columns]), na_action="raise")
         spec = mm.model_spec
         rank = _variable_order(f_written)
         perm, f_names, r_names = [], [], []
@@ -311,7 +323,9 @@ class _FormulaBlock:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DataMismatchWarning)
             mm = self.model_spec.get_model_matrix(
-                obs[list(self.columns)], na_action="raise", output="sparse" if sparse else "pandas"
+                _logical_as_factor(obs[list(self.columns)]),
+                na_action="raise",
+                output="sparse" if sparse else "pandas",
             )
         if sparse:
             return sp.csr_matrix(mm.tocsc()[:, self.perm], dtype=np.float64)
