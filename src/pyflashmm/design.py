@@ -21,6 +21,7 @@ Levels of a character/object column are its distinct values sorted by code point
 order under ``LC_COLLATE=C`` (R 4.2 under ``en_US.UTF-8`` or ``C.UTF-8`` sorts case-insensitively,
 ``"a" < "B"``; use a pandas Categorical to impose any order). The levels of a pandas Categorical
 are its categories, in order, as for an R factor. Integer and float columns are numeric.
+Boolean columns are factors with levels ``False < True`` (R's ``flagTRUE``).
 
 Column names come in two spellings:
 
