@@ -3,6 +3,9 @@ for differential expression in multi-subject single-cell RNA-seq."""
 
 from __future__ import annotations
 
+from pyflashmm.contrasts import contrast_matrix
+from pyflashmm.de import de, to_rank_genes_groups
+from pyflashmm.design import Design, design
 from pyflashmm.inference import lmmtest, lrt, random_effects, vctest
 from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm.nbglm import NbGlmFit, nbglm, pseudobulk, size_factors
@@ -14,11 +17,15 @@ __version__ = "0.1.0"
 __all__ = [
     "STATUS_NAMES",
     "ConvergenceWarning",
+    "Design",
     "LmmFit",
     "NbGlmFit",
     "SimulatedData",
     "SummaryStats",
     "__version__",
+    "contrast_matrix",
+    "de",
+    "design",
     "lmm",
     "lmmfit",
     "lmmtest",
@@ -30,5 +37,6 @@ __all__ = [
     "simulate_rnaseq",
     "size_factors",
     "summary_stats",
+    "to_rank_genes_groups",
     "vctest",
 ]
