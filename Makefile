@@ -22,10 +22,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks validation figures
 
 test: lint
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q tests README.md
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -m slow -q tests
 
 reproduce: $(STAMP)
 	$(VENV)/bin/pyflashmm reproduce --quick
