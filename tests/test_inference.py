@@ -17,6 +17,7 @@ from pyflashmm.inference import (
     vctest,
 )
 from tests import oracle
+from tests.test_lme4_reference import DATA as DATA_ROOT
 from tests.test_lme4_reference import SCENARIOS, load, reference, singular_genes
 
 #: lmerTest differentiates its deviance numerically (numDeriv, Richardson) at lme4's optimum,
@@ -221,3 +222,32 @@ def test_bh_adjust_matches_statsmodels():
     np.testing.assert_allclose(out[ok], ref, rtol=1e-12)
     assert np.isnan(out[[5, 17]]).all()
     assert isinstance(pd.Series(out), pd.Series)
+
+
+@pytest.mark.parametrize("scenario", ["k1", "between", "k2_crossed"])
+def test_contrasts_and_joint_f_tests_match_lmertest_contest(scenario):
+    """Single-row contrasts (t) and multi-row (F, Fai–Cornelius df) against lmerTest::contest.
+
+    Fixtures: ``make_contrast_fixtures.R`` (REML, same lmer control as the other fixtures).
+    """
+    root = load(scenario)
+    ref = pd.read_csv(DATA_ROOT / scenario / "contrasts.csv")
+    mats = pd.read_csv(DATA_ROOT / scenario / "contrast_matrices.csv")
+    contrasts = {
+        name: grp.drop(columns=["contrast", "row"]).to_numpy(dtype=float).T
+        for name, grp in mats.groupby("contrast", sort=False)
+    }
+    fit = fit_scenario(scenario, "REML")
+    table = lmmtest(fit, contrasts)
+    checked = 0
+    for _, row in ref[~ref["singular"]].iterrows():
+        j = root["genes"].index(row["gene"])
+        ours = table[(table["variable"] == fit.gene_names[j])
+                     & (table["contrast"] == row["contrast"])].iloc[0]  # fmt: skip
+        msg = f"{scenario} {row['gene']} {row['contrast']}"
+        np.testing.assert_allclose(ours["df"], row["df"], rtol=RTOL_LMERTEST, err_msg=msg)
+        np.testing.assert_allclose(ours["stat"], row["stat"], rtol=1e-6, atol=1e-6, err_msg=msg)
+        np.testing.assert_allclose(ours["p_value"], row["p_value"], rtol=RTOL_LMERTEST,
+                                   err_msg=msg)  # fmt: skip
+        checked += 1
+    assert checked >= 5
