@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from pyflashmm.design import r_spelling
+
 __all__ = ["contrast_matrix"]
 
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -40,17 +42,6 @@ _IDENT_CHAR = re.compile(r"[\w.]")
 _PIECE = r"[A-Za-z_.][\w.]*(?:\([^()]*\))?(?:\[[^\]]*\])?"
 _FORMULAIC = re.compile(rf"{_PIECE}(?::{_PIECE})*")
 _WORD = re.compile(r"[^\s+\-*/]+")
-
-
-def _r_spelling(name: str) -> str:
-    """R's ``model.matrix`` spelling of a formulaic column name (``cls[T.b]`` → ``clsb``)."""
-    if name == "Intercept":
-        return "(Intercept)"
-    parts = []
-    for part in name.split(":"):
-        m = re.fullmatch(r"(.*)\[(?:T\.)?(.*)\]", part)
-        parts.append(m.group(1) + m.group(2) if m else part)
-    return ":".join(parts)
 
 
 def _aliases(names, formulaic) -> dict[str, int]:
@@ -69,7 +60,7 @@ def _aliases(names, formulaic) -> dict[str, int]:
     for j, nm in enumerate(spellings):
         j = j % len(names)
         add(nm, j)
-        add(_r_spelling(nm), j)
+        add(r_spelling(nm), j)
     for alias in clash:
         if alias not in names:
             del table[alias]
@@ -117,7 +108,7 @@ class _Parser:
                 break
         m = _FORMULAIC.match(text, pos)
         if m and "[" in m.group(0):
-            r = _r_spelling(m.group(0))
+            r = r_spelling(m.group(0))
             if r in self.aliases and (best is None or m.end() > best[1]):
                 best = (r, m.end())
         return best

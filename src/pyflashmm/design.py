@@ -188,8 +188,8 @@ def _variable_order(f_written) -> dict[str, int]:
     return rank
 
 
-def _r_label_from_formulaic(name: str) -> str:
-    """Fallback R spelling of a formulaic column name (``cls[T.b]`` → ``clsb``)."""
+def r_spelling(name: str) -> str:
+    """R's ``model.matrix`` spelling of a formulaic column name (``cls[T.b]`` → ``clsb``)."""
     if name == "Intercept":
         return "(Intercept)"
     parts = []
@@ -239,7 +239,7 @@ def _term_layout(structure, encoder_state, rank):
         if expected != actual:  # unusual encoding (multi-column transforms, custom contrasts)
             actual = list(structure.columns[offset:])
             f_names.extend(actual)
-            r_names.extend(_r_label_from_formulaic(c) for c in actual)
+            r_names.extend(r_spelling(c) for c in actual)
             perm.extend(range(offset, offset + len(actual)))
             offset += len(actual)
             break
