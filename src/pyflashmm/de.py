@@ -94,7 +94,7 @@ def de(
     cell_type : str
         Pseudobulk only: the cell-type column grouped with ``random``.
     progress : bool, optional
-        Progress bar over cell chunks (default: shown for more than 4 chunks).
+        Progress bars over cell chunks and gene blocks (default: shown for long runs).
     **kwargs
         Passed to :func:`pyflashmm.lmm` or :func:`pyflashmm.nbglm`.
 
@@ -118,7 +118,7 @@ def de(
             counts, X, dsg.Z, dsg.d, transform=transform, chunk_size=chunk_size,
             gene_names=genes, progress=progress,
         )  # fmt: skip
-        fit = lmm(stats, method="REML" if reml else "ML", **kwargs)
+        fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
         return lmmtest(fit, contrast, df=df)
     if method == "nbglm":
         dsg = design(obs, fixed, None)

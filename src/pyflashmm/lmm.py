@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.linalg
+from tqdm.auto import tqdm
 
 from pyflashmm import _checks
 from pyflashmm._kernels import lmm as _k
@@ -312,36 +313,37 @@ class _Problem:
 
 
 _GENE_BLOCK = 2048  # genes per block in the fixed-effects step (bounds its temporaries)
+_FIT_BLOCK = 8192  # genes per block of the fit (the unit of the progress bar)
 
 
-def _fixed_effects_eigen(s: SummaryStats, prob: _Problem, theta, ok, store_cov):
-    """β̂, Cov(β̂), se for K = 1, with the per-gene p×p matrices built by one BLAS product.
+def _fixed_effects_eigen(s: SummaryStats, prob: _Problem, theta, ok, genes: slice, coef, se, bad,
+                         cov):  # fmt: skip
+    """β̂, Cov(β̂), se of the genes ``genes`` for K = 1, written into ``coef``, ``se``, ``bad``
+    and ``cov`` (None: not kept); the per-gene p×p matrices come from one BLAS product.
 
     With ZZ = Q diag(μ) Qᵀ, z_j the rows of QᵀZX and h_g = γ_g/(1 + γ_g μ):
-    C_g = XX − Σ_j h_gj z_j z_jᵀ (all genes of a block at once: H (b×q) @ [z_j z_jᵀ] (q×p²)),
+    C_g = XX − Σ_j h_gj z_j z_jᵀ (a block of genes at once: H (b×q) @ [z_j z_jᵀ] (q×p²)),
     rhs_g = XY_g − Σ_j h_gj (QᵀZY)_jg z_j; then Cov = σ²C⁻¹ and β̂ = C⁻¹rhs per gene (Numba).
     """
-    G, p = s.n_genes, s.p
+    p = s.p
     ZXq = prob.Q.T @ s.ZX
     outer = np.einsum("ja,jb->jab", ZXq, ZXq).reshape(ZXq.shape[0], p * p)
-    ZYq = s.ZY.T @ prob.Q
+    th = theta[genes]
     with np.errstate(invalid="ignore", divide="ignore"):
-        gam = theta[:, 0] / theta[:, 1]
+        gam = th[:, 0] / th[:, 1]
         H = gam[:, None] / (1.0 + gam[:, None] * prob.mu[None, :])
     H[~ok] = 0.0
-    coef = np.full((G, p), np.nan)
-    se = np.full((G, p), np.nan)
-    bad = np.zeros(G, dtype=np.int64)
-    cov = np.empty((G, p, p)) if store_cov else None
-    for a in range(0, G, _GENE_BLOCK):
-        b = min(G, a + _GENE_BLOCK)
-        C = cov[a:b] if store_cov else np.empty((b - a, p, p))
+    ZYq = s.ZY[:, genes].T @ prob.Q
+    first = genes.start
+    for a in range(0, th.shape[0], _GENE_BLOCK):
+        b = min(th.shape[0], a + _GENE_BLOCK)
+        rows = slice(first + a, first + b)
+        C = cov[rows] if cov is not None else np.empty((b - a, p, p))
         np.matmul(H[a:b], outer, out=C.reshape(b - a, p * p))  # Σ_j h_gj z_j z_jᵀ
-        rhs = s.XY[:, a:b].T - (H[a:b] * ZYq[a:b]) @ ZXq
+        rhs = s.XY[:, rows].T - (H[a:b] * ZYq[a:b]) @ ZXq
         _k.fixed_effects_from_C(
-            C, s.XX, np.ascontiguousarray(rhs), theta[a:b, 1], ok[a:b], coef[a:b], se[a:b], bad[a:b]
+            C, s.XX, np.ascontiguousarray(rhs), th[a:b, 1], ok[a:b], coef[rows], se[rows], bad[rows]
         )
-    return coef, cov, se, bad
 
 
 def loglik_score(stats: SummaryStats, theta, *, method: str = "REML", engine: str = "auto"):
@@ -388,6 +390,7 @@ def lmm(
     output_cov: bool = True,
     engine: str = "auto",
     warn: bool = True,
+    progress: bool | None = None,
 ) -> LmmFit:
     """Fit the LMM of every gene from summary statistics by REML or ML (Fisher scoring).
 
@@ -413,6 +416,8 @@ def lmm(
         general O(q³) path; "auto" picks "eigen" when K = 1.
     warn : bool
         Emit one :class:`ConvergenceWarning` summarising genes that did not converge.
+    progress : bool, optional
+        Progress bar over blocks of 8,192 genes (default: shown for more than 2 blocks).
 
     Returns
     -------
@@ -431,26 +436,46 @@ def lmm(
     prob = _Problem.build(s, method, engine)
     K, n_, p, G = prob.K, s.n, s.p, s.n_genes
     start = _theta_start(theta0, prob.yRy, n_, p, K + 1)
-    XYt = np.ascontiguousarray(s.XY.T)
-    opts = (int(max_iter), float(tol), bool(nonneg), _ZERO_TOL, s.Ynorm)
-    if prob.eigen:
-        theta, score, info, loglik, niter, status = _k.fit_k1(
-            prob.W, prob.yRy, prob.lam, prob.mu_t, prob.mu_max, prob.n_eff, prob.ll_const, start,
-            *opts,
-        )  # fmt: skip
-        failed = np.isin(status, _FAILED)
-        coef, cov, se, bad = _fixed_effects_eigen(s, prob, theta, ~failed, bool(output_cov))
-    else:
-        theta, score, info, loglik, niter, status = _k.fit_general(
-            prob.W, prob.yRy, prob.S, prob.Ws, prob.Wz, prob.blocks, K, prob.reml, prob.n_eff,
-            prob.ll_const, start, *opts,
-        )  # fmt: skip
-        failed = np.isin(status, _FAILED)
-        coef, cov, se, bad = _k.fixed_effects_general(
-            theta, ~failed, prob.blocks, prob.Wz, np.ascontiguousarray(s.ZX),
-            np.ascontiguousarray(s.ZY.T), s.XX, XYt, bool(output_cov),
-        )  # fmt: skip
-        cov = cov if output_cov else None
+    K1 = K + 1
+    theta = np.empty((G, K1))
+    score = np.empty((G, K1))
+    info = np.empty((G, K1, K1))
+    loglik = np.empty(G)
+    niter = np.empty(G, dtype=np.int64)
+    status = np.empty(G, dtype=np.int64)
+    coef = np.full((G, p), np.nan)
+    se = np.full((G, p), np.nan)
+    bad = np.zeros(G, dtype=np.int64)
+    cov = np.full((G, p, p), np.nan) if output_cov else None
+    opts = (int(max_iter), float(tol), bool(nonneg), _ZERO_TOL)
+    blocks = range(0, G, _FIT_BLOCK)
+    show = len(blocks) > 2 if progress is None else bool(progress)
+    for a in tqdm(blocks, disable=not show, desc="lmm", unit="block"):
+        g = slice(a, min(G, a + _FIT_BLOCK))
+        if prob.eigen:
+            res = _k.fit_k1(
+                prob.W[g], prob.yRy[g], prob.lam, prob.mu_t, prob.mu_max, prob.n_eff,
+                prob.ll_const, start[g], *opts, s.Ynorm[g],
+            )  # fmt: skip
+        else:
+            res = _k.fit_general(
+                prob.W[g], prob.yRy[g], prob.S, prob.Ws, prob.Wz, prob.blocks, K, prob.reml,
+                prob.n_eff, prob.ll_const, start[g], *opts, s.Ynorm[g],
+            )  # fmt: skip
+        for out, value in zip((theta, score, info, loglik, niter, status), res, strict=True):
+            out[g] = value
+        ok = ~np.isin(status[g], _FAILED)
+        if prob.eigen:
+            _fixed_effects_eigen(s, prob, theta, ok, g, coef, se, bad, cov)
+        else:
+            c, v, e, b_ = _k.fixed_effects_general(
+                theta[g], ok, prob.blocks, prob.Wz, np.ascontiguousarray(s.ZX),
+                np.ascontiguousarray(s.ZY.T[g]), s.XX, np.ascontiguousarray(s.XY.T[g]),
+                bool(output_cov),
+            )  # fmt: skip
+            coef[g], se[g], bad[g] = c, e, b_
+            if output_cov:
+                cov[g] = v
 
     # C = σ²XᵀV⁻¹X not PD: no usable β̂ (a pd_boundary gene keeps its more telling status)
     status = np.where((bad == 1) & (status != _k.PD_BOUNDARY), _k.NOT_POSITIVE_DEFINITE, status)
