@@ -123,7 +123,9 @@ def test_de_factor_applies_only_to_treated_cells_of_its_cluster(rng):
             assert abs(z) < 4.5, (g, m, z)
 
 
-def test_single_pass_and_two_pass_paths_are_identical(rng):
+def test_buffer_sizes_and_overflow_replay_do_not_change_the_output(rng):
+    """Blocks drawn one at a time, with tiny buffers (every block overflows and is replayed
+    from its seed, the output arrays grow) give the same CSR bytes as the default."""
     n, G = 3000, 40
     M = np.exp(rng.normal(-1.0, 1.5, (G, 4)))
     size = rng.uniform(0.3, 5.0, G)
@@ -131,11 +133,14 @@ def test_single_pass_and_two_pass_paths_are_identical(rng):
     seed = np.random.SeedSequence(7)
     one = S._simulate_counts(M, size, h, f, np.random.default_rng(seed), block_cells=500)
     two = S._simulate_counts(
-        M, size, h, f, np.random.default_rng(seed), block_cells=500, single_pass_max_nnz=0
-    )
+        M, size, h, f, np.random.default_rng(seed), block_cells=500, scratch_entries=1,
+        slot_capacity=3, output_capacity=10,
+    )  # fmt: skip
     for a in ("data", "indices", "indptr"):
         np.testing.assert_array_equal(getattr(one, a), getattr(two, a))
     assert one.has_sorted_indices and two.has_sorted_indices
+    assert one.nnz > 0 and (one.data > 0).all()
+    np.testing.assert_array_equal(one.toarray(), two.toarray())
 
 
 # ------------------------------------------------------------------------------------------
