@@ -362,7 +362,9 @@ def _simulate_counts(
             capacity = int(max(total, 1.2 * capacity))
             indices.resize(capacity, refcheck=False)
             data.resize(capacity, refcheck=False)
-        _ks.scatter_blocks(blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data)
+        _ks.scatter_blocks(
+            blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
+        )
     del srow, sgene, sval
     indices.resize(total, refcheck=False)
     data.resize(total, refcheck=False)

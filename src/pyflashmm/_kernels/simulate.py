@@ -53,13 +53,13 @@ DENSE_PROB = 0.3
 #: chunks whose largest mean exceeds this use Gamma–Poisson draws per cell
 MU_BIG = 32.0
 #: largest spread of the means in a chunk (bounds the share of cells needing their own CDF)
-TOL = 0.4
+TOL = 0.05
 #: entries of each survival table (lookups past it use the cell's own survival function)
 TABLE = 512
 #: tables stop where the largest mean's survival falls below this share of its P(y > 0)
 TAIL = 1e-3
-#: chunks with fewer cells draw each cell from its own survival function
-MIN_CHUNK = 4
+#: table entries built at once (the dense lookup counts over this prefix, branch-free)
+PREFIX = 16
 #: margin of the table comparisons (well above the rounding of a few hundred additions)
 EPS = 1e-12
 
@@ -282,6 +282,140 @@ def bracket_lookup(v, slo, shi, w):
 
 
 @njit
+def _grow(tab, stt, size, rat, rst, wmin, tail):
+    """Extend survival table ``tab`` (state ``stt`` = [entries, last pmf, q]) to at least
+    ``wmin`` entries, then on to a multiple of 8 where it is below ``tail`` (≤ ``TABLE``)."""
+    k = int(stt[0])
+    p = stt[1]
+    q = stt[2]
+    nr = int(rst[0])
+    while k < TABLE and (k < wmin or (k & 7) != 0 or tab[k - 1] >= tail):
+        if k >= nr:
+            rat[k] = (k - 1 + size) / k
+            nr = k + 1
+        p *= rat[k] * q
+        tab[k] = tab[k - 1] - p
+        k += 1
+    rst[0] = nr
+    stt[0] = k
+    stt[1] = p
+    return k
+
+
+@njit
+def _build(tab, stt, mu, size, rat, rst):
+    """First ``PREFIX`` entries of the survival table of NB(mu, size) (state in ``stt``)."""
+    logp0 = -size * math.log1p(mu / size)
+    p = math.exp(logp0)
+    tab[0] = 1.0 - p if p < 0.5 else -math.expm1(logp0)
+    stt[0] = 1.0
+    stt[1] = p
+    stt[2] = mu / (mu + size)
+    return _grow(tab, stt, size, rat, rst, PREFIX, math.inf)
+
+
+@njit
+def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
+    """The lookup of ``_run_dense`` when V lies past the tables' prefix: both tables grow by
+    ``PREFIX`` entries until they reach V (or ``TABLE``); -1 when undecided."""
+    t = v + EPS
+    w = int(min(sta[0], stb[0]))
+    while ta[w - 1] > t and w < TABLE:
+        w = _grow(ta, sta, size, rat, rst, w + PREFIX, math.inf)
+        _grow(tb, stb, size, rat, rst, w, math.inf)
+    w = int(min(sta[0], stb[0]))
+    k = _count_coarse(ta, t, w)
+    if k < w and tb[k] <= v - EPS:
+        return k
+    return -1
+
+
+@njit
+def _run_dense(
+    st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+    ta, tb, sta, stb, rat, rst, srow, sgene, sval, used, cnt,
+):  # fmt: skip
+    """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
+    cell. Chunks span ``TOL`` in mean; where chunks abut, the upper table of one is the lower
+    table of the next (tables ``ta``/``tb`` swap roles), so a chunk costs one new table."""
+    cap = srow.shape[1]
+    u = used[slot]
+    i0 = lo
+    have_lo = False
+    a = 0.0
+    while i0 < hi:
+        if not have_lo:
+            a = m * fs[i0]
+            _build(ta, sta, a, s, rat, rst)
+        bound = a + TOL
+        # i1: first cell with mean > bound
+        fb = bound / m
+        x = i0 + 1
+        z = hi
+        if fs[hi - 1] <= fb:
+            x = hi
+        else:
+            while x < z:
+                mid = (x + z) >> 1
+                if fs[mid] <= fb:
+                    x = mid + 1
+                else:
+                    z = mid
+        i1 = x
+        reuse = i1 < hi and m * fs[i1] <= bound + TOL
+        mu_hi = bound if reuse else m * fs[i1 - 1]
+        if i1 - i0 == 1 and not have_lo and not reuse:
+            # a lone cell: its own survival function
+            c = perm[i0]
+            if not (kc >= 0 and _is_de(c, kc, cell_cls, cell_treated)):
+                y = nb_inverse(uniform(st), m * fs[i0], s)
+                if y > 0:
+                    if u < cap:
+                        srow[slot, u] = c - b0
+                        sgene[slot, u] = g
+                        sval[slot, u] = y
+                    u += 1
+                    cnt[c] += 1
+            i0 = i1
+            continue
+        _build(tb, stb, mu_hi, s, rat, rst)
+        w = int(min(sta[0], stb[0]))
+        for i in range(i0, i1):
+            c = perm[i]
+            if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
+                continue
+            v = uniform(st)
+            t = v + EPS
+            k = 0
+            for j in range(w):  # w is not a compile-time constant, so this vectorises
+                k += ta[j] > t
+            if k < w:
+                if tb[k] > v - EPS:
+                    k = -1
+            else:
+                k = _lookup_long(v, ta, tb, sta, stb, s, rat, rst)
+                w = int(min(sta[0], stb[0]))
+            if k < 0:
+                k = nb_inverse(v, m * fs[i], s)
+            if u < cap:  # branch-free append (zeros are overwritten by the next entry)
+                srow[slot, u] = c - b0
+                sgene[slot, u] = g
+                sval[slot, u] = k
+            nz = 1 if k > 0 else 0
+            u += nz
+            cnt[c] += nz
+        if reuse:
+            ta, tb = tb, ta
+            sta, stb = stb, sta
+            a = bound
+            have_lo = True
+        else:
+            have_lo = False
+        i0 = i1
+    used[slot] = u
+
+
+@njit
 def _emit(slot, c, b0, g, value, srow, sgene, sval, used, cnt):
     k = used[slot]
     if k < srow.shape[1]:
@@ -299,44 +433,17 @@ def _is_de(c, kc, cell_cls, cell_treated):
 
 @njit
 def _chunk(
-    st, slot, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+    st, slot, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated, logp0_hi, pnz,
     slo, shi, rat, rst, srow, sgene, sval, used, cnt,
 ):  # fmt: skip
-    """Cells perm[i0:i1] (one group, means m fs[i], non-DE cells only) of gene g."""
-    mu_hi = m * fs[i1 - 1]
-    logp0_hi = -s * math.log1p(mu_hi / s)
-    pnz = -math.expm1(logp0_hi)
+    """Cells perm[i0:i1] (one group, means m fs[i], non-DE cells only) of a sparse gene g:
+    the cells with V ≥ P(y > 0) at the largest mean (``pnz``, log P(y = 0) = ``logp0_hi``)
+    are certain zeros and are skipped geometrically."""
     if pnz <= 0.0:
         return
+    mu_hi = m * fs[i1 - 1]
     cap = srow.shape[1]
     u = used[slot]
-    if pnz > DENSE_PROB:
-        # dense: one V per cell, branch-free lookup (the W-entry count vectorises)
-        w = _tables(m * fs[i0], mu_hi, logp0_hi, pnz, s, slo, shi, rat, rst)
-        for i in range(i0, i1):
-            c = perm[i]
-            if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
-                continue
-            v = uniform(st)
-            t = v + EPS
-            k = 0
-            if w <= 32:
-                for j in range(w):
-                    k += slo[j] > t
-            else:
-                k = _count_coarse(slo, t, w)
-            if k >= w or shi[k] > v - EPS:
-                k = nb_inverse(v, m * fs[i], s)
-            if u < cap:  # branch-free append (zeros are overwritten by the next entry)
-                srow[slot, u] = c - b0
-                sgene[slot, u] = g
-                sval[slot, u] = k
-            nz = 1 if k > 0 else 0
-            u += nz
-            cnt[c] += nz
-        used[slot] = u
-        return
-    # sparse: skip the certain zeros (V >= P(y > 0) at the largest mean) geometrically
     w = 0
     pos = float(i0 - 1)
     while True:
@@ -404,8 +511,10 @@ def sample_blocks(
         for c in range(b0, block_ptr[b + 1]):
             cnt[c] = 0
         st = seeds[b].copy()
-        slo = np.empty(TABLE)
-        shi = np.empty(TABLE)
+        ta = np.empty(TABLE)
+        tb = np.empty(TABLE)
+        sta = np.empty(3)
+        stb = np.empty(3)
         rat = np.empty(TABLE)
         rst = np.empty(1)
         for g in range(G):
@@ -429,36 +538,37 @@ def sample_blocks(
                         if y > 0:
                             _emit(i, c, b0, g, y, srow, sgene, sval, used, cnt)
                     continue
-                i0 = lo
-                while i0 < hi:
-                    flo = fs[i0]
-                    if m * (fs[hi - 1] - flo) <= TOL:
-                        i1 = hi
-                    else:  # first position with m (f - flo) > TOL
-                        fmax = flo + TOL / m
-                        a = i0 + 1
+                logp0 = -s * math.log1p(m * fs[hi - 1] / s)
+                pnz = -math.expm1(logp0)
+                if pnz > DENSE_PROB:
+                    _run_dense(
+                        st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+                        ta, tb, sta, stb, rat, rst, srow, sgene, sval, used, cnt,
+                    )  # fmt: skip
+                elif m * (fs[hi - 1] - fs[lo]) <= TOL:
+                    _chunk(
+                        st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+                        logp0, pnz, ta, tb, rat, rst, srow, sgene, sval, used, cnt,
+                    )  # fmt: skip
+                else:
+                    i0 = lo
+                    while i0 < hi:  # chunks spanning TOL in mean
+                        fb = fs[i0] + TOL / m
+                        x = i0 + 1
                         z = hi
-                        while a < z:
-                            mid = (a + z) >> 1
-                            if fs[mid] <= fmax:
-                                a = mid + 1
+                        while x < z:
+                            mid = (x + z) >> 1
+                            if fs[mid] <= fb:
+                                x = mid + 1
                             else:
                                 z = mid
-                        i1 = a
-                    if i1 - i0 < MIN_CHUNK:
-                        for j in range(i0, i1):
-                            c = perm[j]
-                            if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
-                                continue
-                            y = nb_inverse(uniform(st), m * fs[j], s)
-                            if y > 0:
-                                _emit(i, c, b0, g, y, srow, sgene, sval, used, cnt)
-                    else:
+                        i1 = x
+                        lp = -s * math.log1p(m * fs[i1 - 1] / s)
                         _chunk(
                             st, i, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-                            slo, shi, rat, rst, srow, sgene, sval, used, cnt,
+                            lp, -math.expm1(lp), ta, tb, rat, rst, srow, sgene, sval, used, cnt,
                         )  # fmt: skip
-                    i0 = i1
+                        i0 = i1
                 if kc >= 0:
                     for j in range(lo, hi):
                         c = perm[j]
