@@ -79,7 +79,9 @@ def _chisquare_nb(y, mu, size):
 
 
 MEAN_SIZE_GRID = [
-    (mu, size) for mu in (1e-3, 0.05, 0.7, 3.0, 12.0, 31.0, 55.0) for size in (0.1, 1.0, 10.0, 100.0)
+    (mu, size)
+    for mu in (1e-3, 0.05, 0.7, 3.0, 12.0, 31.0, 55.0)
+    for size in (0.1, 1.0, 10.0, 100.0)
 ]
 
 

@@ -322,7 +322,7 @@ def _simulate_counts(
     f_h = np.bincount(cell_h, weights=cell_f, minlength=M.shape[1]) / np.maximum(n_h, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         pnz = -np.expm1(-size[:, None] * np.log1p(M * f_h[None, :] / size[:, None]))
-    est = float((np.nan_to_num(pnz, nan=1.0) @ n_h).sum()) if n else 0.0
+    est = float((np.nan_to_num(pnz, nan=1.0) * n_h).sum()) if n else 0.0  # no BLAS threads
     per_block = est / max(n, 1) * min(block_cells, max(n, 1))
     cap = slot_capacity or int(1.2 * per_block + 1024)
     threads = numba.get_num_threads()

@@ -58,6 +58,8 @@ TOL = 0.05
 TABLE = 512
 #: tables stop where the largest mean's survival falls below this share of its P(y > 0)
 TAIL = 1e-3
+#: sparse chunks expecting fewer candidates than this skip the tables
+TABLE_MIN_CANDIDATES = 8.0
 #: table entries built at once (the dense lookup counts over this prefix, branch-free)
 PREFIX = 16
 #: margin of the table comparisons (well above the rounding of a few hundred additions)
@@ -444,7 +446,8 @@ def _chunk(
     mu_hi = m * fs[i1 - 1]
     cap = srow.shape[1]
     u = used[slot]
-    w = 0
+    # few expected candidates: each uses its own survival function (no tables to build)
+    w = -1 if pnz * (i1 - i0) < TABLE_MIN_CANDIDATES else 0
     pos = float(i0 - 1)
     while True:
         pos += 1.0 + math.floor(math.log(uniform(st)) / logp0_hi)
@@ -457,7 +460,7 @@ def _chunk(
         v = pnz * uniform(st)
         if w == 0:
             w = _tables(m * fs[i0], mu_hi, logp0_hi, pnz, s, slo, shi, rat, rst)
-        y = bracket_lookup(v, slo, shi, w)
+        y = bracket_lookup(v, slo, shi, w) if w > 0 else -1
         if y < 0:
             y = nb_inverse(v, m * fs[i], s)
         if y > 0:
