@@ -25,11 +25,15 @@ up in both:
   cell's own survival function is evaluated from S_μ(0) with the same V (``nb_inverse``).
 
 The result is exactly NB(μ_c, s) for every cell: the same draw as inversion with the cell's own
-mean (comparisons keep a margin ``EPS`` ≫ the rounding of the tables). Sparse chunks
-(S_μhi(0) ≤ ``DENSE_PROB``) skip the cells with V ≥ S_μhi(0), which are certainly zero,
-geometrically, and draw V only for the others, so the work is O(nnz + genes × chunks) rather than
-one uniform per zero. Means above ``MU_BIG`` are drawn per cell as Gamma–Poisson mixtures.
-Cells where a DE gene has its fold change are drawn per cell (``nb_draw``).
+mean (comparisons keep a margin ``EPS`` ≫ the rounding of the tables). Dense runs
+(``_run_dense``) reuse the upper table of a chunk as the lower table of the next when they abut,
+build ``PREFIX`` entries at once and grow them on demand, and count the entries above V without
+branches (vectorised). Sparse chunks (S_μhi(0) ≤ ``DENSE_PROB``) skip the cells with
+V ≥ S_μhi(0), which are certainly zero, geometrically, and draw V only for the others, so the
+work is O(nnz + genes × chunks) rather than one uniform per zero; with fewer than
+``TABLE_MIN_CANDIDATES`` expected candidates they use ``nb_inverse`` directly. Means above
+``MU_BIG`` are drawn per cell as Gamma–Poisson mixtures. Cells where a DE gene has its fold
+change are drawn per cell (``nb_draw``).
 
 Building the CSR matrix
 -----------------------
