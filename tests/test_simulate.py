@@ -63,14 +63,99 @@ def test_gamma_and_poisson_samplers_match_scipy():
         assert st.chisquare(obs, exp).pvalue > ALPHA
 
 
+def _chisquare_nb(y, mu, size):
+    """Chi-square p-value of counts ``y`` against NB(mu, size): bins with expected >= 20 and
+    one pooled bin for the rest."""
+    n = y.size
+    ks = np.arange(int(mu + 40 * np.sqrt(mu + mu**2 / size)) + 50)
+    expected = st.nbinom.pmf(ks, size, size / (size + mu)) * n
+    observed = np.bincount(y, minlength=ks.size)[: ks.size].astype(float)
+    keep = expected >= 20
+    obs = np.append(observed[keep], n - observed[keep].sum())
+    exp = np.append(expected[keep], n - expected[keep].sum())
+    if exp[-1] < 1e-9 * n:  # no mass left for the pooled bin
+        obs, exp = obs[:-1], exp[:-1] * obs[:-1].sum() / exp[:-1].sum()
+    return st.chisquare(obs, exp).pvalue
+
+
+MEAN_SIZE_GRID = [
+    (mu, size)
+    for mu in (1e-3, 0.05, 0.7, 3.0, 12.0, 31.0, 55.0)
+    for size in (0.1, 1.0, 10.0, 100.0)
+]
+
+
+@pytest.mark.parametrize(("mu", "size"), MEAN_SIZE_GRID)
+def test_nb_inverse_is_the_scipy_quantile(mu, size, rng):
+    """Survival inversion: nb_inverse(v) = min{k : P(y > k) <= v} = nbinom.ppf(1 - v), checked
+    value by value against scipy (v within 1e-9 of a CDF value are left out: rounding)."""
+    v = rng.uniform(size=400)
+    v = np.append(v, [1e-15, 1 - 1e-12])
+    p = size / (size + mu)
+    y = np.array([K.nb_inverse(x, mu, size) for x in v])
+    ref = st.nbinom.isf(v, size, p)
+    clear = np.abs(st.nbinom.sf(ref, size, p) - v) > 1e-9
+    clear &= np.abs(st.nbinom.sf(ref - 1, size, p) - v) > 1e-9
+    np.testing.assert_array_equal(y[clear], ref[clear])
+    assert clear.mean() > 0.9
+
+
+@pytest.mark.parametrize(("mu", "size"), MEAN_SIZE_GRID)
+def test_nb_draw_chisquare(mu, size):
+    """The per-cell sampler (inversion; Gamma–Poisson above MU_BIG) against scipy's pmf."""
+    n = 200_000 if mu < 0.01 else 20_000
+    # a well-mixed xoshiro state, as the simulator seeds it (tiny raw seeds start badly)
+    state = np.random.SeedSequence([int(mu * 1000), int(size)]).generate_state(4, np.uint64)
+    y = K.draw_nb_inverse(state, mu, size, n)
+    assert _chisquare_nb(y, mu, size) > ALPHA
+
+
 @pytest.mark.parametrize(
-    ("mu", "size"),
-    [(0.02, 0.5), (0.3, 2.0), (2.0, 2.0), (5.0, 0.3), (15.0, 5.0), (60.0, 3.0), (0.8, 1e4)],
+    ("mu_lo", "mu_hi", "size"),
+    [(0.001, 0.0012, 0.1), (0.3, 0.35, 2.0), (2.0, 2.05, 1.0), (6.0, 6.05, 0.3), (20.0, 20.4, 5.0)],
 )
-def test_nb_counts_follow_nb_with_cell_specific_means(mu, size, rng):
-    """Sparse, dense and Gamma–Poisson paths; library factors vary per cell (thinning)."""
+def test_bracket_lookup_equals_direct_inversion(mu_lo, mu_hi, size, rng):
+    """Where the two tables decide y, it is the direct inversion for every mean in between."""
+    slo, shi, rat = np.empty(K.TABLE), np.empty(K.TABLE), np.empty(K.TABLE)
+    logp0 = -size * np.log1p(mu_hi / size)
+    pnz = -np.expm1(logp0)
+    w = K._tables(mu_lo, mu_hi, logp0, pnz, size, slo, shi, rat, np.ones(1))
+    v = pnz * rng.uniform(size=3000)
+    decided = 0
+    for x in v:
+        k = K.bracket_lookup(x, slo, shi, w)
+        if k >= 0:
+            decided += 1
+            for mu in (mu_lo, 0.5 * (mu_lo + mu_hi), mu_hi):
+                assert K.nb_inverse(x, mu, size) == k
+    # undecided: about (mu_hi - mu_lo) / P(y > 0) of the draws, plus the table tail
+    assert decided >= v.size * (1 - 2 * (mu_hi - mu_lo) / pnz - 2 * K.TAIL) - 20
+
+
+@pytest.mark.parametrize(
+    ("mu", "size", "sd_log_f"),
+    [
+        (0.02, 0.5, 0.4),
+        (1e-3, 0.1, 0.4),
+        (0.05, 100.0, 0.4),
+        (0.3, 2.0, 0.4),
+        (2.0, 2.0, 0.4),
+        (2.0, 2.0, 0.03),
+        (5.0, 0.3, 0.4),
+        (8.0, 0.1, 0.05),
+        (15.0, 5.0, 0.4),
+        (12.0, 0.5, 0.03),
+        (25.0, 10.0, 0.01),
+        (60.0, 3.0, 0.4),
+        (0.8, 1e4, 0.4),
+        (3.0, 100.0, 0.05),
+    ],
+)
+def test_nb_counts_follow_nb_with_cell_specific_means(mu, size, sd_log_f, rng):
+    """Sparse chunks, dense runs with shared tables (narrow and wide spreads of the means, so
+    many undecided lookups), long tables, and Gamma–Poisson; every cell has its own mean."""
     n = 30000
-    f = np.exp(rng.normal(0.0, 0.4, n))
+    f = np.exp(rng.normal(0.0, sd_log_f, n))
     h = rng.integers(0, 3, n)
     M = np.array([[mu, 0.5 * mu, 2.0 * mu]])
     Y = S._simulate_counts(M, np.array([size]), h, f, rng, block_cells=1000)
@@ -123,7 +208,9 @@ def test_de_factor_applies_only_to_treated_cells_of_its_cluster(rng):
             assert abs(z) < 4.5, (g, m, z)
 
 
-def test_single_pass_and_two_pass_paths_are_identical(rng):
+def test_buffer_sizes_and_overflow_replay_do_not_change_the_output(rng):
+    """Blocks drawn one at a time, with tiny buffers (every block overflows and is replayed
+    from its seed, the output arrays grow) give the same CSR bytes as the default."""
     n, G = 3000, 40
     M = np.exp(rng.normal(-1.0, 1.5, (G, 4)))
     size = rng.uniform(0.3, 5.0, G)
@@ -131,11 +218,14 @@ def test_single_pass_and_two_pass_paths_are_identical(rng):
     seed = np.random.SeedSequence(7)
     one = S._simulate_counts(M, size, h, f, np.random.default_rng(seed), block_cells=500)
     two = S._simulate_counts(
-        M, size, h, f, np.random.default_rng(seed), block_cells=500, single_pass_max_nnz=0
-    )
+        M, size, h, f, np.random.default_rng(seed), block_cells=500, scratch_entries=1,
+        slot_capacity=3, output_capacity=10,
+    )  # fmt: skip
     for a in ("data", "indices", "indptr"):
         np.testing.assert_array_equal(getattr(one, a), getattr(two, a))
     assert one.has_sorted_indices and two.has_sorted_indices
+    assert one.nnz > 0 and (one.data > 0).all()
+    np.testing.assert_array_equal(one.toarray(), two.toarray())
 
 
 # ------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -56,10 +57,9 @@ __all__ = ["SimulatedData", "simulate_rnaseq"]
 
 #: cells per parallel block; the output depends on it (not on the number of threads)
 BLOCK_CELLS = 4096
-#: up to this many (bounded) non-zeros, counts are drawn in one pass into per-block slots
-#: (12 bytes per entry, then scattered to CSR); above it, two passes replay the same random
-#: streams (count, then fill), so peak memory stays at the output's size
-SINGLE_PASS_MAX_NNZ = 50_000_000
+#: entries (12 bytes each) of the scratch buffers of the blocks drawn at once; blocks are
+#: drawn into them and then moved to the CSR arrays, so peak memory is the output plus these
+SCRATCH_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,8 @@ class SimulatedData:
 # input handling
 
 
-def _as_reference(counts) -> tuple[sp.csr_matrix, pd.Index | None, pd.Index | None, Any]:
-    """Reference counts as CSR (cells × genes) plus cell names, gene names, attached obs."""
+def _as_reference(counts) -> tuple[sp.csr_matrix, Any, Any, Any, tuple]:
+    """Reference counts as CSR (cells × genes), cell names, gene names, attached obs, stats."""
     cell_names = gene_names = obs = None
     if hasattr(counts, "obs") and hasattr(counts, "X") and hasattr(counts, "var_names"):
         cell_names, gene_names, obs = counts.obs_names, counts.var_names, counts.obs
@@ -154,16 +154,8 @@ def _as_reference(counts) -> tuple[sp.csr_matrix, pd.Index | None, pd.Index | No
     data = R.data
     if data.dtype.kind not in "biuf":
         raise ValueError(f"counts must be numeric, got dtype {data.dtype}")
-    if data.size:
-        bad = ~np.isfinite(data) | (data < 0) | (data != np.floor(data))
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(R.indptr, j, side="right") - 1)
-            raise ValueError(
-                "counts must be non-negative integers; first bad entry at "
-                f"(cell {row}, gene {int(R.indices[j])}): {data[j]!r}"
-            )
-    return R, cell_names, gene_names, obs
+    stats = _reference_stats(R)
+    return R, cell_names, gene_names, obs, stats
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -284,12 +276,16 @@ def _simulate_counts(
     de_cls: np.ndarray | None = None,
     de_mult: np.ndarray | None = None,
     block_cells: int = BLOCK_CELLS,
-    single_pass_max_nnz: int = SINGLE_PASS_MAX_NNZ,
+    scratch_entries: int = SCRATCH_ENTRIES,
+    slot_capacity: int | None = None,
+    output_capacity: int | None = None,
 ) -> sp.csr_matrix:
     """NB counts y_cg ~ NB(M[g, h_c] f_c (× de_mult[g] in DE cells), size_g) as CSR.
 
     ``M`` is genes × groups; DE gene g (``de_cls[g] >= 0``) gets the factor ``de_mult[g]`` in
-    cells with ``cell_treated`` and ``cell_cls == de_cls[g]``.
+    cells with ``cell_treated`` and ``cell_cls == de_cls[g]``. ``scratch_entries`` bounds the
+    buffers of the blocks drawn at once; ``slot_capacity`` and ``output_capacity`` (tests) set
+    the first sizes of a block's buffer and of the CSR arrays. None of them changes the output.
     """
     G = M.shape[0]
     n = cell_h.shape[0]
@@ -305,100 +301,119 @@ def _simulate_counts(
     de_mult = np.ones(G) if de_mult is None else np.asarray(de_mult, np.float64)
 
     n_blocks = max(-(-n // block_cells), 1)
+    block_ptr = np.minimum(np.arange(n_blocks + 1, dtype=np.int64) * block_cells, n)
     block_id = np.arange(n, dtype=np.int64) // block_cells
     perm = np.lexsort((cell_f, cell_h, block_id)).astype(np.int64)
-    block_ptr = np.minimum(np.arange(n_blocks + 1, dtype=np.int64) * block_cells, n)
-    # chunks: runs of one group inside a block, cut every CHUNK cells
+    fs = cell_f[perm]
+    # runs: cells of one group inside a block
     hs = cell_h[perm]
-    bs = block_id[perm]
-    new_group = np.ones(n, dtype=bool)
+    new_run = np.ones(n, dtype=bool)
     if n > 1:
-        new_group[1:] = (hs[1:] != hs[:-1]) | (bs[1:] != bs[:-1])
-    group_start = np.flatnonzero(new_group)
-    run_len = np.diff(np.append(group_start, n))
-    offset = np.arange(n) - np.repeat(group_start, run_len)
-    chunk_lo = np.flatnonzero(offset % _ks.CHUNK == 0).astype(np.int64)
-    chunk_hi = np.append(chunk_lo[1:], n).astype(np.int64)
-    chunk_h = hs[chunk_lo] if n else np.zeros(0, np.int64)
-    chunk_fmax = cell_f[perm[chunk_hi - 1]] if n else np.zeros(0)
-    chunk_ptr = np.searchsorted(chunk_lo, block_ptr).astype(np.int64)
+        new_run[1:] = (hs[1:] != hs[:-1]) | (block_id[1:] != block_id[:-1])
+    run_lo = np.flatnonzero(new_run).astype(np.int64)
+    run_hi = np.append(run_lo[1:], n).astype(np.int64)
+    run_h = np.ascontiguousarray(hs[run_lo], dtype=np.int64)
+    run_ptr = np.searchsorted(run_lo, block_ptr).astype(np.int64)
     seeds = _block_seeds(rng, n_blocks)
-    chunk_h = np.ascontiguousarray(chunk_h, dtype=np.int64)
-    chunk_fmax = np.ascontiguousarray(chunk_fmax, dtype=np.float64)
-    geometry = (block_ptr, chunk_ptr, chunk_lo, chunk_hi, chunk_h, chunk_fmax, M, size)
-    bound = _ks.nnz_bound(*geometry, de_cls, de_mult)
-    # capacity per block: bound on the mean + 8 sd (Poisson-binomial counts: var <= mean)
-    cap = np.ceil(bound + 8.0 * np.sqrt(bound) + 64.0).astype(np.int64)
-    cap_off = np.zeros(n_blocks + 1, dtype=np.int64)
-    np.cumsum(cap, out=cap_off[1:])
 
-    row_nnz = np.zeros(n, dtype=np.int64)
-    used = np.zeros(n_blocks, dtype=np.int64)
-    args = (
-        seeds,
-        block_ptr,
-        perm,
-        cell_f,
-        cell_cls,
-        cell_treated,
-        chunk_ptr,
-        chunk_lo,
-        chunk_hi,
-        chunk_h,
-        chunk_fmax,
-        M,
-        size,
-        de_cls,
-        de_mult,
-        row_nnz,
-    )
-    total_cap = int(cap_off[-1])
-    idx_dtype = np.int32 if max(total_cap, n, G) < 2**31 - 1 else np.int64
-    if total_cap <= single_pass_max_nnz:
-        # one pass into per-block slots of (row, gene, value), then scatter to CSR
-        rows = np.empty(total_cap, dtype=idx_dtype)
-        cols = np.empty(total_cap, dtype=idx_dtype)
-        vals = np.empty(total_cap, dtype=np.int32)
-        _ks.nb_csr_pass(2, *args, rows, cols, vals, cap_off, used)
-        if np.all(used <= cap):
-            nnz = int(row_nnz.sum())
-            indptr = np.zeros(n + 1, dtype=idx_dtype)
-            np.cumsum(row_nnz, out=indptr[1:])
-            indices = np.empty(nnz, dtype=idx_dtype)
-            data = np.empty(nnz, dtype=np.int32)
-            row_nnz[:] = 0
-            _ks.scatter_triples(
-                block_ptr, cap_off, used, rows, cols, vals, indptr, indices, data, row_nnz
+    # expected non-zeros (Jensen: P(y > 0) is concave in the mean, so this is a slight over-
+    # estimate without DE): sizes the scratch buffers and the first allocation of the output
+    n_h = np.bincount(cell_h, minlength=M.shape[1]).astype(np.float64)
+    f_h = np.bincount(cell_h, weights=cell_f, minlength=M.shape[1]) / np.maximum(n_h, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pnz = -np.expm1(-size[:, None] * np.log1p(M * f_h[None, :] / size[:, None]))
+    est = float((np.nan_to_num(pnz, nan=1.0) * n_h).sum()) if n else 0.0  # no BLAS threads
+    per_block = est / max(n, 1) * min(block_cells, max(n, 1))
+    cap = slot_capacity or int(1.2 * per_block + 1024)
+    threads = numba.get_num_threads()
+    slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
+    srow = np.empty((slots, cap), dtype=np.int32)
+    sgene = np.empty((slots, cap), dtype=np.int32)
+    sval = np.empty((slots, cap), dtype=np.int32)
+    used = np.zeros(slots, dtype=np.int64)
+    cnt = np.zeros(n, dtype=np.int64)
+
+    capacity = output_capacity or int(1.05 * est + 8.0 * np.sqrt(est) + 1024)
+    idx_dtype = np.int32 if max(capacity, n, G) < 2**31 - 1 else np.int64
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indices = np.empty(capacity, dtype=idx_dtype)
+    data = np.empty(capacity, dtype=np.int32)
+    total = 0
+    fixed = (block_ptr, perm, fs, cell_cls, cell_treated, run_ptr, run_lo, run_hi, run_h)
+    for w0 in range(0, n_blocks, slots):
+        blocks = np.arange(w0, min(w0 + slots, n_blocks), dtype=np.int64)
+        k = blocks.size
+        while True:
+            _ks.sample_blocks(
+                blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used
             )
-            return sp.csr_matrix((data, indices, indptr), shape=(n, G), copy=False)
-        del rows, cols, vals  # overflow (practically never): replay in two passes
-        row_nnz[:] = 0
-    # two passes replaying the same streams: count non-zeros per row, then fill; O(nnz) memory
-    dummy = np.zeros(1, dtype=idx_dtype)
-    dummy_v = np.zeros(1, dtype=np.int32)
-    _ks.nb_csr_pass(0, *args, dummy, dummy, dummy_v, cap_off, used)
-    nnz = int(row_nnz.sum())
-    idx_dtype = np.int32 if max(nnz, n, G) < 2**31 - 1 else np.int64
-    indptr = np.zeros(n + 1, dtype=idx_dtype)
-    np.cumsum(row_nnz, out=indptr[1:])
-    indices = np.empty(nnz, dtype=idx_dtype)
-    data = np.empty(nnz, dtype=np.int32)
-    row_nnz[:] = 0
-    _ks.nb_csr_pass(1, *args, indptr, indices, data, cap_off, used)
+            need = int(used[:k].max())
+            if need <= cap:
+                break
+            # a buffer overflowed: replay the wave from the same seeds with larger buffers
+            cap = int(1.25 * need)
+            srow = sgene = sval = None
+            srow = np.empty((slots, cap), dtype=np.int32)
+            sgene = np.empty((slots, cap), dtype=np.int32)
+            sval = np.empty((slots, cap), dtype=np.int32)
+        base = total + np.concatenate(([0], np.cumsum(used[: k - 1])))
+        total += int(used[:k].sum())
+        if total > capacity:  # realloc: large blocks are remapped, not copied
+            capacity = int(max(total, 1.2 * capacity))
+            indices.resize(capacity, refcheck=False)
+            data.resize(capacity, refcheck=False)
+        _ks.scatter_blocks(
+            blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
+        )
+    del srow, sgene, sval
+    indices.resize(total, refcheck=False)
+    data.resize(total, refcheck=False)
+    if total >= 2**31 - 1 and indices.dtype != np.int64:
+        indices = indices.astype(np.int64)
+    indptr = indptr.astype(indices.dtype, copy=False)
     # indices and indptr share one dtype, so the constructor keeps the arrays (no copy)
     return sp.csr_matrix((data, indices, indptr), shape=(n, G), copy=False)
 
 
-def _mme(R: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reference_stats(R: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column sums, column sums of squares and row sums; raises on a bad entry."""
+    indptr = np.ascontiguousarray(R.indptr)
+    indices = np.ascontiguousarray(R.indices)
+    data = np.ascontiguousarray(R.data)
+    if data.dtype.kind == "b":
+        data = data.view(np.uint8)
+    colsum, colsq, rowsum, bad = _ks.reference_stats(indptr, indices, data, R.shape[1])
+    if bad >= 0:
+        row = int(np.searchsorted(indptr, bad, side="right") - 1)
+        raise ValueError(
+            "counts must be non-negative integers; first bad entry at "
+            f"(cell {row}, gene {int(indices[bad])}): {data[bad]!r}"
+        )
+    return colsum, colsq, rowsum
+
+
+def _mme(colsum: np.ndarray, colsq: np.ndarray, n: int):
     """Column mean, unbiased variance and MME size (NaN/negative where v <= mu)."""
-    n, G = R.shape
-    x = R.data.astype(np.float64)
-    mu = np.bincount(R.indices, weights=x, minlength=G) / n
-    s2 = np.bincount(R.indices, weights=x * x, minlength=G)
-    v = s2 / (n - 1) - n * mu**2 / (n - 1)
+    mu = colsum / n
+    v = colsq / (n - 1) - n * mu**2 / (n - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         size = mu**2 / (v - mu)
     return mu, v, size
+
+
+def _factor(values: np.ndarray, csel: np.ndarray, *, first_seen: bool) -> tuple[np.ndarray, list]:
+    """Codes (int64) and labels of ``values[csel]``: labels present in the selection, sorted
+    (``first_seen=False``) or in order of first appearance."""
+    codes_ref, uniq = pd.factorize(values)
+    codes = codes_ref[csel]
+    if first_seen:
+        order = pd.unique(codes)
+    else:
+        present = np.flatnonzero(np.bincount(codes, minlength=len(uniq)))
+        order = present[np.argsort(np.asarray(uniq, dtype=str)[present], kind="stable")]
+    remap = np.full(len(uniq), -1, dtype=np.int64)
+    remap[order] = np.arange(order.size)
+    return remap[codes], [str(uniq[i]) for i in order]
 
 
 def _as_rng(rng) -> np.random.Generator:
@@ -553,11 +568,12 @@ def simulate_rnaseq(
         R = _simulate_counts(
             mu0[:, None], size0, np.zeros(n_cells, np.int64), np.ones(n_cells), rng
         )
+        stats = _reference_stats(R)
         cell_names = None
         ref_gene_names = pd.Index([f"Gene{i + 1}" for i in range(n_genes)])
         attached_obs = None
     else:
-        R, cell_names, ref_gene_names, attached_obs = _as_reference(counts)
+        R, cell_names, ref_gene_names, attached_obs, stats = _as_reference(counts)
         if ref_gene_names is None:
             ref_gene_names = pd.Index([f"Gene{i + 1}" for i in range(R.shape[1])])
         else:
@@ -581,7 +597,7 @@ def simulate_rnaseq(
         raise ValueError(f"treatment {treatment!r} is not a level of metadata['trt']")
 
     # --- library sizes of the reference cells
-    libsize = np.asarray(R.sum(axis=1), dtype=np.float64).ravel()
+    libsize = stats[2]
     if not adjust_library_size:
         libsize = np.full(n_ref, libsize.mean())
     if np.any(libsize <= 0):
@@ -591,7 +607,7 @@ def simulate_rnaseq(
         )
 
     # --- means and dispersions (method of moments)
-    mu_ref, v_ref, size_ref = _mme(R)
+    mu_ref, v_ref, size_ref = _mme(stats[0], stats[1], n_ref)
     ref_md = pd.DataFrame({"mu": mu_ref, "dispersion": size_ref}, index=ref_gene_names)
     keep = np.flatnonzero((mu_ref > 0) & (v_ref > mu_ref))
     if keep.size == 0:
@@ -613,13 +629,10 @@ def simulate_rnaseq(
         csel = rng.choice(n_ref, size=n_cells, replace=n_ref < n_cells)
     else:
         csel = np.arange(n_ref)
-    sam = meta["sam"].to_numpy()[csel]
-    cls = meta["cls"].to_numpy()[csel]
-    trt = meta["trt"].to_numpy()[csel]
+    # labels are factorised on the reference cells, then only codes are resampled
+    cls_code, clusters = _factor(meta["cls"].to_numpy(), csel, first_seen=False)
+    cls_cat = pd.Categorical.from_codes(cls_code, categories=clusters)
     lib = libsize[csel]
-    clusters = sorted(set(cls))
-    cls_cat = pd.Categorical(cls, categories=clusters)
-    cls_code = cls_cat.codes.astype(np.int64)
     if libsize_cluster_scale is not None:
         scale = _cluster_vector(libsize_cluster_scale, clusters, "libsize_cluster_scale")
         if isinstance(libsize_cluster_scale, Mapping):
@@ -628,11 +641,11 @@ def simulate_rnaseq(
         if not np.all(np.isfinite(scale) & (scale > 0)):
             raise ValueError("libsize_cluster_scale must be positive and finite")
         lib = lib * scale[cls_code]
-    arms = sorted(set(trt))
+    trt_code, arms = _factor(meta["trt"].to_numpy(), csel, first_seen=False)
     if treatment is None:
         treatment = arms[-1]
     treatment = str(treatment)
-    treated = trt == treatment
+    treated = trt_code == arms.index(treatment) if treatment in arms else np.zeros(n_cells, bool)
 
     # --- DE genes
     if null:
@@ -673,9 +686,8 @@ def simulate_rnaseq(
     gene_cluster = np.where(is_de, np.asarray(clusters, dtype=object)[np.maximum(de_cls, 0)], None)
 
     # --- random effects and group means
-    sam_cat = pd.Categorical(sam, categories=pd.unique(sam))
-    subjects = list(sam_cat.categories)
-    sam_code = sam_cat.codes.astype(np.int64)
+    sam_code, subjects = _factor(meta["sam"].to_numpy(), csel, first_seen=True)
+    sam_cat = pd.Categorical.from_codes(sam_code, categories=subjects)
     S = len(subjects)
     b_sg = rng.normal(0.0, np.sqrt(var_random_effects), size=(S, n_genes))
     re2 = None
@@ -709,11 +721,11 @@ def simulate_rnaseq(
         {
             "sam": sam_cat,
             "cls": cls_cat,
-            "trt": pd.Categorical(trt, categories=arms),
+            "trt": pd.Categorical.from_codes(trt_code, categories=arms),
             "libsize": lib,
             "ref_cell": csel.astype(np.int64),
         },
-        index=pd.Index([f"Cell{i + 1}" for i in range(n_cells)]),
+        index=pd.Index(np.array(list(map("Cell{}".format, range(1, n_cells + 1))), dtype=object)),
     )
     var = pd.DataFrame(
         {

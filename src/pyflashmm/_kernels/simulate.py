@@ -1,29 +1,47 @@
-"""Numba kernels of the NB simulator: a seeded generator, samplers and the two-pass CSR builder.
+"""Numba kernels of the NB simulator: a seeded generator, exact NB samplers, the CSR builder.
 
 Random numbers
 --------------
 Every cell block owns one xoshiro256** stream (4 × uint64 state) seeded from a
 ``numpy.random.SeedSequence.spawn`` child in the Python layer. A block is always processed by
-one thread from its own seed, so the output does not depend on the number of threads.
+one thread from its own seed, so the output does not depend on the number of threads (nor on
+how many blocks are processed at once).
 
-Sampling NB counts sparsely
----------------------------
-For y ~ NB(mean μ, size s) (Var = μ + μ²/s): P(y = 0) = (1 + μ/s)^(-s), P(y = k + 1) =
-P(y = k) (k + s)/(k + 1) · μ/(μ + s), and binomial thinning of NB(μ, s) with probability p is
-NB(pμ, s) (it thins the Poisson of the Gamma–Poisson mixture). Inside a block, cells are sorted
-by (group h, library factor f) and cut into chunks of at most ``CHUNK`` cells of one group, so
-for gene g the cell means μ_c = M[g, h] f_c (× exp β_g in DE cells) of a chunk are bounded by
-μ_max. Per (gene, chunk):
+Sampling NB counts by bracketed inversion
+-----------------------------------------
+For y ~ NB(mean μ, size s) (Var = μ + μ²/s) let S_μ(k) = P(y > k): S_μ(0) = 1 − (1 + μ/s)^(-s),
+P(y = k) = P(y = k − 1) (k − 1 + s)/k · μ/(μ + s). A cell's count is drawn by inversion of its
+survival function, y = min{k : S_μ(k) ≤ V} with V ~ U(0, 1). NB(μ, s) increases stochastically
+with μ, so S_μlo(k) ≤ S_μ(k) ≤ S_μhi(k) for μlo ≤ μ ≤ μhi and every k. Inside a block, cells are
+sorted by (group h, library factor f); for gene g the cells of a group have means
+μ_c = M[g, h] f_c, and they are cut into chunks whose means span at most ``TOL``. Per
+(gene, chunk) two survival tables, at the chunk's smallest and largest mean, are built lazily
+(one log1p and two exp per table, then one multiply-add per entry), and each cell's V is looked
+up in both:
 
-* y_max ~ NB(μ_max, s) is drawn by inverting a CDF table of P(1 ≤ y ≤ k) built lazily, once per
-  chunk (Gamma–Poisson above ``MU_INVERSION``); sparse chunks (P(y_max > 0) ≤ ``DENSE_PROB``)
-  skip the zeros geometrically and draw only the positive y_max, so the work is
-  O(nnz + genes × chunks), never one uniform per zero entry;
-* y_c = Binomial(y_max, μ_c/μ_max) is then exactly NB(μ_c, s).
+* k = #{j : S_μlo(j) > V} is a lower bound of y and, when S_μhi(k) ≤ V, it *is* y; no
+  transcendental function is evaluated for the cell;
+* otherwise (probability about μhi − μlo ≤ ``TOL``, the mean gap of the two coupled draws) the
+  cell's own survival function is evaluated from S_μ(0) with the same V (``nb_inverse``).
 
-Modes: 0 counts non-zeros per row; 1 replays the same streams and writes the CSR entries at
-``indptr[row] + cursor[row]`` (column indices increase because genes are the outer loop);
-2 writes (row, gene, value) triples into per-block slots (one pass, then ``scatter_triples``).
+The result is exactly NB(μ_c, s) for every cell: the same draw as inversion with the cell's own
+mean (comparisons keep a margin ``EPS`` ≫ the rounding of the tables). Dense runs
+(``_run_dense``) reuse the upper table of a chunk as the lower table of the next when they abut,
+build ``PREFIX`` entries at once and grow them on demand, and count the entries above V without
+branches (vectorised). Sparse chunks (S_μhi(0) ≤ ``DENSE_PROB``) skip the cells with
+V ≥ S_μhi(0), which are certainly zero, geometrically, and draw V only for the others, so the
+work is O(nnz + genes × chunks) rather than one uniform per zero; with fewer than
+``TABLE_MIN_CANDIDATES`` expected candidates they use ``nb_inverse`` directly. Means above
+``MU_BIG`` are drawn per cell as Gamma–Poisson mixtures. Cells where a DE gene has its fold
+change are drawn per cell (``nb_draw``).
+
+Building the CSR matrix
+-----------------------
+``sample_blocks`` writes each block's non-zeros (gene-major) into a per-slot scratch buffer of
+(row in block, gene, value) and counts non-zeros per row; ``scatter_blocks`` moves a block's
+entries to its contiguous range of the CSR arrays (rows of a block are consecutive cells, and
+each row receives its genes in increasing order). A slot whose buffer overflows is replayed
+from the same seed with a larger buffer, so the output never depends on buffer sizes.
 """
 
 from __future__ import annotations
@@ -34,14 +52,22 @@ import numpy as np
 
 from pyflashmm._jit import njit, prange
 
-#: chunks whose largest non-zero probability exceeds this are sampled cell by cell
+#: chunks whose largest non-zero probability exceeds this draw V for every cell
 DENSE_PROB = 0.3
-#: means above this use Gamma–Poisson draws instead of CDF inversion for the value
-MU_INVERSION = 20.0
-#: cells per chunk (cells of a chunk share a random-effect group)
-CHUNK = 64
-#: entries of the per-chunk CDF table (the inversion continues past it without storing)
-TABLE = 256
+#: chunks whose largest mean exceeds this use Gamma–Poisson draws per cell
+MU_BIG = 32.0
+#: largest spread of the means in a chunk (bounds the share of cells needing their own CDF)
+TOL = 0.05
+#: entries of each survival table (lookups past it use the cell's own survival function)
+TABLE = 512
+#: tables stop where the largest mean's survival falls below this share of its P(y > 0)
+TAIL = 1e-3
+#: sparse chunks expecting fewer candidates than this skip the tables
+TABLE_MIN_CANDIDATES = 8.0
+#: table entries built at once (the dense lookup counts over this prefix, branch-free)
+PREFIX = 16
+#: margin of the table comparisons (well above the rounding of a few hundred additions)
+EPS = 1e-12
 
 _U11 = np.uint64(11)
 _U17 = np.uint64(17)
@@ -152,226 +178,481 @@ def poisson(st, lam):
 
 
 @njit
-def nb_prob_nonzero(mu, size):
-    """P(y > 0) for y ~ NB(mean mu, size)."""
-    return -math.expm1(-size * math.log1p(mu / size))
-
-
-@njit
-def binomial_count(st, n, p):
-    """Number of successes among ``n`` Bernoulli(p) trials (geometric skips, O(1 + n p))."""
-    lq = math.log1p(-p)
-    pos = -1.0
-    cnt = 0
-    while True:
-        pos += 1.0 + math.floor(math.log(uniform(st)) / lq)
-        if pos >= n:
-            return cnt
-        cnt += 1
-
-
-@njit
-def thin(st, y, p):
-    """Binomial(y, p) thinning; NB(mu, size) thinned by p is NB(p mu, size)."""
-    if p >= 1.0 or y == 0:
-        return y
-    if y <= 24:
-        k = 0
-        for _ in range(y):
-            if uniform(st) < p:
-                k += 1
-        return k
-    if p >= 0.5:
-        return y - binomial_count(st, y, 1.0 - p)
-    return binomial_count(st, y, p)
-
-
-@njit
-def positive_inverse(t, tab, tst, q, size):
-    """Smallest k >= 1 with P(1 <= y <= k) > t, y ~ NB; the CDF table grows lazily.
-
-    ``tab[k-1]`` = P(1 <= y <= k) for k <= ``tst[0]``; ``tst`` = [entries, P(y = entries),
-    P(1 <= y <= entries)], initialised to [0, P(y = 0), 0] for each (gene, chunk).
-    """
-    nb = int(tst[0])
-    k = 1
-    while k <= nb:
-        if tab[k - 1] > t:
-            return k
-        k += 1
-    pk = tst[1]
-    cum = tst[2]
-    cap = tab.shape[0]
-    while True:
-        pk *= (k - 1 + size) / k * q
-        cum += pk
-        if k <= cap:
-            tab[k - 1] = cum
-            tst[0] = k
-            tst[1] = pk
-            tst[2] = cum
-        if cum > t:
-            return k
-        if (pk < 1e-17 * cum and k > 1.0 + 2.0 * q * size / (1.0 - q)) or k >= 1000000:
-            return k  # rounding left t above the total mass: return the tail point
-        k += 1
-
-
-@njit
 def gamma_poisson(st, mu, size):
     """NB(mu, size) as Poisson(mu G / size), G ~ Gamma(size)."""
     return poisson(st, mu * gamma(st, size) / size)
 
 
 @njit
-def _emit(mode, b, c, g, value, row_nnz, indptr, indices, data, cap_off, used):
-    if mode == 1:
-        pos = indptr[c] + row_nnz[c]
-        indices[pos] = g
-        data[pos] = value
-    elif mode == 2:
-        k = used[b]
-        if cap_off[b] + k < cap_off[b + 1]:
-            pos = cap_off[b] + k
-            indptr[pos] = c
-            indices[pos] = g
-            data[pos] = value
-        used[b] = k + 1
-    row_nnz[c] += 1
+def nb_prob_nonzero(mu, size):
+    """P(y > 0) for y ~ NB(mean mu, size)."""
+    return -math.expm1(-size * math.log1p(mu / size))
+
+
+@njit
+def nb_inverse(v, mu, size):
+    """min{k : P(y > k) ≤ v} for y ~ NB(mu, size): inversion of the survival function."""
+    logp0 = -size * math.log1p(mu / size)
+    surv = -math.expm1(logp0)
+    if surv <= v:
+        return 0
+    p = math.exp(logp0)
+    q = mu / (mu + size)
+    mode = (size - 1.0) * q / (1.0 - q)
+    k = 0
+    while True:
+        k += 1
+        p *= (k - 1 + size) / k * q
+        surv -= p
+        if surv <= v:
+            return k
+        # far past the mode the remaining mass (< p q / (1 - q)) is below the rounding of surv
+        if k > mode and p * q < 1e-17 * (1.0 - q) or k >= 100_000_000:
+            return k
+
+
+@njit
+def nb_draw(st, mu, size):
+    """One NB(mu, size) draw: survival inversion, or Gamma–Poisson above ``MU_BIG``."""
+    if mu <= 0.0:
+        return 0
+    if mu > MU_BIG:
+        return gamma_poisson(st, mu, size)
+    return nb_inverse(uniform(st), mu, size)
+
+
+@njit
+def _tables(mu_lo, mu_hi, logp0_hi, pnz, size, slo, shi, rat, rst):
+    """Survival tables S(k) at ``mu_lo`` and ``mu_hi`` for k < w; returns w (a multiple of 8).
+
+    Grows until S_μhi(w − 1) < ``TAIL`` · S_μhi(0) (or ``TABLE``). ``rat[k]`` = (k − 1 + s)/k is
+    cached per gene for k < rst[0].
+    """
+    logp0_lo = -size * math.log1p(mu_lo / size)
+    slo[0] = -math.expm1(logp0_lo)
+    shi[0] = pnz
+    plo = math.exp(logp0_lo)
+    phi = math.exp(logp0_hi)
+    qlo = mu_lo / (mu_lo + size)
+    qhi = mu_hi / (mu_hi + size)
+    tail = TAIL * pnz
+    nr = int(rst[0])
+    k = 1
+    while k < TABLE:
+        if k >= nr:
+            rat[k] = (k - 1 + size) / k
+            nr = k + 1
+        r = rat[k]
+        plo *= r * qlo
+        phi *= r * qhi
+        slo[k] = slo[k - 1] - plo
+        shi[k] = shi[k - 1] - phi
+        k += 1
+        if (k & 7) == 0 and shi[k - 1] < tail:
+            break
+    rst[0] = nr
+    return k
+
+
+@njit
+def _count_coarse(slo, t, w):
+    """#{j < w : slo[j] > t} for a decreasing table: whole groups of 8, then within one."""
+    k = 0
+    for j in range(7, w, 8):
+        k += slo[j] > t
+    k *= 8
+    if k < w:
+        b = k
+        for j in range(b, b + 8):
+            k += slo[j] > t
+    return k
+
+
+@njit
+def bracket_lookup(v, slo, shi, w):
+    """y for survival level ``v`` if the two tables decide it, else -1 (module docstring).
+
+    Branch-free count of the table entries above v (the tables decrease), so the cost does
+    not depend on y: k = #{j < w : S_μlo(j) > v + EPS}, and y = k when S_μhi(k) ≤ v − EPS.
+    """
+    t = v + EPS
+    k = 0
+    if w <= 32:
+        for j in range(w):
+            k += slo[j] > t
+    else:
+        k = _count_coarse(slo, t, w)
+    if k < w and shi[k] <= v - EPS:
+        return k
+    return -1
+
+
+@njit
+def _grow(tab, stt, size, rat, rst, wmin, tail):
+    """Extend survival table ``tab`` (state ``stt`` = [entries, last pmf, q]) to at least
+    ``wmin`` entries, then on to a multiple of 8 where it is below ``tail`` (≤ ``TABLE``)."""
+    k = int(stt[0])
+    p = stt[1]
+    q = stt[2]
+    nr = int(rst[0])
+    while k < TABLE and (k < wmin or (k & 7) != 0 or tab[k - 1] >= tail):
+        if k >= nr:
+            rat[k] = (k - 1 + size) / k
+            nr = k + 1
+        p *= rat[k] * q
+        tab[k] = tab[k - 1] - p
+        k += 1
+    rst[0] = nr
+    stt[0] = k
+    stt[1] = p
+    return k
+
+
+@njit
+def _build(tab, stt, mu, size, rat, rst):
+    """First ``PREFIX`` entries of the survival table of NB(mu, size) (state in ``stt``)."""
+    logp0 = -size * math.log1p(mu / size)
+    p = math.exp(logp0)
+    tab[0] = 1.0 - p if p < 0.5 else -math.expm1(logp0)
+    stt[0] = 1.0
+    stt[1] = p
+    stt[2] = mu / (mu + size)
+    return _grow(tab, stt, size, rat, rst, PREFIX, math.inf)
+
+
+@njit
+def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
+    """The lookup of ``_run_dense`` when V lies past the tables' prefix: both tables grow by
+    ``PREFIX`` entries until they reach V (or ``TABLE``); -1 when undecided."""
+    t = v + EPS
+    w = int(min(sta[0], stb[0]))
+    while ta[w - 1] > t and w < TABLE:
+        w = _grow(ta, sta, size, rat, rst, w + PREFIX, math.inf)
+        _grow(tb, stb, size, rat, rst, w, math.inf)
+    w = int(min(sta[0], stb[0]))
+    k = _count_coarse(ta, t, w)
+    if k < w and tb[k] <= v - EPS:
+        return k
+    return -1
+
+
+@njit
+def _run_dense(
+    st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+    ta, tb, sta, stb, rat, rst, srow, sgene, sval, used, cnt,
+):  # fmt: skip
+    """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
+    cell. Chunks span ``TOL`` in mean; where chunks abut, the upper table of one is the lower
+    table of the next (tables ``ta``/``tb`` swap roles), so a chunk costs one new table."""
+    cap = srow.shape[1]
+    u = used[slot]
+    i0 = lo
+    have_lo = False
+    a = 0.0
+    while i0 < hi:
+        if not have_lo:
+            a = m * fs[i0]
+            _build(ta, sta, a, s, rat, rst)
+        bound = a + TOL
+        # i1: first cell with mean > bound
+        fb = bound / m
+        x = i0 + 1
+        z = hi
+        if fs[hi - 1] <= fb:
+            x = hi
+        else:
+            while x < z:
+                mid = (x + z) >> 1
+                if fs[mid] <= fb:
+                    x = mid + 1
+                else:
+                    z = mid
+        i1 = x
+        reuse = i1 < hi and m * fs[i1] <= bound + TOL
+        mu_hi = bound if reuse else m * fs[i1 - 1]
+        if i1 - i0 == 1 and not have_lo and not reuse:
+            # a lone cell: its own survival function
+            c = perm[i0]
+            if not (kc >= 0 and _is_de(c, kc, cell_cls, cell_treated)):
+                y = nb_inverse(uniform(st), m * fs[i0], s)
+                if y > 0:
+                    if u < cap:
+                        srow[slot, u] = c - b0
+                        sgene[slot, u] = g
+                        sval[slot, u] = y
+                    u += 1
+                    cnt[c] += 1
+            i0 = i1
+            continue
+        _build(tb, stb, mu_hi, s, rat, rst)
+        w = int(min(sta[0], stb[0]))
+        for i in range(i0, i1):
+            c = perm[i]
+            if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
+                continue
+            v = uniform(st)
+            t = v + EPS
+            k = 0
+            for j in range(w):  # w is not a compile-time constant, so this vectorises
+                k += ta[j] > t
+            if k < w:
+                if tb[k] > v - EPS:
+                    k = -1
+            else:
+                k = _lookup_long(v, ta, tb, sta, stb, s, rat, rst)
+                w = int(min(sta[0], stb[0]))
+            if k < 0:
+                k = nb_inverse(v, m * fs[i], s)
+            if u < cap:  # branch-free append (zeros are overwritten by the next entry)
+                srow[slot, u] = c - b0
+                sgene[slot, u] = g
+                sval[slot, u] = k
+            nz = 1 if k > 0 else 0
+            u += nz
+            cnt[c] += nz
+        if reuse:
+            ta, tb = tb, ta
+            sta, stb = stb, sta
+            a = bound
+            have_lo = True
+        else:
+            have_lo = False
+        i0 = i1
+    used[slot] = u
+
+
+@njit
+def _emit(slot, c, b0, g, value, srow, sgene, sval, used, cnt):
+    k = used[slot]
+    if k < srow.shape[1]:
+        srow[slot, k] = c - b0
+        sgene[slot, k] = g
+        sval[slot, k] = value
+    used[slot] = k + 1
+    cnt[c] += 1
+
+
+@njit
+def _is_de(c, kc, cell_cls, cell_treated):
+    return kc >= 0 and cell_treated[c] != 0 and cell_cls[c] == kc
+
+
+@njit
+def _chunk(
+    st, slot, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated, logp0_hi, pnz,
+    slo, shi, rat, rst, srow, sgene, sval, used, cnt,
+):  # fmt: skip
+    """Cells perm[i0:i1] (one group, means m fs[i], non-DE cells only) of a sparse gene g:
+    the cells with V ≥ P(y > 0) at the largest mean (``pnz``, log P(y = 0) = ``logp0_hi``)
+    are certain zeros and are skipped geometrically."""
+    if pnz <= 0.0:
+        return
+    mu_hi = m * fs[i1 - 1]
+    cap = srow.shape[1]
+    u = used[slot]
+    # few expected candidates: each uses its own survival function (no tables to build)
+    w = -1 if pnz * (i1 - i0) < TABLE_MIN_CANDIDATES else 0
+    pos = float(i0 - 1)
+    while True:
+        pos += 1.0 + math.floor(math.log(uniform(st)) / logp0_hi)
+        if pos >= i1:
+            break
+        i = int(pos)
+        c = perm[i]
+        if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
+            continue
+        v = pnz * uniform(st)
+        if w == 0:
+            w = _tables(m * fs[i0], mu_hi, logp0_hi, pnz, s, slo, shi, rat, rst)
+        y = bracket_lookup(v, slo, shi, w) if w > 0 else -1
+        if y < 0:
+            y = nb_inverse(v, m * fs[i], s)
+        if y > 0:
+            if u < cap:
+                srow[slot, u] = c - b0
+                sgene[slot, u] = g
+                sval[slot, u] = y
+            u += 1
+            cnt[c] += 1
+    used[slot] = u
 
 
 @njit(parallel=True)
-def nb_csr_pass(
-    mode,
+def sample_blocks(
+    blocks,
     seeds,
     block_ptr,
     perm,
-    cell_f,
+    fs,
     cell_cls,
     cell_treated,
-    chunk_ptr,
-    chunk_lo,
-    chunk_hi,
-    chunk_h,
-    chunk_fmax,
+    run_ptr,
+    run_lo,
+    run_hi,
+    run_h,
     M,
     size,
     de_cls,
     de_mult,
-    row_nnz,
-    indptr,
-    indices,
-    data,
-    cap_off,
+    cnt,
+    srow,
+    sgene,
+    sval,
     used,
 ):
-    """One pass over all cell blocks (parallel over blocks); see the module docstring.
+    """Draw the counts of cell blocks ``blocks`` (slot i holds block blocks[i]; parallel).
 
-    ``mode`` 0 counts non-zeros per row into ``row_nnz``; 1 writes CSR entries at
-    ``indptr[row] + row_nnz[row]`` (``row_nnz`` zero on entry); 2 writes (row, gene, value)
-    triples of block b into ``indptr/indices/data[cap_off[b]:cap_off[b+1]]`` (``used[b]``
-    counts them, also past the capacity, which then signals overflow).
-
-    Arrays: ``seeds`` (n_blocks, 4) uint64 xoshiro states; block b covers positions
-    ``block_ptr[b]:block_ptr[b+1]`` of ``perm`` (cells sorted by group, then f, per block);
-    chunks ``chunk_ptr[b]:chunk_ptr[b+1]`` cover ``perm[chunk_lo:chunk_hi]`` with group
-    ``chunk_h`` and largest factor ``chunk_fmax``; ``M`` (G, H) means at f = 1; ``size`` (G,);
-    ``de_cls[g]`` cluster code where gene g is DE in treated cells (-1: none), ``de_mult[g]``
-    = exp(beta_g).
+    Block b covers cells ``block_ptr[b]:block_ptr[b+1]``, listed in ``perm`` at the same
+    positions sorted by (group, f); ``fs`` = f in perm order. Runs ``run_ptr[b]:run_ptr[b+1]``
+    are the groups of the block: ``perm[run_lo:run_hi]`` with group ``run_h``. ``M`` (G, H)
+    means at f = 1; ``size`` (G,); ``de_cls[g]`` the cluster where gene g is DE in treated
+    cells (-1: none), ``de_mult[g]`` = exp(beta_g). Non-zeros go to the slot's scratch rows
+    ``srow/sgene/sval[i]`` (row in the block, gene, value), ``used[i]`` counts them (also past
+    the capacity, which signals overflow), ``cnt[cell]`` counts them per cell.
     """
-    n_blocks = block_ptr.shape[0] - 1
     G = M.shape[0]
-    for b in prange(n_blocks):
+    for i in prange(blocks.shape[0]):
+        b = blocks[i]
+        b0 = block_ptr[b]
+        used[i] = 0
+        for c in range(b0, block_ptr[b + 1]):
+            cnt[c] = 0
         st = seeds[b].copy()
-        tab = np.empty(TABLE)
-        tst = np.empty(3)
+        ta = np.empty(TABLE)
+        tb = np.empty(TABLE)
+        sta = np.empty(3)
+        stb = np.empty(3)
+        rat = np.empty(TABLE)
+        rst = np.empty(1)
         for g in range(G):
+            rst[0] = 1.0
             s = size[g]
             kc = de_cls[g]
             mult = de_mult[g]
-            bmult = max(mult, 1.0) if kc >= 0 else 1.0
-            for ch in range(chunk_ptr[b], chunk_ptr[b + 1]):
-                lo = chunk_lo[ch]
-                hi = chunk_hi[ch]
-                fmax = chunk_fmax[ch] * bmult
-                mu_max = M[g, chunk_h[ch]] * fmax
-                if mu_max <= 0.0:
+            for r in range(run_ptr[b], run_ptr[b + 1]):
+                m = M[g, run_h[r]]
+                if m <= 0.0:
                     continue
-                logp0 = -s * math.log1p(mu_max / s)
-                pnz = -math.expm1(logp0)
-                if pnz <= 0.0:
-                    continue
-                q = mu_max / (mu_max + s)
-                tst[0] = 0.0
-                tst[1] = math.exp(logp0)
-                tst[2] = 0.0
-                if mu_max > MU_INVERSION or pnz > DENSE_PROB:
-                    for i in range(lo, hi):
-                        c = perm[i]
-                        if mu_max > MU_INVERSION:
-                            y = gamma_poisson(st, mu_max, s)
-                        else:
-                            u = uniform(st)
-                            if u >= pnz:
-                                continue
-                            y = positive_inverse(u, tab, tst, q, s)
-                        fc = cell_f[c]
-                        if kc >= 0 and cell_treated[c] != 0 and cell_cls[c] == kc:
-                            fc *= mult
-                        y = thin(st, y, fc / fmax)
+                lo = run_lo[r]
+                hi = run_hi[r]
+                if m * fs[hi - 1] > MU_BIG:
+                    for j in range(lo, hi):
+                        c = perm[j]
+                        mu = m * fs[j]
+                        if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
+                            mu *= mult
+                        y = gamma_poisson(st, mu, s)
                         if y > 0:
-                            _emit(mode, b, c, g, y, row_nnz, indptr, indices, data, cap_off, used)
+                            _emit(i, c, b0, g, y, srow, sgene, sval, used, cnt)
                     continue
-                lq = math.log1p(-pnz)
-                pos = float(lo - 1)
-                while True:
-                    pos += 1.0 + math.floor(math.log(uniform(st)) / lq)
-                    if pos >= hi:
-                        break
-                    c = perm[int(pos)]
-                    y = positive_inverse(uniform(st) * pnz, tab, tst, q, s)
-                    fc = cell_f[c]
-                    if kc >= 0 and cell_treated[c] != 0 and cell_cls[c] == kc:
-                        fc *= mult
-                    y = thin(st, y, fc / fmax)
-                    if y > 0:
-                        _emit(mode, b, c, g, y, row_nnz, indptr, indices, data, cap_off, used)
+                logp0 = -s * math.log1p(m * fs[hi - 1] / s)
+                pnz = -math.expm1(logp0)
+                if pnz > DENSE_PROB:
+                    _run_dense(
+                        st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+                        ta, tb, sta, stb, rat, rst, srow, sgene, sval, used, cnt,
+                    )  # fmt: skip
+                elif m * (fs[hi - 1] - fs[lo]) <= TOL:
+                    _chunk(
+                        st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+                        logp0, pnz, ta, tb, rat, rst, srow, sgene, sval, used, cnt,
+                    )  # fmt: skip
+                else:
+                    i0 = lo
+                    while i0 < hi:  # chunks spanning TOL in mean
+                        fb = fs[i0] + TOL / m
+                        x = i0 + 1
+                        z = hi
+                        while x < z:
+                            mid = (x + z) >> 1
+                            if fs[mid] <= fb:
+                                x = mid + 1
+                            else:
+                                z = mid
+                        i1 = x
+                        lp = -s * math.log1p(m * fs[i1 - 1] / s)
+                        _chunk(
+                            st, i, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
+                            lp, -math.expm1(lp), ta, tb, rat, rst, srow, sgene, sval, used, cnt,
+                        )  # fmt: skip
+                        i0 = i1
+                if kc >= 0:
+                    for j in range(lo, hi):
+                        c = perm[j]
+                        if _is_de(c, kc, cell_cls, cell_treated):
+                            y = nb_draw(st, m * fs[j] * mult, s)
+                            if y > 0:
+                                _emit(i, c, b0, g, y, srow, sgene, sval, used, cnt)
 
 
 @njit(parallel=True)
-def nnz_bound(
-    block_ptr, chunk_ptr, chunk_lo, chunk_hi, chunk_h, chunk_fmax, M, size, de_cls, de_mult
-):
-    """Per block, sum over chunks and genes of (cells × P(y > 0) at the chunk's largest mean).
+def scatter_blocks(blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data):
+    """Slot i's entries → CSR positions of block blocks[i], starting at ``base[i]``.
 
-    Bounds the expected number of non-zeros of each block (P(y > 0) increases with the mean).
+    Writes ``indptr[c + 1]`` for the block's cells (``indptr`` is int64 here); each row's
+    genes arrive in increasing order, so column indices are sorted.
     """
-    n_blocks = block_ptr.shape[0] - 1
-    G = M.shape[0]
-    out = np.zeros(n_blocks)
-    for b in prange(n_blocks):
-        tot = 0.0
-        for g in range(G):
-            s = size[g]
-            bmult = max(de_mult[g], 1.0) if de_cls[g] >= 0 else 1.0
-            for ch in range(chunk_ptr[b], chunk_ptr[b + 1]):
-                mu_max = M[g, chunk_h[ch]] * chunk_fmax[ch] * bmult
-                tot += (chunk_hi[ch] - chunk_lo[ch]) * nb_prob_nonzero(mu_max, s)
-        out[b] = tot
-    return out
+    for i in prange(blocks.shape[0]):
+        b = blocks[i]
+        b0 = block_ptr[b]
+        nrow = block_ptr[b + 1] - b0
+        pos = np.empty(nrow, dtype=np.int64)
+        run = base[i]
+        for r in range(nrow):
+            pos[r] = run
+            run += cnt[b0 + r]
+            indptr[b0 + r + 1] = run
+        for k in range(used[i]):
+            r = srow[i, k]
+            p = pos[r]
+            indices[p] = sgene[i, k]
+            data[p] = sval[i, k]
+            pos[r] = p + 1
+
+
+#: row chunks of ``reference_stats`` (fixed, so results do not depend on the thread count)
+STAT_CHUNKS = 16
 
 
 @njit(parallel=True)
-def scatter_triples(block_ptr, cap_off, used, rows, cols, vals, indptr, indices, data, cursor):
-    """Mode-2 triples → CSR: entries of each block go to ``indptr[row] + cursor[row]``."""
-    n_blocks = block_ptr.shape[0] - 1
-    for b in prange(n_blocks):
-        for k in range(cap_off[b], cap_off[b] + used[b]):
-            c = rows[k]
-            pos = indptr[c] + cursor[c]
-            indices[pos] = cols[k]
-            data[pos] = vals[k]
-            cursor[c] += 1
+def reference_stats(indptr, indices, data, n_genes):
+    """Column sums, column sums of squares and row sums of a CSR matrix, and its first bad entry.
+
+    Returns (colsum, colsq, rowsum, bad): ``bad`` is the position in ``data`` of the first entry
+    that is not a finite non-negative integer, or -1. Sums are in float64, exact for integer
+    counts (< 2^53), so the row-chunk order does not matter.
+    """
+    n = indptr.shape[0] - 1
+    part = np.zeros((STAT_CHUNKS, n_genes))
+    partsq = np.zeros((STAT_CHUNKS, n_genes))
+    bad = np.full(STAT_CHUNKS, -1, dtype=np.int64)
+    rowsum = np.zeros(n)
+    for ch in prange(STAT_CHUNKS):
+        r0 = n * ch // STAT_CHUNKS
+        r1 = n * (ch + 1) // STAT_CHUNKS
+        for r in range(r0, r1):
+            tot = 0.0
+            for j in range(indptr[r], indptr[r + 1]):
+                x = float(data[j])
+                if not (x >= 0.0 and x < math.inf and x == math.floor(x)):
+                    if bad[ch] < 0:
+                        bad[ch] = j
+                    continue
+                g = indices[j]
+                part[ch, g] += x
+                partsq[ch, g] += x * x
+                tot += x
+            rowsum[r] = tot
+    colsum = np.zeros(n_genes)
+    colsq = np.zeros(n_genes)
+    first = -1
+    for ch in range(STAT_CHUNKS):
+        for g in range(n_genes):
+            colsum[g] += part[ch, g]
+            colsq[g] += partsq[ch, g]
+        if first < 0 and bad[ch] >= 0:
+            first = bad[ch]
+    return colsum, colsq, rowsum, first
 
 
 @njit
@@ -384,3 +665,12 @@ def draw_gamma_poisson(st, shape, lam, n):
     for i in range(n):
         out_p[i] = poisson(st, lam)
     return out_g, out_p
+
+
+@njit
+def draw_nb_inverse(st, mu, size, n):
+    """Test hook: ``n`` draws of :func:`nb_draw` (survival inversion / Gamma–Poisson)."""
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = nb_draw(st, mu, size)
+    return out
