@@ -268,7 +268,7 @@ def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
         a0 = np.minimum(_disp.rough_disp(Qn, X), _disp.moments_disp(Qn, sf))
     a0 = np.clip(a0, min_disp, max(10.0, m))
     mu0 = _initial_mu(Yb, sf, X, a0, linear_mu, minmu)
-    est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact)
+    est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact, sf=sf)
     return est, mu0
 
 
@@ -296,7 +296,7 @@ def _fit_block(Yb, sh: _Shared, est=None, mu0=None):
     dfit = np.asarray(sh.trend_fn(bm), dtype=float) * np.ones_like(bm)
     final, dmap, outl, _ = _disp.map_dispersion(
         Yb, mu0, X, est, dfit, sh.prior_var, sh.var_log_disp, min_disp=sh.min_disp,
-        exact=sh.exact,
+        exact=sh.exact, sf=sh.sf,
     )  # fmt: skip
     fit = _glm_fit(Yb, sh.sf, X, final)
     out = {"base_mean": bm, "disp_gene_est": est, "disp_fit": dfit, "dispersion": final,
