@@ -682,6 +682,13 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
             for k in range(p):
                 eta += X[j, k] * beta[k]
             mu[j] = max(sf[j] * math.exp(eta), minmu)
+        # the lnΓ part of the deviance does not depend on β: summed once per gene
+        r_al = 1.0 / al
+        lgr = math.lgamma(r_al)
+        lg_const = 0.0
+        for j in range(m):
+            if y[j] != 0.0:
+                lg_const += math.lgamma(y[j] + r_al) - lgr - math.lgamma(y[j] + 1.0)
         dev = 0.0
         dev_old = 0.0
         n_it = 0
@@ -727,7 +734,13 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
                 mu[j] = max(sf[j] * math.exp(eta), minmu)
             dev = 0.0
             for j in range(m):
-                dev += -2.0 * nb_logpdf_fast(y[j], mu[j], al)
+                yj = y[j]
+                mj = mu[j]
+                tj = r_al * math.log1p(-mj / (r_al + mj))
+                if yj != 0.0:
+                    tj += yj * (math.log(mj) - math.log(r_al + mj))
+                dev += tj
+            dev = -2.0 * (dev + lg_const)
             conv = abs(dev - dev_old) / (abs(dev) + 0.1)
             if np.isnan(conv):
                 n_it = maxit
@@ -770,3 +783,97 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
             for j in range(m):
                 hat_out[g, j] = np.nan
     return beta_out, sigma_out, hat_out, iters, devs
+
+
+# ----------------------------------------------------------------------------- helpers of the pipeline
+
+
+@njit(parallel=True)
+def trimmed_mean_rows(A, v0, trim):
+    """R's ``mean(x, trim=)`` of every row of A (G×n), rows of non-negative data.
+
+    Entries equal to ``v0[g]`` (e.g. the many zero counts of a row) are counted, not sorted:
+    only the other entries are sorted and the trimmed ranks are read from the merged order.
+    """
+    G, n = A.shape
+    lo = int(math.floor(n * trim))
+    hi = n - lo
+    out = np.empty(G)
+    for g in prange(G):
+        row = A[g]
+        v = v0[g]
+        others = np.empty(n)
+        k = 0
+        c0 = 0
+        for j in range(n):
+            if row[j] == v:
+                c0 += 1
+            else:
+                others[k] = row[j]
+                k += 1
+        srt = np.sort(others[:k])
+        pos = np.searchsorted(srt, v)
+        s = 0.0
+        for i in range(lo, hi):
+            if i < pos:
+                s += srt[i]
+            elif i < pos + c0:
+                s += v
+            else:
+                s += srt[i - c0]
+        out[g] = s / (hi - lo)
+    return out
+
+
+@njit(parallel=True)
+def median_log_ratios_csr(indptr, indices, data, loggeo):
+    """exp(median of ln y − ln g over the positive entries on usable genes) of each CSR row.
+
+    Returns NaN for a row without such an entry.
+    """
+    m = indptr.shape[0] - 1
+    out = np.empty(m)
+    for j in prange(m):
+        lo = indptr[j]
+        hi = indptr[j + 1]
+        buf = np.empty(hi - lo)
+        k = 0
+        for t in range(lo, hi):
+            v = data[t]
+            lg = loggeo[indices[t]]
+            if v > 0.0 and np.isfinite(lg):
+                buf[k] = math.log(v) - lg
+                k += 1
+        if k == 0:
+            out[j] = np.nan
+        else:
+            out[j] = math.exp(np.median(buf[:k]))
+    return out
+
+
+@njit(parallel=True)
+def initial_disp(Qn, FIT, df, xim):
+    """min(rough, moments) initial dispersions (before clipping) from normalized counts Qn
+    and their OLS fit FIT (both G×m): rough = Σ[(q − μ̂)² − μ̂]/μ̂²/df with μ̂ = max(1, FIT),
+    floored at 0; moments = (var q − xim·mean q)/mean q² (var with m − 1 denominators)."""
+    G, m = Qn.shape
+    out = np.empty(G)
+    for g in prange(G):
+        q = Qn[g]
+        s = 0.0
+        tot = 0.0
+        for j in range(m):
+            mu = max(1.0, FIT[g, j])
+            d = q[j] - mu
+            s += (d * d - mu) / (mu * mu)
+            tot += q[j]
+        rough = max(s / df, 0.0)
+        bm = tot / m
+        ss = 0.0
+        for j in range(m):
+            d = q[j] - bm
+            ss += d * d
+        bv = ss / (m - 1)
+        mom = (bv - xim * bm) / (bm * bm)
+        out[g] = np.nan if np.isnan(mom) else min(rough, mom)
+    return out
