@@ -785,7 +785,7 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
     return beta_out, sigma_out, hat_out, iters, devs
 
 
-# ----------------------------------------------------------------------------- helpers of the pipeline
+# ------------------------------------------------------------------------ pipeline helpers
 
 
 @njit(parallel=True)
