@@ -215,6 +215,9 @@ def _robust_mom_disp(Qn, X):
     three = _n_or_more_in_cell(X, 3)
 
     def tmean_var(sub, trim, scale):
+        if sub.shape[1] < 1000:  # few samples: sorting is cheap, no kernel launch needed
+            cm = trimmed_mean(sub, trim, axis=1)
+            return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
         zero = np.zeros(sub.shape[0])
         cm = _nb.trimmed_mean_rows(sub, zero, trim)
         dev = np.ascontiguousarray((sub - cm[:, None]) ** 2)
