@@ -1,18 +1,23 @@
 """Time ``pyflashmm.nbglm`` against PyDESeq2 and (when Rscript is present) DESeq2 and glmGamPoi.
 
-One run per configuration, fit only (data generation and I/O excluded), ratios printed:
+Fit only (data generation and I/O excluded), ratios printed and written to
+``benchmarks/results/bench_nbglm.json``:
 
 * pseudobulk 2,000 genes × 250 samples (``~ cls + trt``) and 20,000 × 250;
 * cell level 500 genes × 20,000 cells (sparse, poscounts, minmu 1e-6, Wald), ``~ grp``.
 
-Usage: ``python benchmarks/bench_nbglm.py [--skip-r] [--skip-big] [--skip-cells]``.
-PyDESeq2 runs with 2 workers (``n_cpus=2``). The pyflashmm time excludes JIT compilation
-(a warm-up fit runs first).
+Usage: ``python benchmarks/bench_nbglm.py [--skip-r] [--skip-big] [--skip-cells] [--repeats 3]``.
+pyflashmm: median wall and CPU (``time.process_time``) time over ``--repeats`` fits after a
+warm-up fit (JIT compilation excluded). PyDESeq2 (2 workers, ``n_cpus=2``), DESeq2 and
+glmGamPoi: one run each. At cell level DESeq2 is timed on the first ``--r-cell-genes`` genes
+(default 100) and scaled linearly to 500 (its per-gene loops are independent); the JSON
+records this as ``deseq2_scaled_from_genes``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -52,17 +57,22 @@ def simulate(G, m, rng, n_cls=5, cell_level=False):
     return Y, X, meta
 
 
-def time_ours(Y, X, cell_level):
+def time_ours(Y, X, cell_level, repeats=3):
+    """Median (wall, cpu) seconds of ``repeats`` fits after a warm-up fit."""
     kw = {"size_factors": "poscounts", "minmu": 1e-6, "min_replicates_for_replace": np.inf}
     kw = kw if cell_level else {}
     data = sp.csr_matrix(Y) if cell_level else Y
+    walls, cpus = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nbglm(data[:50] if not cell_level else data[:500], X[:50] if not cell_level else X[:500],
-              **kw)  # warm-up / JIT  # fmt: skip
-        t = time.perf_counter()
-        nbglm(data, X, **kw)
-    return time.perf_counter() - t
+        n0 = 500 if cell_level else 50
+        nbglm(data[:n0], X[:n0], **kw)  # warm-up / JIT
+        for _ in range(repeats):
+            t, c = time.perf_counter(), time.process_time()
+            nbglm(data, X, **kw)
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+    return float(np.median(walls)), float(np.median(cpus))
 
 
 def time_pydeseq2(Y, meta, cell_level):
@@ -89,9 +99,10 @@ R_SCRIPT = r"""
 suppressPackageStartupMessages({library(DESeq2); library(glmGamPoi)})
 a <- commandArgs(TRUE); cts <- t(as.matrix(read.csv(a[1], header = FALSE)))
 cd <- read.csv(a[2], stringsAsFactors = TRUE); cell <- a[3] == "1"
+nsub <- min(as.integer(a[4]), nrow(cts))
 des <- if (cell) ~cls else ~cls + trt
 storage.mode(cts) <- "integer"
-dds <- DESeqDataSetFromMatrix(cts, cd, des)
+dds <- DESeqDataSetFromMatrix(cts[seq_len(nsub), , drop = FALSE], cd, des)
 t1 <- system.time({
   if (cell) { dds <- estimateSizeFactors(dds, type = "poscounts")
               dds <- DESeq(dds, minmu = 1e-6, minReplicatesForReplace = Inf, quiet = TRUE)
@@ -103,22 +114,24 @@ cat(t1, t2, "\n")
 """
 
 
-def time_r(Y, meta, cell_level):
+def time_r(Y, meta, cell_level, n_genes_deseq2=None):
+    """(DESeq2 s, glmGamPoi s); DESeq2 on the first ``n_genes_deseq2`` genes when given."""
     if shutil.which("Rscript") is None:
         return np.nan, np.nan
+    nsub = Y.shape[1] if n_genes_deseq2 is None else int(n_genes_deseq2)
     with tempfile.TemporaryDirectory() as d:
         np.savetxt(os.path.join(d, "y.csv"), Y, fmt="%d", delimiter=",")
         meta.to_csv(os.path.join(d, "cd.csv"), index=False)
         with open(os.path.join(d, "b.R"), "w") as fh:
             fh.write(R_SCRIPT)
         out = subprocess.run(["Rscript", os.path.join(d, "b.R"), os.path.join(d, "y.csv"),
-                              os.path.join(d, "cd.csv"), "1" if cell_level else "0"],
+                              os.path.join(d, "cd.csv"), "1" if cell_level else "0", str(nsub)],
                              capture_output=True, text=True, check=False)  # fmt: skip
         try:
             t1, t2 = (float(v) for v in out.stdout.split()[-2:])
         except ValueError:
             return np.nan, np.nan
-    return t1, t2
+    return t1 * Y.shape[1] / nsub, t2
 
 
 def main():
@@ -126,6 +139,11 @@ def main():
     ap.add_argument("--skip-r", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-cells", action="store_true")
+    ap.add_argument("--skip-pydeseq2", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--r-cell-genes", type=int, default=100)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "bench_nbglm.json"))  # fmt: skip
     args = ap.parse_args()
     rng = np.random.default_rng(1)
     configs = [("pseudobulk 2000 x 250", 2000, 250, False)]
@@ -136,15 +154,27 @@ def main():
     rows = []
     for label, G, m, cell in configs:
         Y, X, meta = simulate(G, m, rng, cell_level=cell)
-        t_ours = time_ours(Y, X, cell)
-        t_py = time_pydeseq2(Y, meta, cell)
-        t_de, t_gp = (np.nan, np.nan) if args.skip_r else time_r(Y, meta, cell)
-        rows.append({"config": label, "pyflashmm_s": t_ours, "pydeseq2_s": t_py,
-                     "deseq2_s": t_de, "glmgampoi_s": t_gp,
+        t_ours, c_ours = time_ours(Y, X, cell, args.repeats)
+        t_py = np.nan if args.skip_pydeseq2 else time_pydeseq2(Y, meta, cell)
+        nsub = min(args.r_cell_genes, G) if cell else None
+        t_de, t_gp = (np.nan, np.nan) if args.skip_r else time_r(Y, meta, cell, nsub)
+        rows.append({"config": label, "pyflashmm_s": t_ours, "pyflashmm_cpu_s": c_ours,
+                     "pydeseq2_s": t_py, "deseq2_s": t_de, "glmgampoi_s": t_gp,
                      "x_pydeseq2": t_py / t_ours, "x_deseq2": t_de / t_ours,
-                     "x_glmgampoi": t_gp / t_ours})  # fmt: skip
+                     "x_glmgampoi": t_gp / t_ours,
+                     "deseq2_scaled_from_genes": nsub if (cell and not args.skip_r) else None,
+                     })  # fmt: skip
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
-    print(pd.DataFrame(rows).to_string(index=False))
+    df = pd.DataFrame(rows)
+    print(df.to_string(index=False))
+    if any(r["deseq2_scaled_from_genes"] for r in rows):
+        print("cell level: DESeq2 timed on a gene subset and scaled linearly to 500 genes")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    meta = {"cpu_count": os.cpu_count(), "repeats": args.repeats,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    with open(args.out, "w") as fh:
+        json.dump({"meta": meta, "rows": json.loads(df.to_json(orient="records"))}, fh, indent=1)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -229,37 +229,327 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
     return (ll + cr) * alpha + prior
 
 
+# The line search evaluates lp and lp' tens of times per gene, so each gene is first
+# compressed (``_prep_gene``), exactly: the lnΓ/ψ sums run over the distinct non-zero counts
+# with their multiplicities (glmGamPoi's table trick), zero counts contribute only
+# −r ln(1 + αμ), and zero counts whose cells share a class (same size factor and design row,
+# hence the same μ) are summed once with a multiplicity. XᵀWX is assembled from the per-row
+# sums of w over the R distinct design rows (R·p² instead of m·p²). Only the summation order
+# differs from the per-cell formulas (``log_posterior``/``dlog_posterior``).
+
+
+@njit
+def _prep_gene(y, mu, cls, clab, lab, n_cls, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, seen):
+    """Compress one gene; returns (nnz, K distinct non-zero values, number of zero groups).
+
+    Non-zero cells go to (yv, muv, labv); their distinct values to (vals, cnts). Zero cells
+    are grouped by ``cls`` (a class id per cell, ``n_cls`` > 0) when every zero cell of a
+    class has the same μ (else, or with ``n_cls`` = 0, one group per zero cell).
+    """
+    m = y.shape[0]
+    nnz = 0
+    ymax = 0.0
+    integer = True
+    for j in range(m):
+        yj = y[j]
+        if yj != 0.0:
+            yv[nnz] = yj
+            muv[nnz] = mu[j]
+            labv[nnz] = lab[j]
+            nnz += 1
+            if yj > ymax:
+                ymax = yj
+            if yj != math.floor(yj):
+                integer = False
+    # distinct non-zero values
+    K = 0
+    if nnz > 0:
+        if integer and ymax <= 4.0 * nnz + 64.0:
+            tab = np.zeros(int(ymax) + 1, dtype=np.int64)
+            for i in range(nnz):
+                tab[int(yv[i])] += 1
+            for v in range(1, int(ymax) + 1):
+                if tab[v] > 0:
+                    vals[K] = float(v)
+                    cnts[K] = float(tab[v])
+                    K += 1
+        else:
+            srt = np.sort(yv[:nnz])
+            vals[0] = srt[0]
+            cnts[0] = 1.0
+            K = 1
+            for i in range(1, nnz):
+                if srt[i] == vals[K - 1]:
+                    cnts[K - 1] += 1.0
+                else:
+                    vals[K] = srt[i]
+                    cnts[K] = 1.0
+                    K += 1
+    # zero cells
+    nz0 = 0
+    ok = n_cls > 0
+    if ok:
+        for c in range(n_cls):
+            zcnt[c] = 0.0
+            seen[c] = False
+        for j in range(m):
+            if y[j] == 0.0:
+                c = cls[j]
+                if seen[c]:
+                    if zmu[c] != mu[j]:
+                        ok = False
+                        break
+                    zcnt[c] += 1.0
+                else:
+                    seen[c] = True
+                    zmu[c] = mu[j]
+                    zcnt[c] = 1.0
+        if ok:
+            for c in range(n_cls):
+                if seen[c]:
+                    zmu[nz0] = zmu[c]
+                    zcnt[nz0] = zcnt[c]
+                    zlab[nz0] = clab[c]
+                    nz0 += 1
+    if not ok:
+        nz0 = 0
+        for j in range(m):
+            if y[j] == 0.0:
+                zmu[nz0] = mu[j]
+                zcnt[nz0] = 1.0
+                zlab[nz0] = lab[j]
+                nz0 += 1
+    return nnz, K, nz0
+
+
+@njit
+def _xtwx_rows(Xr, wsum, B):
+    R, p = Xr.shape
+    for a in range(p):
+        for b in range(a + 1):
+            s = 0.0
+            for r in range(R):
+                s += Xr[r, a] * wsum[r] * Xr[r, b]
+            B[a, b] = s
+            B[b, a] = s
+
+
+@njit
+def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L):
+    """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums."""
+    m = y.shape[0]
+    alpha = math.exp(a)
+    r = 1.0 / alpha
+    lgr = math.lgamma(r)
+    ll = 0.0
+    for j in range(m):
+        yj = y[j]
+        term = -r * math.log(1.0 + mu[j] * alpha)
+        if yj != 0.0:
+            term = math.lgamma(yj + r) - lgr - yj * math.log(mu[j] + r) + term
+        ll += term
+    cr = 0.0
+    if use_cr:
+        for q in range(wsum.shape[0]):
+            wsum[q] = 0.0
+        for j in range(m):
+            wsum[lab[j]] += 1.0 / (1.0 / mu[j] + alpha)
+        _xtwx_rows(Xr, wsum, B)
+        if not _cholesky(B, L):
+            return -np.inf
+        ld = 0.0
+        for k in range(B.shape[0]):
+            ld += 2.0 * math.log(L[k, k])
+        cr = -0.5 * ld
+    prior = 0.0
+    if use_prior:
+        prior = -0.5 * (a - prior_mean) ** 2 / prior_var
+    return ll + prior + cr
+
+
+@njit
+def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2sum, B, L,
+           Binv, dB):  # fmt: skip
+    """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums."""
+    m = y.shape[0]
+    p = Xr.shape[1]
+    alpha = math.exp(a)
+    r = 1.0 / alpha
+    psr = digamma(r)
+    s = 0.0
+    for j in range(m):
+        yj = y[j]
+        ma = mu[j] * alpha
+        term = math.log(1.0 + ma) - ma / (1.0 + ma)
+        if yj != 0.0:
+            term += psr - digamma(yj + r) + yj / (mu[j] + r)
+        s += term
+    ll = s / (alpha * alpha)
+    cr = 0.0
+    if use_cr:
+        for q in range(wsum.shape[0]):
+            wsum[q] = 0.0
+            w2sum[q] = 0.0
+        for j in range(m):
+            wj = 1.0 / (1.0 / mu[j] + alpha)
+            wsum[lab[j]] += wj
+            w2sum[lab[j]] -= wj * wj
+        _xtwx_rows(Xr, wsum, B)
+        _xtwx_rows(Xr, w2sum, dB)
+        if _cholesky(B, L):
+            _chol_inverse(L, Binv)
+            tr = 0.0
+            for i in range(p):
+                for k in range(p):
+                    tr += Binv[i, k] * dB[k, i]
+            cr = -0.5 * tr
+        else:
+            cr = np.nan
+    prior = 0.0
+    if use_prior:
+        prior = -(a - prior_mean) / prior_var
+    return (ll + cr) * alpha + prior
+
+
+@njit
+def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
+          prior_var, use_prior, use_cr, wsum, B, L):  # fmt: skip
+    """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order)."""
+    alpha = math.exp(a)
+    r = 1.0 / alpha
+    lgr = math.lgamma(r)
+    ll = 0.0
+    for k in range(K):
+        ll += cnts[k] * (math.lgamma(vals[k] + r) - lgr)
+    for i in range(nnz):
+        ll -= yv[i] * math.log(muv[i] + r) + r * math.log(1.0 + muv[i] * alpha)
+    for i in range(nz0):
+        ll -= zcnt[i] * (r * math.log(1.0 + zmu[i] * alpha))
+    cr = 0.0
+    if use_cr:
+        for q in range(wsum.shape[0]):
+            wsum[q] = 0.0
+        for i in range(nnz):
+            wsum[labv[i]] += 1.0 / (1.0 / muv[i] + alpha)
+        for i in range(nz0):
+            wsum[zlab[i]] += zcnt[i] / (1.0 / zmu[i] + alpha)
+        _xtwx_rows(Xr, wsum, B)
+        if not _cholesky(B, L):
+            return -np.inf
+        ld = 0.0
+        for k in range(B.shape[0]):
+            ld += 2.0 * math.log(L[k, k])
+        cr = -0.5 * ld
+    prior = 0.0
+    if use_prior:
+        prior = -0.5 * (a - prior_mean) ** 2 / prior_var
+    return ll + prior + cr
+
+
+@njit
+def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
+           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB):  # fmt: skip
+    """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order)."""
+    p = Xr.shape[1]
+    alpha = math.exp(a)
+    r = 1.0 / alpha
+    psr = digamma(r)
+    s = 0.0
+    for k in range(K):
+        s += cnts[k] * (psr - digamma(vals[k] + r))
+    for i in range(nnz):
+        ma = muv[i] * alpha
+        s += math.log(1.0 + ma) - ma / (1.0 + ma) + yv[i] / (muv[i] + r)
+    for i in range(nz0):
+        ma = zmu[i] * alpha
+        s += zcnt[i] * (math.log(1.0 + ma) - ma / (1.0 + ma))
+    ll = s / (alpha * alpha)
+    cr = 0.0
+    if use_cr:
+        for q in range(wsum.shape[0]):
+            wsum[q] = 0.0
+            w2sum[q] = 0.0
+        for i in range(nnz):
+            wi = 1.0 / (1.0 / muv[i] + alpha)
+            wsum[labv[i]] += wi
+            w2sum[labv[i]] -= wi * wi
+        for i in range(nz0):
+            wi = 1.0 / (1.0 / zmu[i] + alpha)
+            wsum[zlab[i]] += zcnt[i] * wi
+            w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
+        _xtwx_rows(Xr, wsum, B)
+        _xtwx_rows(Xr, w2sum, dB)
+        if _cholesky(B, L):
+            _chol_inverse(L, Binv)
+            tr = 0.0
+            for i in range(p):
+                for k in range(p):
+                    tr += Binv[i, k] * dB[k, i]
+            cr = -0.5 * tr
+        else:
+            cr = np.nan
+    prior = 0.0
+    if use_prior:
+        prior = -(a - prior_mean) / prior_var
+    return (ll + cr) * alpha + prior
+
+
 @njit(parallel=True)
-def fit_disp(Y, MU, X, log_alpha0, prior_mean, prior_var, use_prior, min_log_alpha, kappa0, tol,
-             maxit, use_cr):  # fmt: skip
+def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var, use_prior,
+             min_log_alpha, kappa0, tol, maxit, use_cr):  # fmt: skip
     """Armijo line search in a = ln α, gene by gene (DESeq2's dispersion optimiser).
 
     Gradient ascent a ← a + κ·lp'(a); a step is accepted when
     −lp(a+κ lp') ≤ −lp(a) − 1e-4 κ lp'²; otherwise κ is halved. After an accepted step κ grows
     ×1.1 (at most κ₀) and is halved every fifth accept. Proposals are clamped to [−30, 10].
     Stops when the gain is < ``tol``, when a < ``min_log_alpha`` or after ``maxit`` trials.
+    The design enters as its R distinct rows ``Xr`` and the row label ``lab`` of each cell;
+    ``cls``/``clab``/``n_cls`` are the cell classes of ``_prep_gene`` (``n_cls`` = 0: none).
+    lp at an accepted proposal is the value already computed for the Armijo test.
 
     Returns (log_alpha, iter, iter_accept, initial_lp, last_lp).
     """
     G, m = Y.shape
-    p = X.shape[1]
+    R, p = Xr.shape
     out_a = np.empty(G)
     iters = np.zeros(G, dtype=np.int64)
     accepts = np.zeros(G, dtype=np.int64)
     lp0 = np.empty(G)
     lp_last = np.empty(G)
+    nc = max(n_cls, 1)
     for g in prange(G):
-        w = np.empty(m)
+        yv = np.empty(m)
+        muv = np.empty(m)
+        labv = np.empty(m, dtype=np.int64)
+        vals = np.empty(m)
+        cnts = np.empty(m)
+        zmu = np.empty(max(m, nc))
+        zcnt = np.empty(max(m, nc))
+        zlab = np.empty(max(m, nc), dtype=np.int64)
+        seen = np.empty(nc, dtype=np.bool_)
+        wsum = np.empty(R)
+        w2sum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
         Binv = np.empty((p, p))
         dB = np.empty((p, p))
-        y = Y[g]
-        mu = MU[g]
+        nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, clab, lab, n_cls, yv, muv, labv, vals, cnts,
+                                 zmu, zcnt, zlab, seen)  # fmt: skip
         pm = prior_mean[g]
         a = log_alpha0[g]
-        lp = log_posterior(a, y, mu, X, pm, prior_var, use_prior, use_cr, w, B, L)
-        dlp = dlog_posterior(a, y, mu, X, pm, prior_var, use_prior, use_cr, w, B, L, Binv, dB)
+        y = Y[g]
+        mu = MU[g]
+        # dense (per-cell, cell-order) sums unless the tables save at least half the work
+        dense = 2 * (K + nz0) > m
+        if dense:
+            lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L)
+            dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B,
+                         L, Binv, dB)  # fmt: skip
+        else:
+            lp = _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
+                       prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+            dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
+                         prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB)  # fmt: skip
         kappa = kappa0
         lp0[g] = lp
         n_it = 0
@@ -271,14 +561,19 @@ def fit_disp(Y, MU, X, log_alpha0, prior_mean, prior_var, use_prior, min_log_alp
                 kappa = (-30.0 - a) / dlp
             if a_prop > 10.0:
                 kappa = (10.0 - a) / dlp
-            theta_k = -log_posterior(
-                a + kappa * dlp, y, mu, X, pm, prior_var, use_prior, use_cr, w, B, L
-            )
+            a_new = a + kappa * dlp
+            if dense:
+                lp_k = _lp_d(a_new, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B,
+                             L)  # fmt: skip
+            else:
+                lp_k = _lp_c(a_new, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
+                             Xr, pm, prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+            theta_k = -lp_k
             theta_hat = -lp - kappa * 1e-4 * dlp * dlp
             if theta_k <= theta_hat:
                 n_acc += 1
-                a = a + kappa * dlp
-                lpnew = log_posterior(a, y, mu, X, pm, prior_var, use_prior, use_cr, w, B, L)
+                a = a_new
+                lpnew = lp_k
                 change = lpnew - lp
                 if change < tol:
                     lp = lpnew
@@ -286,9 +581,13 @@ def fit_disp(Y, MU, X, log_alpha0, prior_mean, prior_var, use_prior, min_log_alp
                 if a < min_log_alpha:
                     break
                 lp = lpnew
-                dlp = dlog_posterior(
-                    a, y, mu, X, pm, prior_var, use_prior, use_cr, w, B, L, Binv, dB
-                )
+                if dense:
+                    dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum,
+                                 w2sum, B, L, Binv, dB)  # fmt: skip
+                else:
+                    dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
+                                 Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv,
+                                 dB)  # fmt: skip
                 kappa = min(kappa * 1.1, kappa0)
                 if n_acc % 5 == 0:
                     kappa = kappa / 2.0
@@ -302,22 +601,35 @@ def fit_disp(Y, MU, X, log_alpha0, prior_mean, prior_var, use_prior, min_log_alp
 
 
 @njit(parallel=True)
-def fit_disp_grid(Y, MU, X, prior_mean, prior_var, use_prior, grid, use_cr):
+def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr):
     """Coarse grid over ln α, then a fine grid of the same size within ±1 coarse step."""
     G, m = Y.shape
-    p = X.shape[1]
+    R, p = Xr.shape
     n = grid.shape[0]
     delta = grid[1] - grid[0]
     out = np.empty(G)
+    cls = np.zeros(1, dtype=np.int64)
     for g in prange(G):
-        w = np.empty(m)
+        yv = np.empty(m)
+        muv = np.empty(m)
+        labv = np.empty(m, dtype=np.int64)
+        vals = np.empty(m)
+        cnts = np.empty(m)
+        zmu = np.empty(m)
+        zcnt = np.empty(m)
+        zlab = np.empty(m, dtype=np.int64)
+        seen = np.empty(1, dtype=np.bool_)
+        wsum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
+        nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, cls, lab, 0, yv, muv, labv, vals, cnts, zmu,
+                                 zcnt, zlab, seen)  # fmt: skip
+        pm = prior_mean[g]
         best = -np.inf
         ahat = grid[0]
         for t in range(n):
-            v = log_posterior(grid[t], Y[g], MU[g], X, prior_mean[g], prior_var, use_prior,
-                              use_cr, w, B, L)  # fmt: skip
+            v = _lp_c(grid[t], nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
+                      prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
             if v > best:
                 best = v
                 ahat = grid[t]
@@ -327,8 +639,8 @@ def fit_disp_grid(Y, MU, X, prior_mean, prior_var, use_prior, grid, use_cr):
         afine = lo
         for t in range(n):
             at = lo + t * step if t < n - 1 else ahat + delta
-            v = log_posterior(at, Y[g], MU[g], X, prior_mean[g], prior_var, use_prior, use_cr,
-                              w, B, L)  # fmt: skip
+            v = _lp_c(at, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
+                      prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
             if v > best:
                 best = v
                 afine = at
@@ -370,6 +682,13 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
             for k in range(p):
                 eta += X[j, k] * beta[k]
             mu[j] = max(sf[j] * math.exp(eta), minmu)
+        # the lnΓ part of the deviance does not depend on β: summed once per gene
+        r_al = 1.0 / al
+        lgr = math.lgamma(r_al)
+        lg_const = 0.0
+        for j in range(m):
+            if y[j] != 0.0:
+                lg_const += math.lgamma(y[j] + r_al) - lgr - math.lgamma(y[j] + 1.0)
         dev = 0.0
         dev_old = 0.0
         n_it = 0
@@ -415,7 +734,13 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
                 mu[j] = max(sf[j] * math.exp(eta), minmu)
             dev = 0.0
             for j in range(m):
-                dev += -2.0 * nb_logpdf_fast(y[j], mu[j], al)
+                yj = y[j]
+                mj = mu[j]
+                tj = r_al * math.log1p(-mj / (r_al + mj))
+                if yj != 0.0:
+                    tj += yj * (math.log(mj) - math.log(r_al + mj))
+                dev += tj
+            dev = -2.0 * (dev + lg_const)
             conv = abs(dev - dev_old) / (abs(dev) + 0.1)
             if np.isnan(conv):
                 n_it = maxit
@@ -458,3 +783,97 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
             for j in range(m):
                 hat_out[g, j] = np.nan
     return beta_out, sigma_out, hat_out, iters, devs
+
+
+# ------------------------------------------------------------------------ pipeline helpers
+
+
+@njit(parallel=True)
+def trimmed_mean_rows(A, v0, trim):
+    """R's ``mean(x, trim=)`` of every row of A (G×n), rows of non-negative data.
+
+    Entries equal to ``v0[g]`` (e.g. the many zero counts of a row) are counted, not sorted:
+    only the other entries are sorted and the trimmed ranks are read from the merged order.
+    """
+    G, n = A.shape
+    lo = int(math.floor(n * trim))
+    hi = n - lo
+    out = np.empty(G)
+    for g in prange(G):
+        row = A[g]
+        v = v0[g]
+        others = np.empty(n)
+        k = 0
+        c0 = 0
+        for j in range(n):
+            if row[j] == v:
+                c0 += 1
+            else:
+                others[k] = row[j]
+                k += 1
+        srt = np.sort(others[:k])
+        pos = np.searchsorted(srt, v)
+        s = 0.0
+        for i in range(lo, hi):
+            if i < pos:
+                s += srt[i]
+            elif i < pos + c0:
+                s += v
+            else:
+                s += srt[i - c0]
+        out[g] = s / (hi - lo)
+    return out
+
+
+@njit(parallel=True)
+def median_log_ratios_csr(indptr, indices, data, loggeo):
+    """exp(median of ln y − ln g over the positive entries on usable genes) of each CSR row.
+
+    Returns NaN for a row without such an entry.
+    """
+    m = indptr.shape[0] - 1
+    out = np.empty(m)
+    for j in prange(m):
+        lo = indptr[j]
+        hi = indptr[j + 1]
+        buf = np.empty(hi - lo)
+        k = 0
+        for t in range(lo, hi):
+            v = data[t]
+            lg = loggeo[indices[t]]
+            if v > 0.0 and np.isfinite(lg):
+                buf[k] = math.log(v) - lg
+                k += 1
+        if k == 0:
+            out[j] = np.nan
+        else:
+            out[j] = math.exp(np.median(buf[:k]))
+    return out
+
+
+@njit(parallel=True)
+def initial_disp(Qn, FIT, df, xim):
+    """min(rough, moments) initial dispersions (before clipping) from normalized counts Qn
+    and their OLS fit FIT (both G×m): rough = Σ[(q − μ̂)² − μ̂]/μ̂²/df with μ̂ = max(1, FIT),
+    floored at 0; moments = (var q − xim·mean q)/mean q² (var with m − 1 denominators)."""
+    G, m = Qn.shape
+    out = np.empty(G)
+    for g in prange(G):
+        q = Qn[g]
+        s = 0.0
+        tot = 0.0
+        for j in range(m):
+            mu = max(1.0, FIT[g, j])
+            d = q[j] - mu
+            s += (d * d - mu) / (mu * mu)
+            tot += q[j]
+        rough = max(s / df, 0.0)
+        bm = tot / m
+        ss = 0.0
+        for j in range(m):
+            d = q[j] - bm
+            ss += d * d
+        bv = ss / (m - 1)
+        mom = (bv - xim * bm) / (bm * bm)
+        out[g] = np.nan if np.isnan(mom) else min(rough, mom)
+    return out

@@ -37,7 +37,17 @@ MIN_DISP = 1e-8
 
 
 def linear_model_mu(Q, X):
-    """OLS fitted values of each row of Q (G×m) on X (m×p): Q X (XᵀX)⁻¹ Xᵀ."""
+    """OLS fitted values of each row of Q (G×m) on X (m×p): Q X (XᵀX)⁻¹ Xᵀ.
+
+    For a group design (as many distinct rows as columns) the fit is the mean of each group,
+    computed as such (samples of a group then get bitwise-equal fitted values).
+    """
+    lab, R = row_groups(X)
+    if R == X.shape[1]:
+        ind = np.zeros((X.shape[0], R))
+        ind[np.arange(X.shape[0]), lab] = 1.0
+        means = (Q @ ind) / np.bincount(lab, minlength=R)
+        return means[:, lab]
     q, _ = np.linalg.qr(X)
     return (Q @ q) @ q.T
 
@@ -65,16 +75,52 @@ def is_group_design(X):
 # ----------------------------------------------------------------------------- line search wrappers
 
 
+def design_rows(X):
+    """Distinct rows Xr (R×p, first-appearance order) of X and the row label of each sample."""
+    lab, R = row_groups(X)
+    Xr = np.empty((R, X.shape[1]))
+    Xr[lab] = X
+    return np.ascontiguousarray(Xr, dtype=np.float64), np.ascontiguousarray(lab, dtype=np.int64)
+
+
+def cell_classes(sf, lab):
+    """Classes of samples sharing a size factor and a design row (hence the same fitted μ).
+
+    Returns (cls, clab, n_cls); ``n_cls`` = 0 (no grouping) when the classes would save
+    less than a third of the samples.
+    """
+    m = lab.size
+    if sf is None:
+        return np.zeros(m, np.int64), np.zeros(1, np.int64), 0
+    key = np.column_stack([np.asarray(sf, dtype=np.float64), lab.astype(np.float64)])
+    _, first, cls = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    n_cls = first.size
+    if n_cls > (2 * m) // 3:
+        return np.zeros(m, np.int64), np.zeros(1, np.int64), 0
+    return np.ascontiguousarray(cls.ravel(), dtype=np.int64), lab[first].astype(np.int64), n_cls
+
+
 def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_prior=False,
-                  min_disp=MIN_DISP, kappa0=1.0, tol=1e-6, maxit=100, use_cr=True):  # fmt: skip
-    """Run the line-search kernel; returns (log_alpha, iter, initial_lp, last_lp)."""
+                  min_disp=MIN_DISP, kappa0=1.0, tol=1e-6, maxit=100, use_cr=True,
+                  sf=None):  # fmt: skip
+    """Run the line-search kernel; returns (log_alpha, iter, initial_lp, last_lp).
+
+    ``sf`` (optional) lets samples with the same size factor and design row share their
+    zero-count terms (exact: such samples have the same fitted μ, which the kernel checks).
+    """
     G = Y.shape[0]
     if prior_mean is None:
         prior_mean = np.zeros(G)
+    Xr, lab = design_rows(np.asarray(X, dtype=np.float64))
+    cls, clab, n_cls = cell_classes(sf, lab)
     la, it, _acc, lp0, lp1 = _nb.fit_disp(
         np.ascontiguousarray(Y, dtype=np.float64),
         np.ascontiguousarray(MU, dtype=np.float64),
-        np.ascontiguousarray(X, dtype=np.float64),
+        Xr,
+        lab,
+        cls,
+        clab,
+        int(n_cls),
         np.ascontiguousarray(log_alpha0, dtype=np.float64),
         np.ascontiguousarray(prior_mean, dtype=np.float64),
         float(prior_var),
@@ -94,10 +140,12 @@ def fit_disp_grid(Y, MU, X, m, *, prior_mean=None, prior_var=1.0, use_prior=Fals
     if prior_mean is None:
         prior_mean = np.zeros(G)
     grid = np.linspace(np.log(1e-8), np.log(max(10.0, m)), 20)
+    Xr, lab = design_rows(np.asarray(X, dtype=np.float64))
     la = _nb.fit_disp_grid(
         np.ascontiguousarray(Y, dtype=np.float64),
         np.ascontiguousarray(MU, dtype=np.float64),
-        np.ascontiguousarray(X, dtype=np.float64),
+        Xr,
+        lab,
         np.ascontiguousarray(prior_mean, dtype=np.float64),
         float(prior_var),
         bool(use_prior),
@@ -107,7 +155,8 @@ def fit_disp_grid(Y, MU, X, m, *, prior_mean=None, prior_var=1.0, use_prior=Fals
     return np.exp(la)
 
 
-def gene_wise_dispersion(Y, MU, X, alpha_init, *, min_disp=MIN_DISP, maxit=100, exact=False):
+def gene_wise_dispersion(Y, MU, X, alpha_init, *, min_disp=MIN_DISP, maxit=100, exact=False,
+                         sf=None):  # fmt: skip
     """Gene-wise Cox–Reid dispersions (step 3 of the module docstring).
 
     ``alpha_init`` must already be clipped to [min_disp, max_disp]. With ``exact=True`` the
@@ -117,7 +166,8 @@ def gene_wise_dispersion(Y, MU, X, alpha_init, *, min_disp=MIN_DISP, maxit=100, 
     """
     m = X.shape[0]
     max_disp = max(10.0, m)
-    la, it, lp0, lp1 = fit_disp_line(Y, MU, X, np.log(alpha_init), min_disp=min_disp, maxit=maxit)
+    la, it, lp0, lp1 = fit_disp_line(Y, MU, X, np.log(alpha_init), min_disp=min_disp, maxit=maxit,
+                                     sf=sf)  # fmt: skip
     est = np.minimum(np.exp(la), max_disp)
     no_increase = lp1 < lp0 + np.abs(lp0) / 1e6
     est[no_increase] = alpha_init[no_increase]
@@ -404,13 +454,14 @@ def prior_variance(disp_gene_est, disp_fit, m, p, min_disp=MIN_DISP):
 
 
 def map_dispersion(Y, MU, X, disp_gene_est, disp_fit, prior_var, var_log_disp, *,
-                   min_disp=MIN_DISP, maxit=100, outlier_sd=2.0, exact=False):  # fmt: skip
+                   min_disp=MIN_DISP, maxit=100, outlier_sd=2.0, exact=False,
+                   sf=None):  # fmt: skip
     """MAP dispersions and outlier flags (step 6 of the module docstring)."""
     m = X.shape[0]
     init = np.where(disp_gene_est > 0.1 * disp_fit, disp_gene_est, disp_fit)
     la, it, _lp0, _lp1 = fit_disp_line(
         Y, MU, X, np.log(init), prior_mean=np.log(disp_fit), prior_var=prior_var,
-        use_prior=True, min_disp=min_disp, maxit=maxit,
+        use_prior=True, min_disp=min_disp, maxit=maxit, sf=sf,
     )  # fmt: skip
     disp_map = np.exp(la)
     refit = ~(it < maxit)

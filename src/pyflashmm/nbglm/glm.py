@@ -112,7 +112,8 @@ class NbGlmFit:
 # ----------------------------------------------------------------------------- GLM fitting
 
 
-def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim=True):
+def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim=True,
+             loglik=True):  # fmt: skip
     """DESeq2's fitNbinomGLMs (no β prior) for a dense gene block Yb (G×m)."""
     G, m = Yb.shape
     p = X.shape[1]
@@ -129,7 +130,7 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
             "sigma": (1.0 / xtwx)[:, None, None],
             "hat": w / xtwx[:, None],
             "mu": mu,
-            "loglik": _nb.nb_loglik(Yb, mu, alpha),
+            "loglik": _nb.nb_loglik(Yb, mu, alpha) if loglik else np.full(G, np.nan),
             "conv": np.ones(G, bool),
             "iter": np.ones(G, np.int64),
         }
@@ -141,8 +142,11 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
         float(beta_tol), int(maxit),
     )  # fmt: skip
     mu = sf[None, :] * np.exp(beta @ X.T)
-    with np.errstate(invalid="ignore"):
-        loglik = _nb.nb_loglik(Yb, mu, alpha)
+    want_ll = loglik
+    loglik = np.full(G, np.nan)
+    if want_ll:
+        with np.errstate(invalid="ignore"):
+            loglik = _nb.nb_loglik(Yb, mu, alpha)
     var = np.diagonal(sigma, axis1=1, axis2=2)
     stable = ~np.isnan(beta).any(axis=1)
     varpos = (var > 0).all(axis=1)
@@ -161,7 +165,8 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
         xtwx = (X * w[:, None]).T @ X
         ainv = np.linalg.inv(xtwx + np.diag(lam))
         sigma[i] = ainv @ xtwx @ ainv
-        loglik[i] = sum(_nb.nb_logpdf(Yb[i, j], mf[j], alpha[i]) for j in range(m))
+        if want_ll:
+            loglik[i] = sum(_nb.nb_logpdf(Yb[i, j], mf[j], alpha[i]) for j in range(m))
     return {"beta": beta, "sigma": sigma, "hat": hat, "mu": mu, "loglik": loglik, "conv": conv,
             "iter": it}  # fmt: skip
 
@@ -208,6 +213,16 @@ def _n_or_more_in_cell(X, n):
 def _robust_mom_disp(Qn, X):
     """DESeq2's robust method-of-moments dispersion for Cook's distances (floor 0.04)."""
     three = _n_or_more_in_cell(X, 3)
+
+    def tmean_var(sub, trim, scale):
+        if sub.shape[1] < 1000:  # few samples: sorting is cheap, no kernel launch needed
+            cm = trimmed_mean(sub, trim, axis=1)
+            return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
+        zero = np.zeros(sub.shape[0])
+        cm = _nb.trimmed_mean_rows(sub, zero, trim)
+        dev = np.ascontiguousarray((sub - cm[:, None]) ** 2)
+        return scale * _nb.trimmed_mean_rows(dev, cm * cm, trim)
+
     if three.any():
         lab, _ = row_groups(X)
         v = None
@@ -217,13 +232,10 @@ def _robust_mom_disp(Qn, X):
             k = 0 if n <= 3.5 else (1 if n <= 23.5 else 2)
             trim = (1 / 3, 1 / 4, 1 / 8)[k]
             scale = (2.04, 1.86, 1.51)[k]
-            sub = Qn[:, cols]
-            cm = trimmed_mean(sub, trim, axis=1)
-            ve = scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
+            ve = tmean_var(np.ascontiguousarray(Qn[:, cols]), trim, scale)
             v = ve if v is None else np.maximum(v, ve)
     else:
-        rm = trimmed_mean(Qn, 1 / 8, axis=1)
-        v = 1.51 * trimmed_mean((Qn - rm[:, None]) ** 2, 1 / 8, axis=1)
+        v = tmean_var(np.ascontiguousarray(Qn), 1 / 8, 1.51)
     mm = Qn.mean(axis=1)
     return np.maximum((v - mm) / mm**2, 0.04)
 
@@ -253,22 +265,22 @@ def _dense_rows(Y, idx):
     return np.ascontiguousarray(Y[:, idx].T)
 
 
-def _initial_mu(Yb, sf, X, alpha0, linear_mu, minmu):
+def _initial_mu(Yb, sf, X, alpha0, linear_mu, minmu, fit=None):
     if linear_mu:
-        mu = _disp.linear_model_mu(Yb / sf, X) * sf
+        mu = (_disp.linear_model_mu(Yb / sf, X) if fit is None else fit) * sf
     else:
-        mu = _glm_fit(Yb, sf, X, alpha0)["mu"]
+        mu = _glm_fit(Yb, sf, X, alpha0, loglik=False)["mu"]
     return np.maximum(mu, minmu)
 
 
 def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
     m, p = X.shape
     Qn = Yb / sf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a0 = np.minimum(_disp.rough_disp(Qn, X), _disp.moments_disp(Qn, sf))
+    fit = _disp.linear_model_mu(Qn, X)
+    a0 = _nb.initial_disp(Qn, np.ascontiguousarray(fit), float(m - p), float(np.mean(1.0 / sf)))
     a0 = np.clip(a0, min_disp, max(10.0, m))
-    mu0 = _initial_mu(Yb, sf, X, a0, linear_mu, minmu)
-    est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact)
+    mu0 = _initial_mu(Yb, sf, X, a0, linear_mu, minmu, fit)
+    est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact, sf=sf)
     return est, mu0
 
 
@@ -296,9 +308,9 @@ def _fit_block(Yb, sh: _Shared, est=None, mu0=None):
     dfit = np.asarray(sh.trend_fn(bm), dtype=float) * np.ones_like(bm)
     final, dmap, outl, _ = _disp.map_dispersion(
         Yb, mu0, X, est, dfit, sh.prior_var, sh.var_log_disp, min_disp=sh.min_disp,
-        exact=sh.exact,
+        exact=sh.exact, sf=sh.sf,
     )  # fmt: skip
-    fit = _glm_fit(Yb, sh.sf, X, final)
+    fit = _glm_fit(Yb, sh.sf, X, final, loglik=sh.test == "lrt")
     out = {"base_mean": bm, "disp_gene_est": est, "disp_fit": dfit, "dispersion": final,
            "disp_map": dmap, "disp_outlier": outl, "fit": fit}  # fmt: skip
     if sh.test == "lrt":

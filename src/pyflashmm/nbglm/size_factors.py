@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from pyflashmm._kernels import nb as _nb
 from pyflashmm.nbglm._util import as_counts
 
 METHODS = ("ratio", "poscounts", "normed_sum", "iterate")
@@ -35,17 +36,13 @@ def _median_ratios_dense(Y, loggeo):
 
 def _median_ratios_csc(Yc, loggeo):
     Yr = sp.csr_matrix(Yc)
-    m = Yr.shape[0]
-    sf = np.empty(m)
-    finite = np.isfinite(loggeo)
-    for j in range(m):
-        lo, hi = Yr.indptr[j], Yr.indptr[j + 1]
-        idx = Yr.indices[lo:hi]
-        val = Yr.data[lo:hi]
-        keep = (val > 0) & finite[idx]
-        if not keep.any():
-            raise ValueError(f"counts: sample {j} has no positive count on a usable gene")
-        sf[j] = np.exp(np.median(np.log(val[keep]) - loggeo[idx[keep]]))
+    sf = _nb.median_log_ratios_csr(
+        Yr.indptr.astype(np.int64), Yr.indices.astype(np.int64),
+        np.ascontiguousarray(Yr.data, dtype=np.float64), np.ascontiguousarray(loggeo),
+    )  # fmt: skip
+    bad = np.flatnonzero(np.isnan(sf))
+    if bad.size:
+        raise ValueError(f"counts: sample {bad[0]} has no positive count on a usable gene")
     return sf
 
 
