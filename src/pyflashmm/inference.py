@@ -113,10 +113,14 @@ def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
         )
     out = {}
     for key, value in contrast.items():
-        if isinstance(value, str):
-            out[str(key)] = _parse([value], names)
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            out[str(key)] = _parse(list(value), names)  # a joint (multi-row) hypothesis
+        if isinstance(value, str) or (
+            isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        ):
+            exprs = [value] if isinstance(value, str) else list(value)  # a list: a joint test
+            try:
+                out[str(key)] = _parse(exprs, names)
+            except ValueError as exc:
+                raise ValueError(f"contrast {str(key)!r}: {exc}") from None
         else:
             arr = np.asarray(value, dtype=np.float64)
             arr = arr[:, None] if arr.ndim == 1 else arr
@@ -192,19 +196,26 @@ def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
     )
 
 
-def _satterthwaite(fit: LmmFit, Lmat: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """Satterthwaite df of the single-row contrasts in the columns of ``Lmat`` (p × L): G × L."""
-    Wc = np.ascontiguousarray(np.einsum("gab,bl->gla", cov, Lmat))
-    grad = _cov_gradient(fit, Wc)
+def inverse_observed_information(fit: LmmFit) -> np.ndarray:
+    """A = J⁻¹ per gene (G × (K+1) × (K+1)), the asymptotic covariance of θ̂ used by
+    Satterthwaite; NaN where J is not finite or singular."""
     J = observed_information(fit)
     A = np.full_like(J, np.nan)
     good = np.isfinite(J).all(axis=(1, 2))
-    for g in np.flatnonzero(good):
-        try:
-            A[g] = np.linalg.inv(J[g])
-        except np.linalg.LinAlgError:
-            A[g] = np.nan
-    var = np.einsum("al,gla->gl", Lmat, Wc)
+    good[good] = np.abs(np.linalg.det(J[good])) > 0
+    if good.any():
+        A[good] = np.linalg.inv(J[good])
+    return A
+
+
+def _satterthwaite(fit: LmmFit, C: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Satterthwaite df of per-gene single-row contrasts ``C`` (G × L × p): G × L.
+
+    ν = 2f²/(∇fᵀA∇f) with f = cᵀCov(β̂)c and A = J⁻¹ (see the module docstring).
+    """
+    Wc = np.ascontiguousarray(np.einsum("gab,glb->gla", fit.cov, C))
+    grad = _cov_gradient(fit, Wc)
+    var = np.einsum("glp,glp->gl", C, Wc)
     denom = np.einsum("glk,gkm,glm->gl", grad, A, grad)
     with np.errstate(invalid="ignore", divide="ignore"):
         nu = 2.0 * var**2 / denom
@@ -212,17 +223,28 @@ def _satterthwaite(fit: LmmFit, Lmat: np.ndarray, cov: np.ndarray) -> np.ndarray
     return nu
 
 
-def _between_df(fit: LmmFit) -> float:
-    """Levels of the first random block minus the rank of X's columns constant within them."""
+def _between_columns(fit: LmmFit) -> tuple[np.ndarray, int]:
+    """Columns of X constant within the levels of the first random block, and their rank."""
     s = _require_stats(fit)
     q1 = int(s.d[0])
     ZZ1 = s.ZZ[:q1, :q1]
     ZX1 = s.ZX[:q1]
-    proj = ZX1.T @ np.linalg.pinv(ZZ1) @ ZX1  # ‖P_Z x‖² for each column pair
-    resid = np.diag(s.XX) - np.diag(proj)
-    between = resid <= 1e-10 * np.maximum(np.diag(s.XX), 1e-300)
+    proj = np.einsum("ja,jk,ka->a", ZX1, np.linalg.pinv(ZZ1), ZX1)  # ‖P_Z x‖² per column
+    between = np.diag(s.XX) - proj <= 1e-10 * np.maximum(np.diag(s.XX), 1e-300)
     rank = np.linalg.matrix_rank(s.XX[np.ix_(between, between)]) if between.any() else 0
-    return float(q1 - rank)
+    return between, int(rank)
+
+
+def _between_df(fit: LmmFit, Lm: np.ndarray) -> float:
+    """Between–within df: q₁ − r_b for contrasts of between-subject columns only, otherwise
+    n − q₁ − (p − r_b) (the residual df of [X Z₁]); r_b is the rank of the between columns."""
+    between, rank = _between_columns(fit)
+    q1 = int(fit.d[0])
+    touches_within = np.any(np.abs(Lm[~between]) > 0)
+    df = fit.n - q1 - (len(between) - rank) if touches_within else q1 - rank
+    if df <= 0:
+        raise ValueError(f"df='between' leaves {df} degrees of freedom for this design")
+    return float(df)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,26 +301,30 @@ def lmmtest(
             raise ValueError(f"contrast {name!r} is a joint test: alternative must be two-sided")
         if not np.linalg.matrix_rank(Lm) == Lm.shape[1]:
             raise ValueError(f"contrast {name!r}: its {Lm.shape[1]} rows are linearly dependent")
-    cov = fit.cov
     G = fit.n_genes
-    frames = []
     method = f"lmm_{fit.method.lower()}"
-    between = _between_df(fit) if df == "between" else None
+    A = inverse_observed_information(fit) if df == "satterthwaite" else None
+    single = {k: v[:, 0] for k, v in contrasts.items() if v.shape[1] == 1}
+    nu_single = {}
+    if single and df == "satterthwaite":
+        C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
+        nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A)
+        nu_single = {k: nu[:, j] for j, k in enumerate(single)}
+    frames = []
     for name, Lm in contrasts.items():
         r = Lm.shape[1]
         est = fit.coef @ Lm  # G × r
-        V = np.einsum("al,gab,bm->glm", Lm, cov, Lm)
+        V = np.einsum("al,gab,bm->glm", Lm, fit.cov, Lm)
+        if df == "satterthwaite":
+            nu = nu_single[name] if r == 1 else None
+        elif df == "residual":
+            nu = np.full(G, fit.df)
+        else:
+            nu = np.full(G, _between_df(fit, Lm))
         if r == 1:
-            var = V[:, 0, 0]
-            se = np.sqrt(var)
+            se = np.sqrt(V[:, 0, 0])
             with np.errstate(invalid="ignore", divide="ignore"):
                 stat = est[:, 0] / se
-            if df == "satterthwaite":
-                nu = _satterthwaite(fit, Lm, cov)[:, 0]
-            elif df == "residual":
-                nu = np.full(G, fit.df)
-            else:
-                nu = np.full(G, between)
             if alternative == "two-sided":
                 pval = t_two_sided(stat, nu)
             elif alternative == "greater":
@@ -307,9 +333,10 @@ def lmmtest(
                 pval = sps.t.cdf(stat, nu)
             log_fc = est[:, 0]
         else:
-            stat, nu, se = _joint_test(fit, Lm, cov, est, V, df, between)
+            stat, nu_joint = _joint_test(fit, Lm, est, V, A)
+            nu = nu_joint if nu is None else nu
             pval = sps.f.sf(stat, r, nu)
-            log_fc = np.full(G, np.nan)
+            log_fc = se = np.full(G, np.nan)
         frames.append(
             pd.DataFrame(
                 {
@@ -330,48 +357,26 @@ def lmmtest(
     return pd.concat(frames, ignore_index=True)
 
 
-def _joint_test(fit, Lm, cov, est, V, df, between):
+def _joint_test(fit, Lm, est, V, A):
+    """F statistic of a joint contrast and, when ``A`` (J⁻¹) is given, its Satterthwaite ddf.
+
+    Along the eigenvectors P of LᵀCov L (eigenvalues λₘ) the contrasts L Pₘ are independent
+    with variances λₘ: F = Σₘ (Pₘᵀ Lᵀβ̂)²/λₘ / r, and ddf combines their df νₘ.
+    """
     G, r = est.shape
-    F = np.full(G, np.nan)
-    nu = np.full(G, np.nan)
-    good = np.isfinite(V).all(axis=(1, 2))
     evals = np.full((G, r), np.nan)
     evecs = np.full((G, r, r), np.nan)
+    good = np.isfinite(V).all(axis=(1, 2))
     evals[good], evecs[good] = np.linalg.eigh(V[good])
     with np.errstate(invalid="ignore", divide="ignore"):
-        proj = np.einsum("grm,gr->gm", evecs, est)  # estimates along the eigen-directions
+        proj = np.einsum("grm,gr->gm", evecs, est)
         F = np.sum(proj**2 / evals, axis=1) / r
-    if df == "satterthwaite":
-        # each eigen-direction m is a single contrast L P_m with variance λ_m
-        nus = np.full((G, r), np.nan)
-        for m in range(r):
-            cm = np.einsum("pr,gr->gp", Lm, evecs[:, :, m])
-            nus[:, m] = _satterthwaite_varying(fit, cm, cov)
-        nu = _fstat_ddf(nus)
-    elif df == "residual":
-        nu[:] = fit.df
-    else:
-        nu[:] = between
-    return F, nu, np.full(G, np.nan)
-
-
-def _satterthwaite_varying(fit, cvec, cov):
-    """Satterthwaite df for a per-gene contrast vector (G × p)."""
-    Wc = np.ascontiguousarray(np.einsum("gab,gb->ga", cov, np.nan_to_num(cvec))[:, None, :])
-    grad = _cov_gradient(fit, Wc)[:, 0, :]
-    J = observed_information(fit)
-    var = np.einsum("ga,ga->g", np.nan_to_num(cvec), Wc[:, 0, :])
-    out = np.full(fit.n_genes, np.nan)
-    for g in range(fit.n_genes):
-        if not (np.isfinite(J[g]).all() and np.isfinite(grad[g]).all()):
-            continue
-        try:
-            d = grad[g] @ np.linalg.solve(J[g], grad[g])
-        except np.linalg.LinAlgError:
-            continue
-        if d > 0:
-            out[g] = 2.0 * var[g] ** 2 / d
-    return out
+    if A is None:
+        return F, None
+    C = np.einsum("pr,grm->gmp", Lm, np.nan_to_num(evecs))  # the r eigen-contrasts per gene
+    nus = _satterthwaite(fit, C, A)
+    nus[~good] = np.nan
+    return F, _fstat_ddf(nus)
 
 
 def _fstat_ddf(nus: np.ndarray) -> np.ndarray:
@@ -420,11 +425,12 @@ def vctest(fit: LmmFit) -> pd.DataFrame:
 def lrt(fit0: LmmFit, fit1: LmmFit, *, boundary: bool = True) -> pd.DataFrame:
     """Likelihood-ratio test of nested fits (fit0 ⊂ fit1), gene by gene.
 
-    Λ = 2(ℓ₁ − ℓ₀) on df = (number of parameters of fit1) − (of fit0). For one variance
-    component tested at its boundary 0 (``boundary=True``, the default when the fits differ by
-    random-effect blocks only) the null distribution is the 50:50 mixture of χ²₀ and χ²₁
-    (Self & Liang 1987): p = ½P(χ²₁ > Λ) for Λ > 0. REML fits must share X (the criteria are
-    otherwise not comparable); use ML to compare fixed effects.
+    Λ = 2(ℓ₁ − ℓ₀) on df = (number of parameters of fit1) − (of fit0). When fit1 was fitted with
+    ``nonneg=True`` and differs from fit0 by one variance component, that component is tested
+    at its boundary 0 and the null distribution is the 50:50 mixture of χ²₀ and χ²₁ (Self &
+    Liang 1987): p = ½P(χ²₁ > Λ) for Λ > 0 (``boundary=True``). With FLASHMM's default
+    (components may be negative) there is no boundary and Λ ~ χ²₁. REML fits must share X (the
+    criteria are otherwise not comparable); use ML to compare fixed effects.
     """
     for name, f in (("fit0", fit0), ("fit1", fit1)):
         if not isinstance(f, LmmFit):
@@ -443,7 +449,7 @@ def lrt(fit0: LmmFit, fit1: LmmFit, *, boundary: bool = True) -> pd.DataFrame:
         raise ValueError(f"fit1 must have more parameters than fit0 (got {k1} vs {k0})")
     stat = 2.0 * (fit1.loglik - fit0.loglik)
     stat = np.where(stat < 0, 0.0, stat)  # rounding at the boundary
-    if boundary and same_x and ddf == 1:
+    if boundary and same_x and ddf == 1 and fit1.nonneg:
         p = np.where(stat > 0, 0.5 * sps.chi2.sf(stat, 1), 1.0)
     else:
         p = sps.chi2.sf(stat, ddf)

@@ -82,6 +82,8 @@ class LmmFit:
         One of :data:`STATUS_NAMES`.
     method : str
         "REML" or "ML".
+    nonneg : bool
+        Whether the variance components were constrained to be ≥ 0.
     n, d : int, ndarray
         Number of cells and random-effect block sizes.
     fixed_names, theta_names, gene_names : list of str
@@ -106,6 +108,7 @@ class LmmFit:
     converged: np.ndarray
     status: np.ndarray
     method: str
+    nonneg: bool
     n: int
     d: np.ndarray
     fixed_names: list[str]
@@ -173,8 +176,8 @@ def _stats_from_args(stats, XY, ZX, ZY, ZZ, Ynorm, n, d) -> SummaryStats:
     if arrays["ZY"].ndim == 1:
         arrays["ZY"] = arrays["ZY"][:, None]
     arrays["Ynorm"] = np.atleast_1d(arrays["Ynorm"])
-    if not np.isscalar(n) and np.ndim(n) != 0:
-        raise TypeError(f"n must be a scalar number of cells; got {type(n).__name__}")
+    if not isinstance(n, int | float | np.integer | np.floating):
+        raise TypeError(f"n must be a number of cells; got {type(n).__name__}")
     if float(n) != int(n) or int(n) <= 0:
         raise ValueError(f"n must be a positive integer number of cells; got {n!r}")
     ZZa = arrays["ZZ"]
@@ -281,6 +284,16 @@ class _Problem:
         S = s.ZZ - s.ZX @ scipy.linalg.cho_solve(chol, s.ZX.T)
         S = 0.5 * (S + S.T)
         ZZ = 0.5 * (s.ZZ + s.ZZ.T)
+        start = 0
+        for k, qk in enumerate(s.d):
+            block = slice(start, start + int(qk))
+            start += int(qk)
+            if np.diag(S)[block].max() <= 1e-10 * max(np.diag(ZZ)[block].max(), 1e-300):
+                raise ValueError(
+                    f"d: random-effect block {k + 1} lies in the span of X (ZᵀRZ = 0 on it), "
+                    "so its variance is not identifiable; remove it or the columns of X it "
+                    "duplicates"
+                )
         logdet_XX = 2.0 * np.sum(np.log(np.diag(chol[0])))
         n_eff = float(s.n - s.p) if reml else float(s.n)
         ll_const = n_eff * np.log(2 * np.pi) + (logdet_XX if reml else 0.0)
@@ -430,8 +443,13 @@ def lmm(
         raise ValueError(f"engine must be one of {_ENGINES}; got {engine!r}")
     if not isinstance(max_iter, int | np.integer) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer; got {max_iter!r}")
-    if not (np.isfinite(tol) and tol > 0):
+    if not isinstance(tol, int | float | np.integer | np.floating) or not (
+        np.isfinite(tol) and tol > 0
+    ):
         raise ValueError(f"tol must be a positive number; got {tol!r}")
+    for name, flag in (("nonneg", nonneg), ("output_cov", output_cov), ("warn", warn)):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False; got {flag!r}")
     _validate_stats(s)
     prob = _Problem.build(s, method, engine)
     K, n_, p, G = prob.K, s.n, s.p, s.n_genes
@@ -518,6 +536,7 @@ def lmm(
         converged=converged,
         status=status_names,
         method=method,
+        nonneg=bool(nonneg),
         n=n_,
         d=np.asarray(s.d),
         fixed_names=list(s.fixed_names),
