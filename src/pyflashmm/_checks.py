@@ -12,6 +12,14 @@ import numpy as np
 import scipy.sparse as sp
 
 
+class MissingColumnError(ValueError, KeyError):
+    """A column or layer that is not there: a ValueError (the project's convention) that code
+    catching ``KeyError`` for a missing key also catches; printed without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def is_sparse(a) -> bool:
     return sp.issparse(a)
 

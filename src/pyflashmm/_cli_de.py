@@ -64,6 +64,9 @@ def run(args) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    out_dir = Path(args.output).resolve().parent
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"-o: the output folder {out_dir} does not exist")
     contrasts = _parse_contrasts(args.contrast)
     import anndata
 

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
-        print(f"pyflashmm {args.command}: error: {exc}", file=sys.stderr)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"pyflashmm {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pyflashmm._checks import MissingColumnError
 from pyflashmm.inference import bh_adjust, lmmtest
 from pyflashmm.lmm import lmm
 from pyflashmm.sumstats import DEFAULT_CHUNK_SIZE, summary_stats
@@ -43,7 +44,9 @@ def _unpack(data, layer):
             counts = data.X
         else:
             if layer not in data.layers:
-                raise KeyError(f"layer {layer!r} not in the AnnData (layers: {list(data.layers)})")
+                raise MissingColumnError(
+                    f"layer {layer!r} not in the AnnData (layers: {list(data.layers)})"
+                )
             counts = data.layers[layer]
         return counts, data.obs, [str(g) for g in data.var_names]
     raise TypeError(f"data must be an AnnData or a (counts, obs) pair; got {type(data).__name__}")

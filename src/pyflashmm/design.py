@@ -95,7 +95,9 @@ def _check_columns_exist(obs: pd.DataFrame, columns, arg: str, what: str) -> Non
         if col not in obs.columns:
             close = difflib.get_close_matches(str(col), known, n=3, cutoff=0.5)
             hint = f"; close matches: {close}" if close else f"; obs has columns {known[:20]}"
-            raise KeyError(f"{arg}: column {col!r} used in {what} is not in obs{hint}")
+            raise _checks.MissingColumnError(
+                f"{arg}: column {col!r} used in {what} is not in obs{hint}"
+            )
 
 
 def _check_no_nan(obs: pd.DataFrame, columns, arg: str) -> None:

@@ -564,6 +564,10 @@ def lmmfit(
     **kwargs,
 ) -> LmmFit:
     """:func:`summary_stats` then :func:`lmm`; ``kwargs`` go to :func:`lmm`."""
+    if hasattr(X, "shape") and len(X.shape) == 2 and X.shape[0] > 0:  # rank first, before Y
+        Xd = _checks.as_float_matrix("X", X)
+        names = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else None
+        _checks.check_full_rank(Xd.T @ Xd, _checks.check_names("X", names, Xd.shape[1], "x"))
     stats = summary_stats(
         Y, X, Z, d, transform=transform, chunk_size=chunk_size, gene_names=gene_names
     )

@@ -39,6 +39,8 @@ DEFAULT_CHUNK_SIZE = 50_000
 #: genes are split into this many blocks for the parallel kernels (fixed: results do not
 #: depend on the thread count)
 _GENE_BLOCKS = 32
+#: rows per block of the NaN/Inf check of dense Y (bounds its temporary mask)
+_FINITE_CHECK_ROWS = 4096
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,11 +233,22 @@ def _check_Y(Y) -> tuple[int, int]:
         raise TypeError(
             "Y must be a 2-D cells × genes matrix (ndarray, scipy.sparse, backed or dask array)"
         )
+    if isinstance(Y, pd.DataFrame):
+        bad = [str(c) for c, t in Y.dtypes.items() if np.dtype(t).kind not in "biuf"]
+        if bad:
+            raise TypeError(f"Y must hold real numbers; columns {bad[:5]} do not")
     dtype = getattr(Y, "dtype", None)
     if dtype is not None:
         _checks.check_numeric_dtype("Y", dtype)
-    if isinstance(Y, np.ndarray | pd.DataFrame) or sp.issparse(Y):
-        _checks.check_finite("Y", Y.to_numpy() if isinstance(Y, pd.DataFrame) else Y)
+    if sp.issparse(Y):
+        _checks.check_finite("Y", Y)
+    elif isinstance(Y, np.ndarray | pd.DataFrame):
+        values = Y.to_numpy() if isinstance(Y, pd.DataFrame) else Y
+        for start in range(0, values.shape[0], _FINITE_CHECK_ROWS):  # bounded extra memory
+            block = values[start : start + _FINITE_CHECK_ROWS]
+            if not np.isfinite(block).all():
+                i, j = np.argwhere(~np.isfinite(block))[0]
+                raise ValueError(f"Y contains NaN or Inf (first at row {start + i}, column {j})")
     return int(shape[0]), int(shape[1])
 
 
@@ -305,6 +318,8 @@ def summary_stats(
         Zs = sp.csr_matrix(_checks.as_float_matrix("Z", Z, n_rows=n))
     Zs.sort_indices()
     q = Zs.shape[1]
+    if q == 0:
+        raise ValueError("Z has no columns: the mixed model needs at least one random effect")
     d_arr = _checks.check_block_sizes(d, q)
     if isinstance(Y, pd.DataFrame):
         gene_names = gene_names if gene_names is not None else list(map(str, Y.columns))
@@ -338,7 +353,13 @@ def summary_stats(
             Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
         )
     if sp.issparse(Y) and Y.format == "csc":
-        chunk_size = n  # column-major data: one pass over genes, no row slicing
+        # column-major data in memory: one pass over genes, no row slicing (no copy)
+        _k.accumulate_csc(
+            Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, WYt, Ynorm
+        )
+        return _finish(
+            Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
+        )
     n_chunks = math.ceil(n / chunk_size)
     show = n_chunks > 4 if progress is None else bool(progress)
     chunks = range(0, n, chunk_size)
@@ -359,7 +380,7 @@ def summary_stats(
             _k.accumulate_csr(
                 block.indptr, block.indices, block.data, bounds, wi, wj, wv, code, WYt, Ynorm
             )
-        elif kind == "csc":
+        elif kind == "csc":  # a backed CSC chunk
             _k.accumulate_csc(block.indptr, block.indices, block.data, wi, wj, wv, code, WYt, Ynorm)
         else:
             _k.accumulate_dense(block, bounds, wi, wj, wv, code, WYt, Ynorm)
