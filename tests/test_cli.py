@@ -12,7 +12,9 @@ def test_reproduce_demo_prints_a_result_table(capsys, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(out)
-    assert {"variable", "term", "log_fc", "se", "p_value", "true_beta"} <= set(table.columns)
+    assert {"variable", "contrast", "log_fc", "se", "df", "p_value", "adj_p_value",
+            "true_beta"} <= set(table.columns)  # fmt: skip
+    assert (table["df"] < 3000 - 21).all()  # Satterthwaite, not FLASHMM's n − p
     assert len(table) == 40 * 10  # 40 genes × 10 cluster-specific treatment effects
     assert table["p_value"].between(0, 1).all()
 
