@@ -20,3 +20,8 @@ def njit(*args, parallel: bool = False, **kwargs):
     if args and callable(args[0]):
         return numba.njit(**options)(args[0])
     return numba.njit(*args, **options)
+
+
+def num_threads() -> int:
+    """The number of threads Numba kernels use (also used to size thread pools elsewhere)."""
+    return numba.get_num_threads()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 from scipy import special
+
+from pyflashmm._jit import num_threads
 
 _MIN_PER_THREAD = 50_000
 
@@ -26,7 +27,7 @@ def t_two_sided(t: np.ndarray, df) -> np.ndarray:
         neg.reshape(-1),
         np.ascontiguousarray(df).reshape(-1),
     )
-    n_threads = max(1, min(numba.get_num_threads(), flat_neg.size // _MIN_PER_THREAD))
+    n_threads = max(1, min(num_threads(), flat_neg.size // _MIN_PER_THREAD))
     bounds = np.linspace(0, flat_neg.size, n_threads + 1).astype(int)
 
     def work(i):

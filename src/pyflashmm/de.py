@@ -181,8 +181,9 @@ def to_rank_genes_groups(table: pd.DataFrame, adata, key: str = "pyflashmm") -> 
     """Store a :func:`de` table in ``adata.uns[key]`` in scanpy's ``rank_genes_groups`` layout.
 
     One group per contrast; genes sorted by |stat| within each group (``names``, ``scores``,
-    ``logfoldchanges``, ``pvals``, ``pvals_adj`` structured arrays), so
-    ``sc.pl.rank_genes_groups(adata, key=key)`` and ``sc.get.rank_genes_groups_df`` work.
+    ``logfoldchanges``, ``pvals``, ``pvals_adj`` structured arrays and ``params``), the layout
+    that scanpy's ``sc.pl.rank_genes_groups*`` and ``sc.get.rank_genes_groups_df`` read (scanpy
+    is not a dependency, so this is tested against the layout, not against scanpy).
     """
     required = {"variable", "contrast", "log_fc", "stat", "p_value", "adj_p_value"}
     missing = required - set(table.columns)

@@ -474,11 +474,11 @@ def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
     s = stats if stats is not None else _require_stats(fit)
     if s.n_genes != fit.n_genes or s.p != fit.coef.shape[1]:
         raise ValueError("stats do not match the fit (genes or fixed effects differ)")
-    blocks = np.repeat(np.arange(len(s.d)), s.d)
-    gam = fit.theta[:, :-1] / fit.theta[:, -1:]
+    blocks = np.repeat(np.arange(len(s.d)), s.d).astype(np.int64)
+    Wz = _Problem.build(s, fit.method, "dense").Wz
     b = _ki.blups(
-        np.ascontiguousarray(gam), blocks.astype(np.int64), np.ascontiguousarray(s.ZZ),
-        np.ascontiguousarray(s.ZY.T), np.ascontiguousarray(s.ZX), np.nan_to_num(fit.coef),
+        np.ascontiguousarray(fit.theta), blocks, Wz, np.ascontiguousarray(s.ZY.T),
+        np.ascontiguousarray(s.ZX), np.nan_to_num(fit.coef),
     )  # fmt: skip
     b[~np.isfinite(fit.coef).all(axis=1)] = np.nan
     return pd.DataFrame(b, index=fit.gene_names, columns=_checks.check_names(

@@ -153,21 +153,23 @@ def cov_gradient_general(theta, Wz, blocks, ZX, ZZ, XX, Wc):
 
 
 @njit(parallel=True)
-def blups(gam, blocks, ZZ, ZYt, ZX, coef):
-    """b̂ = (I + D·ZZ)⁻¹D(ZᵀY − ZᵀXβ̂) per gene (G×q), D = diag(γ) over the blocks."""
-    G = gam.shape[0]
-    q = ZZ.shape[0]
+def blups(theta, blocks, Wz, ZYt, ZX, coef):
+    """b̂ = (I + D·ZZ)⁻¹D(ZᵀY − ZᵀXβ̂) per gene (G×q), D = diag(σₖ²/σ²) over the blocks.
+
+    With T = W B⁻¹ W (W = ZZ^{1/2}, B = I + W D W, Cholesky with a success flag):
+    (I + D·ZZ)⁻¹ = I − D T, so b̂ = D r − D T D r; genes whose B is not PD get NaN.
+    """
+    G = theta.shape[0]
+    q = Wz.shape[0]
     out = np.full((G, q), np.nan)
     for g in prange(G):
-        if not np.isfinite(gam[g]).all():
+        if not np.isfinite(theta[g]).all() or not theta[g, -1] > 0.0:
             continue
         dvec = np.empty(q)
-        for j in range(q):
-            dvec[j] = gam[g, blocks[j]]
-        r = ZYt[g] - ZX @ coef[g]
-        A = np.eye(q)
-        for i in range(q):
-            for j in range(q):
-                A[i, j] += dvec[i] * ZZ[i, j]
-        out[g] = np.linalg.solve(A, dvec * r)
+        _expand(theta[g], blocks, dvec)
+        ok, T, _ = _solve_T(Wz, dvec)
+        if not ok:
+            continue
+        Dr = dvec * (ZYt[g] - ZX @ coef[g])
+        out[g] = Dr - dvec * (T @ Dr)
     return out

@@ -28,7 +28,9 @@ quantity above is a sum over q eigenvalues, so an iteration costs O(q) per gene.
 Optimiser: Fisher scoring θ ← θ + t·I⁻¹g, with t halved until the log-likelihood does not
 decrease and V stays positive definite (σ² > 0 and I + D ZZ ≻ 0); with ``nonneg`` the σₖ² are
 projected onto [0, ∞) and a component held at 0 with a negative score counts as converged.
-Converged means max |g| < tol on the absolute scale of θ (FLASHMM's criterion). Negative
+Converged means max |g| < tol on the absolute scale of θ (FLASHMM's criterion) and a Fisher
+decrement gᵀI⁻¹g < 1e-12 (scale-free: y on a large scale gives a small score long before the
+optimum). Negative
 components can put the maximum on the edge of the region where V is PD (REML: the criterion is
 finite there when λ_max(S) < λ_max(ZZ); ML: the likelihood is unbounded there); such genes stop
 with status PD_BOUNDARY at the last PD iterate and are not counted as converged.
@@ -60,6 +62,8 @@ _LOG_2PI = np.log(2.0 * np.pi)
 _MAX_HALVINGS = 40
 #: relative distance to the edge of the positive-definite region that counts as "on the edge"
 _EDGE = 1e-6
+#: largest Fisher decrement gᵀI⁻¹g (log-likelihood units) at convergence
+_DECREMENT_TOL = 1e-12
 
 
 @njit
@@ -137,10 +141,17 @@ def _fisher_step(theta, score, info, nonneg, step):
 
 
 @njit
-def _converged(theta, score, tol, nonneg):
-    """max |g| < tol, ignoring a σₖ² held at 0 (nonneg) whose score points below 0."""
+def _converged(theta, score, step, stepped, tol, nonneg):
+    """max |g| < tol (a σₖ² held at 0 by ``nonneg`` with its score below 0 excepted), and the
+    Fisher decrement gᵀI⁻¹g = gᵀ·step below _DECREMENT_TOL.
+
+    The first condition is FLASHMM's; it depends on the scale of y (the score scales as 1/σ⁴),
+    so the second, scale-free one (≈ twice the log-likelihood still to gain) keeps data on a
+    large scale from stopping early.
+    """
     K1 = theta.shape[0]
     at_bound = False
+    decrement = 0.0
     for k in range(K1):
         g = score[k]
         if _held_at_zero(theta, score, k, nonneg):
@@ -148,6 +159,9 @@ def _converged(theta, score, tol, nonneg):
             continue
         if not abs(g) < tol:
             return False, at_bound
+        decrement += g * step[k]
+    if stepped and not decrement < _DECREMENT_TOL:
+        return False, at_bound
     return True, at_bound
 
 
@@ -241,7 +255,8 @@ def fit_k1(
         sc_new = np.empty(2)
         fim_new = np.empty((2, 2))
         while True:
-            conv, at_bound = _converged(th, sc, tol, nonneg)
+            stepped = _fisher_step(th, sc, fim, nonneg, step)
+            conv, at_bound = _converged(th, sc, step, stepped, tol, nonneg)
             if conv:
                 st = BOUNDARY if at_bound else OK
                 break
@@ -249,7 +264,7 @@ def fit_k1(
                 st = MAX_ITER
                 break
             it += 1
-            if not _fisher_step(th, sc, fim, nonneg, step):
+            if not stepped:
                 edge = th[0] < 0.0 and 1.0 + th[0] / th[1] * mu_max < _EDGE
                 st = PD_BOUNDARY if edge else SINGULAR_INFORMATION
                 break
@@ -521,7 +536,8 @@ def fit_general(
         sc_new = np.empty(K1)
         fim_new = np.empty((K1, K1))
         while True:
-            conv, at_bound = _converged(th, sc, tol, nonneg)
+            stepped = _fisher_step(th, sc, fim, nonneg, step)
+            conv, at_bound = _converged(th, sc, step, stepped, tol, nonneg)
             if conv:
                 st = BOUNDARY if at_bound else OK
                 break
@@ -529,7 +545,7 @@ def fit_general(
                 st = MAX_ITER
                 break
             it += 1
-            if not _fisher_step(th, sc, fim, nonneg, step):
+            if not stepped:
                 st = PD_BOUNDARY if _near_pd_edge(th, blocks, Wz) else SINGULAR_INFORMATION
                 break
             t = 1.0
