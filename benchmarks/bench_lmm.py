@@ -5,8 +5,8 @@ Cases (issue 2):
   (b) 11,596 genes, p = 62, q = 259, K = 1 (FLASHMM's tuberculosis atlas model)
   (c) K = 2: subject (25) crossed with batch (8), 10,000 genes, n = 100,000, p = 21
   (d) summary statistics of a sparse CSR matrix with 10⁸ stored values, as a ratio to one plain
-      pass over the same data (Σ log1p(y)² per gene: NumPy's log1p over the values and a
-      bincount over their gene indices) and to scipy's ``Y.log1p().power(2).sum(0)``.
+      pass over the same data: Σ log1p(y)² per gene, the faster of NumPy (log1p over the values,
+      bincount over their gene indices) and scipy (``Y.log1p().power(2).sum(0)``).
 
 Inputs for (a)–(c) are drawn exactly from the model's sufficient statistics
 (``sufficient_stats.py``). FLASHMM (R) runs on the same statistics when ``Rscript`` can load it
@@ -129,11 +129,13 @@ def sumstats_case(rng, n, G, per_row, repeats):
     t_stats = median_time(
         lambda: fm.summary_stats(Y, X, Z, d, transform="log1p", progress=False), repeats
     )
-    # one plain linear pass over the stored values: Σ log1p(y)² per gene (NumPy)
-    t_pass = median_time(
+    # one plain pass over the stored values, Σ log1p(y)² per gene, done two ways (NumPy's
+    # bincount over gene indices; scipy's Y.log1p().power(2).sum(0)): the faster is the baseline
+    t_bincount = median_time(
         lambda: np.bincount(Y.indices, weights=np.log1p(Y.data) ** 2, minlength=G), repeats
     )
-    t_scipy_pass = median_time(lambda: np.asarray(Y.log1p().power(2).sum(axis=0)), 1)
+    t_scipy_pass = median_time(lambda: np.asarray(Y.log1p().power(2).sum(axis=0)), repeats)
+    t_pass = min(t_bincount, t_scipy_pass)
     t_scipy_xy = median_time(lambda: Y.log1p().T @ X, 1)
     return {
         "case": "(d) summary stats, sparse",
@@ -143,8 +145,8 @@ def sumstats_case(rng, n, G, per_row, repeats):
         "seconds": t_stats,
         "plain_pass_seconds": t_pass,
         "ratio_to_plain_pass": t_stats / t_pass,
+        "bincount_pass_seconds": t_bincount,
         "scipy_sum_sq_seconds": t_scipy_pass,
-        "ratio_to_scipy_sum_sq": t_stats / t_scipy_pass,
         "scipy_XtY_only_seconds": t_scipy_xy,
     }
 
@@ -193,9 +195,10 @@ def main(argv=None):
     r = rows[3]
     print(
         f"{r['case']:28s} nnz {r['nnz']:.2e}: {r['seconds']:.2f} s = "
-        f"{r['ratio_to_plain_pass']:.2f}x "
-        f"a plain pass ({r['plain_pass_seconds']:.2f} s), {r['ratio_to_scipy_sum_sq']:.2f}x "
-        f"scipy's Σlog1p(y)² ({r['scipy_sum_sq_seconds']:.2f} s)"
+        f"{r['ratio_to_plain_pass']:.2f}x one plain pass ({r['plain_pass_seconds']:.2f} s: the "
+        f"faster of NumPy bincount {r['bincount_pass_seconds']:.2f} s and scipy "
+        f"{r['scipy_sum_sq_seconds']:.2f} s); scipy's Y.log1p().T @ X alone: "
+        f"{r['scipy_XtY_only_seconds']:.2f} s"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

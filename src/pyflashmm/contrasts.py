@@ -98,12 +98,11 @@ class _Parser:
         for alias in self._sorted_aliases:
             if text.startswith(alias, pos):
                 end = pos + len(alias)
-                if (
-                    end < len(text)
-                    and _IDENT_CHAR.match(text[end])
-                    and _IDENT_CHAR.match(alias[-1])
+                if end < len(text) and (
+                    text[end] in ":["
+                    or (_IDENT_CHAR.match(text[end]) and _IDENT_CHAR.match(alias[-1]))
                 ):
-                    continue  # 'a' must not match the start of 'ab'
+                    continue  # 'a' must not match the start of 'ab', nor 'a' of 'a:b'
                 best = (alias, end)
                 break
         m = _FORMULAIC.match(text, pos)

@@ -304,6 +304,7 @@ def summary_stats(
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     code = _check_transform(transform, Y)
+    table = _k.transform_table(code)
     fixed_names = _names_from(X, np.shape(X)[1] if np.ndim(X) == 2 else 1, "x")
     Xd = _checks.as_float_matrix("X", X, n_rows=n)
     if sp.issparse(Z):
@@ -347,7 +348,7 @@ def summary_stats(
         # the data are in memory already: one linear pass over fixed cell blocks, no chunks
         _k.accumulate_csr_cell_blocks(
             Y.indptr, Y.indices, Y.data, _cell_bounds(n, G, p + q), w_indptr, w_indices, w_data,
-            code, WYt, Ynorm,
+            code, table, WYt, Ynorm,
         )  # fmt: skip
         return _finish(
             Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
@@ -355,7 +356,7 @@ def summary_stats(
     if sp.issparse(Y) and Y.format == "csc":
         # column-major data in memory: one pass over genes, no row slicing (no copy)
         _k.accumulate_csc(
-            Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, WYt, Ynorm
+            Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, table, WYt, Ynorm
         )
         return _finish(
             Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
@@ -378,11 +379,13 @@ def summary_stats(
         wv = w_data[w_indptr[start] : w_indptr[stop]]
         if kind == "csr":
             _k.accumulate_csr(
-                block.indptr, block.indices, block.data, bounds, wi, wj, wv, code, WYt, Ynorm
+                block.indptr, block.indices, block.data, bounds, wi, wj, wv, code, table, WYt, Ynorm
             )
         elif kind == "csc":  # a backed CSC chunk
-            _k.accumulate_csc(block.indptr, block.indices, block.data, wi, wj, wv, code, WYt, Ynorm)
+            _k.accumulate_csc(
+                block.indptr, block.indices, block.data, wi, wj, wv, code, table, WYt, Ynorm
+            )
         else:
-            _k.accumulate_dense(block, bounds, wi, wj, wv, code, WYt, Ynorm)
+            _k.accumulate_dense(block, bounds, wi, wj, wv, code, table, WYt, Ynorm)
 
     return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform)

@@ -19,19 +19,40 @@ import numpy as np
 from pyflashmm._jit import njit, prange
 
 TRANSFORM_CODES = {None: 0, "log1p": 1, "log2p1": 2}
+#: integer counts below this are transformed by table lookup
+TABLE_SIZE = 4096
+
+
+def transform_table(code: int) -> np.ndarray:
+    """f(0), f(1), …, f(TABLE_SIZE − 1) for transform ``code`` (computed with NumPy)."""
+    k = np.arange(TABLE_SIZE, dtype=np.float64)
+    if code == 1:
+        return np.log1p(k)
+    if code == 2:
+        return np.log1p(k) * _INV_LOG2
+    return k
+
 
 _INV_LOG2 = 1.0 / np.log(2.0)
 
 
 @njit
-def _apply(value, transform):
-    """The transformed value in float64 (float32 counts are widened before the log)."""
+def _apply(value, transform, table):
+    """The transformed value in float64 (float32 counts are widened before the log).
+
+    Integer values below ``len(table)`` (most counts) are looked up in ``table``, the transform
+    precomputed with NumPy for 0, 1, 2, …; others are computed.
+    """
     x = np.float64(value)
+    if transform == 0:
+        return x
+    if 0.0 <= x < table.shape[0]:
+        k = int(x)
+        if k == x:
+            return table[k]
     if transform == 1:
         return np.log1p(x)
-    if transform == 2:
-        return np.log1p(x) * _INV_LOG2
-    return x
+    return np.log1p(x) * _INV_LOG2
 
 
 @njit
@@ -43,7 +64,7 @@ def _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm):
 
 @njit(parallel=True)
 def accumulate_csr(
-    indptr, indices, data, gene_bounds, w_indptr, w_indices, w_data, transform, WYt, Ynorm
+    indptr, indices, data, gene_bounds, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm
 ):
     """Add the statistics of CSR rows (cells) into the accumulators.
 
@@ -65,13 +86,13 @@ def accumulate_csr(
             k0 = start + np.searchsorted(row, g_lo)
             k1 = start + np.searchsorted(row, g_hi)
             for k in range(k0, k1):
-                y = _apply(data[k], transform)
+                y = _apply(data[k], transform, table)
                 _add_cell_gene(indices[k], i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
 
 
 @njit(parallel=True)
 def accumulate_csr_cell_blocks(
-    indptr, indices, data, cell_bounds, w_indptr, w_indices, w_data, transform, WYt, Ynorm
+    indptr, indices, data, cell_bounds, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm
 ):
     """Add the statistics of CSR rows, each fixed block of cells into its own partial sums.
 
@@ -89,7 +110,7 @@ def accumulate_csr_cell_blocks(
         norm = norms[b]
         for i in range(cell_bounds[b], cell_bounds[b + 1]):
             for k in range(indptr[i], indptr[i + 1]):
-                y = _apply(data[k], transform)
+                y = _apply(data[k], transform, table)
                 _add_cell_gene(indices[k], i, y, w_indptr, w_indices, w_data, part, norm)
     for g in prange(G):
         for b in range(n_blocks):
@@ -99,17 +120,19 @@ def accumulate_csr_cell_blocks(
 
 
 @njit(parallel=True)
-def accumulate_csc(indptr, indices, data, w_indptr, w_indices, w_data, transform, WYt, Ynorm):
+def accumulate_csc(
+    indptr, indices, data, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm
+):
     """Add the statistics of CSC columns (genes); one gene per parallel iteration."""
     G = indptr.shape[0] - 1
     for g in prange(G):
         for k in range(indptr[g], indptr[g + 1]):
-            y = _apply(data[k], transform)
+            y = _apply(data[k], transform, table)
             _add_cell_gene(g, indices[k], y, w_indptr, w_indices, w_data, WYt, Ynorm)
 
 
 @njit(parallel=True)
-def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, WYt, Ynorm):
+def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm):
     """Add the statistics of a dense C-order cells × genes block; zeros are skipped."""
     n = Y.shape[0]
     n_blocks = gene_bounds.shape[0] - 1
@@ -119,5 +142,5 @@ def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, WYt
                 v = Y[i, g]
                 if v == 0.0:
                     continue
-                y = _apply(v, transform)
+                y = _apply(v, transform, table)
                 _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
