@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from pyflashmm._jit import njit, prange
-from pyflashmm._kernels.lmm import _expand, _solve_T
+from pyflashmm._kernels.lmm import gene_T
 
 
 @njit(parallel=True)
@@ -50,15 +50,10 @@ def quadratic_terms_general(theta, U, yRy, Ws, blocks, K):
     K1 = K + 1
     Q = np.full((G, K1, K1), np.nan)
     for g in prange(G):
-        th = theta[g]
-        s0 = th[K]
-        if not (np.isfinite(th).all() and s0 > 0.0):
-            continue
-        dvec = np.empty(q)
-        _expand(th, blocks, dvec)
-        ok, T, _ = _solve_T(Ws, dvec)
+        ok, T, dvec = gene_T(theta[g], blocks, Ws)
         if not ok:
             continue
+        s0 = theta[g, K]
         u = U[g]
         a = u - T @ (dvec * u)
         Da = dvec * a
@@ -124,15 +119,10 @@ def cov_gradient_general(theta, Wz, blocks, ZX, ZZ, XX, Wc):
     K = K1 - 1
     out = np.full((G, L, K1), np.nan)
     for g in prange(G):
-        th = theta[g]
-        s0 = th[K]
-        if not (np.isfinite(th).all() and s0 > 0.0):
-            continue
-        dvec = np.empty(q)
-        _expand(th, blocks, dvec)
-        ok, Tz, _ = _solve_T(Wz, dvec)
+        ok, Tz, dvec = gene_T(theta[g], blocks, Wz)
         if not ok:
             continue
+        s0 = theta[g, K]
         s04 = s0 * s0
         for l in range(L):
             w = Wc[g, l]
@@ -163,11 +153,7 @@ def blups(theta, blocks, Wz, ZYt, ZX, coef):
     q = Wz.shape[0]
     out = np.full((G, q), np.nan)
     for g in prange(G):
-        if not np.isfinite(theta[g]).all() or not theta[g, -1] > 0.0:
-            continue
-        dvec = np.empty(q)
-        _expand(theta[g], blocks, dvec)
-        ok, T, _ = _solve_T(Wz, dvec)
+        ok, T, dvec = gene_T(theta[g], blocks, Wz)
         if not ok:
             continue
         Dr = dvec * (ZYt[g] - ZX @ coef[g])

@@ -403,6 +403,22 @@ def _solve_T(Wm, dvec):
 
 
 @njit
+def gene_T(theta, blocks, Wm):
+    """For one gene at θ: (ok, T = W B⁻¹ W, dvec) with B = I + W D W, D = diag(θₖ/σ²).
+
+    ok is False when θ is not finite, σ² ≤ 0 or B is not positive definite.
+    """
+    q = blocks.shape[0]
+    dvec = np.empty(q)
+    K = theta.shape[0] - 1
+    if not (np.isfinite(theta).all() and theta[K] > 0.0):
+        return False, np.empty((q, q)), dvec
+    _expand(theta, blocks, dvec)
+    ok, T, _ = _solve_T(Wm, dvec)
+    return ok, T, dvec
+
+
+@njit
 def _v_positive_definite(Wz, dvec):
     for j in range(dvec.shape[0]):
         if dvec[j] < 0.0:
