@@ -785,6 +785,235 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
     return beta_out, sigma_out, hat_out, iters, devs
 
 
+@njit(parallel=True)
+def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit, start,
+                  want_hat):  # fmt: skip
+    """``fit_beta`` with the design as its R distinct rows ``Xr`` and each sample's row ``lab``.
+
+    η, exp(η) and xᵀ(XᵀWX+Λ)⁻¹x are computed once per distinct row; XᵀWX and XᵀWz come from
+    per-row sums of w and wz (one fused pass over the samples per iteration computes μ, the
+    deviance and those sums). With ``start`` the initial β is ``P`` (p×R) times the per-row
+    sums of ln(y/s + 0.1) (the least-squares start), else ``beta0``. Also returns the unfloored
+    means s·exp(Xβ) (G×m); the hat diagonals only when ``want_hat`` (else a 1×1 dummy).
+    Returns (beta G×p, sigma G×p×p, hat G×m, iter G, deviance G, mu G×m).
+    """
+    G, m = Y.shape
+    R, p = Xr.shape
+    beta_out = np.empty((G, p))
+    sigma_out = np.full((G, p, p), np.nan)
+    hat_out = np.empty((G, m)) if want_hat else np.empty((1, 1))
+    mu_out = np.empty((G, m))
+    iters = np.zeros(G, dtype=np.int64)
+    devs = np.empty(G)
+    lmin = math.log(minmu)
+    l01 = math.log(0.1)
+    for g in prange(G):
+        y = Y[g]
+        al = alpha[g]
+        beta = np.empty(p)
+        eta = np.empty(R)
+        E = np.empty(R)
+        mu = np.empty(m)
+        wsum = np.empty(R)
+        wz = np.empty(R)
+        A = np.empty((p, p))
+        L = np.empty((p, p))
+        Ainv = np.empty((p, p))
+        rhs = np.empty(p)
+        if start:
+            for r in range(R):
+                wz[r] = 0.0
+            for j in range(m):
+                yj = y[j]
+                wz[lab[j]] += l01 if yj == 0.0 else math.log(yj / sf[j] + 0.1)
+            for k in range(p):
+                s = 0.0
+                for r in range(R):
+                    s += P[k, r] * wz[r]
+                beta[k] = s
+        else:
+            for k in range(p):
+                beta[k] = beta0[g, k]
+        r_al = 1.0 / al
+        lgr = math.lgamma(r_al)
+        lg_const = 0.0
+        for j in range(m):
+            if y[j] != 0.0:
+                lg_const += math.lgamma(y[j] + r_al) - lgr - math.lgamma(y[j] + 1.0)
+        # one fused pass: mu, deviance and the per-row sums of w and w z for the next step
+        for r in range(R):
+            s = 0.0
+            for k in range(p):
+                s += Xr[r, k] * beta[k]
+            eta[r] = s
+            E[r] = math.exp(s)
+            wsum[r] = 0.0
+            wz[r] = 0.0
+        for j in range(m):
+            q = lab[j]
+            raw = sf[j] * E[q]
+            if raw < minmu:
+                mj = minmu
+                lz = math.log(minmu / sf[j])
+            else:
+                mj = raw
+                lz = eta[q]
+            mu[j] = mj
+            wj = mj / (1.0 + al * mj)
+            wsum[q] += wj
+            wz[q] += wj * (lz + (y[j] - mj) / mj)
+        dev = 0.0
+        dev_old = 0.0
+        n_it = 0
+        for t in range(maxit):
+            n_it += 1
+            for a_ in range(p):
+                s2 = 0.0
+                for r in range(R):
+                    s2 += Xr[r, a_] * wz[r]
+                rhs[a_] = s2
+                for b_ in range(a_ + 1):
+                    s = 0.0
+                    for r in range(R):
+                        s += Xr[r, a_] * wsum[r] * Xr[r, b_]
+                    A[a_, b_] = s
+                    A[b_, a_] = s
+            for k in range(p):
+                A[k, k] += lam[k]
+            if not _cholesky(A, L):
+                n_it = maxit
+                for k in range(p):
+                    beta[k] = np.nan
+                break
+            for i in range(p):
+                s = rhs[i]
+                for k in range(i):
+                    s -= L[i, k] * beta[k]
+                beta[i] = s / L[i, i]
+            for i in range(p - 1, -1, -1):
+                s = beta[i]
+                for k in range(i + 1, p):
+                    s -= L[k, i] * beta[k]
+                beta[i] = s / L[i, i]
+            big = False
+            for k in range(p):
+                if abs(beta[k]) > 30.0:
+                    big = True
+            if big:
+                n_it = maxit
+                break
+            for r in range(R):
+                s = 0.0
+                for k in range(p):
+                    s += Xr[r, k] * beta[k]
+                eta[r] = s
+                E[r] = math.exp(s)
+                wsum[r] = 0.0
+                wz[r] = 0.0
+            dev = 0.0
+            for j in range(m):
+                q = lab[j]
+                raw = sf[j] * E[q]
+                if raw < minmu:
+                    mj = minmu
+                    lz = math.log(minmu / sf[j])
+                    lm = lmin
+                else:
+                    mj = raw
+                    lz = eta[q]
+                    lm = eta[q] + logsf[j]
+                mu[j] = mj
+                yj = y[j]
+                tj = r_al * math.log1p(-mj / (r_al + mj))
+                if yj != 0.0:
+                    tj += yj * (lm - math.log(r_al + mj))
+                dev += tj
+                wj = mj / (1.0 + al * mj)
+                wsum[q] += wj
+                wz[q] += wj * (lz + (yj - mj) / mj)
+            dev = -2.0 * (dev + lg_const)
+            conv = abs(dev - dev_old) / (abs(dev) + 0.1)
+            if np.isnan(conv):
+                n_it = maxit
+                break
+            if t > 0 and conv < tol:
+                break
+            dev_old = dev
+        iters[g] = n_it
+        devs[g] = dev
+        for k in range(p):
+            beta_out[g, k] = beta[k]
+        # unfloored means at the final beta
+        for r in range(R):
+            s = 0.0
+            for k in range(p):
+                s += Xr[r, k] * beta[k]
+            E[r] = math.exp(s)
+        for j in range(m):
+            mu_out[g, j] = sf[j] * E[lab[j]]
+        # covariance and hat diagonals at the final (floored) mu: wsum belongs to that mu
+        for a_ in range(p):
+            for b_ in range(a_ + 1):
+                s = 0.0
+                for r in range(R):
+                    s += Xr[r, a_] * wsum[r] * Xr[r, b_]
+                A[a_, b_] = s
+                A[b_, a_] = s
+        for k in range(p):
+            A[k, k] += lam[k]
+        if _cholesky(A, L):
+            _chol_inverse(L, Ainv)
+            for k in range(p):
+                A[k, k] -= lam[k]
+            for a_ in range(p):
+                for b_ in range(p):
+                    s = 0.0
+                    for c in range(p):
+                        for d in range(p):
+                            s += Ainv[a_, c] * A[c, d] * Ainv[d, b_]
+                    sigma_out[g, a_, b_] = s
+            for r in range(R):
+                s = 0.0
+                for a_ in range(p):
+                    for b_ in range(p):
+                        s += Xr[r, a_] * Ainv[a_, b_] * Xr[r, b_]
+                E[r] = s
+            if want_hat:
+                for j in range(m):
+                    mj = mu[j]
+                    hat_out[g, j] = mj / (1.0 + al * mj) * E[lab[j]]
+        elif want_hat:
+            for j in range(m):
+                hat_out[g, j] = np.nan
+    return beta_out, sigma_out, hat_out, iters, devs, mu_out
+
+
+@njit(parallel=True)
+def cooks_rows(Y, sf, MU, hat, a, p):
+    """Cook's distances (y−μ)²/(μ + aμ²)/p · h/(1−h)² of every gene (G×m)."""
+    G, m = Y.shape
+    out = np.empty((G, m))
+    for g in prange(G):
+        ag = a[g]
+        for j in range(m):
+            mj = MU[g, j]
+            h = hat[g, j]
+            d = Y[g, j] - mj
+            out[g, j] = d * d / (mj + ag * (mj * mj)) / p * h / ((1.0 - h) * (1.0 - h))
+    return out
+
+
+@njit(parallel=True)
+def divide_cols(Y, sf):
+    """Y / sf (G×m, per-column divisor), in parallel over genes."""
+    G, m = Y.shape
+    out = np.empty((G, m))
+    for g in prange(G):
+        for j in range(m):
+            out[g, j] = Y[g, j] / sf[j]
+    return out
+
+
 # ------------------------------------------------------------------------ pipeline helpers
 
 
@@ -876,4 +1105,58 @@ def initial_disp(Qn, FIT, df, xim):
         bv = ss / (m - 1)
         mom = (bv - xim * bm) / (bm * bm)
         out[g] = np.nan if np.isnan(mom) else min(rough, mom)
+    return out
+
+
+@njit(parallel=True)
+def group_design_start(Y, sf, lab, R, df, xim):
+    """Group-design start of the dispersion stage, from counts Y (G×m) without dense temporaries.
+
+    With q = y/s: per-row means of q (G×R, the OLS fit of a group design), the base mean
+    (mean of q) and ``initial_disp`` of (q, row means). Returns (means, base_mean, alpha0).
+    """
+    G, m = Y.shape
+    means = np.empty((G, R))
+    bmean = np.empty(G)
+    a0 = np.empty(G)
+    nrow = np.zeros(R)
+    for j in range(m):
+        nrow[lab[j]] += 1.0
+    for g in prange(G):
+        y = Y[g]
+        sums = np.zeros(R)
+        tot = 0.0
+        for j in range(m):
+            qj = y[j] / sf[j]
+            sums[lab[j]] += qj
+            tot += qj
+        for r in range(R):
+            means[g, r] = sums[r] / nrow[r]
+        bm = tot / m
+        s = 0.0
+        ss = 0.0
+        for j in range(m):
+            qj = y[j] / sf[j]
+            mu = max(1.0, means[g, lab[j]])
+            d = qj - mu
+            s += (d * d - mu) / (mu * mu)
+            d2 = qj - bm
+            ss += d2 * d2
+        rough = max(s / df, 0.0)
+        bv = ss / (m - 1)
+        mom = (bv - xim * bm) / (bm * bm)
+        bmean[g] = bm
+        a0[g] = np.nan if np.isnan(mom) else min(rough, mom)
+    return means, bmean, a0
+
+
+@njit(parallel=True)
+def expand_row_means(means, sf, lab, minmu):
+    """μ = max(means[g, lab_j]·s_j, minmu) (G×m) from per-row means (G×R)."""
+    G = means.shape[0]
+    m = sf.shape[0]
+    out = np.empty((G, m))
+    for g in prange(G):
+        for j in range(m):
+            out[g, j] = max(means[g, lab[j]] * sf[j], minmu)
     return out
