@@ -335,8 +335,11 @@ def _xtwx_rows(Xr, wsum, B):
 
 
 @njit
-def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L):
-    """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums."""
+def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st):
+    """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums.
+
+    ln(1+μα) and w of every cell are left in ``lc``/``wc`` (``st[0]`` = a) for ``_dlp_d``.
+    """
     m = y.shape[0]
     alpha = math.exp(a)
     r = 1.0 / alpha
@@ -344,16 +347,23 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
     ll = 0.0
     for j in range(m):
         yj = y[j]
-        term = -r * math.log(1.0 + mu[j] * alpha)
+        lj = math.log(1.0 + mu[j] * alpha)
+        lc[j] = lj
+        term = -r * lj
         if yj != 0.0:
             term = math.lgamma(yj + r) - lgr - yj * math.log(mu[j] + r) + term
         ll += term
+    st[0] = a
+    st[1] = 0.0
     cr = 0.0
     if use_cr:
+        st[1] = 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
         for j in range(m):
-            wsum[lab[j]] += 1.0 / (1.0 / mu[j] + alpha)
+            wj = 1.0 / (1.0 / mu[j] + alpha)
+            wc[j] = wj
+            wsum[lab[j]] += wj
         _xtwx_rows(Xr, wsum, B)
         if not _cholesky(B, L):
             return -np.inf
@@ -369,29 +379,33 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
 
 @njit
 def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2sum, B, L,
-           Binv, dB):  # fmt: skip
-    """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums."""
+           Binv, dB, lc, wc, st):  # fmt: skip
+    """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums (reuses the
+    ln(1+μα) and w of ``_lp_d`` at the same a: bitwise the same values)."""
     m = y.shape[0]
     p = Xr.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
+    hit = st[0] == a
     s = 0.0
     for j in range(m):
         yj = y[j]
         ma = mu[j] * alpha
-        term = math.log(1.0 + ma) - ma / (1.0 + ma)
+        lj = lc[j] if hit else math.log(1.0 + ma)
+        term = lj - ma / (1.0 + ma)
         if yj != 0.0:
             term += psr - digamma(yj + r) + yj / (mu[j] + r)
         s += term
     ll = s / (alpha * alpha)
     cr = 0.0
     if use_cr:
+        hitw = hit and st[1] == 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
             w2sum[q] = 0.0
         for j in range(m):
-            wj = 1.0 / (1.0 / mu[j] + alpha)
+            wj = wc[j] if hitw else 1.0 / (1.0 / mu[j] + alpha)
             wsum[lab[j]] += wj
             w2sum[lab[j]] -= wj * wj
         _xtwx_rows(Xr, wsum, B)
@@ -413,8 +427,12 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
 
 @njit
 def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-          prior_var, use_prior, use_cr, wsum, B, L):  # fmt: skip
-    """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order)."""
+          prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st):  # fmt: skip
+    """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order).
+
+    ln(1+μα) and w of every entry (non-zero cells, then zero groups) are left in ``lc``/``wc``
+    (``st[0]`` = a) for ``_dlp_c``.
+    """
     alpha = math.exp(a)
     r = 1.0 / alpha
     lgr = math.lgamma(r)
@@ -422,17 +440,28 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
     for k in range(K):
         ll += cnts[k] * (math.lgamma(vals[k] + r) - lgr)
     for i in range(nnz):
-        ll -= yv[i] * math.log(muv[i] + r) + r * math.log(1.0 + muv[i] * alpha)
+        li = math.log(1.0 + muv[i] * alpha)
+        lc[i] = li
+        ll -= yv[i] * math.log(muv[i] + r) + r * li
     for i in range(nz0):
-        ll -= zcnt[i] * (r * math.log(1.0 + zmu[i] * alpha))
+        li = math.log(1.0 + zmu[i] * alpha)
+        lc[nnz + i] = li
+        ll -= zcnt[i] * (r * li)
+    st[0] = a
+    st[1] = 0.0
     cr = 0.0
     if use_cr:
+        st[1] = 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
         for i in range(nnz):
-            wsum[labv[i]] += 1.0 / (1.0 / muv[i] + alpha)
+            wi = 1.0 / (1.0 / muv[i] + alpha)
+            wc[i] = wi
+            wsum[labv[i]] += wi
         for i in range(nz0):
-            wsum[zlab[i]] += zcnt[i] / (1.0 / zmu[i] + alpha)
+            wi = 1.0 / (1.0 / zmu[i] + alpha)
+            wc[nnz + i] = wi
+            wsum[zlab[i]] += zcnt[i] * wi
         _xtwx_rows(Xr, wsum, B)
         if not _cholesky(B, L):
             return -np.inf
@@ -448,33 +477,38 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
 
 @njit
 def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB):  # fmt: skip
-    """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order)."""
+           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st):  # fmt: skip
+    """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order; reuses the
+    ln(1+μα) and w of ``_lp_c`` at the same a)."""
     p = Xr.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
+    hit = st[0] == a
     s = 0.0
     for k in range(K):
         s += cnts[k] * (psr - digamma(vals[k] + r))
     for i in range(nnz):
         ma = muv[i] * alpha
-        s += math.log(1.0 + ma) - ma / (1.0 + ma) + yv[i] / (muv[i] + r)
+        li = lc[i] if hit else math.log(1.0 + ma)
+        s += li - ma / (1.0 + ma) + yv[i] / (muv[i] + r)
     for i in range(nz0):
         ma = zmu[i] * alpha
-        s += zcnt[i] * (math.log(1.0 + ma) - ma / (1.0 + ma))
+        li = lc[nnz + i] if hit else math.log(1.0 + ma)
+        s += zcnt[i] * (li - ma / (1.0 + ma))
     ll = s / (alpha * alpha)
     cr = 0.0
     if use_cr:
+        hitw = hit and st[1] == 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
             w2sum[q] = 0.0
         for i in range(nnz):
-            wi = 1.0 / (1.0 / muv[i] + alpha)
+            wi = wc[i] if hitw else 1.0 / (1.0 / muv[i] + alpha)
             wsum[labv[i]] += wi
             w2sum[labv[i]] -= wi * wi
         for i in range(nz0):
-            wi = 1.0 / (1.0 / zmu[i] + alpha)
+            wi = wc[nnz + i] if hitw else 1.0 / (1.0 / zmu[i] + alpha)
             wsum[zlab[i]] += zcnt[i] * wi
             w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
         _xtwx_rows(Xr, wsum, B)
@@ -533,6 +567,9 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
         L = np.empty((p, p))
         Binv = np.empty((p, p))
         dB = np.empty((p, p))
+        lc = np.empty(m + nc)
+        wc = np.empty(m + nc)
+        st = np.full(2, np.nan)
         nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, clab, lab, n_cls, yv, muv, labv, vals, cnts,
                                  zmu, zcnt, zlab, seen)  # fmt: skip
         pm = prior_mean[g]
@@ -542,14 +579,16 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
         # dense (per-cell, cell-order) sums unless the tables save at least half the work
         dense = 2 * (K + nz0) > m
         if dense:
-            lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L)
+            lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
+                       st)  # fmt: skip
             dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B,
-                         L, Binv, dB)  # fmt: skip
+                         L, Binv, dB, lc, wc, st)  # fmt: skip
         else:
             lp = _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                       prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                       prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st)  # fmt: skip
             dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                         prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB)  # fmt: skip
+                         prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc,
+                         st)  # fmt: skip
         kappa = kappa0
         lp0[g] = lp
         n_it = 0
@@ -564,10 +603,11 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
             a_new = a + kappa * dlp
             if dense:
                 lp_k = _lp_d(a_new, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B,
-                             L)  # fmt: skip
+                             L, lc, wc, st)  # fmt: skip
             else:
                 lp_k = _lp_c(a_new, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
-                             Xr, pm, prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                             Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
+                             st)  # fmt: skip
             theta_k = -lp_k
             theta_hat = -lp - kappa * 1e-4 * dlp * dlp
             if theta_k <= theta_hat:
@@ -583,11 +623,11 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
                 lp = lpnew
                 if dense:
                     dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum,
-                                 w2sum, B, L, Binv, dB)  # fmt: skip
+                                 w2sum, B, L, Binv, dB, lc, wc, st)  # fmt: skip
                 else:
                     dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
                                  Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv,
-                                 dB)  # fmt: skip
+                                 dB, lc, wc, st)  # fmt: skip
                 kappa = min(kappa * 1.1, kappa0)
                 if n_acc % 5 == 0:
                     kappa = kappa / 2.0
@@ -622,6 +662,9 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         wsum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
+        lc = np.empty(m)
+        wc = np.empty(m)
+        st = np.full(2, np.nan)
         nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, cls, lab, 0, yv, muv, labv, vals, cnts, zmu,
                                  zcnt, zlab, seen)  # fmt: skip
         pm = prior_mean[g]
@@ -629,7 +672,7 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         ahat = grid[0]
         for t in range(n):
             v = _lp_c(grid[t], nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st)  # fmt: skip
             if v > best:
                 best = v
                 ahat = grid[t]
@@ -640,7 +683,7 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         for t in range(n):
             at = lo + t * step if t < n - 1 else ahat + delta
             v = _lp_c(at, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st)  # fmt: skip
             if v > best:
                 best = v
                 afine = at
