@@ -878,6 +878,7 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
             for k in range(p):
                 beta[k] = beta0[g, k]
         r_al = 1.0 / al
+        logr = math.log(r_al)
         lgr = math.lgamma(r_al)
         lg_const = 0.0
         for j in range(m):
@@ -967,9 +968,11 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
                     lm = eta[q] + logsf[j]
                 mu[j] = mj
                 yj = y[j]
-                tj = r_al * math.log1p(-mj / (r_al + mj))
+                # ln(r+μ) = ln r + ln(1+αμ): one log1p per sample for the deviance
+                l1 = math.log1p(al * mj)
+                tj = -r_al * l1
                 if yj != 0.0:
-                    tj += yj * (lm - math.log(r_al + mj))
+                    tj += yj * (lm - (logr + l1))
                 dev += tj
                 wj = mj / (1.0 + al * mj)
                 wsum[q] += wj
