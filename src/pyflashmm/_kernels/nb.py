@@ -1063,6 +1063,31 @@ def divide_cols(Y, sf):
 # ------------------------------------------------------------------------ pipeline helpers
 
 
+@njit
+def _tmean_row(row, v, lo, hi, others):
+    """Trimmed mean (ranks lo..hi−1) of one row; entries equal to v are counted, not sorted."""
+    n = row.shape[0]
+    k = 0
+    c0 = 0
+    for j in range(n):
+        if row[j] == v:
+            c0 += 1
+        else:
+            others[k] = row[j]
+            k += 1
+    srt = np.sort(others[:k])
+    pos = np.searchsorted(srt, v)
+    s = 0.0
+    for i in range(lo, hi):
+        if i < pos:
+            s += srt[i]
+        elif i < pos + c0:
+            s += v
+        else:
+            s += srt[i - c0]
+    return s / (hi - lo)
+
+
 @njit(parallel=True)
 def trimmed_mean_rows(A, v0, trim):
     """R's ``mean(x, trim=)`` of every row of A (G×n), rows of non-negative data.
@@ -1075,28 +1100,30 @@ def trimmed_mean_rows(A, v0, trim):
     hi = n - lo
     out = np.empty(G)
     for g in prange(G):
-        row = A[g]
-        v = v0[g]
         others = np.empty(n)
-        k = 0
-        c0 = 0
-        for j in range(n):
-            if row[j] == v:
-                c0 += 1
-            else:
-                others[k] = row[j]
-                k += 1
-        srt = np.sort(others[:k])
-        pos = np.searchsorted(srt, v)
-        s = 0.0
-        for i in range(lo, hi):
-            if i < pos:
-                s += srt[i]
-            elif i < pos + c0:
-                s += v
-            else:
-                s += srt[i - c0]
-        out[g] = s / (hi - lo)
+        out[g] = _tmean_row(A[g], v0[g], lo, hi, others)
+    return out
+
+
+@njit(parallel=True)
+def robust_var_rows(Y, sf, cols, trim, scale):
+    """scale · trimmed mean of (q − q̄_t)² with q = y/s over samples ``cols`` and q̄_t the
+    trimmed mean of q (the per-cell variance of DESeq2's robust moment dispersion)."""
+    G = Y.shape[0]
+    n = cols.shape[0]
+    lo = int(math.floor(n * trim))
+    hi = n - lo
+    out = np.empty(G)
+    for g in prange(G):
+        q = np.empty(n)
+        others = np.empty(n)
+        for k in range(n):
+            q[k] = Y[g, cols[k]] / sf[cols[k]]
+        cm = _tmean_row(q, 0.0, lo, hi, others)
+        for k in range(n):
+            d = q[k] - cm
+            q[k] = d * d
+        out[g] = scale * _tmean_row(q, cm * cm, lo, hi, others)
     return out
 
 

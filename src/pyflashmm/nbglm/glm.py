@@ -216,38 +216,40 @@ def _n_or_more_in_cell(X, n):
     return counts[lab] >= n
 
 
-def _robust_mom_disp(Qn, X, mm):
+def _robust_mom_disp(Yb, sf, X, mm):
     """DESeq2's robust method-of-moments dispersion for Cook's distances (floor 0.04)."""
     three = _n_or_more_in_cell(X, 3)
+    Qn = None
 
-    def tmean_var(sub, trim, scale):
-        if sub.shape[1] < 1000:  # few samples: sorting is cheap, no kernel launch needed
-            cm = trimmed_mean(sub, trim, axis=1)
-            return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
-        zero = np.zeros(sub.shape[0])
-        cm = _nb.trimmed_mean_rows(sub, zero, trim)
-        dev = np.ascontiguousarray((sub - cm[:, None]) ** 2)
-        return scale * _nb.trimmed_mean_rows(dev, cm * cm, trim)
+    def tmean_var(cols, trim, scale):
+        nonlocal Qn
+        if cols.size >= 1000:  # many samples: one kernel, zeros counted rather than sorted
+            return _nb.robust_var_rows(Yb, sf, cols, trim, scale)
+        if Qn is None:
+            Qn = _nb.divide_cols(Yb, sf)
+        sub = Qn[:, cols]
+        cm = trimmed_mean(sub, trim, axis=1)
+        return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
 
     if three.any():
         lab, _ = row_groups(X)
         v = None
         for lv in np.unique(lab[three]):
-            cols = lab == lv
-            n = int(cols.sum())
+            cols = np.flatnonzero(lab == lv)
+            n = cols.size
             k = 0 if n <= 3.5 else (1 if n <= 23.5 else 2)
             trim = (1 / 3, 1 / 4, 1 / 8)[k]
             scale = (2.04, 1.86, 1.51)[k]
-            ve = tmean_var(np.ascontiguousarray(Qn[:, cols]), trim, scale)
+            ve = tmean_var(cols, trim, scale)
             v = ve if v is None else np.maximum(v, ve)
     else:
-        v = tmean_var(np.ascontiguousarray(Qn), 1 / 8, 1.51)
+        v = tmean_var(np.arange(Yb.shape[1]), 1 / 8, 1.51)
     return np.maximum((v - mm) / mm**2, 0.04)
 
 
 def _cooks(Yb, sf, X, mu, hat, bm):
     p = X.shape[1]
-    a = _robust_mom_disp(_nb.divide_cols(Yb, sf), X, bm)
+    a = _robust_mom_disp(Yb, sf, X, bm)
     return _nb.cooks_rows(Yb, sf, np.ascontiguousarray(mu), np.ascontiguousarray(hat), a,
                           float(p))  # fmt: skip
 
