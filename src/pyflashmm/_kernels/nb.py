@@ -335,7 +335,8 @@ def _xtwx_rows(Xr, wsum, B):
 
 
 @njit
-def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st):
+def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st,
+          im):  # fmt: skip
     """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums.
 
     ln(1+μα) and w of every cell are left in ``lc``/``wc`` (``st[0]`` = a) for ``_dlp_d``.
@@ -361,7 +362,7 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
         for j in range(m):
-            wj = 1.0 / (1.0 / mu[j] + alpha)
+            wj = 1.0 / (im[j] + alpha)
             wc[j] = wj
             wsum[lab[j]] += wj
         _xtwx_rows(Xr, wsum, B)
@@ -379,7 +380,7 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
 
 @njit
 def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2sum, B, L,
-           Binv, dB, lc, wc, st):  # fmt: skip
+           Binv, dB, lc, wc, st, im):  # fmt: skip
     """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums (reuses the
     ln(1+μα) and w of ``_lp_d`` at the same a: bitwise the same values)."""
     m = y.shape[0]
@@ -405,7 +406,7 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
             wsum[q] = 0.0
             w2sum[q] = 0.0
         for j in range(m):
-            wj = wc[j] if hitw else 1.0 / (1.0 / mu[j] + alpha)
+            wj = wc[j] if hitw else 1.0 / (im[j] + alpha)
             wsum[lab[j]] += wj
             w2sum[lab[j]] -= wj * wj
         _xtwx_rows(Xr, wsum, B)
@@ -427,7 +428,7 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
 
 @njit
 def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-          prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st):  # fmt: skip
+          prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im):  # fmt: skip
     """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order).
 
     ln(1+μα) and w of every entry (non-zero cells, then zero groups) are left in ``lc``/``wc``
@@ -455,11 +456,11 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
         for i in range(nnz):
-            wi = 1.0 / (1.0 / muv[i] + alpha)
+            wi = 1.0 / (im[i] + alpha)
             wc[i] = wi
             wsum[labv[i]] += wi
         for i in range(nz0):
-            wi = 1.0 / (1.0 / zmu[i] + alpha)
+            wi = 1.0 / (im[nnz + i] + alpha)
             wc[nnz + i] = wi
             wsum[zlab[i]] += zcnt[i] * wi
         _xtwx_rows(Xr, wsum, B)
@@ -477,7 +478,7 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
 
 @njit
 def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st):  # fmt: skip
+           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
     """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order; reuses the
     ln(1+μα) and w of ``_lp_c`` at the same a)."""
     p = Xr.shape[1]
@@ -504,11 +505,11 @@ def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior
             wsum[q] = 0.0
             w2sum[q] = 0.0
         for i in range(nnz):
-            wi = wc[i] if hitw else 1.0 / (1.0 / muv[i] + alpha)
+            wi = wc[i] if hitw else 1.0 / (im[i] + alpha)
             wsum[labv[i]] += wi
             w2sum[labv[i]] -= wi * wi
         for i in range(nz0):
-            wi = wc[nnz + i] if hitw else 1.0 / (1.0 / zmu[i] + alpha)
+            wi = wc[nnz + i] if hitw else 1.0 / (im[nnz + i] + alpha)
             wsum[zlab[i]] += zcnt[i] * wi
             w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
         _xtwx_rows(Xr, wsum, B)
@@ -578,17 +579,26 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
         mu = MU[g]
         # dense (per-cell, cell-order) sums unless the tables save at least half the work
         dense = 2 * (K + nz0) > m
+        im = np.empty(m + nc)  # 1/μ of every entry (μ is fixed during the search)
+        if dense:
+            for j in range(m):
+                im[j] = 1.0 / MU[g, j]
+        else:
+            for i in range(nnz):
+                im[i] = 1.0 / muv[i]
+            for i in range(nz0):
+                im[nnz + i] = 1.0 / zmu[i]
         if dense:
             lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
-                       st)  # fmt: skip
+                       st, im)  # fmt: skip
             dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B,
-                         L, Binv, dB, lc, wc, st)  # fmt: skip
+                         L, Binv, dB, lc, wc, st, im)  # fmt: skip
         else:
             lp = _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                       prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st)  # fmt: skip
+                       prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
                          prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc,
-                         st)  # fmt: skip
+                         st, im)  # fmt: skip
         kappa = kappa0
         lp0[g] = lp
         n_it = 0
@@ -603,11 +613,11 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
             a_new = a + kappa * dlp
             if dense:
                 lp_k = _lp_d(a_new, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B,
-                             L, lc, wc, st)  # fmt: skip
+                             L, lc, wc, st, im)  # fmt: skip
             else:
                 lp_k = _lp_c(a_new, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
                              Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
-                             st)  # fmt: skip
+                             st, im)  # fmt: skip
             theta_k = -lp_k
             theta_hat = -lp - kappa * 1e-4 * dlp * dlp
             if theta_k <= theta_hat:
@@ -623,11 +633,11 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
                 lp = lpnew
                 if dense:
                     dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum,
-                                 w2sum, B, L, Binv, dB, lc, wc, st)  # fmt: skip
+                                 w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
                 else:
                     dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
                                  Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv,
-                                 dB, lc, wc, st)  # fmt: skip
+                                 dB, lc, wc, st, im)  # fmt: skip
                 kappa = min(kappa * 1.1, kappa0)
                 if n_acc % 5 == 0:
                     kappa = kappa / 2.0
@@ -668,11 +678,16 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, cls, lab, 0, yv, muv, labv, vals, cnts, zmu,
                                  zcnt, zlab, seen)  # fmt: skip
         pm = prior_mean[g]
+        im = np.empty(m)
+        for i in range(nnz):
+            im[i] = 1.0 / muv[i]
+        for i in range(nz0):
+            im[nnz + i] = 1.0 / zmu[i]
         best = -np.inf
         ahat = grid[0]
         for t in range(n):
             v = _lp_c(grid[t], nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st)  # fmt: skip
+                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 ahat = grid[t]
@@ -683,7 +698,7 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         for t in range(n):
             at = lo + t * step if t < n - 1 else ahat + delta
             v = _lp_c(at, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st)  # fmt: skip
+                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 afine = at
