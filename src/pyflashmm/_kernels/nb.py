@@ -335,8 +335,12 @@ def _xtwx_rows(Xr, wsum, B):
 
 
 @njit
-def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L):
-    """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums."""
+def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st,
+          im):  # fmt: skip
+    """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums.
+
+    ln(1+μα) and w of every cell are left in ``lc``/``wc`` (``st[0]`` = a) for ``_dlp_d``.
+    """
     m = y.shape[0]
     alpha = math.exp(a)
     r = 1.0 / alpha
@@ -344,16 +348,23 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
     ll = 0.0
     for j in range(m):
         yj = y[j]
-        term = -r * math.log(1.0 + mu[j] * alpha)
+        lj = math.log(1.0 + mu[j] * alpha)
+        lc[j] = lj
+        term = -r * lj
         if yj != 0.0:
             term = math.lgamma(yj + r) - lgr - yj * math.log(mu[j] + r) + term
         ll += term
+    st[0] = a
+    st[1] = 0.0
     cr = 0.0
     if use_cr:
+        st[1] = 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
         for j in range(m):
-            wsum[lab[j]] += 1.0 / (1.0 / mu[j] + alpha)
+            wj = 1.0 / (im[j] + alpha)
+            wc[j] = wj
+            wsum[lab[j]] += wj
         _xtwx_rows(Xr, wsum, B)
         if not _cholesky(B, L):
             return -np.inf
@@ -369,29 +380,33 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
 
 @njit
 def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2sum, B, L,
-           Binv, dB):  # fmt: skip
-    """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums."""
+           Binv, dB, lc, wc, st, im):  # fmt: skip
+    """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums (reuses the
+    ln(1+μα) and w of ``_lp_d`` at the same a: bitwise the same values)."""
     m = y.shape[0]
     p = Xr.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
+    hit = st[0] == a
     s = 0.0
     for j in range(m):
         yj = y[j]
         ma = mu[j] * alpha
-        term = math.log(1.0 + ma) - ma / (1.0 + ma)
+        lj = lc[j] if hit else math.log(1.0 + ma)
+        term = lj - ma / (1.0 + ma)
         if yj != 0.0:
             term += psr - digamma(yj + r) + yj / (mu[j] + r)
         s += term
     ll = s / (alpha * alpha)
     cr = 0.0
     if use_cr:
+        hitw = hit and st[1] == 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
             w2sum[q] = 0.0
         for j in range(m):
-            wj = 1.0 / (1.0 / mu[j] + alpha)
+            wj = wc[j] if hitw else 1.0 / (im[j] + alpha)
             wsum[lab[j]] += wj
             w2sum[lab[j]] -= wj * wj
         _xtwx_rows(Xr, wsum, B)
@@ -413,8 +428,12 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
 
 @njit
 def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-          prior_var, use_prior, use_cr, wsum, B, L):  # fmt: skip
-    """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order)."""
+          prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im):  # fmt: skip
+    """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order).
+
+    ln(1+μα) and w of every entry (non-zero cells, then zero groups) are left in ``lc``/``wc``
+    (``st[0]`` = a) for ``_dlp_c``.
+    """
     alpha = math.exp(a)
     r = 1.0 / alpha
     lgr = math.lgamma(r)
@@ -422,17 +441,28 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
     for k in range(K):
         ll += cnts[k] * (math.lgamma(vals[k] + r) - lgr)
     for i in range(nnz):
-        ll -= yv[i] * math.log(muv[i] + r) + r * math.log(1.0 + muv[i] * alpha)
+        li = math.log(1.0 + muv[i] * alpha)
+        lc[i] = li
+        ll -= yv[i] * math.log(muv[i] + r) + r * li
     for i in range(nz0):
-        ll -= zcnt[i] * (r * math.log(1.0 + zmu[i] * alpha))
+        li = math.log(1.0 + zmu[i] * alpha)
+        lc[nnz + i] = li
+        ll -= zcnt[i] * (r * li)
+    st[0] = a
+    st[1] = 0.0
     cr = 0.0
     if use_cr:
+        st[1] = 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
         for i in range(nnz):
-            wsum[labv[i]] += 1.0 / (1.0 / muv[i] + alpha)
+            wi = 1.0 / (im[i] + alpha)
+            wc[i] = wi
+            wsum[labv[i]] += wi
         for i in range(nz0):
-            wsum[zlab[i]] += zcnt[i] / (1.0 / zmu[i] + alpha)
+            wi = 1.0 / (im[nnz + i] + alpha)
+            wc[nnz + i] = wi
+            wsum[zlab[i]] += zcnt[i] * wi
         _xtwx_rows(Xr, wsum, B)
         if not _cholesky(B, L):
             return -np.inf
@@ -448,33 +478,38 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
 
 @njit
 def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB):  # fmt: skip
-    """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order)."""
+           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
+    """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order; reuses the
+    ln(1+μα) and w of ``_lp_c`` at the same a)."""
     p = Xr.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
+    hit = st[0] == a
     s = 0.0
     for k in range(K):
         s += cnts[k] * (psr - digamma(vals[k] + r))
     for i in range(nnz):
         ma = muv[i] * alpha
-        s += math.log(1.0 + ma) - ma / (1.0 + ma) + yv[i] / (muv[i] + r)
+        li = lc[i] if hit else math.log(1.0 + ma)
+        s += li - ma / (1.0 + ma) + yv[i] / (muv[i] + r)
     for i in range(nz0):
         ma = zmu[i] * alpha
-        s += zcnt[i] * (math.log(1.0 + ma) - ma / (1.0 + ma))
+        li = lc[nnz + i] if hit else math.log(1.0 + ma)
+        s += zcnt[i] * (li - ma / (1.0 + ma))
     ll = s / (alpha * alpha)
     cr = 0.0
     if use_cr:
+        hitw = hit and st[1] == 1.0
         for q in range(wsum.shape[0]):
             wsum[q] = 0.0
             w2sum[q] = 0.0
         for i in range(nnz):
-            wi = 1.0 / (1.0 / muv[i] + alpha)
+            wi = wc[i] if hitw else 1.0 / (im[i] + alpha)
             wsum[labv[i]] += wi
             w2sum[labv[i]] -= wi * wi
         for i in range(nz0):
-            wi = 1.0 / (1.0 / zmu[i] + alpha)
+            wi = wc[nnz + i] if hitw else 1.0 / (im[nnz + i] + alpha)
             wsum[zlab[i]] += zcnt[i] * wi
             w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
         _xtwx_rows(Xr, wsum, B)
@@ -533,6 +568,9 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
         L = np.empty((p, p))
         Binv = np.empty((p, p))
         dB = np.empty((p, p))
+        lc = np.empty(m + nc)
+        wc = np.empty(m + nc)
+        st = np.full(2, np.nan)
         nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, clab, lab, n_cls, yv, muv, labv, vals, cnts,
                                  zmu, zcnt, zlab, seen)  # fmt: skip
         pm = prior_mean[g]
@@ -541,15 +579,26 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
         mu = MU[g]
         # dense (per-cell, cell-order) sums unless the tables save at least half the work
         dense = 2 * (K + nz0) > m
+        im = np.empty(m + nc)  # 1/μ of every entry (μ is fixed during the search)
         if dense:
-            lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L)
+            for j in range(m):
+                im[j] = 1.0 / MU[g, j]
+        else:
+            for i in range(nnz):
+                im[i] = 1.0 / muv[i]
+            for i in range(nz0):
+                im[nnz + i] = 1.0 / zmu[i]
+        if dense:
+            lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
+                       st, im)  # fmt: skip
             dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B,
-                         L, Binv, dB)  # fmt: skip
+                         L, Binv, dB, lc, wc, st, im)  # fmt: skip
         else:
             lp = _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                       prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                       prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                         prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB)  # fmt: skip
+                         prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc,
+                         st, im)  # fmt: skip
         kappa = kappa0
         lp0[g] = lp
         n_it = 0
@@ -564,10 +613,11 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
             a_new = a + kappa * dlp
             if dense:
                 lp_k = _lp_d(a_new, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B,
-                             L)  # fmt: skip
+                             L, lc, wc, st, im)  # fmt: skip
             else:
                 lp_k = _lp_c(a_new, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
-                             Xr, pm, prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                             Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
+                             st, im)  # fmt: skip
             theta_k = -lp_k
             theta_hat = -lp - kappa * 1e-4 * dlp * dlp
             if theta_k <= theta_hat:
@@ -583,11 +633,11 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
                 lp = lpnew
                 if dense:
                     dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum,
-                                 w2sum, B, L, Binv, dB)  # fmt: skip
+                                 w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
                 else:
                     dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
                                  Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv,
-                                 dB)  # fmt: skip
+                                 dB, lc, wc, st, im)  # fmt: skip
                 kappa = min(kappa * 1.1, kappa0)
                 if n_acc % 5 == 0:
                     kappa = kappa / 2.0
@@ -622,14 +672,22 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         wsum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
+        lc = np.empty(m)
+        wc = np.empty(m)
+        st = np.full(2, np.nan)
         nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, cls, lab, 0, yv, muv, labv, vals, cnts, zmu,
                                  zcnt, zlab, seen)  # fmt: skip
         pm = prior_mean[g]
+        im = np.empty(m)
+        for i in range(nnz):
+            im[i] = 1.0 / muv[i]
+        for i in range(nz0):
+            im[nnz + i] = 1.0 / zmu[i]
         best = -np.inf
         ahat = grid[0]
         for t in range(n):
             v = _lp_c(grid[t], nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 ahat = grid[t]
@@ -640,7 +698,7 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         for t in range(n):
             at = lo + t * step if t < n - 1 else ahat + delta
             v = _lp_c(at, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L)  # fmt: skip
+                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 afine = at
@@ -785,7 +843,264 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
     return beta_out, sigma_out, hat_out, iters, devs
 
 
+@njit(parallel=True)
+def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit, start,
+                  want_hat):  # fmt: skip
+    """``fit_beta`` with the design as its R distinct rows ``Xr`` and each sample's row ``lab``.
+
+    η, exp(η) and xᵀ(XᵀWX+Λ)⁻¹x are computed once per distinct row; XᵀWX and XᵀWz come from
+    per-row sums of w and wz (one fused pass over the samples per iteration computes μ, the
+    deviance and those sums). With ``start`` the initial β is ``P`` (p×R) times the per-row
+    sums of ln(y/s + 0.1) (the least-squares start), else ``beta0``. Also returns the unfloored
+    means s·exp(Xβ) (G×m); the hat diagonals only when ``want_hat`` (else a 1×1 dummy).
+    Returns (beta G×p, sigma G×p×p, hat G×m, iter G, deviance G, mu G×m).
+    """
+    G, m = Y.shape
+    R, p = Xr.shape
+    beta_out = np.empty((G, p))
+    sigma_out = np.full((G, p, p), np.nan)
+    hat_out = np.empty((G, m)) if want_hat else np.empty((1, 1))
+    mu_out = np.empty((G, m))
+    iters = np.zeros(G, dtype=np.int64)
+    devs = np.empty(G)
+    lmin = math.log(minmu)
+    l01 = math.log(0.1)
+    for g in prange(G):
+        y = Y[g]
+        al = alpha[g]
+        beta = np.empty(p)
+        eta = np.empty(R)
+        E = np.empty(R)
+        mu = np.empty(m)
+        wsum = np.empty(R)
+        wz = np.empty(R)
+        A = np.empty((p, p))
+        L = np.empty((p, p))
+        Ainv = np.empty((p, p))
+        rhs = np.empty(p)
+        if start:
+            for r in range(R):
+                wz[r] = 0.0
+            for j in range(m):
+                yj = y[j]
+                wz[lab[j]] += l01 if yj == 0.0 else math.log(yj / sf[j] + 0.1)
+            for k in range(p):
+                s = 0.0
+                for r in range(R):
+                    s += P[k, r] * wz[r]
+                beta[k] = s
+        else:
+            for k in range(p):
+                beta[k] = beta0[g, k]
+        r_al = 1.0 / al
+        logr = math.log(r_al)
+        lgr = math.lgamma(r_al)
+        lg_const = 0.0
+        for j in range(m):
+            if y[j] != 0.0:
+                lg_const += math.lgamma(y[j] + r_al) - lgr - math.lgamma(y[j] + 1.0)
+        # one fused pass: mu, deviance and the per-row sums of w and w z for the next step
+        for r in range(R):
+            s = 0.0
+            for k in range(p):
+                s += Xr[r, k] * beta[k]
+            eta[r] = s
+            E[r] = math.exp(s)
+            wsum[r] = 0.0
+            wz[r] = 0.0
+        for j in range(m):
+            q = lab[j]
+            raw = sf[j] * E[q]
+            if raw < minmu:
+                mj = minmu
+                lz = math.log(minmu / sf[j])
+            else:
+                mj = raw
+                lz = eta[q]
+            mu[j] = mj
+            wj = mj / (1.0 + al * mj)
+            wsum[q] += wj
+            wz[q] += wj * (lz + (y[j] - mj) / mj)
+        dev = 0.0
+        dev_old = 0.0
+        n_it = 0
+        for t in range(maxit):
+            n_it += 1
+            for a_ in range(p):
+                s2 = 0.0
+                for r in range(R):
+                    s2 += Xr[r, a_] * wz[r]
+                rhs[a_] = s2
+                for b_ in range(a_ + 1):
+                    s = 0.0
+                    for r in range(R):
+                        s += Xr[r, a_] * wsum[r] * Xr[r, b_]
+                    A[a_, b_] = s
+                    A[b_, a_] = s
+            for k in range(p):
+                A[k, k] += lam[k]
+            if not _cholesky(A, L):
+                n_it = maxit
+                for k in range(p):
+                    beta[k] = np.nan
+                break
+            for i in range(p):
+                s = rhs[i]
+                for k in range(i):
+                    s -= L[i, k] * beta[k]
+                beta[i] = s / L[i, i]
+            for i in range(p - 1, -1, -1):
+                s = beta[i]
+                for k in range(i + 1, p):
+                    s -= L[k, i] * beta[k]
+                beta[i] = s / L[i, i]
+            big = False
+            for k in range(p):
+                if abs(beta[k]) > 30.0:
+                    big = True
+            if big:
+                n_it = maxit
+                break
+            for r in range(R):
+                s = 0.0
+                for k in range(p):
+                    s += Xr[r, k] * beta[k]
+                eta[r] = s
+                E[r] = math.exp(s)
+                wsum[r] = 0.0
+                wz[r] = 0.0
+            dev = 0.0
+            for j in range(m):
+                q = lab[j]
+                raw = sf[j] * E[q]
+                if raw < minmu:
+                    mj = minmu
+                    lz = math.log(minmu / sf[j])
+                    lm = lmin
+                else:
+                    mj = raw
+                    lz = eta[q]
+                    lm = eta[q] + logsf[j]
+                mu[j] = mj
+                yj = y[j]
+                # ln(r+μ) = ln r + ln(1+αμ): one log1p per sample for the deviance
+                l1 = math.log1p(al * mj)
+                tj = -r_al * l1
+                if yj != 0.0:
+                    tj += yj * (lm - (logr + l1))
+                dev += tj
+                wj = mj / (1.0 + al * mj)
+                wsum[q] += wj
+                wz[q] += wj * (lz + (yj - mj) / mj)
+            dev = -2.0 * (dev + lg_const)
+            conv = abs(dev - dev_old) / (abs(dev) + 0.1)
+            if np.isnan(conv):
+                n_it = maxit
+                break
+            if t > 0 and conv < tol:
+                break
+            dev_old = dev
+        iters[g] = n_it
+        devs[g] = dev
+        for k in range(p):
+            beta_out[g, k] = beta[k]
+        # unfloored means at the final beta
+        for r in range(R):
+            s = 0.0
+            for k in range(p):
+                s += Xr[r, k] * beta[k]
+            E[r] = math.exp(s)
+        for j in range(m):
+            mu_out[g, j] = sf[j] * E[lab[j]]
+        # covariance and hat diagonals at the final (floored) mu: wsum belongs to that mu
+        for a_ in range(p):
+            for b_ in range(a_ + 1):
+                s = 0.0
+                for r in range(R):
+                    s += Xr[r, a_] * wsum[r] * Xr[r, b_]
+                A[a_, b_] = s
+                A[b_, a_] = s
+        for k in range(p):
+            A[k, k] += lam[k]
+        if _cholesky(A, L):
+            _chol_inverse(L, Ainv)
+            for k in range(p):
+                A[k, k] -= lam[k]
+            for a_ in range(p):
+                for b_ in range(p):
+                    s = 0.0
+                    for c in range(p):
+                        for d in range(p):
+                            s += Ainv[a_, c] * A[c, d] * Ainv[d, b_]
+                    sigma_out[g, a_, b_] = s
+            for r in range(R):
+                s = 0.0
+                for a_ in range(p):
+                    for b_ in range(p):
+                        s += Xr[r, a_] * Ainv[a_, b_] * Xr[r, b_]
+                E[r] = s
+            if want_hat:
+                for j in range(m):
+                    mj = mu[j]
+                    hat_out[g, j] = mj / (1.0 + al * mj) * E[lab[j]]
+        elif want_hat:
+            for j in range(m):
+                hat_out[g, j] = np.nan
+    return beta_out, sigma_out, hat_out, iters, devs, mu_out
+
+
+@njit(parallel=True)
+def cooks_rows(Y, sf, MU, hat, a, p):
+    """Cook's distances (y−μ)²/(μ + aμ²)/p · h/(1−h)² of every gene (G×m)."""
+    G, m = Y.shape
+    out = np.empty((G, m))
+    for g in prange(G):
+        ag = a[g]
+        for j in range(m):
+            mj = MU[g, j]
+            h = hat[g, j]
+            d = Y[g, j] - mj
+            out[g, j] = d * d / (mj + ag * (mj * mj)) / p * h / ((1.0 - h) * (1.0 - h))
+    return out
+
+
+@njit(parallel=True)
+def divide_cols(Y, sf):
+    """Y / sf (G×m, per-column divisor), in parallel over genes."""
+    G, m = Y.shape
+    out = np.empty((G, m))
+    for g in prange(G):
+        for j in range(m):
+            out[g, j] = Y[g, j] / sf[j]
+    return out
+
+
 # ------------------------------------------------------------------------ pipeline helpers
+
+
+@njit
+def _tmean_row(row, v, lo, hi, others):
+    """Trimmed mean (ranks lo..hi−1) of one row; entries equal to v are counted, not sorted."""
+    n = row.shape[0]
+    k = 0
+    c0 = 0
+    for j in range(n):
+        if row[j] == v:
+            c0 += 1
+        else:
+            others[k] = row[j]
+            k += 1
+    srt = np.sort(others[:k])
+    pos = np.searchsorted(srt, v)
+    s = 0.0
+    for i in range(lo, hi):
+        if i < pos:
+            s += srt[i]
+        elif i < pos + c0:
+            s += v
+        else:
+            s += srt[i - c0]
+    return s / (hi - lo)
 
 
 @njit(parallel=True)
@@ -800,28 +1115,30 @@ def trimmed_mean_rows(A, v0, trim):
     hi = n - lo
     out = np.empty(G)
     for g in prange(G):
-        row = A[g]
-        v = v0[g]
         others = np.empty(n)
-        k = 0
-        c0 = 0
-        for j in range(n):
-            if row[j] == v:
-                c0 += 1
-            else:
-                others[k] = row[j]
-                k += 1
-        srt = np.sort(others[:k])
-        pos = np.searchsorted(srt, v)
-        s = 0.0
-        for i in range(lo, hi):
-            if i < pos:
-                s += srt[i]
-            elif i < pos + c0:
-                s += v
-            else:
-                s += srt[i - c0]
-        out[g] = s / (hi - lo)
+        out[g] = _tmean_row(A[g], v0[g], lo, hi, others)
+    return out
+
+
+@njit(parallel=True)
+def robust_var_rows(Y, sf, cols, trim, scale):
+    """scale · trimmed mean of (q − q̄_t)² with q = y/s over samples ``cols`` and q̄_t the
+    trimmed mean of q (the per-cell variance of DESeq2's robust moment dispersion)."""
+    G = Y.shape[0]
+    n = cols.shape[0]
+    lo = int(math.floor(n * trim))
+    hi = n - lo
+    out = np.empty(G)
+    for g in prange(G):
+        q = np.empty(n)
+        others = np.empty(n)
+        for k in range(n):
+            q[k] = Y[g, cols[k]] / sf[cols[k]]
+        cm = _tmean_row(q, 0.0, lo, hi, others)
+        for k in range(n):
+            d = q[k] - cm
+            q[k] = d * d
+        out[g] = scale * _tmean_row(q, cm * cm, lo, hi, others)
     return out
 
 
@@ -876,4 +1193,58 @@ def initial_disp(Qn, FIT, df, xim):
         bv = ss / (m - 1)
         mom = (bv - xim * bm) / (bm * bm)
         out[g] = np.nan if np.isnan(mom) else min(rough, mom)
+    return out
+
+
+@njit(parallel=True)
+def group_design_start(Y, sf, lab, R, df, xim):
+    """Group-design start of the dispersion stage, from counts Y (G×m) without dense temporaries.
+
+    With q = y/s: per-row means of q (G×R, the OLS fit of a group design), the base mean
+    (mean of q) and ``initial_disp`` of (q, row means). Returns (means, base_mean, alpha0).
+    """
+    G, m = Y.shape
+    means = np.empty((G, R))
+    bmean = np.empty(G)
+    a0 = np.empty(G)
+    nrow = np.zeros(R)
+    for j in range(m):
+        nrow[lab[j]] += 1.0
+    for g in prange(G):
+        y = Y[g]
+        sums = np.zeros(R)
+        tot = 0.0
+        for j in range(m):
+            qj = y[j] / sf[j]
+            sums[lab[j]] += qj
+            tot += qj
+        for r in range(R):
+            means[g, r] = sums[r] / nrow[r]
+        bm = tot / m
+        s = 0.0
+        ss = 0.0
+        for j in range(m):
+            qj = y[j] / sf[j]
+            mu = max(1.0, means[g, lab[j]])
+            d = qj - mu
+            s += (d * d - mu) / (mu * mu)
+            d2 = qj - bm
+            ss += d2 * d2
+        rough = max(s / df, 0.0)
+        bv = ss / (m - 1)
+        mom = (bv - xim * bm) / (bm * bm)
+        bmean[g] = bm
+        a0[g] = np.nan if np.isnan(mom) else min(rough, mom)
+    return means, bmean, a0
+
+
+@njit(parallel=True)
+def expand_row_means(means, sf, lab, minmu):
+    """μ = max(means[g, lab_j]·s_j, minmu) (G×m) from per-row means (G×R)."""
+    G = means.shape[0]
+    m = sf.shape[0]
+    out = np.empty((G, m))
+    for g in prange(G):
+        for j in range(m):
+            out[g, j] = max(means[g, lab[j]] * sf[j], minmu)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -77,11 +79,26 @@ def p_adjust_bh(p):
     return out
 
 
+_ROW_GROUPS_CACHE: dict = {}
+
+
 def row_groups(X):
-    """Integer label of each distinct row of X (first-appearance order) and group count."""
+    """Integer label of each distinct row of X (first-appearance order) and group count.
+
+    Memoised on the bytes of X (the pipeline asks for the same design many times).
+    """
+    X = np.ascontiguousarray(X)
+    key = (X.shape, X.dtype.str, hashlib.blake2b(X.tobytes(), digest_size=16).digest())
+    hit = _ROW_GROUPS_CACHE.get(key)
+    if hit is not None:
+        return hit[0].copy(), hit[1]
     _, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
     inv = inv.ravel()
     order = np.argsort(first)
     remap = np.empty_like(order)
     remap[order] = np.arange(order.size)
-    return remap[inv], order.size
+    lab = remap[inv]
+    if len(_ROW_GROUPS_CACHE) >= 8:
+        _ROW_GROUPS_CACHE.clear()
+    _ROW_GROUPS_CACHE[key] = (lab.copy(), order.size)
+    return lab, order.size

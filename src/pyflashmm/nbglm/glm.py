@@ -113,14 +113,13 @@ class NbGlmFit:
 
 
 def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim=True,
-             loglik=True):  # fmt: skip
+             loglik=True, want_hat=True):  # fmt: skip
     """DESeq2's fitNbinomGLMs (no β prior) for a dense gene block Yb (G×m)."""
     G, m = Yb.shape
     p = X.shape[1]
     lam = np.full(p, 1e-6 / LN2**2)
-    Qn = Yb / sf
     if p == 1 and np.all(X == 1.0):
-        bm = Qn.mean(axis=1)
+        bm = (Yb / sf).mean(axis=1)
         beta = np.log(bm)[:, None]
         mu = np.outer(bm, sf)
         w = 1.0 / (1.0 / mu + alpha[:, None])
@@ -134,14 +133,21 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
             "conv": np.ones(G, bool),
             "iter": np.ones(G, np.int64),
         }
+    Xr, lab = _disp.design_rows(X)
+    R = Xr.shape[0]
     q, r = np.linalg.qr(X)
-    beta0 = np.linalg.solve(r, q.T @ np.log(Qn + 0.1).T).T
-    beta, sigma, hat, it, _dev = _nb.fit_beta(
-        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), np.ascontiguousarray(X),
-        np.ascontiguousarray(alpha), np.ascontiguousarray(beta0), lam, float(minmu),
-        float(beta_tol), int(maxit),
+    first = np.empty(R, dtype=np.int64)
+    first[lab[::-1]] = np.arange(m)[::-1]
+    P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))  # β₀ = P · row sums of ln(y/s+0.1)
+    beta, sigma, hat, it, _dev, mu = _nb.fit_beta_rows(
+        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), np.log(sf), Xr, lab,
+        np.ascontiguousarray(alpha), np.empty((1, p)), P, lam, float(minmu), float(beta_tol),
+        int(maxit), True, bool(want_hat),
     )  # fmt: skip
-    mu = sf[None, :] * np.exp(beta @ X.T)
+
+    def beta0_row(i):
+        return P @ np.bincount(lab, weights=np.log(Yb[i] / sf + 0.1), minlength=R)
+
     want_ll = loglik
     loglik = np.full(G, np.nan)
     if want_ll:
@@ -154,7 +160,7 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
     rows = np.flatnonzero(~conv | ~stable | ~varpos) if use_optim else np.flatnonzero(~stable)
     for i in rows:
         b_log2 = beta[i] / LN2
-        start = b_log2 if (stable[i] and np.all(np.abs(b_log2) < 30)) else beta0[i]
+        start = b_log2 if (stable[i] and np.all(np.abs(b_log2) < 30)) else beta0_row(i)
         res = _optim_row(Yb[i], sf, X, alpha[i], start, 1e-6)
         conv[i] = res.success
         beta[i] = res.x * LN2
@@ -210,41 +216,42 @@ def _n_or_more_in_cell(X, n):
     return counts[lab] >= n
 
 
-def _robust_mom_disp(Qn, X):
+def _robust_mom_disp(Yb, sf, X, mm):
     """DESeq2's robust method-of-moments dispersion for Cook's distances (floor 0.04)."""
     three = _n_or_more_in_cell(X, 3)
+    Qn = None
 
-    def tmean_var(sub, trim, scale):
-        if sub.shape[1] < 1000:  # few samples: sorting is cheap, no kernel launch needed
-            cm = trimmed_mean(sub, trim, axis=1)
-            return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
-        zero = np.zeros(sub.shape[0])
-        cm = _nb.trimmed_mean_rows(sub, zero, trim)
-        dev = np.ascontiguousarray((sub - cm[:, None]) ** 2)
-        return scale * _nb.trimmed_mean_rows(dev, cm * cm, trim)
+    def tmean_var(cols, trim, scale):
+        nonlocal Qn
+        if cols.size >= 1000:  # many samples: one kernel, zeros counted rather than sorted
+            return _nb.robust_var_rows(Yb, sf, cols, trim, scale)
+        if Qn is None:
+            Qn = _nb.divide_cols(Yb, sf)
+        sub = Qn[:, cols]
+        cm = trimmed_mean(sub, trim, axis=1)
+        return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
 
     if three.any():
         lab, _ = row_groups(X)
         v = None
         for lv in np.unique(lab[three]):
-            cols = lab == lv
-            n = int(cols.sum())
+            cols = np.flatnonzero(lab == lv)
+            n = cols.size
             k = 0 if n <= 3.5 else (1 if n <= 23.5 else 2)
             trim = (1 / 3, 1 / 4, 1 / 8)[k]
             scale = (2.04, 1.86, 1.51)[k]
-            ve = tmean_var(np.ascontiguousarray(Qn[:, cols]), trim, scale)
+            ve = tmean_var(cols, trim, scale)
             v = ve if v is None else np.maximum(v, ve)
     else:
-        v = tmean_var(np.ascontiguousarray(Qn), 1 / 8, 1.51)
-    mm = Qn.mean(axis=1)
+        v = tmean_var(np.arange(Yb.shape[1]), 1 / 8, 1.51)
     return np.maximum((v - mm) / mm**2, 0.04)
 
 
-def _cooks(Yb, sf, X, mu, hat):
+def _cooks(Yb, sf, X, mu, hat, bm):
     p = X.shape[1]
-    a = _robust_mom_disp(Yb / sf, X)
-    V = mu + a[:, None] * mu**2
-    return (Yb - mu) ** 2 / V / p * hat / (1 - hat) ** 2
+    a = _robust_mom_disp(Yb, sf, X, bm)
+    return _nb.cooks_rows(Yb, sf, np.ascontiguousarray(mu), np.ascontiguousarray(hat), a,
+                          float(p))  # fmt: skip
 
 
 def _max_cooks(cooks, X):
@@ -258,30 +265,46 @@ def _max_cooks(cooks, X):
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _dense_rows(Y, idx):
-    """Genes idx of a samples×genes matrix as a dense genes×samples float64 block."""
-    if sp.issparse(Y):
-        return np.ascontiguousarray(Y[:, idx].toarray().T)
-    return np.ascontiguousarray(Y[:, idx].T)
+_CACHE_ELEMENTS = 2**25  # dense gene blocks kept between stages up to 256 MiB in total
 
 
-def _initial_mu(Yb, sf, X, alpha0, linear_mu, minmu, fit=None):
-    if linear_mu:
-        mu = (_disp.linear_model_mu(Yb / sf, X) if fit is None else fit) * sf
-    else:
-        mu = _glm_fit(Yb, sf, X, alpha0, loglik=False)["mu"]
-    return np.maximum(mu, minmu)
+def _dense_rows(Yt, idx):
+    """Genes idx of Yt (genes × samples: dense, or sparse CSR) as a dense float64 block."""
+    if sp.issparse(Yt):
+        return np.asarray(Yt[idx].toarray(), dtype=np.float64)
+    return np.ascontiguousarray(Yt[idx], dtype=np.float64)
+
+
+def _group_mu(Yb, sf, X, df):
+    """Group design: (row means of y/s G×R, base mean, raw initial dispersion) in one kernel."""
+    Xr, lab = _disp.design_rows(X)
+    return _nb.group_design_start(Yb, sf, lab, Xr.shape[0], float(df), float(np.mean(1.0 / sf)))
+
+
+def _linear_mu0(means, sf, X, minmu):
+    return _nb.expand_row_means(means, sf, _disp.design_rows(X)[1], float(minmu))
 
 
 def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
+    """Gene-wise dispersions of a block; returns (est, mu0, base_mean, row means or None)."""
     m, p = X.shape
-    Qn = Yb / sf
-    fit = _disp.linear_model_mu(Qn, X)
-    a0 = _nb.initial_disp(Qn, np.ascontiguousarray(fit), float(m - p), float(np.mean(1.0 / sf)))
+    means = None
+    if linear_mu:
+        means, bm, a0 = _group_mu(Yb, sf, X, m - p)
+    else:
+        Qn = _nb.divide_cols(Yb, sf)
+        fit = _disp.linear_model_mu(Qn, X)
+        a0 = _nb.initial_disp(Qn, np.ascontiguousarray(fit), float(m - p),
+                              float(np.mean(1.0 / sf)))  # fmt: skip
+        bm = Qn.mean(axis=1)
     a0 = np.clip(a0, min_disp, max(10.0, m))
-    mu0 = _initial_mu(Yb, sf, X, a0, linear_mu, minmu, fit)
+    if linear_mu:
+        mu0 = _linear_mu0(means, sf, X, minmu)
+    else:
+        mu0 = _glm_fit(Yb, sf, X, a0, loglik=False, want_hat=False)["mu"]
+        mu0 = np.maximum(mu0, minmu)
     est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact, sf=sf)
-    return est, mu0
+    return est, mu0, bm, means
 
 
 @dataclass(frozen=True)
@@ -299,12 +322,12 @@ class _Shared:
     reduced: np.ndarray | None
 
 
-def _fit_block(Yb, sh: _Shared, est=None, mu0=None):
+def _fit_block(Yb, sh: _Shared, est=None, mu0=None, bm=None):
     """Everything per gene after the trend: MAP, GLM, test statistics, Cook's."""
     X = sh.X
     if est is None:
-        est, mu0 = _gene_est_block(Yb, sh.sf, X, sh.minmu, sh.linear_mu, sh.exact, sh.min_disp)
-    bm = (Yb / sh.sf).mean(axis=1)
+        est, mu0, bm, _ = _gene_est_block(Yb, sh.sf, X, sh.minmu, sh.linear_mu, sh.exact,
+                                          sh.min_disp)  # fmt: skip
     dfit = np.asarray(sh.trend_fn(bm), dtype=float) * np.ones_like(bm)
     final, dmap, outl, _ = _disp.map_dispersion(
         Yb, mu0, X, est, dfit, sh.prior_var, sh.var_log_disp, min_disp=sh.min_disp,
@@ -316,7 +339,7 @@ def _fit_block(Yb, sh: _Shared, est=None, mu0=None):
     if sh.test == "lrt":
         red = _glm_fit(Yb, sh.sf, sh.reduced, final)
         out["lrt_stat"] = 2.0 * (fit["loglik"] - red["loglik"])
-    out["cooks"] = _cooks(Yb, sh.sf, X, fit["mu"], fit["hat"])
+    out["cooks"] = _cooks(Yb, sh.sf, X, fit["mu"], fit["hat"], bm)
     return out
 
 
@@ -496,13 +519,20 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     bm = np.empty(Gn)
     pos = 0
     mu_store = []  # initial means of non-group designs (a GLM fit; kept, not refitted)
+    means_store = []  # per-row means of group designs (μ₀ is re-expanded from them)
+    Yt = Y.T.tocsr() if sp.issparse(Y) else Y.T  # genes × samples: a block is a row slice
+    keep_blocks = Gn * m <= _CACHE_ELEMENTS
+    block_store = []
     for idx in blocks:
-        Yb = _dense_rows(Y, idx)
-        e, mu0 = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion, min_disp)
-        if not linear_mu:
-            mu_store.append(mu0)
+        Yb = _dense_rows(Yt, idx)
+        e, mu0, b, means = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion,
+                                           min_disp)  # fmt: skip
+        mu_store.append(mu0 if not linear_mu else None)
+        means_store.append(means)
+        if keep_blocks:
+            block_store.append(Yb)
         est[pos : pos + idx.size] = e
-        bm[pos : pos + idx.size] = (Yb / sf).mean(axis=1)
+        bm[pos : pos + idx.size] = b
         pos += idx.size
 
     # stage 2: trend and prior
@@ -543,12 +573,13 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     refit_genes = []
     pos = 0
     for b_, idx in enumerate(blocks):
-        Yb = _dense_rows(Y, idx)
+        Yb = block_store[b_] if keep_blocks else _dense_rows(Yt, idx)
         e = est[pos : pos + idx.size]
+        b = bm[pos : pos + idx.size]
         pos += idx.size
-        mu0 = mu_store[b_] if not linear_mu else np.maximum(
-            _disp.linear_model_mu(Yb / sf, X) * sf, minmu)  # fmt: skip
-        out = _fit_block(Yb, sh, e, mu0)
+        mu0 = mu_store[b_] if not linear_mu else _linear_mu0(means_store[b_], sf, X, minmu)
+        mu_store[b_] = None
+        out = _fit_block(Yb, sh, e, mu0, b)
         store(idx, out)
         ck = out["cooks"]
         res["max_cooks"][idx] = _max_cooks(ck, X)
@@ -672,7 +703,7 @@ def _size_factors_iterate(Y, niter=10, q_trim=0.05):
     X = np.ones((m, 1))
     sf = np.ones(m)
     for i in range(niter):
-        est, mu0 = _gene_est_block(cts, sf, X, 0.5, True, False, _disp.MIN_DISP)
+        est, mu0, _, _ = _gene_est_block(cts, sf, X, 0.5, True, False, _disp.MIN_DISP)
         bm = (cts / sf).mean(axis=1)
         fn, _, _ = _disp.fit_trend(bm, est, "mean")
         dfit = fn(bm) * np.ones_like(bm)
