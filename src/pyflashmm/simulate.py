@@ -60,6 +60,10 @@ BLOCK_CELLS = 4096
 #: entries (12 bytes each) of the scratch buffers of the blocks drawn at once; blocks are
 #: drawn into them and then moved to the CSR arrays, so peak memory is the output plus these
 SCRATCH_ENTRIES = 1 << 22
+#: outputs expected to be at least this dense (and blocks whose rows × genes int32 buffer
+#: is at most ``DENSE_BUFFER_BYTES``) are drawn into dense per-block buffers, then compressed
+DENSE_BUFFER_SHARE = 0.25
+DENSE_BUFFER_BYTES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -279,13 +283,17 @@ def _simulate_counts(
     scratch_entries: int = SCRATCH_ENTRIES,
     slot_capacity: int | None = None,
     output_capacity: int | None = None,
+    dense_buffer: bool | None = None,
 ) -> sp.csr_matrix:
     """NB counts y_cg ~ NB(M[g, h_c] f_c (× de_mult[g] in DE cells), size_g) as CSR.
 
     ``M`` is genes × groups; DE gene g (``de_cls[g] >= 0``) gets the factor ``de_mult[g]`` in
     cells with ``cell_treated`` and ``cell_cls == de_cls[g]``. ``scratch_entries`` bounds the
     buffers of the blocks drawn at once; ``slot_capacity`` and ``output_capacity`` (tests) set
-    the first sizes of a block's buffer and of the CSR arrays. None of them changes the output.
+    the first sizes of a block's buffer and of the CSR arrays. ``dense_buffer`` (default: when
+    the output is expected to be dense and a block's rows × genes buffer is small) draws each
+    block into a dense buffer that is then compressed straight into the CSR arrays, instead of
+    the scratch buffers of non-zeros. None of them changes the output (the draws are the same).
     """
     G = M.shape[0]
     n = cell_h.shape[0]
@@ -326,7 +334,19 @@ def _simulate_counts(
     per_block = est / max(n, 1) * min(block_cells, max(n, 1))
     cap = slot_capacity or int(1.2 * per_block + 1024)
     threads = numba.get_num_threads()
-    slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
+    rows = min(block_cells, max(n, 1))
+    if dense_buffer is None:
+        dense_buffer = est >= DENSE_BUFFER_SHARE * n * G and rows * G * 4 <= DENSE_BUFFER_BYTES
+    if dense_buffer:
+        # dense buffers: as many blocks per wave as fit in the scratch budget (fewer waves)
+        slots = int(min(n_blocks, max(2 * threads, 4 * scratch_entries // (rows * G * 4), 1)))
+        dbuf = np.empty((slots, rows * G), dtype=np.int32)
+        pinv = np.empty(n, dtype=np.int64)
+        pinv[perm] = np.arange(n, dtype=np.int64)
+        cap = 1
+    else:
+        slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
+        dbuf = np.empty((1, 1), dtype=np.int32)
     srow = np.empty((slots, cap), dtype=np.int32)
     sgene = np.empty((slots, cap), dtype=np.int32)
     sval = np.empty((slots, cap), dtype=np.int32)
@@ -345,10 +365,11 @@ def _simulate_counts(
         k = blocks.size
         while True:
             _ks.sample_blocks(
-                blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used
-            )
+                blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used,
+                dbuf, dense_buffer,
+            )  # fmt: skip
             need = int(used[:k].max())
-            if need <= cap:
+            if dense_buffer or need <= cap:
                 break
             # a buffer overflowed: replay the wave from the same seeds with larger buffers
             cap = int(1.25 * need)
@@ -362,10 +383,13 @@ def _simulate_counts(
             capacity = int(max(total, 1.2 * capacity))
             indices.resize(capacity, refcheck=False)
             data.resize(capacity, refcheck=False)
-        _ks.scatter_blocks(
-            blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
-        )
-    del srow, sgene, sval
+        if dense_buffer:
+            _ks.emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, data)
+        else:
+            _ks.scatter_blocks(
+                blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
+            )
+    del srow, sgene, sval, dbuf
     indices.resize(total, refcheck=False)
     data.resize(total, refcheck=False)
     if total >= 2**31 - 1 and indices.dtype != np.int64:
