@@ -349,7 +349,7 @@ def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
 @njit(inline="always")
 def _run_grid(
     st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
+    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, fptr, fj0, fine,
 ):  # fmt: skip
     """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
     cell, bracketed by the survival tables at the grid means j ``GRID`` ≤ μ ≤ (j + 1) ``GRID``.
@@ -358,11 +358,42 @@ def _run_grid(
     u = used[slot]
     j = -1
     w = 0
+    fw = ft.shape[1]
+    f0 = fptr[g]
+    fn = fptr[g + 1] - f0 - 1  # fine tables jf − fj0[g] in [0, fn) bracket from below
+    jf0 = fj0[g]
     for i in range(lo, hi):
         c = perm[i]
         if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
             continue
         mu = m * fs[i]
+        v = uniform(st)
+        if fn > 0:  # the gene's shared fine tables (built once per call, ``fine_tables``)
+            jf = int(mu * (1.0 / fine))
+            if jf * fine > mu:
+                jf -= 1
+            elif (jf + 1) * fine < mu:
+                jf += 1
+            r = jf - jf0
+            if 0 <= r < fn:
+                r += f0
+                t = v + EPS
+                k = 0
+                for jj in range(fw):
+                    k += ft[r, jj] > t
+                if k < fw and ft[r + 1, k] <= v - EPS:
+                    nz = 1 if k > 0 else 0
+                    if ng > 0:
+                        dbuf[slot, (i - b0) * ng + g] = k
+                        u += nz
+                        continue
+                    if u < cap:
+                        srow[slot, u] = c - b0
+                        sgene[slot, u] = g
+                        sval[slot, u] = k
+                    u += nz
+                    cnt[c] += nz
+                    continue
         jn = int(mu * (1.0 / GRID))
         if jn * GRID > mu:
             jn -= 1
@@ -375,7 +406,6 @@ def _run_grid(
                     _build(gtab[jj], gst[jj], jj * GRID, s, rat, rst)
                     gstamp[jj] = g
             w = int(min(gst[j, 0], gst[j + 1, 0]))
-        v = uniform(st)
         t = v + EPS
         k = 0
         for jj in range(w):  # w is not a compile-time constant, so this vectorises
@@ -491,6 +521,10 @@ def sample_blocks(
     used,
     dbuf,
     dense,
+    ft,
+    fptr,
+    fj0,
+    fine,
 ):
     """Draw the counts of cell blocks ``blocks`` (slot i holds block blocks[i]; parallel).
 
@@ -547,6 +581,7 @@ def sample_blocks(
                     _run_grid(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
                         gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
+                        ft, fptr, fj0, fine,
                     )  # fmt: skip
                 elif m * (fs[hi - 1] - fs[lo]) <= TOL:
                     _chunk(
@@ -638,6 +673,29 @@ def emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, da
                         data[p] = v
                         p += 1
             indptr[b0 + r + 1] = p
+
+
+@njit(parallel=True)
+def fine_tables(size, fptr, fj0, fine, width):
+    """Survival tables of NB(j ``fine``, size_g), ``width`` entries each, for gene g at the grid
+    points j = fj0[g] + r, r < fptr[g + 1] − fptr[g] (rows ``fptr[g]``.. of the result)."""
+    G = size.shape[0]
+    ft = np.empty((fptr[G], width))
+    for g in prange(G):
+        s = size[g]
+        rat = np.empty(max(width, 2))
+        for k in range(1, width):
+            rat[k] = (k - 1 + s) / k
+        for r in range(fptr[g], fptr[g + 1]):
+            mu = (fj0[g] + r - fptr[g]) * fine
+            logp0 = -s * math.log1p(mu / s)
+            p = math.exp(logp0)
+            q = mu / (mu + s)
+            ft[r, 0] = 1.0 - p if p < 0.5 else -math.expm1(logp0)
+            for k in range(1, width):
+                p *= rat[k] * q
+                ft[r, k] = ft[r, k - 1] - p
+    return ft
 
 
 #: row chunks of ``reference_stats`` (fixed, so results do not depend on the thread count)
