@@ -381,7 +381,9 @@ def _run_grid(
                 k = 0
                 for jj in range(fw):
                     k += ft[r, jj] > t
-                if k < fw and ft[r + 1, k] <= v - EPS:
+                if k < fw:
+                    if ft[r + 1, k] > v - EPS:  # undecided: wider tables cannot decide either
+                        k = nb_inverse(v, mu, s)
                     nz = 1 if k > 0 else 0
                     if ng > 0:
                         dbuf[slot, (i - b0) * ng + g] = k
