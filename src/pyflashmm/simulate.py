@@ -788,7 +788,7 @@ def simulate_rnaseq(
             "libsize": lib,
             "ref_cell": csel.astype(np.int64),
         },
-        index=pd.Index(np.array(["Cell" + str(i) for i in range(1, n_cells + 1)], dtype=object)),
+        index=pd.Index(np.array([f"Cell{i}" for i in range(1, n_cells + 1)], dtype=object)),
     )
     var = pd.DataFrame(
         {
