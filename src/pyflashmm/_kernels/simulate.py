@@ -456,7 +456,7 @@ def _is_de(c, kc, cell_cls, cell_treated):
     return kc >= 0 and cell_treated[c] != 0 and cell_cls[c] == kc
 
 
-@njit
+@njit(inline="always")
 def _chunk(
     st, slot, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated, logp0_hi, pnz,
     slo, shi, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
