@@ -228,6 +228,34 @@ def test_buffer_sizes_and_overflow_replay_do_not_change_the_output(rng):
     np.testing.assert_array_equal(one.toarray(), two.toarray())
 
 
+@pytest.mark.parametrize("output_capacity", [None, 10])
+def test_dense_buffers_give_the_same_output_as_scratch_buffers(rng, output_capacity):
+    """Blocks drawn into dense rows × genes buffers and compressed into the CSR arrays give the
+    same bytes as the scratch buffers of non-zeros, with or without the shared fine tables:
+    sparse, dense, Gamma–Poisson and DE cells, a short last block, and
+    (``output_capacity=10``) growing output arrays."""
+    n, G = 2900, 30
+    M = np.exp(rng.normal(0.0, 1.5, (G, 3)))
+    M[:3] *= 40.0  # means above MU_BIG
+    size = rng.uniform(0.3, 5.0, G)
+    h, f = rng.integers(0, 3, n), np.exp(rng.normal(0, 0.3, n))
+    cls, treated = rng.integers(0, 2, n), rng.integers(0, 2, n).astype(np.uint8)
+    de_cls = np.where(np.arange(G) % 4 == 0, np.arange(G) % 2, -1)
+    de_mult = np.exp(rng.uniform(-1.0, 1.0, G))
+    out = []
+    for dense, fine in ((False, False), (True, False), (True, True), (False, True)):
+        kw = {"block_cells": 512, "dense_buffer": dense, "fine_grid": fine}
+        kw.update(cell_cls=cls, cell_treated=treated, de_cls=de_cls, de_mult=de_mult)
+        kw.update(output_capacity=output_capacity)
+        out.append(S._simulate_counts(M, size, h, f, np.random.default_rng(11), **kw))
+    sparse, dense = out[0], out[2]
+    for other in out[1:]:
+        for a in ("data", "indices", "indptr"):
+            np.testing.assert_array_equal(getattr(sparse, a), getattr(other, a))
+    assert dense.has_sorted_indices and (dense.data > 0).all()
+    assert 0.2 < dense.nnz / (n * G) < 0.9
+
+
 # ------------------------------------------------------------------------------------------
 # reproducibility
 

@@ -60,6 +60,16 @@ BLOCK_CELLS = 4096
 #: entries (12 bytes each) of the scratch buffers of the blocks drawn at once; blocks are
 #: drawn into them and then moved to the CSR arrays, so peak memory is the output plus these
 SCRATCH_ENTRIES = 1 << 22
+#: outputs expected to be at least this dense (and blocks whose rows × genes int32 buffer
+#: is at most ``DENSE_BUFFER_BYTES``) are drawn into dense per-block buffers, then compressed
+DENSE_BUFFER_SHARE = 0.25
+DENSE_BUFFER_BYTES = 1 << 22
+#: shared per-gene survival tables for the dense lookups: grid spacing, entries per table,
+#: memory budget (the spacing doubles until they fit) and the most genes that get them
+FINE_GRID = 0.01
+FINE_WIDTH = 32
+FINE_BYTES = 1 << 24
+FINE_MAX_GENES = 2048
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,29 @@ def _block_seeds(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
 # the sampler
 
 
+def _fine_tables(M, size, cell_f, enabled):
+    """Shared survival tables of each gene on the grid j ``FINE_GRID`` over its range of means
+    (spacing widened to fit ``FINE_BYTES``); ``enabled=False`` (or None and too many genes)
+    gives none. They only speed up the lookups: the output does not depend on them."""
+    G = M.shape[0]
+    if enabled is None:
+        enabled = G <= FINE_MAX_GENES
+    if not enabled or cell_f.size == 0:
+        return np.empty((0, FINE_WIDTH)), np.zeros(G + 1, np.int64), np.zeros(G, np.int64), 1.0
+    lo = np.minimum(M.min(axis=1) * cell_f.min(), _ks.MU_BIG)
+    hi = np.minimum(M.max(axis=1) * cell_f.max(), _ks.MU_BIG)
+    fine = FINE_GRID
+    rows = FINE_BYTES // (8 * FINE_WIDTH)
+    while True:
+        j0 = np.floor(lo / fine).astype(np.int64)
+        npts = np.floor(hi / fine).astype(np.int64) + 2 - j0
+        if npts.sum() <= rows:
+            break
+        fine *= 2.0
+    fptr = np.concatenate(([0], np.cumsum(npts))).astype(np.int64)
+    return _ks.fine_tables(size, fptr, j0, fine, FINE_WIDTH), fptr, j0, fine
+
+
 def _simulate_counts(
     M: np.ndarray,
     size: np.ndarray,
@@ -279,13 +312,18 @@ def _simulate_counts(
     scratch_entries: int = SCRATCH_ENTRIES,
     slot_capacity: int | None = None,
     output_capacity: int | None = None,
+    dense_buffer: bool | None = None,
+    fine_grid: bool | None = None,
 ) -> sp.csr_matrix:
     """NB counts y_cg ~ NB(M[g, h_c] f_c (× de_mult[g] in DE cells), size_g) as CSR.
 
     ``M`` is genes × groups; DE gene g (``de_cls[g] >= 0``) gets the factor ``de_mult[g]`` in
     cells with ``cell_treated`` and ``cell_cls == de_cls[g]``. ``scratch_entries`` bounds the
     buffers of the blocks drawn at once; ``slot_capacity`` and ``output_capacity`` (tests) set
-    the first sizes of a block's buffer and of the CSR arrays. None of them changes the output.
+    the first sizes of a block's buffer and of the CSR arrays. ``dense_buffer`` (default: when
+    the output is expected to be dense and a block's rows × genes buffer is small) draws each
+    block into a dense buffer that is then compressed straight into the CSR arrays, instead of
+    the scratch buffers of non-zeros. None of them changes the output (the draws are the same).
     """
     G = M.shape[0]
     n = cell_h.shape[0]
@@ -303,7 +341,15 @@ def _simulate_counts(
     n_blocks = max(-(-n // block_cells), 1)
     block_ptr = np.minimum(np.arange(n_blocks + 1, dtype=np.int64) * block_cells, n)
     block_id = np.arange(n, dtype=np.int64) // block_cells
-    perm = np.lexsort((cell_f, cell_h, block_id)).astype(np.int64)
+    H = int(cell_h.max()) + 1 if n else 1
+    if n_blocks * H <= 1 << 16:
+        # = lexsort((cell_f, cell_h, block_id)): stable sort by f, then a stable radix sort of
+        # the (block, group) key
+        order = np.argsort(cell_f, kind="stable")
+        key = (block_id * H + cell_h).astype(np.uint16)[order]
+        perm = order[np.argsort(key, kind="stable")].astype(np.int64, copy=False)
+    else:
+        perm = np.lexsort((cell_f, cell_h, block_id)).astype(np.int64)
     fs = cell_f[perm]
     # runs: cells of one group inside a block
     hs = cell_h[perm]
@@ -326,7 +372,19 @@ def _simulate_counts(
     per_block = est / max(n, 1) * min(block_cells, max(n, 1))
     cap = slot_capacity or int(1.2 * per_block + 1024)
     threads = numba.get_num_threads()
-    slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
+    rows = min(block_cells, max(n, 1))
+    if dense_buffer is None:
+        dense_buffer = est >= DENSE_BUFFER_SHARE * n * G and rows * G * 4 <= DENSE_BUFFER_BYTES
+    if dense_buffer:
+        # dense buffers: as many blocks per wave as fit in the scratch budget (fewer waves)
+        slots = int(min(n_blocks, max(2 * threads, 4 * scratch_entries // (rows * G * 4), 1)))
+        dbuf = np.empty((slots, rows * G), dtype=np.int32)
+        pinv = np.empty(n, dtype=np.int64)
+        pinv[perm] = np.arange(n, dtype=np.int64)
+        cap = 1
+    else:
+        slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
+        dbuf = np.empty((1, 1), dtype=np.int32)
     srow = np.empty((slots, cap), dtype=np.int32)
     sgene = np.empty((slots, cap), dtype=np.int32)
     sval = np.empty((slots, cap), dtype=np.int32)
@@ -339,16 +397,18 @@ def _simulate_counts(
     indices = np.empty(capacity, dtype=idx_dtype)
     data = np.empty(capacity, dtype=np.int32)
     total = 0
+    fine = _fine_tables(M, size, cell_f, fine_grid)
     fixed = (block_ptr, perm, fs, cell_cls, cell_treated, run_ptr, run_lo, run_hi, run_h)
     for w0 in range(0, n_blocks, slots):
         blocks = np.arange(w0, min(w0 + slots, n_blocks), dtype=np.int64)
         k = blocks.size
         while True:
             _ks.sample_blocks(
-                blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used
-            )
+                blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used,
+                dbuf, dense_buffer, *fine,
+            )  # fmt: skip
             need = int(used[:k].max())
-            if need <= cap:
+            if dense_buffer or need <= cap:
                 break
             # a buffer overflowed: replay the wave from the same seeds with larger buffers
             cap = int(1.25 * need)
@@ -362,10 +422,13 @@ def _simulate_counts(
             capacity = int(max(total, 1.2 * capacity))
             indices.resize(capacity, refcheck=False)
             data.resize(capacity, refcheck=False)
-        _ks.scatter_blocks(
-            blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
-        )
-    del srow, sgene, sval
+        if dense_buffer:
+            _ks.emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, data)
+        else:
+            _ks.scatter_blocks(
+                blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
+            )
+    del srow, sgene, sval, dbuf
     indices.resize(total, refcheck=False)
     data.resize(total, refcheck=False)
     if total >= 2**31 - 1 and indices.dtype != np.int64:
@@ -725,7 +788,7 @@ def simulate_rnaseq(
             "libsize": lib,
             "ref_cell": csel.astype(np.int64),
         },
-        index=pd.Index(np.array(list(map("Cell{}".format, range(1, n_cells + 1))), dtype=object)),
+        index=pd.Index(np.array([f"Cell{i}" for i in range(1, n_cells + 1)], dtype=object)),
     )
     var = pd.DataFrame(
         {

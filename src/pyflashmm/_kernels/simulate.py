@@ -25,18 +25,24 @@ up in both:
   cell's own survival function is evaluated from S_μ(0) with the same V (``nb_inverse``).
 
 The result is exactly NB(μ_c, s) for every cell: the same draw as inversion with the cell's own
-mean (comparisons keep a margin ``EPS`` ≫ the rounding of the tables). Dense runs
-(``_run_dense``) reuse the upper table of a chunk as the lower table of the next when they abut,
-build ``PREFIX`` entries at once and grow them on demand, and count the entries above V without
-branches (vectorised). Sparse chunks (S_μhi(0) ≤ ``DENSE_PROB``) skip the cells with
-V ≥ S_μhi(0), which are certainly zero, geometrically, and draw V only for the others, so the
-work is O(nnz + genes × chunks) rather than one uniform per zero; with fewer than
+mean (comparisons keep a margin ``EPS`` ≫ the rounding of the tables), whichever tables bracket
+it. Dense runs (``_run_grid``) bracket each cell by the tables at the grid means
+j ``GRID`` ≤ μ_c ≤ (j + 1) ``GRID``; a gene's grid tables are built once per block and shared by
+all its groups, with ``PREFIX`` entries at once, grown on demand, and the entries above V are
+counted without branches (vectorised). The hot helpers are inlined (``inline="always"``) and
+tables are indexed in 2-D, so no array reference counts are taken per cell. Sparse chunks
+(S_μhi(0) ≤ ``DENSE_PROB``) skip the cells with V ≥ S_μhi(0), which are certainly zero,
+geometrically, and draw V only for the others, so the work is O(nnz + genes × chunks) rather
+than one uniform per zero; with fewer than
 ``TABLE_MIN_CANDIDATES`` expected candidates they use ``nb_inverse`` directly. Means above
 ``MU_BIG`` are drawn per cell as Gamma–Poisson mixtures. Cells where a DE gene has its fold
 change are drawn per cell (``nb_draw``).
 
 Building the CSR matrix
 -----------------------
+Dense outputs (``dense=True``): ``sample_blocks`` writes every count of a block into a dense
+(rows in sorted order) × genes int32 buffer and counts the block's non-zeros; ``emit_dense``
+compresses each cell's row straight into the block's range of the CSR arrays. Otherwise
 ``sample_blocks`` writes each block's non-zeros (gene-major) into a per-slot scratch buffer of
 (row in block, gene, value) and counts non-zeros per row; ``scatter_blocks`` moves a block's
 entries to its contiguous range of the CSR arrays (rows of a block are consecutive cells, and
@@ -58,6 +64,10 @@ DENSE_PROB = 0.3
 MU_BIG = 32.0
 #: largest spread of the means in a chunk (bounds the share of cells needing their own CDF)
 TOL = 0.05
+#: spacing of the grid of means whose survival tables bracket the cells of dense genes
+GRID = 0.05
+#: grid points (means up to ``MU_BIG``, and one above)
+NGRID = int(MU_BIG / GRID) + 3
 #: entries of each survival table (lookups past it use the cell's own survival function)
 TABLE = 512
 #: tables stop where the largest mean's survival falls below this share of its P(y > 0)
@@ -80,7 +90,7 @@ _U9 = np.uint64(9)
 _TWO_M53 = 2.0**-53
 
 
-@njit
+@njit(inline="always")
 def next_u64(st):
     """xoshiro256** step on the 4-word state ``st`` (in place); returns a uint64."""
     s0 = st[0]
@@ -103,7 +113,7 @@ def next_u64(st):
     return result
 
 
-@njit
+@njit(inline="always")
 def uniform(st):
     """U(0, 1) on the open interval: 53 random bits, centred in their cell."""
     return ((next_u64(st) >> _U11) + 0.5) * _TWO_M53
@@ -322,7 +332,7 @@ def _build(tab, stt, mu, size, rat, rst):
 
 @njit
 def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
-    """The lookup of ``_run_dense`` when V lies past the tables' prefix: both tables grow by
+    """The lookup of ``_run_grid`` when V lies past the tables' prefix: both tables grow by
     ``PREFIX`` entries until they reach V (or ``TABLE``); -1 when undecided."""
     t = v + EPS
     w = int(min(sta[0], stb[0]))
@@ -336,94 +346,103 @@ def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
     return -1
 
 
-@njit
-def _run_dense(
+@njit(inline="always")
+def _run_grid(
     st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-    ta, tb, sta, stb, rat, rst, srow, sgene, sval, used, cnt,
+    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, fptr, fj0, fine,
 ):  # fmt: skip
     """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
-    cell. Chunks span ``TOL`` in mean; where chunks abut, the upper table of one is the lower
-    table of the next (tables ``ta``/``tb`` swap roles), so a chunk costs one new table."""
+    cell, bracketed by the survival tables at the grid means j ``GRID`` ≤ μ ≤ (j + 1) ``GRID``.
+    The tables of a gene are built once per block (``gstamp[j]`` = g) and shared by its groups."""
     cap = srow.shape[1]
     u = used[slot]
-    i0 = lo
-    have_lo = False
-    a = 0.0
-    while i0 < hi:
-        if not have_lo:
-            a = m * fs[i0]
-            _build(ta, sta, a, s, rat, rst)
-        bound = a + TOL
-        # i1: first cell with mean > bound
-        fb = bound / m
-        x = i0 + 1
-        z = hi
-        if fs[hi - 1] <= fb:
-            x = hi
-        else:
-            while x < z:
-                mid = (x + z) >> 1
-                if fs[mid] <= fb:
-                    x = mid + 1
-                else:
-                    z = mid
-        i1 = x
-        reuse = i1 < hi and m * fs[i1] <= bound + TOL
-        mu_hi = bound if reuse else m * fs[i1 - 1]
-        if i1 - i0 == 1 and not have_lo and not reuse:
-            # a lone cell: its own survival function
-            c = perm[i0]
-            if not (kc >= 0 and _is_de(c, kc, cell_cls, cell_treated)):
-                y = nb_inverse(uniform(st), m * fs[i0], s)
-                if y > 0:
+    j = -1
+    w = 0
+    fw = ft.shape[1]
+    f0 = fptr[g]
+    fn = fptr[g + 1] - f0 - 1  # fine tables jf − fj0[g] in [0, fn) bracket from below
+    jf0 = fj0[g]
+    for i in range(lo, hi):
+        c = perm[i]
+        if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
+            continue
+        mu = m * fs[i]
+        v = uniform(st)
+        if fn > 0:  # the gene's shared fine tables (built once per call, ``fine_tables``)
+            jf = int(mu * (1.0 / fine))
+            if jf * fine > mu:
+                jf -= 1
+            elif (jf + 1) * fine < mu:
+                jf += 1
+            r = jf - jf0
+            if 0 <= r < fn:
+                r += f0
+                t = v + EPS
+                k = 0
+                for jj in range(fw):
+                    k += ft[r, jj] > t
+                if k < fw:
+                    if ft[r + 1, k] > v - EPS:  # undecided: wider tables cannot decide either
+                        k = nb_inverse(v, mu, s)
+                    nz = 1 if k > 0 else 0
+                    if ng > 0:
+                        dbuf[slot, (i - b0) * ng + g] = k
+                        u += nz
+                        continue
                     if u < cap:
                         srow[slot, u] = c - b0
                         sgene[slot, u] = g
-                        sval[slot, u] = y
-                    u += 1
-                    cnt[c] += 1
-            i0 = i1
-            continue
-        _build(tb, stb, mu_hi, s, rat, rst)
-        w = int(min(sta[0], stb[0]))
-        for i in range(i0, i1):
-            c = perm[i]
-            if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
-                continue
-            v = uniform(st)
-            t = v + EPS
-            k = 0
-            for j in range(w):  # w is not a compile-time constant, so this vectorises
-                k += ta[j] > t
-            if k < w:
-                if tb[k] > v - EPS:
-                    k = -1
-            else:
-                k = _lookup_long(v, ta, tb, sta, stb, s, rat, rst)
-                w = int(min(sta[0], stb[0]))
-            if k < 0:
-                k = nb_inverse(v, m * fs[i], s)
-            if u < cap:  # branch-free append (zeros are overwritten by the next entry)
-                srow[slot, u] = c - b0
-                sgene[slot, u] = g
-                sval[slot, u] = k
-            nz = 1 if k > 0 else 0
-            u += nz
-            cnt[c] += nz
-        if reuse:
-            ta, tb = tb, ta
-            sta, stb = stb, sta
-            a = bound
-            have_lo = True
+                        sval[slot, u] = k
+                    u += nz
+                    cnt[c] += nz
+                    continue
+        jn = int(mu * (1.0 / GRID))
+        if jn * GRID > mu:
+            jn -= 1
+        elif (jn + 1) * GRID < mu:
+            jn += 1
+        if jn != j:  # tables at the grid means j GRID and (j + 1) GRID (2-D indexing: no views)
+            j = jn
+            for jj in range(j, j + 2):
+                if gstamp[jj] != g:
+                    _build(gtab[jj], gst[jj], jj * GRID, s, rat, rst)
+                    gstamp[jj] = g
+            w = int(min(gst[j, 0], gst[j + 1, 0]))
+        t = v + EPS
+        k = 0
+        for jj in range(w):  # w is not a compile-time constant, so this vectorises
+            k += gtab[j, jj] > t
+        if k < w:
+            if gtab[j + 1, k] > v - EPS:
+                k = -1
         else:
-            have_lo = False
-        i0 = i1
+            k = _lookup_long(v, gtab[j], gtab[j + 1], gst[j], gst[j + 1], s, rat, rst)
+            w = int(min(gst[j, 0], gst[j + 1, 0]))
+        if k < 0:
+            k = nb_inverse(v, mu, s)
+        nz = 1 if k > 0 else 0
+        if ng > 0:  # the block's dense buffer (rows × genes)
+            dbuf[slot, (i - b0) * ng + g] = k
+            u += nz
+            continue
+        if u < cap:  # branch-free append (zeros are overwritten by the next entry)
+            srow[slot, u] = c - b0
+            sgene[slot, u] = g
+            sval[slot, u] = k
+        u += nz
+        cnt[c] += nz
     used[slot] = u
 
 
-@njit
-def _emit(slot, c, b0, g, value, srow, sgene, sval, used, cnt):
+@njit(inline="always")
+def _emit(slot, c, j, b0, g, value, srow, sgene, sval, used, cnt, dbuf, ng):
+    """Append non-zero ``value`` of (cell c = perm[j], gene g); with ``ng`` > 0 to row j − b0
+    of the dense buffer (its rows are in sorted order)."""
     k = used[slot]
+    if ng > 0:
+        dbuf[slot, (j - b0) * ng + g] = value
+        used[slot] = k + 1
+        return
     if k < srow.shape[1]:
         srow[slot, k] = c - b0
         sgene[slot, k] = g
@@ -432,15 +451,15 @@ def _emit(slot, c, b0, g, value, srow, sgene, sval, used, cnt):
     cnt[c] += 1
 
 
-@njit
+@njit(inline="always")
 def _is_de(c, kc, cell_cls, cell_treated):
     return kc >= 0 and cell_treated[c] != 0 and cell_cls[c] == kc
 
 
-@njit
+@njit(inline="always")
 def _chunk(
     st, slot, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated, logp0_hi, pnz,
-    slo, shi, rat, rst, srow, sgene, sval, used, cnt,
+    slo, shi, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
 ):  # fmt: skip
     """Cells perm[i0:i1] (one group, means m fs[i], non-DE cells only) of a sparse gene g:
     the cells with V ≥ P(y > 0) at the largest mean (``pnz``, log P(y = 0) = ``logp0_hi``)
@@ -467,7 +486,10 @@ def _chunk(
         y = bracket_lookup(v, slo, shi, w) if w > 0 else -1
         if y < 0:
             y = nb_inverse(v, m * fs[i], s)
-        if y > 0:
+        if y > 0 and ng > 0:
+            dbuf[slot, (i - b0) * ng + g] = y
+            u += 1
+        elif y > 0:
             if u < cap:
                 srow[slot, u] = c - b0
                 sgene[slot, u] = g
@@ -499,6 +521,12 @@ def sample_blocks(
     sgene,
     sval,
     used,
+    dbuf,
+    dense,
+    ft,
+    fptr,
+    fj0,
+    fine,
 ):
     """Draw the counts of cell blocks ``blocks`` (slot i holds block blocks[i]; parallel).
 
@@ -511,19 +539,23 @@ def sample_blocks(
     the capacity, which signals overflow), ``cnt[cell]`` counts them per cell.
     """
     G = M.shape[0]
+    ng = G if dense else 0
     for i in prange(blocks.shape[0]):
         b = blocks[i]
         b0 = block_ptr[b]
         used[i] = 0
         for c in range(b0, block_ptr[b + 1]):
             cnt[c] = 0
+        if dense:
+            dbuf[i, : (block_ptr[b + 1] - b0) * G] = 0
         st = seeds[b].copy()
         ta = np.empty(TABLE)
         tb = np.empty(TABLE)
-        sta = np.empty(3)
-        stb = np.empty(3)
         rat = np.empty(TABLE)
         rst = np.empty(1)
+        gtab = np.empty((NGRID, TABLE))
+        gst = np.empty((NGRID, 3))
+        gstamp = np.full(NGRID, -1, dtype=np.int64)
         for g in range(G):
             rst[0] = 1.0
             s = size[g]
@@ -543,19 +575,20 @@ def sample_blocks(
                             mu *= mult
                         y = gamma_poisson(st, mu, s)
                         if y > 0:
-                            _emit(i, c, b0, g, y, srow, sgene, sval, used, cnt)
+                            _emit(i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, ng)
                     continue
                 logp0 = -s * math.log1p(m * fs[hi - 1] / s)
                 pnz = -math.expm1(logp0)
                 if pnz > DENSE_PROB:
-                    _run_dense(
+                    _run_grid(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-                        ta, tb, sta, stb, rat, rst, srow, sgene, sval, used, cnt,
+                        gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
+                        ft, fptr, fj0, fine,
                     )  # fmt: skip
                 elif m * (fs[hi - 1] - fs[lo]) <= TOL:
                     _chunk(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-                        logp0, pnz, ta, tb, rat, rst, srow, sgene, sval, used, cnt,
+                        logp0, pnz, ta, tb, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
                     )  # fmt: skip
                 else:
                     i0 = lo
@@ -574,6 +607,7 @@ def sample_blocks(
                         _chunk(
                             st, i, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
                             lp, -math.expm1(lp), ta, tb, rat, rst, srow, sgene, sval, used, cnt,
+                            dbuf, ng,
                         )  # fmt: skip
                         i0 = i1
                 if kc >= 0:
@@ -582,7 +616,7 @@ def sample_blocks(
                         if _is_de(c, kc, cell_cls, cell_treated):
                             y = nb_draw(st, m * fs[j] * mult, s)
                             if y > 0:
-                                _emit(i, c, b0, g, y, srow, sgene, sval, used, cnt)
+                                _emit(i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, ng)
 
 
 @njit(parallel=True)
@@ -608,6 +642,62 @@ def scatter_blocks(blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr
             indices[p] = sgene[i, k]
             data[p] = sval[i, k]
             pos[r] = p + 1
+
+
+@njit(parallel=True)
+def emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, data):
+    """Slot i's dense buffer (rows × genes) → CSR positions of block blocks[i] from ``base[i]``.
+
+    Buffer rows are in sorted (``perm``) order: cell c is row ``pinv[c]`` − block start.
+
+    Writes ``indptr[c + 1]`` for the block's cells; each row is compressed in gene order with
+    branch-free appends that never pass the block's last entry (``base[i] + used[i]``).
+    """
+    for i in prange(blocks.shape[0]):
+        b = blocks[i]
+        b0 = block_ptr[b]
+        nrow = block_ptr[b + 1] - b0
+        p = base[i]
+        end = base[i] + used[i]
+        for r in range(nrow):
+            off = (pinv[b0 + r] - b0) * G
+            if p + G <= end:
+                for g in range(G):
+                    v = dbuf[i, off + g]
+                    indices[p] = g
+                    data[p] = v
+                    p += 1 if v != 0 else 0
+            else:
+                for g in range(G):
+                    v = dbuf[i, off + g]
+                    if v != 0:
+                        indices[p] = g
+                        data[p] = v
+                        p += 1
+            indptr[b0 + r + 1] = p
+
+
+@njit(parallel=True)
+def fine_tables(size, fptr, fj0, fine, width):
+    """Survival tables of NB(j ``fine``, size_g), ``width`` entries each, for gene g at the grid
+    points j = fj0[g] + r, r < fptr[g + 1] − fptr[g] (rows ``fptr[g]``.. of the result)."""
+    G = size.shape[0]
+    ft = np.empty((fptr[G], width))
+    for g in prange(G):
+        s = size[g]
+        rat = np.empty(max(width, 2))
+        for k in range(1, width):
+            rat[k] = (k - 1 + s) / k
+        for r in range(fptr[g], fptr[g + 1]):
+            mu = (fj0[g] + r - fptr[g]) * fine
+            logp0 = -s * math.log1p(mu / s)
+            p = math.exp(logp0)
+            q = mu / (mu + s)
+            ft[r, 0] = 1.0 - p if p < 0.5 else -math.expm1(logp0)
+            for k in range(1, width):
+                p *= rat[k] * q
+                ft[r, k] = ft[r, k - 1] - p
+    return ft
 
 
 #: row chunks of ``reference_stats`` (fixed, so results do not depend on the thread count)
