@@ -27,6 +27,7 @@ import scipy.linalg
 from tqdm.auto import tqdm
 
 from pyflashmm import _checks
+from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import lmm as _k
 from pyflashmm._pvalues import t_two_sided
 from pyflashmm.sumstats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
@@ -451,6 +452,12 @@ def lmm(
         if not isinstance(flag, bool | np.bool_):
             raise TypeError(f"{name} must be True or False; got {flag!r}")
     _validate_stats(s)
+    return _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, progress)
+
+
+@numba_parallel_only
+def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, progress) -> LmmFit:
+    """The body of :func:`lmm` once the arguments are validated."""
     prob = _Problem.build(s, method, engine)
     K, n_, p, G = prob.K, s.n, s.p, s.n_genes
     start = _theta_start(theta0, prob.yRy, n_, p, K + 1)
@@ -517,7 +524,7 @@ def lmm(
             f"{int((~converged).sum())} of {G} genes did not converge ({detail}); "
             "see LmmFit.status and LmmFit.converged",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
 
     return LmmFit(

@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import optimize, stats
 
+from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nb as _nb
 from pyflashmm.nbglm import dispersion as _disp
 from pyflashmm.nbglm._util import as_counts, p_adjust_bh, r_quantile, row_groups, trimmed_mean
@@ -395,6 +396,7 @@ def _contrast_vector(contrast, coef_names, p):
     return c, "contrast"
 
 
+@numba_parallel_only
 def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald", reduced=None,
           contrast=None, minmu=None, cooks=True, independent_filtering=True, alpha=0.1,
           use_t=False, min_replicates_for_replace=7, prior_var=None, exact_dispersion=False,
