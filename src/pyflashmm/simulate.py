@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import simulate as _ks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -505,6 +506,7 @@ def _cluster_vector(value, clusters: list[str], name: str) -> np.ndarray:
     return arr
 
 
+@numba_parallel_only
 def simulate_rnaseq(
     counts=None,
     *,
