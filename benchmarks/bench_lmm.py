@@ -13,7 +13,7 @@ Inputs for (a)–(c) are drawn exactly from the model's sufficient statistics
 (set ``R_LIBS``); for (b) it runs on a subset of genes and its time is scaled to all genes.
 Times are medians of ``--repeats`` runs after one warm-up (compilation excluded).
 
-Usage: python benchmarks/bench_lmm.py [--quick] [--repeats N] [--json PATH]
+Usage: python benchmarks/bench_lmm.py [--quick] [--repeats N (5)] [--json PATH]
 """
 
 from __future__ import annotations
@@ -154,9 +154,12 @@ def sumstats_case(rng, n, G, per_row, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-flashmm", action="store_true", help="skip FLASHMM even if present")
-    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--json", type=Path, default=None,
+        help="write results here (default: results/bench_lmm.json, not for --quick)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     rng = np.random.default_rng(20261121)
     flashmm = not args.no_flashmm and flashmm_available()
@@ -200,6 +203,8 @@ def main(argv=None):
         f"{r['scipy_sum_sq_seconds']:.2f} s); scipy's Y.log1p().T @ X alone: "
         f"{r['scipy_XtY_only_seconds']:.2f} s"
     )
+    if args.json is None and not args.quick:
+        args.json = HERE / "results" / "bench_lmm.json"
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))

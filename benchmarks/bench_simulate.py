@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -153,6 +154,10 @@ def main(argv=None) -> int:
     p.add_argument("--genes", type=int, default=10_000, help="genes of the large case")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--json", default=None,
+        help="write results here (default: results/bench_simulate.json, not for --quick)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(bench_large_child(args.cells, args.genes)))
@@ -174,6 +179,12 @@ def main(argv=None) -> int:
             f"output {big['output_bytes'] / 2**30:.2f} GiB, peak RSS "
             f"{big['peak_rss_bytes'] / 2**30:.2f} GiB ({big['peak_rss_over_output']:.2f}x)"
         )
+        res["large"] = big
+    if args.json is None and not args.quick:
+        args.json = str(Path(__file__).parent / "results" / "bench_simulate.json")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
 
 

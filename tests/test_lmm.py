@@ -273,3 +273,14 @@ def test_convergence_does_not_depend_on_the_scale_of_y(rng):
     assert large.converged.all()
     np.testing.assert_allclose(large.theta / 1e6, small.theta, rtol=1e-6)
     np.testing.assert_allclose(large.coef / 1e3, small.coef, rtol=1e-6, atol=1e-9)
+
+
+def test_positional_call_accepts_n_from_an_npz(rng, tmp_path):
+    X, Z, d, Y = fit_case(rng)
+    s = fm.summary_stats(Y, X, Z)
+    s.save(tmp_path / "s.npz")
+    z = np.load(tmp_path / "s.npz")
+    fit = fm.lmm(z["XX"], z["XY"], z["ZX"], z["ZY"], z["ZZ"], z["Ynorm"], z["n"], z["d"])
+    np.testing.assert_array_equal(fit.coef, fm.lmm(s).coef)
+    with pytest.raises(TypeError, match="n must be a number"):
+        fm.lmm(s.XX, s.XY, s.ZX, s.ZY, s.ZZ, s.Ynorm, "300", None)

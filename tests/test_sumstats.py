@@ -1,5 +1,6 @@
 import numba
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -158,3 +159,35 @@ def test_backed_anndata_is_streamed(rng, tmp_path):
     ref = oracle(Y.astype(np.float32).astype(np.float64), X, Z, "log1p")
     for name in ("XY", "ZY", "Ynorm"):
         np.testing.assert_allclose(getattr(s, name), ref[name], rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_duplicate_sparse_entries_are_summed_first(rng, fmt):
+    """Non-canonical sparse input (repeated (cell, gene) pairs) means the sum of the entries,
+    so the transform and the squares apply to the summed value."""
+    Y, X, Z = counts_data(rng, n=200, G=15)
+    base = Y.asformat(fmt)
+    # every stored value split into two adjacent entries at the same position
+    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+    dup = cls(
+        (np.repeat(base.data / 2, 2), np.repeat(base.indices, 2), base.indptr * 2),
+        shape=Y.shape,
+    )
+    assert not dup.has_canonical_format
+    s = fm.summary_stats(dup, X, Z, transform="log1p")
+    ref = oracle(Y, X, Z, "log1p")
+    for name in ("XY", "ZY", "Ynorm"):
+        np.testing.assert_allclose(getattr(s, name), ref[name], rtol=1e-12, err_msg=name)
+
+
+def test_sparse_and_extension_dtype_dataframes(rng):
+    Y, X, Z = counts_data(rng, n=150, G=6)
+    sparse_df = pd.DataFrame.sparse.from_spmatrix(Y, columns=list("abcdef"))
+    s = fm.summary_stats(sparse_df, X, Z, transform="log2p1")
+    np.testing.assert_allclose(s.Ynorm, oracle(Y, X, Z, "log2p1")["Ynorm"], rtol=1e-12)
+    assert s.gene_names == list("abcdef")
+    ints = pd.DataFrame(Y.toarray().astype(np.int64)).astype("Int64")
+    s2 = fm.summary_stats(ints, X, Z)
+    np.testing.assert_allclose(s2.XY, oracle(Y, X, Z, None)["XY"], rtol=1e-12)
+    with pytest.raises(TypeError, match="Y must hold real numbers"):
+        fm.summary_stats(pd.DataFrame({"a": ["x"] * 150}), X, Z)

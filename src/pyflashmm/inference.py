@@ -117,10 +117,7 @@ def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
             isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
         ):
             exprs = [value] if isinstance(value, str) else list(value)  # a list: a joint test
-            try:
-                out[str(key)] = _parse(exprs, names)
-            except ValueError as exc:
-                raise ValueError(f"contrast {str(key)!r}: {exc}") from None
+            out[str(key)] = _parse(exprs, names, str(key))
         else:
             arr = np.asarray(value, dtype=np.float64)
             arr = arr[:, None] if arr.ndim == 1 else arr
@@ -130,19 +127,16 @@ def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
     return out
 
 
-def _parse(expressions: list[str], names: list[str]) -> np.ndarray:
+def _parse(expressions: list[str], names: list[str], label: str) -> np.ndarray:
+    """p × r matrix of the expressions (r > 1: the rows of one joint hypothesis)."""
+    from pyflashmm.contrasts import contrast_matrix
+
+    if len(expressions) == 1:
+        return contrast_matrix({label: expressions[0]}, names).to_numpy(dtype=np.float64)
     try:
-        from pyflashmm.contrasts import contrast_matrix
-    except ImportError:  # pragma: no cover - the parser ships with the package
-        contrast_matrix = None
-    if contrast_matrix is not None:
         return contrast_matrix(expressions, names).to_numpy(dtype=np.float64)
-    out = np.zeros((len(names), len(expressions)))
-    for j, expr in enumerate(expressions):
-        if expr not in names:
-            raise ValueError(f"contrast: unknown coefficient {expr!r}{_close(expr, names)}")
-        out[names.index(expr), j] = 1.0
-    return out
+    except ValueError as exc:
+        raise ValueError(f"joint contrast {label!r}: {exc}") from None
 
 
 def _close(name: str, names: list[str]) -> str:

@@ -177,7 +177,9 @@ def _stats_from_args(stats, XY, ZX, ZY, ZZ, Ynorm, n, d) -> SummaryStats:
     if arrays["ZY"].ndim == 1:
         arrays["ZY"] = arrays["ZY"][:, None]
     arrays["Ynorm"] = np.atleast_1d(arrays["Ynorm"])
-    if not isinstance(n, int | float | np.integer | np.floating):
+    if isinstance(n, np.ndarray) and n.ndim == 0 and n.dtype.kind in "iuf":
+        n = n.item()  # e.g. read back from an .npz
+    if not isinstance(n, int | float | np.integer | np.floating) or isinstance(n, bool):
         raise TypeError(f"n must be a number of cells; got {type(n).__name__}")
     if float(n) != int(n) or int(n) <= 0:
         raise ValueError(f"n must be a positive integer number of cells; got {n!r}")

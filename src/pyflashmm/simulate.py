@@ -43,12 +43,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pyflashmm._jit import numba_parallel_only
+from pyflashmm._jit import num_threads, numba_parallel_only
 from pyflashmm._kernels import simulate as _ks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -372,7 +371,7 @@ def _simulate_counts(
     est = float((np.nan_to_num(pnz, nan=1.0) * n_h).sum()) if n else 0.0  # no BLAS threads
     per_block = est / max(n, 1) * min(block_cells, max(n, 1))
     cap = slot_capacity or int(1.2 * per_block + 1024)
-    threads = numba.get_num_threads()
+    threads = num_threads()
     rows = min(block_cells, max(n, 1))
     if dense_buffer is None:
         dense_buffer = est >= DENSE_BUFFER_SHARE * n * G and rows * G * 4 <= DENSE_BUFFER_BYTES

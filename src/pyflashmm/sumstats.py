@@ -214,17 +214,31 @@ def _names_from(obj, k: int, prefix: str) -> list[str]:
 def _as_cell_chunk(block):
     """A chunk as CSR (sorted indices) or C-order float64 ndarray, plus its format tag."""
     if sp.issparse(block):
-        if block.format == "csc":
-            return block, "csc"
-        csr = block.tocsr()
-        if not csr.has_sorted_indices:
-            csr = csr.sorted_indices()
-        return csr, "csr"
+        if block.format not in ("csr", "csc"):
+            block = block.tocsr()
+        if not block.has_canonical_format:  # sorted indices, duplicates summed
+            block = block.copy()
+            block.sum_duplicates()
+        return block, block.format
     if hasattr(block, "compute"):  # dask array chunk
         block = block.compute()
         return _as_cell_chunk(block)
     arr = np.ascontiguousarray(np.asarray(block), dtype=np.float64)
     return arr, "dense"
+
+
+def _frame_values(Y: pd.DataFrame):
+    """A DataFrame's values: CSR for an all-sparse frame, else float64 (pandas NA → NaN)."""
+    bad = [
+        str(c)
+        for c, t in Y.dtypes.items()
+        if not pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)
+    ]
+    if bad:
+        raise TypeError(f"Y must hold real numbers; columns {bad[:5]} do not")
+    if len(Y.columns) and all(isinstance(t, pd.SparseDtype) for t in Y.dtypes):
+        return Y.sparse.to_coo().tocsr()  # a sparse DataFrame stays sparse
+    return Y.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _check_Y(Y) -> tuple[int, int]:
@@ -233,17 +247,13 @@ def _check_Y(Y) -> tuple[int, int]:
         raise TypeError(
             "Y must be a 2-D cells × genes matrix (ndarray, scipy.sparse, backed or dask array)"
         )
-    if isinstance(Y, pd.DataFrame):
-        bad = [str(c) for c, t in Y.dtypes.items() if np.dtype(t).kind not in "biuf"]
-        if bad:
-            raise TypeError(f"Y must hold real numbers; columns {bad[:5]} do not")
     dtype = getattr(Y, "dtype", None)
     if dtype is not None:
         _checks.check_numeric_dtype("Y", dtype)
     if sp.issparse(Y):
         _checks.check_finite("Y", Y)
-    elif isinstance(Y, np.ndarray | pd.DataFrame):
-        values = Y.to_numpy() if isinstance(Y, pd.DataFrame) else Y
+    elif isinstance(Y, np.ndarray):
+        values = Y
         for start in range(0, values.shape[0], _FINITE_CHECK_ROWS):  # bounded extra memory
             block = values[start : start + _FINITE_CHECK_ROWS]
             if not np.isfinite(block).all():
@@ -300,6 +310,9 @@ def summary_stats(
     -------
     SummaryStats
     """
+    if isinstance(Y, pd.DataFrame):
+        gene_names = gene_names if gene_names is not None else list(map(str, Y.columns))
+        Y = _frame_values(Y)
     n, G = _check_Y(Y)
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
@@ -322,9 +335,6 @@ def summary_stats(
     if q == 0:
         raise ValueError("Z has no columns: the mixed model needs at least one random effect")
     d_arr = _checks.check_block_sizes(d, q)
-    if isinstance(Y, pd.DataFrame):
-        gene_names = gene_names if gene_names is not None else list(map(str, Y.columns))
-        Y = Y.to_numpy()
     gene_names = _checks.check_names("gene_names", gene_names, G, "gene")
     if n == 0:
         raise ValueError("Y has no cells (rows)")
@@ -341,8 +351,9 @@ def summary_stats(
 
     if sp.issparse(Y) and Y.format not in ("csr", "csc"):
         Y = Y.tocsr()  # COO, LIL, ...: one conversion (CSR and CSC are used as they are)
-    if sp.issparse(Y) and Y.format == "csr" and not Y.has_sorted_indices:
-        Y = Y.sorted_indices()  # the kernel locates gene blocks by binary search
+    if sp.issparse(Y) and not Y.has_canonical_format:
+        Y = Y.copy()  # duplicate entries must be summed before the transform and the squares
+        Y.sum_duplicates()
     in_memory_csr = sp.issparse(Y) and Y.format == "csr"
     if in_memory_csr:
         # the data are in memory already: one linear pass over fixed cell blocks, no chunks
