@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from pyflashmm._jit import njit, prange
+from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
 
 # ----------------------------------------------------------------------------- special functions
 
@@ -104,46 +105,6 @@ def nb_loglik(Y, MU, alpha):
 
 
 @njit
-def _cholesky(A, L):
-    """Lower Cholesky factor of the p×p SPD matrix A into L; returns False if not PD."""
-    p = A.shape[0]
-    for i in range(p):
-        for j in range(i + 1):
-            s = A[i, j]
-            for k in range(j):
-                s -= L[i, k] * L[j, k]
-            if i == j:
-                if not (s > 0.0):
-                    return False
-                L[i, i] = math.sqrt(s)
-            else:
-                L[i, j] = s / L[j, j]
-        for j in range(i + 1, p):
-            L[i, j] = 0.0
-    return True
-
-
-@njit
-def _chol_inverse(L, Ainv):
-    """A⁻¹ from its Cholesky factor L."""
-    p = L.shape[0]
-    Linv = np.zeros((p, p))
-    for i in range(p):
-        Linv[i, i] = 1.0 / L[i, i]
-        for j in range(i):
-            s = 0.0
-            for k in range(j, i):
-                s -= L[i, k] * Linv[k, j]
-            Linv[i, j] = s / L[i, i]
-    for i in range(p):
-        for j in range(p):
-            s = 0.0
-            for k in range(max(i, j), p):
-                s += Linv[k, i] * Linv[k, j]
-            Ainv[i, j] = s
-
-
-@njit
 def _xtwx(X, w, B):
     m, p = X.shape
     for a in range(p):
@@ -177,7 +138,7 @@ def log_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, L
         for j in range(m):
             w[j] = 1.0 / (1.0 / mu[j] + alpha)
         _xtwx(X, w, B)
-        if not _cholesky(B, L):
+        if not cholesky_lower(B, L):
             return -np.inf
         ld = 0.0
         for k in range(B.shape[0]):
@@ -214,8 +175,8 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
         for j in range(m):
             w[j] = -w[j] * w[j]
         _xtwx(X, w, dB)
-        if _cholesky(B, L):
-            _chol_inverse(L, Binv)
+        if cholesky_lower(B, L):
+            cholesky_inverse(L, Binv)
             tr = 0.0
             for i in range(p):
                 for k in range(p):
@@ -366,7 +327,7 @@ def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, 
             wc[j] = wj
             wsum[lab[j]] += wj
         _xtwx_rows(Xr, wsum, B)
-        if not _cholesky(B, L):
+        if not cholesky_lower(B, L):
             return -np.inf
         ld = 0.0
         for k in range(B.shape[0]):
@@ -411,8 +372,8 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
             w2sum[lab[j]] -= wj * wj
         _xtwx_rows(Xr, wsum, B)
         _xtwx_rows(Xr, w2sum, dB)
-        if _cholesky(B, L):
-            _chol_inverse(L, Binv)
+        if cholesky_lower(B, L):
+            cholesky_inverse(L, Binv)
             tr = 0.0
             for i in range(p):
                 for k in range(p):
@@ -464,7 +425,7 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
             wc[nnz + i] = wi
             wsum[zlab[i]] += zcnt[i] * wi
         _xtwx_rows(Xr, wsum, B)
-        if not _cholesky(B, L):
+        if not cholesky_lower(B, L):
             return -np.inf
         ld = 0.0
         for k in range(B.shape[0]):
@@ -514,8 +475,8 @@ def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior
             w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
         _xtwx_rows(Xr, wsum, B)
         _xtwx_rows(Xr, w2sum, dB)
-        if _cholesky(B, L):
-            _chol_inverse(L, Binv)
+        if cholesky_lower(B, L):
+            cholesky_inverse(L, Binv)
             tr = 0.0
             for i in range(p):
                 for k in range(p):
@@ -762,22 +723,12 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
                 for j in range(m):
                     s += X[j, k] * w[j] * z[j]
                 rhs[k] = s
-            if not _cholesky(A, L):
+            if not cholesky_lower(A, L):
                 n_it = maxit
                 for k in range(p):
                     beta[k] = np.nan
                 break
-            # forward / back substitution
-            for i in range(p):
-                s = rhs[i]
-                for k in range(i):
-                    s -= L[i, k] * beta[k]
-                beta[i] = s / L[i, i]
-            for i in range(p - 1, -1, -1):
-                s = beta[i]
-                for k in range(i + 1, p):
-                    s -= L[k, i] * beta[k]
-                beta[i] = s / L[i, i]
+            cholesky_solve_vector(L, rhs, beta)
             big = False
             for k in range(p):
                 if abs(beta[k]) > 30.0:
@@ -816,8 +767,8 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
         _xtwx(X, w, A)
         for k in range(p):
             A[k, k] += lam[k]
-        if _cholesky(A, L):
-            _chol_inverse(L, Ainv)
+        if cholesky_lower(A, L):
+            cholesky_inverse(L, Ainv)
             for k in range(p):
                 A[k, k] -= lam[k]
             # sigma = Ainv (XᵀWX) Ainv
@@ -939,21 +890,12 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
                     A[b_, a_] = s
             for k in range(p):
                 A[k, k] += lam[k]
-            if not _cholesky(A, L):
+            if not cholesky_lower(A, L):
                 n_it = maxit
                 for k in range(p):
                     beta[k] = np.nan
                 break
-            for i in range(p):
-                s = rhs[i]
-                for k in range(i):
-                    s -= L[i, k] * beta[k]
-                beta[i] = s / L[i, i]
-            for i in range(p - 1, -1, -1):
-                s = beta[i]
-                for k in range(i + 1, p):
-                    s -= L[k, i] * beta[k]
-                beta[i] = s / L[i, i]
+            cholesky_solve_vector(L, rhs, beta)
             big = False
             for k in range(p):
                 if abs(beta[k]) > 30.0:
@@ -1022,8 +964,8 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
                 A[b_, a_] = s
         for k in range(p):
             A[k, k] += lam[k]
-        if _cholesky(A, L):
-            _chol_inverse(L, Ainv)
+        if cholesky_lower(A, L):
+            cholesky_inverse(L, Ainv)
             for k in range(p):
                 A[k, k] -= lam[k]
             for a_ in range(p):
