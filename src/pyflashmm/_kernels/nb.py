@@ -29,6 +29,21 @@ from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky
 
 
 @njit
+def _cox_reid_derivative(B, dB, L, Binv):
+    """−½ tr(B⁻¹ dB): the derivative of the Cox–Reid term −½ log|XᵀWX| (B = XᵀWX, dB its
+    derivative in the dispersion); NaN when B is not positive definite."""
+    if not cholesky_lower(B, L):
+        return np.nan
+    cholesky_inverse(L, Binv)
+    p = B.shape[0]
+    tr = 0.0
+    for i in range(p):
+        for k in range(p):
+            tr += Binv[i, k] * dB[k, i]
+    return -0.5 * tr
+
+
+@njit
 def digamma(x):
     """ψ(x) for x > 0: upward recurrence to x ≥ 6, then the asymptotic series."""
     res = 0.0
@@ -154,7 +169,6 @@ def log_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, L
 def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, L, Binv, dB):
     """d lp / d a (derivative with respect to the log dispersion)."""
     m = y.shape[0]
-    p = X.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
@@ -175,15 +189,7 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
         for j in range(m):
             w[j] = -w[j] * w[j]
         _xtwx(X, w, dB)
-        if cholesky_lower(B, L):
-            cholesky_inverse(L, Binv)
-            tr = 0.0
-            for i in range(p):
-                for k in range(p):
-                    tr += Binv[i, k] * dB[k, i]
-            cr = -0.5 * tr
-        else:
-            cr = np.nan
+        cr = _cox_reid_derivative(B, dB, L, Binv)
     prior = 0.0
     if use_prior:
         prior = -(a - prior_mean) / prior_var
@@ -345,7 +351,6 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
     """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums (reuses the
     ln(1+μα) and w of ``_lp_d`` at the same a: bitwise the same values)."""
     m = y.shape[0]
-    p = Xr.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
@@ -372,15 +377,7 @@ def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2
             w2sum[lab[j]] -= wj * wj
         _xtwx_rows(Xr, wsum, B)
         _xtwx_rows(Xr, w2sum, dB)
-        if cholesky_lower(B, L):
-            cholesky_inverse(L, Binv)
-            tr = 0.0
-            for i in range(p):
-                for k in range(p):
-                    tr += Binv[i, k] * dB[k, i]
-            cr = -0.5 * tr
-        else:
-            cr = np.nan
+        cr = _cox_reid_derivative(B, dB, L, Binv)
     prior = 0.0
     if use_prior:
         prior = -(a - prior_mean) / prior_var
@@ -442,7 +439,6 @@ def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior
            prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
     """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order; reuses the
     ln(1+μα) and w of ``_lp_c`` at the same a)."""
-    p = Xr.shape[1]
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
@@ -475,15 +471,7 @@ def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior
             w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
         _xtwx_rows(Xr, wsum, B)
         _xtwx_rows(Xr, w2sum, dB)
-        if cholesky_lower(B, L):
-            cholesky_inverse(L, Binv)
-            tr = 0.0
-            for i in range(p):
-                for k in range(p):
-                    tr += Binv[i, k] * dB[k, i]
-            cr = -0.5 * tr
-        else:
-            cr = np.nan
+        cr = _cox_reid_derivative(B, dB, L, Binv)
     prior = 0.0
     if use_prior:
         prior = -(a - prior_mean) / prior_var
