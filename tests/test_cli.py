@@ -6,7 +6,7 @@ from pyflashmm.cli import main
 
 def test_reproduce_demo_prints_a_result_table(capsys, tmp_path):
     out = tmp_path / "demo.csv"
-    assert main(["reproduce", "--genes", "40", "--cells", "3000", "-o", str(out)]) == 0
+    assert main(["reproduce", "--demo", "--genes", "40", "--cells", "3000", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "log_fc" in text and "gene × cluster tests" in text
     import pandas as pd
