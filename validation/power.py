@@ -143,8 +143,8 @@ def summarise(results: pd.DataFrame, thresholds, *, curve_points: int = 200):
             fdr = fp / (fp + tp) if fp + tp else np.nan
             rows.append((*key, float(t), n_de, tp, fp, tpr, fdr, auc))
         fdr_c, tpr_c = fdr_tpr_curve(padj, is_de, max_points=curve_points)
-        curves.append(pd.DataFrame({**dict(zip([*KEYS, "method"], key)), "fdr": fdr_c,
-                                    "tpr": tpr_c}))  # fmt: skip
+        label = dict(zip([*KEYS, "method"], key, strict=True))
+        curves.append(pd.DataFrame({**label, "fdr": fdr_c, "tpr": tpr_c}))
     cols = [*KEYS, "method", "threshold", "n_de", "tp", "fp", "tpr", "observed_fdr", "auc"]
     return pd.DataFrame(rows, columns=cols), pd.concat(curves, ignore_index=True)
 
@@ -155,9 +155,13 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
     grid = settings(config)
     reps = int(config["replicates"])
     seeds = replicate_seeds(int(config["seed"]), len(grid) * reps)
-    common = {"n_genes": int(config["n_genes"]), "p_de": float(config["p_de"]),
-              "n_clusters": int(config["n_clusters"]),
-              "var_random_effects": float(config["var_random_effects"]), "methods": methods}  # fmt: skip
+    common = {
+        "n_genes": int(config["n_genes"]),
+        "p_de": float(config["p_de"]),
+        "n_clusters": int(config["n_clusters"]),
+        "var_random_effects": float(config["var_random_effects"]),
+        "methods": methods,
+    }
     tasks = [
         {**common, "scope": sc, "abs_beta": b, "n_subjects": s, "cells_per_subject": m,
          "replicate": r, "seed": seeds[i * reps + r]}
