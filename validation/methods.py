@@ -1,0 +1,258 @@
+r"""The six DE methods of the validation suite, run on one data set for the treatment effect.
+
+Every method tests H₀: β_trt = 0 for the treated arm ``treatment`` against the reference arm;
+subjects (``sam``) are nested in arms, so the contrast is between subjects.
+
+``lmm_satterthwaite`` (a), ``lmm_residual_df`` (b), ``lmm_ml`` (f)
+    y_cg = log₂(1 + count_cg),  y_g = Xβ_g + Zb_g + ε,  b_g ~ N(0, θ_g I_S), ε ~ N(0, σ²_g I_n),
+    X = [1, log L_c, 1{trt = treatment}] (+ cluster indicators when ``obs`` has several
+    clusters), Z the subject indicators. Summary statistics are computed once; (a) and (b) are
+    one REML fit tested with Satterthwaite df and with FLASHMM's n − p df; (f) is the ML fit,
+    Satterthwaite df. ``log_fc`` is β_trt on the log₂(1 + count) scale.
+``lm`` (c)
+    The same X without Z, by ordinary least squares from the same statistics:
+    β̂ = (XᵀX)⁻¹XᵀY, σ̂² = (Σy² − β̂ᵀXᵀy)/(n − p), t = β̂_j/√(σ̂²[(XᵀX)⁻¹]_jj) on n − p df,
+    vectorised over genes.
+``nbglm_cells`` (d)
+    :func:`pyflashmm.nbglm` on the cells with ``preset="single_cell"`` (poscounts size factors
+    per cell, which ignore the subjects; minμ = 10⁻⁶; likelihood-ratio test of ``~ trt``
+    (+ ``cls``) against the design without ``trt``; no outlier replacement). ``log_fc`` is log₂.
+``nbglm_pseudobulk`` (e)
+    Counts summed per subject (:func:`pyflashmm.pseudobulk` by ``sam``; with several clusters
+    the pooled treatment effect is tested, and the per-subject sum avoids treating the
+    (subject, cluster) pseudobulks of one subject as independent samples), then DESeq2's
+    defaults: ratio size factors, parametric trend, Wald test of ``~ trt``, Cook's
+    distances, ``log_fc`` in log₂.
+
+Failures are data: a gene that a method cannot fit gets a NaN p-value and a ``status``; LMM
+genes that did not converge (``LmmFit.converged`` false) also get NaN p-values. The per-gene
+warnings of the fits are expected here and are silenced (the statuses record them). A method
+that fails as a whole (e.g. a design without residual df) gives NaN for every gene with the
+status ``failed: <reason>``; the run goes on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+
+import pyflashmm as fm
+
+__all__ = ["METHODS", "run_methods"]
+
+#: method ids, in the order of validation/README.md
+METHODS = (
+    "lmm_satterthwaite",
+    "lmm_residual_df",
+    "lm",
+    "nbglm_cells",
+    "nbglm_pseudobulk",
+    "lmm_ml",
+)
+COLUMNS = ["gene", "method", "log_fc", "stat", "p_value", "status"]
+
+
+def _clean_obs(obs: pd.DataFrame, treatment: str) -> tuple[pd.DataFrame, str]:
+    """Categorical ``sam``/``cls``/``trt`` restricted to the levels present, treatment last."""
+    missing = [c for c in ("sam", "cls", "trt", "libsize") if c not in obs.columns]
+    if missing:
+        raise ValueError(f"obs lacks column(s) {missing}")
+    trt = obs["trt"].astype(str).to_numpy()
+    levels = sorted(set(trt))
+    if str(treatment) not in levels or len(levels) != 2:
+        raise ValueError(
+            f"treatment: obs['trt'] must have two levels including {treatment!r}, got {levels}"
+        )
+    ref = next(lev for lev in levels if lev != str(treatment))
+    out = pd.DataFrame(
+        {
+            "sam": pd.Categorical(obs["sam"].astype(str)),
+            "cls": pd.Categorical(obs["cls"].astype(str)),
+            "trt": pd.Categorical(trt, categories=[ref, str(treatment)]),
+            "libsize": np.asarray(obs["libsize"], dtype=np.float64),
+        }
+    )
+    return out, f"trt{treatment}"
+
+
+def _frame(genes, method, log_fc, stat, p_value, status) -> pd.DataFrame:
+    G = len(genes)
+    return pd.DataFrame(
+        {
+            "gene": list(genes),
+            "method": [method] * G,
+            "log_fc": np.asarray(log_fc, dtype=np.float64),
+            "stat": np.asarray(stat, dtype=np.float64),
+            "p_value": np.asarray(p_value, dtype=np.float64),
+            "status": np.broadcast_to(np.asarray(status, dtype=object), (G,)),
+        }
+    )
+
+
+def _failed(genes, method, exc: Exception) -> pd.DataFrame:
+    nan = np.full(len(genes), np.nan)
+    return _frame(genes, method, nan, nan, nan, f"failed: {type(exc).__name__}: {exc}")
+
+
+def _lmm_frames(stats_, coef, want) -> list[pd.DataFrame]:
+    """(a), (b) from one REML fit and (f) from an ML fit, as selected in ``want``."""
+    genes = stats_.gene_names
+    out = []
+    fits = {}
+    if want & {"lmm_satterthwaite", "lmm_residual_df"}:
+        fits["REML"] = fm.lmm(stats_, method="REML", warn=False)
+    if "lmm_ml" in want:
+        fits["ML"] = fm.lmm(stats_, method="ML", warn=False)
+    for method, fit_method, df in (
+        ("lmm_satterthwaite", "REML", "satterthwaite"),
+        ("lmm_residual_df", "REML", "residual"),
+        ("lmm_ml", "ML", "satterthwaite"),
+    ):
+        if method not in want:
+            continue
+        fit = fits[fit_method]
+        try:
+            res = fm.lmmtest(fit, {"trt": coef}, df=df)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            out.append(_failed(genes, method, exc))
+            continue
+        p = np.where(fit.converged, res["p_value"].to_numpy(), np.nan)
+        out.append(_frame(genes, method, res["log_fc"], res["stat"], p, fit.status))
+    return out
+
+
+def ols_from_stats(stats_, coef: str) -> pd.DataFrame:
+    """Ordinary least squares t test of ``coef`` for every gene from summary statistics.
+
+    β̂ = (XᵀX)⁻¹XᵀY, RSS = Σy² − β̂ᵀXᵀy, σ̂² = RSS/(n − p), t = β̂_j / √(σ̂² [(XᵀX)⁻¹]_jj),
+    p = 2 P(T_{n−p} > |t|). Genes with RSS ≤ 10⁻¹⁰ Σy² (y in the column span of X) get NaN
+    and the status ``zero_variance``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``gene``, ``method`` (``lm``), ``log_fc`` (β̂_j), ``stat`` (t), ``p_value``, ``status``.
+    """
+    names = list(stats_.fixed_names)
+    if coef not in names:
+        raise ValueError(f"coef {coef!r} is not one of the fixed effects {names}")
+    j = names.index(coef)
+    XX = np.asarray(stats_.XX, dtype=np.float64)
+    XY = np.asarray(stats_.XY, dtype=np.float64)
+    n, p = float(stats_.n), XX.shape[0]
+    if n <= p:
+        raise ValueError(f"stats: n = {n:g} cells for p = {p} fixed effects")
+    XXinv = np.linalg.inv(XX)
+    beta = XXinv @ XY  # p × G
+    ynorm = np.asarray(stats_.Ynorm, dtype=np.float64)
+    rss = ynorm - np.einsum("pg,pg->g", beta, XY)
+    degenerate = rss <= 1e-10 * np.maximum(ynorm, np.finfo(float).tiny)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(np.where(degenerate, np.nan, rss) / (n - p) * XXinv[j, j])
+        t = beta[j] / se
+    pval = 2.0 * stats.t.sf(np.abs(t), n - p)
+    status = np.where(degenerate, "zero_variance", "ok")
+    return _frame(stats_.gene_names, "lm", np.where(degenerate, np.nan, beta[j]), t, pval, status)
+
+
+def _nb_frame(fit, genes, method) -> pd.DataFrame:
+    status = np.where(fit.converged, "ok", "not_converged").astype(object)
+    status[np.isnan(fit.p_value) & fit.converged] = "no_p_value"  # Cook's outlier
+    status[fit.all_zero] = "all_zero"
+    return _frame(genes, method, fit.log2_fold_change, fit.stat, fit.p_value, status)
+
+
+def _nbglm_cells(counts, obs, genes, coef, fixed) -> pd.DataFrame:
+    X = fm.design(obs, fixed).X_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # per-gene non-convergence: see status
+        fit = fm.nbglm(counts, X, preset="single_cell", contrast=coef, gene_names=genes)
+    return _nb_frame(fit, genes, "nbglm_cells")
+
+
+def _nbglm_pseudobulk(counts, obs, genes, coef) -> pd.DataFrame:
+    summed, groups = fm.pseudobulk(counts, obs, by=["sam"])
+    arm = obs.groupby("sam", observed=True)["trt"].first()
+    groups = groups.assign(
+        trt=pd.Categorical(arm.reindex(groups["sam"]).to_numpy(), obs["trt"].cat.categories)
+    )
+    X = fm.design(groups, "~ trt").X_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = fm.nbglm(summed, X, contrast=coef, gene_names=genes)
+    return _nb_frame(fit, genes, "nbglm_pseudobulk")
+
+
+def run_methods(
+    counts,
+    obs: pd.DataFrame,
+    *,
+    treatment: str,
+    methods: Sequence[str] = METHODS,
+    gene_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Test the treatment effect on every gene with each of ``methods``.
+
+    Parameters
+    ----------
+    counts : scipy.sparse matrix or ndarray, cells × genes
+        Integer counts (e.g. ``SimulatedData.counts``).
+    obs : pandas.DataFrame
+        One row per cell with ``sam``, ``cls``, ``trt`` and ``libsize``; ``trt`` has two
+        levels and every subject lies in one arm.
+    treatment : str
+        The treated arm (``SimulatedData.treatment``); the other level is the reference.
+    methods : sequence of str
+        A subset of :data:`METHODS` (the cell-level NB GLM is by far the slowest).
+    gene_names : sequence of str, optional
+        Default ``gene0``, ``gene1``, …
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (method, gene), methods in the order of :data:`METHODS`: ``gene``,
+        ``method``, ``log_fc``, ``stat``, ``p_value`` (NaN where the method failed on the
+        gene), ``status`` (``ok`` or why not).
+    """
+    want = set(methods)
+    unknown = sorted(want - set(METHODS))
+    if unknown or not want:
+        raise ValueError(f"methods: unknown or empty {unknown}; choose from {METHODS}")
+    if counts.shape[0] != len(obs):
+        raise ValueError(f"obs has {len(obs)} rows but counts has {counts.shape[0]} cells")
+    G = counts.shape[1]
+    genes = [f"gene{j}" for j in range(G)] if gene_names is None else [str(g) for g in gene_names]
+    if len(genes) != G:
+        raise ValueError(f"gene_names has length {len(genes)}, expected {G}")
+    counts = sp.csr_matrix(counts) if not sp.issparse(counts) else counts.tocsr()
+    obs, coef = _clean_obs(obs, treatment)
+    if obs.groupby("sam", observed=True)["trt"].nunique().max() > 1:
+        raise ValueError("obs: some subject is seen in both arms; subjects must be nested")
+    cls_term = " + cls" if obs["cls"].cat.categories.size > 1 else ""
+    frames = {}
+    linear = want & {"lmm_satterthwaite", "lmm_residual_df", "lm", "lmm_ml"}
+    if linear:
+        dsg = fm.design(obs, f"~ log(libsize){cls_term} + trt", random="sam")
+        st = fm.summary_stats(
+            counts, dsg.X_frame(), dsg.Z, dsg.d, transform="log2p1", gene_names=genes
+        )
+        for fr in _lmm_frames(st, coef, want):
+            frames[fr["method"].iat[0]] = fr
+        if "lm" in want:
+            frames["lm"] = ols_from_stats(st, coef)
+    if "nbglm_cells" in want:
+        try:
+            frames["nbglm_cells"] = _nbglm_cells(counts, obs, genes, coef, f"~ trt{cls_term}")
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            frames["nbglm_cells"] = _failed(genes, "nbglm_cells", exc)
+    if "nbglm_pseudobulk" in want:
+        try:
+            frames["nbglm_pseudobulk"] = _nbglm_pseudobulk(counts, obs, genes, coef)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            frames["nbglm_pseudobulk"] = _failed(genes, "nbglm_pseudobulk", exc)
+    return pd.concat([frames[m] for m in METHODS if m in frames], ignore_index=True)[COLUMNS]

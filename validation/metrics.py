@@ -1,0 +1,136 @@
+r"""Error rates and detection metrics of the calibration and power experiments.
+
+Wilson interval (type-I error)
+------------------------------
+For k rejections in n tests and z = Φ⁻¹(1 − (1 − level)/2), with p̂ = k/n,
+
+.. math::
+
+    \frac{\hat p + z^2/(2n) \pm z\sqrt{\hat p(1-\hat p)/n + z^2/(4n^2)}}{1 + z^2/n}.
+
+Benjamini–Hochberg
+------------------
+p_(i) ↦ min_{j ≥ i} min(1, m p_(j)/j) over the m finite p-values (NaN stays NaN);
+:func:`pyflashmm.inference.bh_adjust`, re-exported here so that every experiment uses the one
+implementation.
+
+ROC AUC
+-------
+With s = −p (small p-values rank a gene as DE; a missing p-value counts as p = 1), the
+Mann–Whitney form AUC = (R₊ − n₊(n₊ + 1)/2)/(n₊n₋), R₊ the sum of the average ranks of
+the n₊ DE genes among all genes: P(s_DE > s_null) + ½ P(s_DE = s_null).
+
+Observed FDR–TPR curve
+----------------------
+For each distinct cutoff c of the adjusted p-values, the genes with padj ≤ c are called:
+TPR(c) = TP(c)/n_DE and observed FDR(c) = FP(c)/(FP(c) + TP(c)) (iCOBRA's curves; genes
+with a missing adjusted p-value are never called).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from pyflashmm.inference import bh_adjust
+
+__all__ = ["bh_adjust", "called", "fdr_tpr_curve", "roc_auc", "wilson_interval"]
+
+
+def wilson_interval(k, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion k/n (vectorised; NaN where n = 0).
+
+    Parameters
+    ----------
+    k, n : array_like of int
+        Successes (rejections) and trials (tests), 0 ≤ k ≤ n.
+    level : float
+        Confidence level in (0, 1).
+
+    Returns
+    -------
+    (low, high) : ndarrays of float
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(k < 0) or np.any(k > n):
+        raise ValueError("k must satisfy 0 <= k <= n")
+    z = stats.norm.ppf(0.5 + level / 2.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denom = 1.0 + z**2 / n
+        centre = (p + z**2 / (2.0 * n)) / denom
+        half = z * np.sqrt(p * (1.0 - p) / n + z**2 / (4.0 * n**2)) / denom
+    low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
+    high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+    return low, high
+
+
+def _labels(is_de, size: int) -> np.ndarray:
+    lab = np.asarray(is_de, dtype=bool).ravel()
+    if lab.size != size:
+        raise ValueError(f"is_de has length {lab.size}, expected {size}")
+    return lab
+
+
+def roc_auc(p_value, is_de) -> float:
+    """ROC AUC of ranking genes by p-value (NaN p-values count as 1); NaN without both classes."""
+    p = np.asarray(p_value, dtype=np.float64).ravel()
+    lab = _labels(is_de, p.size)
+    n_pos = int(lab.sum())
+    n_neg = lab.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    score = -np.where(np.isnan(p), 1.0, p)
+    ranks = stats.rankdata(score)  # average ranks of ties
+    return float((ranks[lab].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def called(adj_p_value, is_de, threshold: float) -> tuple[int, int]:
+    """(TP, FP) of calling the genes with adjusted p ≤ ``threshold`` (NaN never called)."""
+    padj = np.asarray(adj_p_value, dtype=np.float64).ravel()
+    lab = _labels(is_de, padj.size)
+    with np.errstate(invalid="ignore"):
+        hit = padj <= threshold
+    return int((hit & lab).sum()), int((hit & ~lab).sum())
+
+
+def fdr_tpr_curve(adj_p_value, is_de, *, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Observed FDR and TPR at every distinct cutoff of ``adj_p_value``, thinned.
+
+    Parameters
+    ----------
+    adj_p_value : array_like
+        Adjusted p-values (NaN: never called).
+    is_de : array_like of bool
+        Truth; needs at least one DE gene.
+    max_points : int
+        At most this many points are kept, evenly spaced over the cutoffs in order; the first
+        and the last cutoff are always kept.
+
+    Returns
+    -------
+    (fdr, tpr) : ndarrays, in order of increasing cutoff (so TPR is non-decreasing)
+    """
+    if int(max_points) < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    padj = np.asarray(adj_p_value, dtype=np.float64).ravel()
+    lab = _labels(is_de, padj.size)
+    n_de = int(lab.sum())
+    if n_de == 0:
+        raise ValueError("is_de: the curve needs at least one DE gene")
+    ok = ~np.isnan(padj)
+    order = np.argsort(padj[ok], kind="stable")
+    v = padj[ok][order]
+    tp = np.cumsum(lab[ok][order])
+    fp = np.cumsum(~lab[ok][order])
+    if v.size == 0:
+        return np.zeros(0), np.zeros(0)
+    last = np.append(v[1:] != v[:-1], True)  # the last gene of each run of equal cutoffs
+    tp, fp = tp[last], fp[last]
+    if tp.size > max_points:
+        keep = np.unique(np.round(np.linspace(0, tp.size - 1, int(max_points))).astype(int))
+        tp, fp = tp[keep], fp[keep]
+    return fp / (fp + tp), tp / n_de
