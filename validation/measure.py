@@ -42,11 +42,15 @@ def peak_rss_supported() -> bool:
         return False
 
 
-def measure_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median seconds over ``repeats`` calls after a warm-up call, peak RSS increase in MB)."""
+def measure_call(fn: Callable[[], object], repeats: int, *, warmup: bool = True):
+    """(median seconds over ``repeats`` calls, peak RSS increase in MB, max over the calls).
+
+    With ``warmup`` an untimed call comes first (compilation and caches excluded).
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    fn()
+    if warmup:
+        fn()
     mem = peak_rss_supported()
     times, peaks = [], []
     for _ in range(repeats):
