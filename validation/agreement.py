@@ -23,14 +23,14 @@ ML; subjects × cells; balanced (equal cells per subject) or unbalanced (log-nor
 sizes). Fixed effects: intercept, a cell-level covariate ``x`` and a between-subject treatment.
 Genes alternate between Gaussian responses and log(1 + NB counts). statsmodels' default
 optimiser stops about 1e-4 short of the optimum, so, as in ``tests/test_lmm.py``, it is refitted
-with BFGS at ``gtol = 1e-10`` (``tests.test_lmm.SM_FIT``) from its default start (where that BFGS run does not converge, as
-happens for K = 2 with many subjects, from the end point of statsmodels' default fit), and
-statsmodels' own ``loglike`` is also evaluated at our estimates (quantity ``loglik_at_ours``:
-the same function at the same point, so this isolates the implementations from the
-optimisers). Only genes that both fits report as converged are compared. pyflashmm's
+with BFGS at ``gtol = 1e-10`` (``tests.test_lmm.SM_FIT``) from its default start (where that run
+does not converge, as happens for K = 2 with many subjects, from the end point of statsmodels'
+default fit), and statsmodels' own ``loglike`` is also evaluated at our estimates (quantity
+``loglik_at_ours``: the same function at the same point, so this isolates the implementations
+from the optimisers). Only genes that both fits report as converged are compared. pyflashmm's
 default lets variance components go negative, which statsmodels cannot represent: genes whose
-unconstrained fit has a component ≤ 0 are refitted with ``nonneg=True`` (statsmodels'
-parameter space). Quantities:
+unconstrained fit has a component ≤ 0 are refitted with ``nonneg=True`` (statsmodels' parameter
+space). Quantities:
 
 * ``beta``, ``theta`` (σₖ², then σ²), ``loglik`` (both optima);
 * ``se``: our SEs, sqrt diag σ²(XᵀV⁻¹X)⁻¹ at our θ̂, against the same formula evaluated by
