@@ -60,20 +60,25 @@ def flashmm_available() -> bool:
     return ok.returncode == 0
 
 
+def write_flashmm_inputs(stats, d: Path, method="REML") -> None:
+    """Write ``stats`` to directory ``d`` in the layout ``flashmm_lmm.R`` reads."""
+    for name in ("XX", "ZX", "ZZ"):
+        np.ascontiguousarray(getattr(stats, name)).astype("<f8").tofile(d / f"{name}.bin")
+    np.ascontiguousarray(stats.XY.T).astype("<f8").tofile(d / "XY.bin")
+    np.ascontiguousarray(stats.ZY.T).astype("<f8").tofile(d / "ZY.bin")
+    stats.Ynorm.astype("<f8").tofile(d / "Ynorm.bin")
+    (d / "meta.txt").write_text(
+        "p q G n d method\n"
+        f"{stats.p} {stats.q} {stats.n_genes} {stats.n} "
+        f"{'-'.join(map(str, stats.d))} {method}\n"
+    )
+
+
 def run_flashmm(stats, method="REML"):
     """FLASHMM::lmm on the same statistics: (elapsed s, theta G×(K+1), coef G×p)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        for name in ("XX", "ZX", "ZZ"):
-            np.ascontiguousarray(getattr(stats, name)).astype("<f8").tofile(d / f"{name}.bin")
-        np.ascontiguousarray(stats.XY.T).astype("<f8").tofile(d / "XY.bin")
-        np.ascontiguousarray(stats.ZY.T).astype("<f8").tofile(d / "ZY.bin")
-        stats.Ynorm.astype("<f8").tofile(d / "Ynorm.bin")
-        (d / "meta.txt").write_text(
-            "p q G n d method\n"
-            f"{stats.p} {stats.q} {stats.n_genes} {stats.n} "
-            f"{'-'.join(map(str, stats.d))} {method}\n"
-        )
+        write_flashmm_inputs(stats, d, method)
         subprocess.run(["Rscript", str(HERE / "flashmm_lmm.R"), str(d)], check=True)
         elapsed = float((d / "flashmm_time.txt").read_text())
         K1 = len(stats.d) + 1
