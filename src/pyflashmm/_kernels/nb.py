@@ -197,51 +197,58 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
 
 
 # The line search evaluates lp and lp' tens of times per gene, so each gene is first
-# compressed (``_prep_gene``), exactly: the lnΓ/ψ sums run over the distinct non-zero counts
-# with their multiplicities (glmGamPoi's table trick), zero counts contribute only
-# −r ln(1 + αμ), and zero counts whose cells share a class (same size factor and design row,
-# hence the same μ) are summed once with a multiplicity. XᵀWX is assembled from the per-row
-# sums of w over the R distinct design rows (R·p² instead of m·p²). Only the summation order
-# differs from the per-cell formulas (``log_posterior``/``dlog_posterior``).
+# compressed (``_prep_gene``), exactly, into E "entries" that share one μ: the cells of a class
+# (same size factor and design row, hence the same fitted μ, which is checked) or else single
+# cells, ordered by design row. With n_e cells and count total Y_e in entry e, ℓ_e = ln(1+αμ_e),
+# w_e = 1/(1/μ_e + α), and the distinct non-zero counts v_k with multiplicities c_k (glmGamPoi's
+# table trick), the identities ln(μ+r) = ln r + ℓ, αμ/(1+αμ) = αw and y/(μ+r) = αyw/μ give
+#   lp = Σ_k c_k[lnΓ(v_k+r) − lnΓ(r)] − (Σ_j y_j) ln r − Σ_e (r n_e + Y_e) ℓ_e + CR + prior,
+#   dlp/dα = α⁻² {Σ_k c_k[ψ(r) − ψ(v_k+r)] + Σ_e [n_e(ℓ_e − αw_e) + αY_e w_e/μ_e]} + dCR/dα,
+# and XᵀWX from the per-row sums Σ n_e w_e over the R distinct design rows (R·p², not m·p²).
+# ℓ_e and w_e of the last lp are cached, so lp' at an accepted point costs no log or division.
+# Only the summation order and these exact identities differ from ``log_posterior`` /
+# ``dlog_posterior`` (the per-cell formulas).
 
 
 @njit
-def _prep_gene(y, mu, cls, clab, lab, n_cls, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, seen):
-    """Compress one gene; returns (nnz, K distinct non-zero values, number of zero groups).
+def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts, seen):
+    """Compress one gene; returns (E entries, K distinct non-zero values, Σ y).
 
-    Non-zero cells go to (yv, muv, labv); their distinct values to (vals, cnts). Zero cells
-    are grouped by ``cls`` (a class id per cell, ``n_cls`` > 0) when every zero cell of a
-    class has the same μ (else, or with ``n_cls`` = 0, one group per zero cell).
+    Entries go to (emu, en, ey) with the entries of design row q at eoff[q]..eoff[q+1]−1:
+    the ``n_cls`` classes (``cls`` per cell, sizes ``ccnt``, row offsets ``croff``) when every
+    cell of a class has the same μ, else the cells in the row-sorted ``order`` (offsets
+    ``roff``). The distinct non-zero values and their counts go to (vals, cnts).
     """
     m = y.shape[0]
+    R = roff.shape[0] - 1
     nnz = 0
     ymax = 0.0
+    ytot = 0.0
     integer = True
     for j in range(m):
         yj = y[j]
         if yj != 0.0:
-            yv[nnz] = yj
-            muv[nnz] = mu[j]
-            labv[nnz] = lab[j]
+            vals[nnz] = yj
             nnz += 1
+            ytot += yj
             if yj > ymax:
                 ymax = yj
             if yj != math.floor(yj):
                 integer = False
-    # distinct non-zero values
+    # distinct non-zero values (vals holds the non-zero counts until overwritten)
     K = 0
     if nnz > 0:
         if integer and ymax <= 4.0 * nnz + 64.0:
             tab = np.zeros(int(ymax) + 1, dtype=np.int64)
             for i in range(nnz):
-                tab[int(yv[i])] += 1
+                tab[int(vals[i])] += 1
             for v in range(1, int(ymax) + 1):
                 if tab[v] > 0:
                     vals[K] = float(v)
                     cnts[K] = float(tab[v])
                     K += 1
         else:
-            srt = np.sort(yv[:nnz])
+            srt = np.sort(vals[:nnz])
             vals[0] = srt[0]
             cnts[0] = 1.0
             K = 1
@@ -252,41 +259,35 @@ def _prep_gene(y, mu, cls, clab, lab, n_cls, yv, muv, labv, vals, cnts, zmu, zcn
                     vals[K] = srt[i]
                     cnts[K] = 1.0
                     K += 1
-    # zero cells
-    nz0 = 0
     ok = n_cls > 0
     if ok:
         for c in range(n_cls):
-            zcnt[c] = 0.0
             seen[c] = False
+            ey[c] = 0.0
         for j in range(m):
-            if y[j] == 0.0:
-                c = cls[j]
-                if seen[c]:
-                    if zmu[c] != mu[j]:
-                        ok = False
-                        break
-                    zcnt[c] += 1.0
-                else:
-                    seen[c] = True
-                    zmu[c] = mu[j]
-                    zcnt[c] = 1.0
+            c = cls[j]
+            if seen[c]:
+                if emu[c] != mu[j]:
+                    ok = False
+                    break
+            else:
+                seen[c] = True
+                emu[c] = mu[j]
+            ey[c] += y[j]
         if ok:
             for c in range(n_cls):
-                if seen[c]:
-                    zmu[nz0] = zmu[c]
-                    zcnt[nz0] = zcnt[c]
-                    zlab[nz0] = clab[c]
-                    nz0 += 1
-    if not ok:
-        nz0 = 0
-        for j in range(m):
-            if y[j] == 0.0:
-                zmu[nz0] = mu[j]
-                zcnt[nz0] = 1.0
-                zlab[nz0] = lab[j]
-                nz0 += 1
-    return nnz, K, nz0
+                en[c] = ccnt[c]
+            for q in range(R + 1):
+                eoff[q] = croff[q]
+            return n_cls, K, ytot
+    for i in range(m):
+        j = order[i]
+        emu[i] = mu[j]
+        en[i] = 1.0
+        ey[i] = y[j]
+    for q in range(R + 1):
+        eoff[q] = roff[q]
+    return m, K, ytot
 
 
 @njit
@@ -302,95 +303,11 @@ def _xtwx_rows(Xr, wsum, B):
 
 
 @njit
-def _lp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st,
-          im):  # fmt: skip
-    """lp(a) with the per-cell sum of ``log_posterior`` (cell order) and XᵀWX from row sums.
+def _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, prior_mean, prior_var, use_prior,
+          use_cr, wsum, B, L, lc, wc, st, im):  # fmt: skip
+    """lp(a) of one compressed gene (``log_posterior`` up to summation order, see above).
 
-    ln(1+μα) and w of every cell are left in ``lc``/``wc`` (``st[0]`` = a) for ``_dlp_d``.
-    """
-    m = y.shape[0]
-    alpha = math.exp(a)
-    r = 1.0 / alpha
-    lgr = math.lgamma(r)
-    ll = 0.0
-    for j in range(m):
-        yj = y[j]
-        lj = math.log(1.0 + mu[j] * alpha)
-        lc[j] = lj
-        term = -r * lj
-        if yj != 0.0:
-            term = math.lgamma(yj + r) - lgr - yj * math.log(mu[j] + r) + term
-        ll += term
-    st[0] = a
-    st[1] = 0.0
-    cr = 0.0
-    if use_cr:
-        st[1] = 1.0
-        for q in range(wsum.shape[0]):
-            wsum[q] = 0.0
-        for j in range(m):
-            wj = 1.0 / (im[j] + alpha)
-            wc[j] = wj
-            wsum[lab[j]] += wj
-        _xtwx_rows(Xr, wsum, B)
-        if not cholesky_lower(B, L):
-            return -np.inf
-        ld = 0.0
-        for k in range(B.shape[0]):
-            ld += 2.0 * math.log(L[k, k])
-        cr = -0.5 * ld
-    prior = 0.0
-    if use_prior:
-        prior = -0.5 * (a - prior_mean) ** 2 / prior_var
-    return ll + prior + cr
-
-
-@njit
-def _dlp_d(a, y, mu, lab, Xr, prior_mean, prior_var, use_prior, use_cr, wsum, w2sum, B, L,
-           Binv, dB, lc, wc, st, im):  # fmt: skip
-    """lp'(a) with the per-cell sum of ``dlog_posterior`` and XᵀWX from row sums (reuses the
-    ln(1+μα) and w of ``_lp_d`` at the same a: bitwise the same values)."""
-    m = y.shape[0]
-    alpha = math.exp(a)
-    r = 1.0 / alpha
-    psr = digamma(r)
-    hit = st[0] == a
-    s = 0.0
-    for j in range(m):
-        yj = y[j]
-        ma = mu[j] * alpha
-        lj = lc[j] if hit else math.log(1.0 + ma)
-        term = lj - ma / (1.0 + ma)
-        if yj != 0.0:
-            term += psr - digamma(yj + r) + yj / (mu[j] + r)
-        s += term
-    ll = s / (alpha * alpha)
-    cr = 0.0
-    if use_cr:
-        hitw = hit and st[1] == 1.0
-        for q in range(wsum.shape[0]):
-            wsum[q] = 0.0
-            w2sum[q] = 0.0
-        for j in range(m):
-            wj = wc[j] if hitw else 1.0 / (im[j] + alpha)
-            wsum[lab[j]] += wj
-            w2sum[lab[j]] -= wj * wj
-        _xtwx_rows(Xr, wsum, B)
-        _xtwx_rows(Xr, w2sum, dB)
-        cr = _cox_reid_derivative(B, dB, L, Binv)
-    prior = 0.0
-    if use_prior:
-        prior = -(a - prior_mean) / prior_var
-    return (ll + cr) * alpha + prior
-
-
-@njit
-def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-          prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im):  # fmt: skip
-    """lp(a) of one compressed gene (same value as ``log_posterior`` up to summation order).
-
-    ln(1+μα) and w of every entry (non-zero cells, then zero groups) are left in ``lc``/``wc``
-    (``st[0]`` = a) for ``_dlp_c``.
+    ℓ and w of every entry are left in ``lc``/``wc`` (``st[0]`` = a) for ``_dlp_e``.
     """
     alpha = math.exp(a)
     r = 1.0 / alpha
@@ -398,29 +315,21 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
     ll = 0.0
     for k in range(K):
         ll += cnts[k] * (math.lgamma(vals[k] + r) - lgr)
-    for i in range(nnz):
-        li = math.log(1.0 + muv[i] * alpha)
-        lc[i] = li
-        ll -= yv[i] * math.log(muv[i] + r) + r * li
-    for i in range(nz0):
-        li = math.log(1.0 + zmu[i] * alpha)
-        lc[nnz + i] = li
-        ll -= zcnt[i] * (r * li)
+    ll -= ytot * math.log(r)
+    R = wsum.shape[0]
+    for q in range(R):
+        ws = 0.0
+        for e in range(eoff[q], eoff[q + 1]):
+            le = math.log(1.0 + emu[e] * alpha)
+            we = 1.0 / (im[e] + alpha)
+            lc[e] = le
+            wc[e] = we
+            ll -= (r * en[e] + ey[e]) * le
+            ws += en[e] * we
+        wsum[q] = ws
     st[0] = a
-    st[1] = 0.0
     cr = 0.0
     if use_cr:
-        st[1] = 1.0
-        for q in range(wsum.shape[0]):
-            wsum[q] = 0.0
-        for i in range(nnz):
-            wi = 1.0 / (im[i] + alpha)
-            wc[i] = wi
-            wsum[labv[i]] += wi
-        for i in range(nz0):
-            wi = 1.0 / (im[nnz + i] + alpha)
-            wc[nnz + i] = wi
-            wsum[zlab[i]] += zcnt[i] * wi
         _xtwx_rows(Xr, wsum, B)
         if not cholesky_lower(B, L):
             return -np.inf
@@ -435,10 +344,10 @@ def _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_
 
 
 @njit
-def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior_mean,
-           prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
+def _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, Xr, prior_mean, prior_var, use_prior, use_cr,
+           wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
     """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order; reuses the
-    ln(1+μα) and w of ``_lp_c`` at the same a)."""
+    ℓ and w of ``_lp_e`` at the same a)."""
     alpha = math.exp(a)
     r = 1.0 / alpha
     psr = digamma(r)
@@ -446,29 +355,25 @@ def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior
     s = 0.0
     for k in range(K):
         s += cnts[k] * (psr - digamma(vals[k] + r))
-    for i in range(nnz):
-        ma = muv[i] * alpha
-        li = lc[i] if hit else math.log(1.0 + ma)
-        s += li - ma / (1.0 + ma) + yv[i] / (muv[i] + r)
-    for i in range(nz0):
-        ma = zmu[i] * alpha
-        li = lc[nnz + i] if hit else math.log(1.0 + ma)
-        s += zcnt[i] * (li - ma / (1.0 + ma))
+    R = wsum.shape[0]
+    for q in range(R):
+        ws = 0.0
+        w2 = 0.0
+        for e in range(eoff[q], eoff[q + 1]):
+            if hit:
+                le = lc[e]
+                we = wc[e]
+            else:
+                le = math.log(1.0 + emu[e] * alpha)
+                we = 1.0 / (im[e] + alpha)
+            s += en[e] * (le - alpha * we) + alpha * (ey[e] * we * im[e])
+            ws += en[e] * we
+            w2 -= en[e] * (we * we)
+        wsum[q] = ws
+        w2sum[q] = w2
     ll = s / (alpha * alpha)
     cr = 0.0
     if use_cr:
-        hitw = hit and st[1] == 1.0
-        for q in range(wsum.shape[0]):
-            wsum[q] = 0.0
-            w2sum[q] = 0.0
-        for i in range(nnz):
-            wi = wc[i] if hitw else 1.0 / (im[i] + alpha)
-            wsum[labv[i]] += wi
-            w2sum[labv[i]] -= wi * wi
-        for i in range(nz0):
-            wi = wc[nnz + i] if hitw else 1.0 / (im[nnz + i] + alpha)
-            wsum[zlab[i]] += zcnt[i] * wi
-            w2sum[zlab[i]] -= zcnt[i] * (wi * wi)
         _xtwx_rows(Xr, wsum, B)
         _xtwx_rows(Xr, w2sum, dB)
         cr = _cox_reid_derivative(B, dB, L, Binv)
@@ -479,17 +384,18 @@ def _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, prior
 
 
 @njit(parallel=True)
-def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var, use_prior,
-             min_log_alpha, kappa0, tol, maxit, use_cr):  # fmt: skip
+def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_mean,
+             prior_var, use_prior, min_log_alpha, kappa0, tol, maxit, use_cr):  # fmt: skip
     """Armijo line search in a = ln α, gene by gene (DESeq2's dispersion optimiser).
 
     Gradient ascent a ← a + κ·lp'(a); a step is accepted when
     −lp(a+κ lp') ≤ −lp(a) − 1e-4 κ lp'²; otherwise κ is halved. After an accepted step κ grows
     ×1.1 (at most κ₀) and is halved every fifth accept. Proposals are clamped to [−30, 10].
     Stops when the gain is < ``tol``, when a < ``min_log_alpha`` or after ``maxit`` trials.
-    The design enters as its R distinct rows ``Xr`` and the row label ``lab`` of each cell;
-    ``cls``/``clab``/``n_cls`` are the cell classes of ``_prep_gene`` (``n_cls`` = 0: none).
-    lp at an accepted proposal is the value already computed for the Armijo test.
+    The design enters as its R distinct rows ``Xr``, the cells sorted by row (``order``, row
+    offsets ``roff``); ``cls``/``ccnt``/``croff``/``n_cls`` are the cell classes of
+    ``_prep_gene`` (``n_cls`` = 0: none). lp at an accepted proposal is the value already
+    computed for the Armijo test.
 
     Returns (log_alpha, iter, iter_accept, initial_lp, last_lp).
     """
@@ -500,54 +406,35 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
     accepts = np.zeros(G, dtype=np.int64)
     lp0 = np.empty(G)
     lp_last = np.empty(G)
-    nc = max(n_cls, 1)
+    ne_max = max(m, n_cls)
     for g in prange(G):
-        yv = np.empty(m)
-        muv = np.empty(m)
-        labv = np.empty(m, dtype=np.int64)
+        emu = np.empty(ne_max)
+        en = np.empty(ne_max)
+        ey = np.empty(ne_max)
+        eoff = np.empty(R + 1, dtype=np.int64)
         vals = np.empty(m)
         cnts = np.empty(m)
-        zmu = np.empty(max(m, nc))
-        zcnt = np.empty(max(m, nc))
-        zlab = np.empty(max(m, nc), dtype=np.int64)
-        seen = np.empty(nc, dtype=np.bool_)
+        seen = np.empty(max(n_cls, 1), dtype=np.bool_)
         wsum = np.empty(R)
         w2sum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
         Binv = np.empty((p, p))
         dB = np.empty((p, p))
-        lc = np.empty(m + nc)
-        wc = np.empty(m + nc)
-        st = np.full(2, np.nan)
-        nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, clab, lab, n_cls, yv, muv, labv, vals, cnts,
-                                 zmu, zcnt, zlab, seen)  # fmt: skip
+        lc = np.empty(ne_max)
+        wc = np.empty(ne_max)
+        im = np.empty(ne_max)  # 1/μ of every entry (μ is fixed during the search)
+        st = np.full(1, np.nan)
+        ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
+                                 eoff, vals, cnts, seen)  # fmt: skip
+        for e in range(ne):
+            im[e] = 1.0 / emu[e]
         pm = prior_mean[g]
         a = log_alpha0[g]
-        y = Y[g]
-        mu = MU[g]
-        # dense (per-cell, cell-order) sums unless the tables save at least half the work
-        dense = 2 * (K + nz0) > m
-        im = np.empty(m + nc)  # 1/μ of every entry (μ is fixed during the search)
-        if dense:
-            for j in range(m):
-                im[j] = 1.0 / MU[g, j]
-        else:
-            for i in range(nnz):
-                im[i] = 1.0 / muv[i]
-            for i in range(nz0):
-                im[nnz + i] = 1.0 / zmu[i]
-        if dense:
-            lp = _lp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
-                       st, im)  # fmt: skip
-            dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B,
-                         L, Binv, dB, lc, wc, st, im)  # fmt: skip
-        else:
-            lp = _lp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                       prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
-            dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                         prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc,
-                         st, im)  # fmt: skip
+        lp = _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior,
+                   use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+        dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior, use_cr,
+                     wsum, w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
         kappa = kappa0
         lp0[g] = lp
         n_it = 0
@@ -560,13 +447,8 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
             if a_prop > 10.0:
                 kappa = (10.0 - a) / dlp
             a_new = a + kappa * dlp
-            if dense:
-                lp_k = _lp_d(a_new, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum, B,
-                             L, lc, wc, st, im)  # fmt: skip
-            else:
-                lp_k = _lp_c(a_new, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
-                             Xr, pm, prior_var, use_prior, use_cr, wsum, B, L, lc, wc,
-                             st, im)  # fmt: skip
+            lp_k = _lp_e(a_new, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var,
+                         use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             theta_k = -lp_k
             theta_hat = -lp - kappa * 1e-4 * dlp * dlp
             if theta_k <= theta_hat:
@@ -580,13 +462,8 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
                 if a < min_log_alpha:
                     break
                 lp = lpnew
-                if dense:
-                    dlp = _dlp_d(a, y, mu, lab, Xr, pm, prior_var, use_prior, use_cr, wsum,
-                                 w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
-                else:
-                    dlp = _dlp_c(a, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab,
-                                 Xr, pm, prior_var, use_prior, use_cr, wsum, w2sum, B, L, Binv,
-                                 dB, lc, wc, st, im)  # fmt: skip
+                dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior,
+                             use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
                 kappa = min(kappa * 1.1, kappa0)
                 if n_acc % 5 == 0:
                     kappa = kappa / 2.0
@@ -600,7 +477,7 @@ def fit_disp(Y, MU, Xr, lab, cls, clab, n_cls, log_alpha0, prior_mean, prior_var
 
 
 @njit(parallel=True)
-def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr):
+def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid, use_cr):
     """Coarse grid over ln α, then a fine grid of the same size within ±1 coarse step."""
     G, m = Y.shape
     R, p = Xr.shape
@@ -608,35 +485,32 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
     delta = grid[1] - grid[0]
     out = np.empty(G)
     cls = np.zeros(1, dtype=np.int64)
+    ccnt = np.zeros(1)
     for g in prange(G):
-        yv = np.empty(m)
-        muv = np.empty(m)
-        labv = np.empty(m, dtype=np.int64)
+        emu = np.empty(m)
+        en = np.empty(m)
+        ey = np.empty(m)
+        eoff = np.empty(R + 1, dtype=np.int64)
         vals = np.empty(m)
         cnts = np.empty(m)
-        zmu = np.empty(m)
-        zcnt = np.empty(m)
-        zlab = np.empty(m, dtype=np.int64)
         seen = np.empty(1, dtype=np.bool_)
         wsum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
         lc = np.empty(m)
         wc = np.empty(m)
-        st = np.full(2, np.nan)
-        nnz, K, nz0 = _prep_gene(Y[g], MU[g], cls, cls, lab, 0, yv, muv, labv, vals, cnts, zmu,
-                                 zcnt, zlab, seen)  # fmt: skip
-        pm = prior_mean[g]
         im = np.empty(m)
-        for i in range(nnz):
-            im[i] = 1.0 / muv[i]
-        for i in range(nz0):
-            im[nnz + i] = 1.0 / zmu[i]
+        st = np.full(1, np.nan)
+        ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, roff, 0, order, roff, emu, en, ey, eoff,
+                                 vals, cnts, seen)  # fmt: skip
+        for e in range(ne):
+            im[e] = 1.0 / emu[e]
+        pm = prior_mean[g]
         best = -np.inf
         ahat = grid[0]
         for t in range(n):
-            v = _lp_c(grid[t], nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+            v = _lp_e(grid[t], K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var,
+                      use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 ahat = grid[t]
@@ -646,8 +520,8 @@ def fit_disp_grid(Y, MU, Xr, lab, prior_mean, prior_var, use_prior, grid, use_cr
         afine = lo
         for t in range(n):
             at = lo + t * step if t < n - 1 else ahat + delta
-            v = _lp_c(at, nnz, K, nz0, yv, muv, labv, vals, cnts, zmu, zcnt, zlab, Xr, pm,
-                      prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+            v = _lp_e(at, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior,
+                      use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 afine = at
@@ -1069,6 +943,26 @@ def robust_var_rows(Y, sf, cols, trim, scale):
             d = q[k] - cm
             q[k] = d * d
         out[g] = scale * _tmean_row(q, cm * cm, lo, hi, others)
+    return out
+
+
+@njit
+def log_geo_means_csr(indptr, indices, data, G):
+    """ln g_i = Σ_{y_ji > 0} ln y_ji / m of every column i of an m×G CSR matrix (sums in row
+    order); −inf for a column without a positive entry (DESeq2's poscounts geometric means)."""
+    m = indptr.shape[0] - 1
+    s = np.zeros(G)
+    pos = np.zeros(G, dtype=np.bool_)
+    for j in range(m):
+        for t in range(indptr[j], indptr[j + 1]):
+            v = data[t]
+            if v > 0.0:
+                i = indices[t]
+                s[i] += math.log(v)
+                pos[i] = True
+    out = np.empty(G)
+    for i in range(G):
+        out[i] = s[i] / m if pos[i] else -np.inf
     return out
 
 

@@ -83,21 +83,33 @@ def design_rows(X):
     return np.ascontiguousarray(Xr, dtype=np.float64), np.ascontiguousarray(lab, dtype=np.int64)
 
 
-def cell_classes(sf, lab):
+def row_order(lab, R):
+    """Samples sorted by design row (stable) and the R + 1 offsets of each row's samples."""
+    order = np.argsort(lab, kind="stable").astype(np.int64)
+    off = np.zeros(R + 1, np.int64)
+    off[1:] = np.cumsum(np.bincount(lab, minlength=R))
+    return order, off
+
+
+def cell_classes(sf, lab, R):
     """Classes of samples sharing a size factor and a design row (hence the same fitted μ).
 
-    Returns (cls, clab, n_cls); ``n_cls`` = 0 (no grouping) when the classes would save
-    less than a third of the samples.
+    Classes are numbered by design row first. Returns (cls, sizes, row offsets, n_cls);
+    ``n_cls`` = 0 (no grouping) without ``sf`` or when every class would be a single sample.
     """
     m = lab.size
+    none = np.zeros(m, np.int64), np.zeros(1), np.zeros(R + 1, np.int64), 0
     if sf is None:
-        return np.zeros(m, np.int64), np.zeros(1, np.int64), 0
-    key = np.column_stack([np.asarray(sf, dtype=np.float64), lab.astype(np.float64)])
-    _, first, cls = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    n_cls = first.size
-    if n_cls > (2 * m) // 3:
-        return np.zeros(m, np.int64), np.zeros(1, np.int64), 0
-    return np.ascontiguousarray(cls.ravel(), dtype=np.int64), lab[first].astype(np.int64), n_cls
+        return none
+    key = np.column_stack([lab.astype(np.float64), np.asarray(sf, dtype=np.float64)])
+    uniq, cls, size = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    n_cls = uniq.shape[0]
+    if n_cls >= m:
+        return none
+    off = np.zeros(R + 1, np.int64)
+    off[1:] = np.cumsum(np.bincount(uniq[:, 0].astype(np.int64), minlength=R))
+    cls = np.ascontiguousarray(cls.ravel(), dtype=np.int64)
+    return cls, size.astype(np.float64), off, n_cls
 
 
 def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_prior=False,
@@ -106,20 +118,24 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     """Run the line-search kernel; returns (log_alpha, iter, initial_lp, last_lp).
 
     ``sf`` (optional) lets samples with the same size factor and design row share their
-    zero-count terms (exact: such samples have the same fitted μ, which the kernel checks).
+    terms (exact: such samples have the same fitted μ, which the kernel checks).
     """
     G = Y.shape[0]
     if prior_mean is None:
         prior_mean = np.zeros(G)
     Xr, lab = design_rows(np.asarray(X, dtype=np.float64))
-    cls, clab, n_cls = cell_classes(sf, lab)
+    R = Xr.shape[0]
+    order, roff = row_order(lab, R)
+    cls, ccnt, croff, n_cls = cell_classes(sf, lab, R)
     la, it, _acc, lp0, lp1 = _nb.fit_disp(
         np.ascontiguousarray(Y, dtype=np.float64),
         np.ascontiguousarray(MU, dtype=np.float64),
         Xr,
-        lab,
+        order,
+        roff,
         cls,
-        clab,
+        ccnt,
+        croff,
         int(n_cls),
         np.ascontiguousarray(log_alpha0, dtype=np.float64),
         np.ascontiguousarray(prior_mean, dtype=np.float64),
@@ -141,11 +157,13 @@ def fit_disp_grid(Y, MU, X, m, *, prior_mean=None, prior_var=1.0, use_prior=Fals
         prior_mean = np.zeros(G)
     grid = np.linspace(np.log(1e-8), np.log(max(10.0, m)), 20)
     Xr, lab = design_rows(np.asarray(X, dtype=np.float64))
+    order, roff = row_order(lab, Xr.shape[0])
     la = _nb.fit_disp_grid(
         np.ascontiguousarray(Y, dtype=np.float64),
         np.ascontiguousarray(MU, dtype=np.float64),
         Xr,
-        lab,
+        order,
+        roff,
         np.ascontiguousarray(prior_mean, dtype=np.float64),
         float(prior_var),
         bool(use_prior),

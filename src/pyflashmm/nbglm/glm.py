@@ -258,6 +258,8 @@ def _cooks(Yb, sf, X, mu, hat, bm):
 def _max_cooks(cooks, X):
     m, p = X.shape
     use = _n_or_more_in_cell(X, 3)
+    if m > p and use.all():
+        return cooks.max(axis=1)  # no column copy
     if m > p and use.any():
         return cooks[:, use].max(axis=1)
     return np.full(cooks.shape[0], np.nan)

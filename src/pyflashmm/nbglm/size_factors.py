@@ -34,18 +34,6 @@ def _median_ratios_dense(Y, loggeo):
     return sf
 
 
-def _median_ratios_csc(Yc, loggeo):
-    Yr = sp.csr_matrix(Yc)
-    sf = _nb.median_log_ratios_csr(
-        Yr.indptr.astype(np.int64), Yr.indices.astype(np.int64),
-        np.ascontiguousarray(Yr.data, dtype=np.float64), np.ascontiguousarray(loggeo),
-    )  # fmt: skip
-    bad = np.flatnonzero(np.isnan(sf))
-    if bad.size:
-        raise ValueError(f"counts: sample {bad[0]} has no positive count on a usable gene")
-    return sf
-
-
 def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = False):
     """Size factors of the rows (samples or cells) of a count matrix.
 
@@ -76,40 +64,35 @@ def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = Fal
         from pyflashmm.nbglm.glm import _size_factors_iterate
 
         return _size_factors_iterate(Y)
-    if sp.issparse(Y):
-        if method == "ratio":
-            nnz_per_gene = np.diff(Y.indptr)
-            if (nnz_per_gene < m).all():
+    if method == "ratio":
+        if sp.issparse(Y):
+            full = np.diff(Y.indptr) == m
+            if not full.any():
                 raise ValueError(
                     "counts: every gene contains at least one zero, cannot compute log "
                     "geometric means (method='ratio'); use method='poscounts'"
                 )
-            Yd = Y[:, nnz_per_gene == m].toarray()
-            loggeo = np.log(Yd).mean(axis=0)
-            return _median_ratios_dense(Yd, loggeo)
-        L = Y.copy()
-        L.data = np.log(L.data, where=L.data > 0, out=np.zeros_like(L.data))
-        loggeo = np.asarray(L.sum(axis=0)).ravel() / m
-        allzero = np.asarray(Y.sum(axis=0)).ravel() == 0
-        loggeo[allzero] = -np.inf
-        if np.isinf(loggeo).all():
-            raise ValueError("counts: every gene is all-zero")
-        sf = _median_ratios_csc(Y, loggeo)
-    else:
+            Yd = Y[:, full].toarray()
+            return _median_ratios_dense(Yd, np.log(Yd).mean(axis=0))
         with np.errstate(divide="ignore"):
-            lc = np.log(Y)
-        if method == "ratio":
-            loggeo = lc.mean(axis=0)
-            if np.isinf(loggeo).all():
-                raise ValueError(
-                    "counts: every gene contains at least one zero, cannot compute log "
-                    "geometric means (method='ratio'); use method='poscounts'"
-                )
-            return _median_ratios_dense(Y, loggeo)
-        lc[~np.isfinite(lc)] = 0.0
-        loggeo = lc.sum(axis=0) / m
-        loggeo[Y.sum(axis=0) == 0] = -np.inf
+            loggeo = np.log(Y).mean(axis=0)
         if np.isinf(loggeo).all():
-            raise ValueError("counts: every gene is all-zero")
-        sf = _median_ratios_dense(Y, loggeo)
+            raise ValueError(
+                "counts: every gene contains at least one zero, cannot compute log "
+                "geometric means (method='ratio'); use method='poscounts'"
+            )
+        return _median_ratios_dense(Y, loggeo)
+    # poscounts: dense and sparse input go through the same CSR kernels (bitwise-equal factors)
+    Yr = sp.csr_matrix(Y)
+    Yr.sort_indices()
+    indptr = Yr.indptr.astype(np.int64)
+    indices = Yr.indices.astype(np.int64)
+    data = np.ascontiguousarray(Yr.data, dtype=np.float64)
+    loggeo = _nb.log_geo_means_csr(indptr, indices, data, G)
+    if np.isinf(loggeo).all():
+        raise ValueError("counts: every gene is all-zero")
+    sf = _nb.median_log_ratios_csr(indptr, indices, data, loggeo)
+    bad = np.flatnonzero(np.isnan(sf))
+    if bad.size:
+        raise ValueError(f"counts: sample {bad[0]} has no positive count on a usable gene")
     return sf / np.exp(np.mean(np.log(sf)))
