@@ -160,3 +160,21 @@ def test_pseudobulk_matches_groupby(rng):
     np.testing.assert_allclose(pb, pb2)
     with pytest.raises(ValueError, match="by"):
         pseudobulk(Y, obs, by=["nope"])
+
+
+def test_pseudobulk_sparse_integer_csc_and_duplicate_entries(rng):
+    n, G = 200, 5
+    Y = rng.poisson(2.0, size=(n, G))
+    obs = pd.DataFrame({"sam": rng.choice(["s1", "s2", "s3", "s4"], n)})
+    ref = pd.DataFrame(Y).groupby(obs["sam"], sort=False).sum().to_numpy(float)
+    pb, _ = pseudobulk(sp.csc_matrix(Y.astype(np.int32)), obs, by="sam", chunk_size=37)
+    np.testing.assert_array_equal(pb, ref)
+    # the same matrix with every entry stored twice, as halves (non-canonical CSR)
+    csr = sp.csr_matrix(Y)
+    half = csr.data // 2
+    data = np.column_stack([half, csr.data - half]).ravel()
+    indices = np.repeat(csr.indices, 2)
+    dup = sp.csr_matrix((data, indices, csr.indptr * 2), shape=Y.shape)
+    assert dup.nnz == 2 * csr.nnz
+    pb2, _ = pseudobulk(dup, obs, by="sam", chunk_size=50)
+    np.testing.assert_array_equal(pb2, ref)

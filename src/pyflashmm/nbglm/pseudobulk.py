@@ -1,8 +1,9 @@
 """Pseudobulk aggregation: Y_pb[g, :] = Σ_{cells c in group g} Y[c, :].
 
 Groups are the distinct combinations of the ``by`` columns of ``obs`` (in order of first
-appearance). Backed or very large inputs are streamed over chunks of cells, so only one chunk
-of cells is densified (sparse chunks stay sparse).
+appearance). Backed or very large inputs are streamed over chunks of cells: sparse chunks are
+added entry by entry into the groups × genes output (never densified or converted), dense
+chunks through an indicator-matrix product. Memory beyond the output is one chunk.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from pyflashmm._kernels.aggregate import add_rows_by_group_csr
 
 
 def pseudobulk(counts, obs, by=("sam", "cls"), *, chunk_size: int = 10_000):
@@ -56,13 +59,14 @@ def pseudobulk(counts, obs, by=("sam", "cls"), *, chunk_size: int = 10_000):
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         chunk = counts[start:stop]
-        ind = sp.csr_matrix(
-            (np.ones(stop - start), (lab[start:stop], np.arange(stop - start))),
-            shape=(ng, stop - start),
-        )
         if sp.issparse(chunk):
-            out += np.asarray((ind @ sp.csr_matrix(chunk)).todense())
+            chunk = chunk.tocsr()
+            add_rows_by_group_csr(out, chunk.data, chunk.indices, chunk.indptr, lab[start:stop])
         else:
+            ind = sp.csr_matrix(
+                (np.ones(stop - start), (lab[start:stop], np.arange(stop - start))),
+                shape=(ng, stop - start),
+            )
             out += ind @ np.asarray(chunk, dtype=np.float64)
     table = obs.iloc[first[order]][by].reset_index(drop=True).copy()
     table["n_cells"] = np.bincount(lab, minlength=ng)
