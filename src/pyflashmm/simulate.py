@@ -257,12 +257,29 @@ def _check_metadata(metadata, n_ref, cell_names) -> pd.DataFrame:
     if cell_names is not None and not isinstance(metadata.index, pd.RangeIndex):
         if not np.array_equal(np.asarray(metadata.index, dtype=str), np.asarray(cell_names, str)):
             raise ValueError("metadata rows do not match the reference cells (index differs)")
-    out = pd.DataFrame(
-        {c: np.asarray(metadata[c].astype(str), dtype=str) for c in ("sam", "cls", "trt")}
-    )
-    if out.isna().any().any():
+    cols, fast = {}, True
+    for c in ("sam", "cls", "trt"):
+        labels = _categorical_labels(metadata[c])
+        if labels is None:
+            labels = np.asarray(metadata[c].astype(str), dtype=str)
+            fast = False
+        cols[c] = labels
+    out = pd.DataFrame(cols)
+    if not fast and out.isna().any().any():
         raise ValueError("metadata columns 'sam', 'cls', 'trt' must not contain missing values")
     return out
+
+
+def _categorical_labels(col: pd.Series) -> np.ndarray | None:
+    """The labels of a categorical column with str categories and no missing values (object
+    array; ``col.astype(str)`` without formatting every cell), else None."""
+    if not isinstance(col.dtype, pd.CategoricalDtype):
+        return None
+    cat = col.array
+    labels = np.asarray(cat.categories, dtype=object)
+    if not all(type(x) is str for x in labels) or (cat.codes < 0).any():
+        return None
+    return labels[cat.codes]
 
 
 def _check_direction(direction, min_beta, max_beta, null):
