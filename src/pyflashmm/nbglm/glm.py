@@ -140,8 +140,9 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
     first = np.empty(R, dtype=np.int64)
     first[lab[::-1]] = np.arange(m)[::-1]
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))  # β₀ = P · row sums of ln(y/s+0.1)
+    cls, csize, csf, clab = _sample_classes(sf, lab, R)
     beta, sigma, hat, it, _dev, mu = _nb.fit_beta_rows(
-        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), np.log(sf), Xr, lab,
+        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), Xr, lab, cls, csize, csf, clab,
         np.ascontiguousarray(alpha), np.empty((1, p)), P, lam, float(minmu), float(beta_tol),
         int(maxit), True, bool(want_hat),
     )  # fmt: skip
@@ -176,6 +177,23 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
             loglik[i] = sum(_nb.nb_logpdf(Yb[i, j], mf[j], alpha[i]) for j in range(m))
     return {"beta": beta, "sigma": sigma, "hat": hat, "mu": mu, "loglik": loglik, "conv": conv,
             "iter": it}  # fmt: skip
+
+
+def _sample_classes(sf, lab, R):
+    """Samples sharing a size factor and a design row (one fitted μ) for ``fit_beta_rows``.
+
+    Returns (class of each sample, class sizes, class size factors, class design rows);
+    without any shared pair every sample is its own class, in sample order.
+    """
+    sf = np.ascontiguousarray(sf, dtype=np.float64)
+    cls, size, _off, n_cls = _disp.cell_classes(sf, lab, R)
+    if n_cls == 0:
+        return np.arange(lab.size, dtype=np.int64), np.ones(lab.size), sf, lab
+    csf = np.empty(n_cls)
+    csf[cls] = sf
+    clab = np.empty(n_cls, np.int64)
+    clab[cls] = lab
+    return cls, np.ascontiguousarray(size), csf, clab
 
 
 def _optim_row(y, sf, X, alpha, start, lam_log2):
