@@ -1019,25 +1019,39 @@ def trimmed_mean_rows(A, v0, trim):
 
 
 @njit(parallel=True)
-def robust_var_rows(Y, sf, cols, trim, scale):
-    """scale · trimmed mean of (q − q̄_t)² with q = y/s over samples ``cols`` and q̄_t the
-    trimmed mean of q (the per-cell variance of DESeq2's robust moment dispersion)."""
+def robust_var_rows(Y, sf, cols, off, trims, scales):
+    """max over sample sets k of scale_k · trimmed mean (trim_k) of (q − q̄_t)², q = y/s.
+
+    Set k is ``cols[off[k]:off[k+1]]``; q̄_t is the trimmed mean of q over the set. This is the
+    per-sample variance of DESeq2's robust moment dispersion (one set per design row with
+    ≥ 3 samples, the maximum over rows). Returns G values.
+    """
     G = Y.shape[0]
-    n = cols.shape[0]
-    lo = int(math.floor(n * trim))
-    hi = n - lo
+    nset = off.shape[0] - 1
+    nmax = 0
+    for k in range(nset):
+        nmax = max(nmax, off[k + 1] - off[k])
     out = np.empty(G)
     for g in prange(G):
-        q = np.empty(n)
-        less = np.empty(n)
-        more = np.empty(n)
-        for k in range(n):
-            q[k] = Y[g, cols[k]] / sf[cols[k]]
-        cm = _tmean_row(q, 0.0, lo, hi, less, more)
-        for k in range(n):
-            d = q[k] - cm
-            q[k] = d * d
-        out[g] = scale * _tmean_row(q, cm * cm, lo, hi, less, more)
+        q = np.empty(nmax)
+        less = np.empty(nmax)
+        more = np.empty(nmax)
+        best = 0.0
+        for k in range(nset):
+            n = off[k + 1] - off[k]
+            lo = int(math.floor(n * trims[k]))
+            hi = n - lo
+            qk = q[:n]
+            for t in range(n):
+                c = cols[off[k] + t]
+                qk[t] = Y[g, c] / sf[c]
+            cm = _tmean_row(qk, 0.0, lo, hi, less, more)
+            for t in range(n):
+                d = qk[t] - cm
+                qk[t] = d * d
+            v = scales[k] * _tmean_row(qk, cm * cm, lo, hi, less, more)
+            best = v if k == 0 else max(best, v)
+        out[g] = best
     return out
 
 
