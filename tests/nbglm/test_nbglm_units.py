@@ -178,3 +178,57 @@ def test_pseudobulk_sparse_integer_csc_and_duplicate_entries(rng):
     assert dup.nnz == 2 * csr.nnz
     pb2, _ = pseudobulk(dup, obs, by="sam", chunk_size=50)
     np.testing.assert_array_equal(pb2, ref)
+
+
+def test_trimmed_means_by_selection_match_sorting(rng):
+    """Selection-based trimmed means (ties, many zeros, the counted value v) equal R's
+    sorted ``mean(x, trim=)``; the robust variance kernel equals its NumPy definition."""
+    from pyflashmm.nbglm._util import trimmed_mean
+
+    for t in range(300):
+        n = int(rng.integers(1, 60))
+        A = rng.choice([0.0, 0.5, 1.0, 2.0, 7.5], (3, n)) if t % 2 else rng.random((3, n))
+        A[:, rng.random(n) < 0.4] = 0.0
+        trim = float(rng.choice([1 / 8, 1 / 4, 1 / 3]))
+        v0 = A[np.arange(3), rng.integers(0, n, 3)] if t % 3 else np.zeros(3)
+        np.testing.assert_allclose(K.trimmed_mean_rows(A, v0, trim), trimmed_mean(A, trim, 1),
+                                   rtol=1e-13, atol=0)  # fmt: skip
+    Y = rng.negative_binomial(2, 0.6, (7, 90)).astype(float)
+    sf = np.exp(rng.normal(0, 0.3, 90))
+    sets = [np.arange(0, 90, 2), np.arange(1, 60, 2), np.arange(61, 90, 2)]
+    trims = np.array([1 / 8, 1 / 4, 1 / 3])
+    scales = np.array([1.51, 1.86, 2.04])
+    off = np.cumsum([0] + [c.size for c in sets]).astype(np.int64)
+    got = K.robust_var_rows(Y, sf, np.concatenate(sets).astype(np.int64), off, trims, scales)
+    Q = Y / sf
+    ref = np.max([s * trimmed_mean((Q[:, c] - trimmed_mean(Q[:, c], tr, 1)[:, None]) ** 2, tr, 1)
+                  for c, tr, s in zip(sets, trims, scales, strict=True)], axis=0)  # fmt: skip
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+
+
+def test_fit_beta_rows_classes_equal_per_sample(rng):
+    """IRLS over classes of samples sharing size factor and design row = per-sample IRLS."""
+    from pyflashmm.nbglm import dispersion as D
+    from pyflashmm.nbglm.glm import _sample_classes
+
+    m = 300
+    X = np.column_stack([np.ones(m), rng.integers(0, 2, m), rng.integers(0, 2, m)]).astype(float)
+    sf = rng.choice([0.5, 0.8, 1.0, 1.7], m)
+    Y = rng.negative_binomial(3, 0.7, (6, m)).astype(float)
+    Y[0] = 0.0
+    Y[0, :2] = 1.0
+    Xr, lab = D.design_rows(X)
+    R = Xr.shape[0]
+    cls, csize, csf, clab = _sample_classes(sf, lab, R)
+    assert csize.size < m
+    q, r = np.linalg.qr(X)
+    first = np.array([np.flatnonzero(lab == k)[0] for k in range(R)])
+    P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))
+    lam = np.full(3, 1e-6)
+    alpha = np.full(6, 0.3)
+    common = (P, lam, 1e-6, 1e-10, 100, True, True)
+    a = K.fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, np.empty((1, 3)), *common)
+    b = K.fit_beta_rows(Y, sf, Xr, lab, np.arange(m), np.ones(m), sf, lab, alpha,
+                        np.empty((1, 3)), *common)  # fmt: skip
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-12)

@@ -211,16 +211,13 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
 
 
 @njit
-def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts, seen):
-    """Compress one gene; returns (E entries, K distinct non-zero values, Σ y).
+def _value_table(y, vals, cnts):
+    """Distinct non-zero values of y (ascending) and their multiplicities into (vals, cnts).
 
-    Entries go to (emu, en, ey) with the entries of design row q at eoff[q]..eoff[q+1]−1:
-    the ``n_cls`` classes (``cls`` per cell, sizes ``ccnt``, row offsets ``croff``) when every
-    cell of a class has the same μ, else the cells in the row-sorted ``order`` (offsets
-    ``roff``). The distinct non-zero values and their counts go to (vals, cnts).
+    Returns (K distinct values, Σ y). Integer counts up to 4·nnz + 64 are tallied in a table,
+    other data sorted.
     """
     m = y.shape[0]
-    R = roff.shape[0] - 1
     nnz = 0
     ymax = 0.0
     ytot = 0.0
@@ -259,6 +256,21 @@ def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, v
                     vals[K] = srt[i]
                     cnts[K] = 1.0
                     K += 1
+    return K, ytot
+
+
+@njit
+def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts, seen):
+    """Compress one gene; returns (E entries, K distinct non-zero values, Σ y).
+
+    Entries go to (emu, en, ey) with the entries of design row q at eoff[q]..eoff[q+1]−1:
+    the ``n_cls`` classes (``cls`` per cell, sizes ``ccnt``, row offsets ``croff``) when every
+    cell of a class has the same μ, else the cells in the row-sorted ``order`` (offsets
+    ``roff``). The distinct non-zero values and their counts go to (vals, cnts).
+    """
+    m = y.shape[0]
+    R = roff.shape[0] - 1
+    K, ytot = _value_table(y, vals, cnts)
     ok = n_cls > 0
     if ok:
         for c in range(n_cls):
@@ -657,19 +669,29 @@ def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
 
 
 @njit(parallel=True)
-def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit, start,
-                  want_hat):  # fmt: skip
-    """``fit_beta`` with the design as its R distinct rows ``Xr`` and each sample's row ``lab``.
+def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, minmu, tol,
+                  maxit, start, want_hat):  # fmt: skip
+    """``fit_beta`` with the design as its R distinct rows ``Xr`` and the samples in classes.
 
-    η, exp(η) and xᵀ(XᵀWX+Λ)⁻¹x are computed once per distinct row; XᵀWX and XᵀWz come from
-    per-row sums of w and wz (one fused pass over the samples per iteration computes μ, the
-    deviance and those sums). With ``start`` the initial β is ``P`` (p×R) times the per-row
-    sums of ln(y/s + 0.1) (the least-squares start), else ``beta0``. Also returns the unfloored
-    means s·exp(Xβ) (G×m); the hat diagonals only when ``want_hat`` (else a 1×1 dummy).
+    Sample j has design row ``lab[j]`` and class ``cls[j]``; class c has ``csize[c]`` samples,
+    all with size factor ``csf[c]`` and design row ``clab[c]`` (hence one fitted μ_c). With
+    n_c samples and count total Y_c in class c, the IRLS sums over samples become sums over
+    classes (exact identities, up to summation order):
+    Σ_{j∈c} w_j = n_c w_c, Σ_{j∈c} w_j z_j = w_c [n_c ln(μ_c/s_c) + (Y_c − n_c μ_c)/μ_c] and
+    the deviance terms Σ_{j∈c} [−r ln(1+αμ_j) + y_j(ln μ_j − ln(r+μ_j))] =
+    −n_c r ln(1+αμ_c) + Y_c(ln μ_c − ln r − ln(1+αμ_c)); the lnΓ part is summed once per
+    gene, over the distinct non-zero counts. Without shared size factors every sample is its
+    own class (``cls[j] = j``) and the arithmetic is that of the per-sample loop.
+    η, exp(η) and xᵀ(XᵀWX+Λ)⁻¹x are computed once
+    per distinct row; XᵀWX and XᵀWz come from per-row sums of w and wz. With ``start`` the
+    initial β is ``P`` (p×R) times the per-row sums of ln(y/s + 0.1) (the least-squares
+    start), else ``beta0``. Also returns the unfloored means s·exp(Xβ) (G×m); the hat
+    diagonals only when ``want_hat`` (else a 1×1 dummy).
     Returns (beta G×p, sigma G×p×p, hat G×m, iter G, deviance G, mu G×m).
     """
     G, m = Y.shape
     R, p = Xr.shape
+    nc = csize.shape[0]
     beta_out = np.empty((G, p))
     sigma_out = np.full((G, p, p), np.nan)
     hat_out = np.empty((G, m)) if want_hat else np.empty((1, 1))
@@ -678,19 +700,27 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
     devs = np.empty(G)
     lmin = math.log(minmu)
     l01 = math.log(0.1)
+    logcsf = np.empty(nc)
+    for c in range(nc):
+        logcsf[c] = math.log(csf[c])
     for g in prange(G):
         y = Y[g]
         al = alpha[g]
         beta = np.empty(p)
         eta = np.empty(R)
         E = np.empty(R)
-        mu = np.empty(m)
+        mc = np.empty(nc)  # floored μ of every class
+        yc = np.zeros(nc)  # count total of every class
         wsum = np.empty(R)
         wz = np.empty(R)
         A = np.empty((p, p))
         L = np.empty((p, p))
         Ainv = np.empty((p, p))
         rhs = np.empty(p)
+        vals = np.empty(m)
+        cnts = np.empty(m)
+        for j in range(m):
+            yc[cls[j]] += y[j]
         if start:
             for r in range(R):
                 wz[r] = 0.0
@@ -708,11 +738,13 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
         r_al = 1.0 / al
         logr = math.log(r_al)
         lgr = math.lgamma(r_al)
+        # lnΓ part of the deviance over the distinct non-zero counts v_k (multiplicity c_k)
+        K, _yt = _value_table(y, vals, cnts)
         lg_const = 0.0
-        for j in range(m):
-            if y[j] != 0.0:
-                lg_const += math.lgamma(y[j] + r_al) - lgr - math.lgamma(y[j] + 1.0)
-        # one fused pass: mu, deviance and the per-row sums of w and w z for the next step
+        for k in range(K):
+            v = vals[k]
+            lg_const += cnts[k] * (math.lgamma(v + r_al) - lgr - math.lgamma(v + 1.0))
+        # one fused pass: mu and the per-row sums of w and w z for the next step
         for r in range(R):
             s = 0.0
             for k in range(p):
@@ -721,19 +753,20 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
             E[r] = math.exp(s)
             wsum[r] = 0.0
             wz[r] = 0.0
-        for j in range(m):
-            q = lab[j]
-            raw = sf[j] * E[q]
+        for c in range(nc):
+            q = clab[c]
+            raw = csf[c] * E[q]
             if raw < minmu:
                 mj = minmu
-                lz = math.log(minmu / sf[j])
+                lz = math.log(minmu / csf[c])
             else:
                 mj = raw
                 lz = eta[q]
-            mu[j] = mj
+            mc[c] = mj
+            n = csize[c]
             wj = mj / (1.0 + al * mj)
-            wsum[q] += wj
-            wz[q] += wj * (lz + (y[j] - mj) / mj)
+            wsum[q] += n * wj
+            wz[q] += wj * (n * lz + (yc[c] - n * mj) / mj)
         dev = 0.0
         dev_old = 0.0
         n_it = 0
@@ -774,28 +807,29 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
                 wsum[r] = 0.0
                 wz[r] = 0.0
             dev = 0.0
-            for j in range(m):
-                q = lab[j]
-                raw = sf[j] * E[q]
+            for c in range(nc):
+                q = clab[c]
+                raw = csf[c] * E[q]
                 if raw < minmu:
                     mj = minmu
-                    lz = math.log(minmu / sf[j])
+                    lz = math.log(minmu / csf[c])
                     lm = lmin
                 else:
                     mj = raw
                     lz = eta[q]
-                    lm = eta[q] + logsf[j]
-                mu[j] = mj
-                yj = y[j]
-                # ln(r+μ) = ln r + ln(1+αμ): one log1p per sample for the deviance
+                    lm = eta[q] + logcsf[c]
+                mc[c] = mj
+                n = csize[c]
+                yt = yc[c]
+                # ln(r+μ) = ln r + ln(1+αμ): one log1p per class for the deviance
                 l1 = math.log1p(al * mj)
-                tj = -r_al * l1
-                if yj != 0.0:
-                    tj += yj * (lm - (logr + l1))
+                tj = -r_al * l1 * n
+                if yt != 0.0:
+                    tj += yt * (lm - (logr + l1))
                 dev += tj
                 wj = mj / (1.0 + al * mj)
-                wsum[q] += wj
-                wz[q] += wj * (lz + (yj - mj) / mj)
+                wsum[q] += n * wj
+                wz[q] += wj * (n * lz + (yt - n * mj) / mj)
             dev = -2.0 * (dev + lg_const)
             conv = abs(dev - dev_old) / (abs(dev) + 0.1)
             if np.isnan(conv):
@@ -844,9 +878,11 @@ def fit_beta_rows(Y, sf, logsf, Xr, lab, alpha, beta0, P, lam, minmu, tol, maxit
                         s += Xr[r, a_] * Ainv[a_, b_] * Xr[r, b_]
                 E[r] = s
             if want_hat:
+                for c in range(nc):
+                    mj = mc[c]
+                    mc[c] = mj / (1.0 + al * mj) * E[clab[c]]
                 for j in range(m):
-                    mj = mu[j]
-                    hat_out[g, j] = mj / (1.0 + al * mj) * E[lab[j]]
+                    hat_out[g, j] = mc[cls[j]]
         elif want_hat:
             for j in range(m):
                 hat_out[g, j] = np.nan
@@ -883,27 +919,84 @@ def divide_cols(Y, sf):
 
 
 @njit
-def _tmean_row(row, v, lo, hi, others):
-    """Trimmed mean (ranks lo..hi−1) of one row; entries equal to v are counted, not sorted."""
-    n = row.shape[0]
-    k = 0
-    c0 = 0
-    for j in range(n):
-        if row[j] == v:
-            c0 += 1
+def _select(a, lo, hi, k):
+    """Reorder a[lo:hi] in place so that a[k] holds its rank-(k − lo) value, with
+    a[lo:k] ≤ a[k] ≤ a[k+1:hi] (Hoare partitions around a median-of-three pivot)."""
+    hi -= 1
+    while hi > lo:
+        x = a[lo]
+        y = a[(lo + hi) // 2]
+        z = a[hi]
+        if x > y:
+            x, y = y, x
+        if y > z:
+            y = z
+            if x > y:
+                y = x
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < y:
+                i += 1
+            while a[j] > y:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        # a[lo..j] ≤ pivot ≤ a[i..hi]; entries strictly between j and i equal the pivot
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
         else:
-            others[k] = row[j]
-            k += 1
-    srt = np.sort(others[:k])
-    pos = np.searchsorted(srt, v)
+            return
+
+
+@njit
+def _rank_sum(a, n, i0, i1):
+    """Σ of the values of ranks i0..i1−1 among a[:n] (a is reordered, not sorted)."""
+    if i0 >= i1:
+        return 0.0
+    if i0 > 0:
+        _select(a, 0, n, i0)
+    if i1 < n:
+        _select(a, i0, n, i1 - 1)
     s = 0.0
-    for i in range(lo, hi):
-        if i < pos:
-            s += srt[i]
-        elif i < pos + c0:
-            s += v
-        else:
-            s += srt[i - c0]
+    for i in range(i0, i1):
+        s += a[i]
+    return s
+
+
+@njit
+def _tmean_row(row, v, lo, hi, less, more):
+    """Trimmed mean (ranks lo..hi−1) of one row, by selection rather than sorting.
+
+    Entries equal to v (e.g. the many zero counts of a row) are counted; the entries below
+    and above v are kept apart, and only the ranks that fall inside lo..hi−1 are selected
+    (O(n) on average) and summed.
+    """
+    n = row.shape[0]
+    nl = 0
+    nm = 0
+    for j in range(n):
+        x = row[j]
+        if x < v:
+            less[nl] = x
+            nl += 1
+        elif x > v:
+            more[nm] = x
+            nm += 1
+    c0 = n - nl - nm
+    # merged order: the nl entries below v, c0 copies of v, the nm entries above v
+    s = _rank_sum(less, nl, lo, min(hi, nl))
+    k0 = max(lo, nl)
+    k1 = min(hi, nl + c0)
+    if k1 > k0:
+        s += (k1 - k0) * v
+    s += _rank_sum(more, nm, max(lo, nl + c0) - nl - c0, hi - nl - c0)
     return s / (hi - lo)
 
 
@@ -912,37 +1005,53 @@ def trimmed_mean_rows(A, v0, trim):
     """R's ``mean(x, trim=)`` of every row of A (G×n), rows of non-negative data.
 
     Entries equal to ``v0[g]`` (e.g. the many zero counts of a row) are counted, not sorted:
-    only the other entries are sorted and the trimmed ranks are read from the merged order.
+    only the trimmed ranks of the other entries are selected (see ``_tmean_row``).
     """
     G, n = A.shape
     lo = int(math.floor(n * trim))
     hi = n - lo
     out = np.empty(G)
     for g in prange(G):
-        others = np.empty(n)
-        out[g] = _tmean_row(A[g], v0[g], lo, hi, others)
+        less = np.empty(n)
+        more = np.empty(n)
+        out[g] = _tmean_row(A[g], v0[g], lo, hi, less, more)
     return out
 
 
 @njit(parallel=True)
-def robust_var_rows(Y, sf, cols, trim, scale):
-    """scale · trimmed mean of (q − q̄_t)² with q = y/s over samples ``cols`` and q̄_t the
-    trimmed mean of q (the per-cell variance of DESeq2's robust moment dispersion)."""
+def robust_var_rows(Y, sf, cols, off, trims, scales):
+    """max over sample sets k of scale_k · trimmed mean (trim_k) of (q − q̄_t)², q = y/s.
+
+    Set k is ``cols[off[k]:off[k+1]]``; q̄_t is the trimmed mean of q over the set. This is the
+    per-sample variance of DESeq2's robust moment dispersion (one set per design row with
+    ≥ 3 samples, the maximum over rows). Returns G values.
+    """
     G = Y.shape[0]
-    n = cols.shape[0]
-    lo = int(math.floor(n * trim))
-    hi = n - lo
+    nset = off.shape[0] - 1
+    nmax = 0
+    for k in range(nset):
+        nmax = max(nmax, off[k + 1] - off[k])
     out = np.empty(G)
     for g in prange(G):
-        q = np.empty(n)
-        others = np.empty(n)
-        for k in range(n):
-            q[k] = Y[g, cols[k]] / sf[cols[k]]
-        cm = _tmean_row(q, 0.0, lo, hi, others)
-        for k in range(n):
-            d = q[k] - cm
-            q[k] = d * d
-        out[g] = scale * _tmean_row(q, cm * cm, lo, hi, others)
+        q = np.empty(nmax)
+        less = np.empty(nmax)
+        more = np.empty(nmax)
+        best = 0.0
+        for k in range(nset):
+            n = off[k + 1] - off[k]
+            lo = int(math.floor(n * trims[k]))
+            hi = n - lo
+            qk = q[:n]
+            for t in range(n):
+                c = cols[off[k] + t]
+                qk[t] = Y[g, c] / sf[c]
+            cm = _tmean_row(qk, 0.0, lo, hi, less, more)
+            for t in range(n):
+                d = qk[t] - cm
+                qk[t] = d * d
+            v = scales[k] * _tmean_row(qk, cm * cm, lo, hi, less, more)
+            best = v if k == 0 else max(best, v)
+        out[g] = best
     return out
 
 

@@ -140,8 +140,9 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
     first = np.empty(R, dtype=np.int64)
     first[lab[::-1]] = np.arange(m)[::-1]
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))  # β₀ = P · row sums of ln(y/s+0.1)
+    cls, csize, csf, clab = _sample_classes(sf, lab, R)
     beta, sigma, hat, it, _dev, mu = _nb.fit_beta_rows(
-        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), np.log(sf), Xr, lab,
+        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), Xr, lab, cls, csize, csf, clab,
         np.ascontiguousarray(alpha), np.empty((1, p)), P, lam, float(minmu), float(beta_tol),
         int(maxit), True, bool(want_hat),
     )  # fmt: skip
@@ -176,6 +177,23 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
             loglik[i] = sum(_nb.nb_logpdf(Yb[i, j], mf[j], alpha[i]) for j in range(m))
     return {"beta": beta, "sigma": sigma, "hat": hat, "mu": mu, "loglik": loglik, "conv": conv,
             "iter": it}  # fmt: skip
+
+
+def _sample_classes(sf, lab, R):
+    """Samples sharing a size factor and a design row (one fitted μ) for ``fit_beta_rows``.
+
+    Returns (class of each sample, class sizes, class size factors, class design rows);
+    without any shared pair every sample is its own class, in sample order.
+    """
+    sf = np.ascontiguousarray(sf, dtype=np.float64)
+    cls, size, _off, n_cls = _disp.cell_classes(sf, lab, R)
+    if n_cls == 0:
+        return np.arange(lab.size, dtype=np.int64), np.ones(lab.size), sf, lab
+    csf = np.empty(n_cls)
+    csf[cls] = sf
+    clab = np.empty(n_cls, np.int64)
+    clab[cls] = lab
+    return cls, np.ascontiguousarray(size), csf, clab
 
 
 def _optim_row(y, sf, X, alpha, start, lam_log2):
@@ -220,31 +238,29 @@ def _n_or_more_in_cell(X, n):
 def _robust_mom_disp(Yb, sf, X, mm):
     """DESeq2's robust method-of-moments dispersion for Cook's distances (floor 0.04)."""
     three = _n_or_more_in_cell(X, 3)
-    Qn = None
-
-    def tmean_var(cols, trim, scale):
-        nonlocal Qn
-        if cols.size >= 1000:  # many samples: one kernel, zeros counted rather than sorted
-            return _nb.robust_var_rows(Yb, sf, cols, trim, scale)
-        if Qn is None:
-            Qn = _nb.divide_cols(Yb, sf)
-        sub = Qn[:, cols]
-        cm = trimmed_mean(sub, trim, axis=1)
-        return scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
-
     if three.any():
         lab, _ = row_groups(X)
-        v = None
-        for lv in np.unique(lab[three]):
-            cols = np.flatnonzero(lab == lv)
-            n = cols.size
-            k = 0 if n <= 3.5 else (1 if n <= 23.5 else 2)
-            trim = (1 / 3, 1 / 4, 1 / 8)[k]
-            scale = (2.04, 1.86, 1.51)[k]
-            ve = tmean_var(cols, trim, scale)
-            v = ve if v is None else np.maximum(v, ve)
+        sets = [np.flatnonzero(lab == lv) for lv in np.unique(lab[three])]
     else:
-        v = tmean_var(np.arange(Yb.shape[1]), 1 / 8, 1.51)
+        sets = [np.arange(Yb.shape[1])]
+    sizes = np.array([c.size for c in sets])
+    k = np.where(sizes <= 3.5, 0, np.where(sizes <= 23.5, 1, 2))
+    trims = np.array([1 / 3, 1 / 4, 1 / 8])[k] if three.any() else np.array([1 / 8])
+    scales = np.array([2.04, 1.86, 1.51])[k] if three.any() else np.array([1.51])
+    if sizes.max() >= 1000:
+        # many samples: one kernel over all sets, the trimmed ranks selected (zeros counted)
+        off = np.zeros(len(sets) + 1, np.int64)
+        off[1:] = np.cumsum(sizes)
+        cols = np.concatenate(sets).astype(np.int64)
+        v = _nb.robust_var_rows(Yb, sf, cols, off, trims, scales)
+    else:  # few samples: numpy's batched sorts are faster
+        Qn = _nb.divide_cols(Yb, sf)
+        v = None
+        for cols, trim, scale in zip(sets, trims, scales, strict=True):
+            sub = Qn[:, cols]
+            cm = trimmed_mean(sub, trim, axis=1)
+            ve = scale * trimmed_mean((sub - cm[:, None]) ** 2, trim, axis=1)
+            v = ve if v is None else np.maximum(v, ve)
     return np.maximum((v - mm) / mm**2, 0.04)
 
 
