@@ -100,7 +100,8 @@ def _grid(df, row_key: str, row_fmt, fixed_key: str, fixed_value, methods, title
     band = plt.Rectangle((0, 0), 1, 1, color=style.BAND_COLOR)
     style.figure_legend(fig, [handles[m] for m in methods if m in handles] + [band],
                         [style.method_label(m) for m in methods if m in handles]
-                        + ["pointwise 95% band"], ncol=4, markerscale=3, title=title)  # fmt: skip
+                        + ["pointwise 95% band"], ncol=2 if nc == 1 else 4, markerscale=3,
+                        title=title)  # fmt: skip
     return fig
 
 

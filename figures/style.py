@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -157,3 +158,24 @@ def figure_legend(fig, handles: list, labels: list, *, ncol: int = 3, **kw) -> N
     if handles:
         fig.legend(handles, labels, loc="outside upper center", ncol=min(ncol, len(handles)),
                    frameon=False, **kw)  # fmt: skip
+
+
+def sqrt_axis(ax, which: str = "y", ticks=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1)) -> None:
+    """Square-root scale for a proportion axis (spreads the small rates near 0).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        The panel.
+    which : {"x", "y"}
+        The axis to rescale.
+    ticks : sequence of float
+        Tick positions (proportions).
+    """
+    fwd = (lambda v: np.sqrt(np.clip(v, 0, None)), np.square)
+    if which == "y":
+        ax.set_yscale("function", functions=fwd)
+        ax.set_yticks(list(ticks), [f"{t:g}" for t in ticks])
+    else:
+        ax.set_xscale("function", functions=fwd)
+        ax.set_xticks(list(ticks), [f"{t:g}" for t in ticks])
