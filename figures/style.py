@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -86,3 +87,95 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
         )
     plt.close(fig)
     return paths
+
+
+#: tool id (the ``tool`` column of ``runtime.csv``) → the name shown in figures
+TOOL_LABELS = {
+    "pyflashmm_sumstats": "pyflashmm, summary statistics",
+    "pyflashmm_lmm": "pyflashmm LMM (from summary statistics)",
+    "pyflashmm_nbglm": "pyflashmm NB GLM, pseudobulk",
+    "statsmodels_mixedlm": "statsmodels MixedLM",
+    "flashmm": "FLASHMM (R)",
+    "lme4": "lme4 (R)",
+    "deseq2": "DESeq2 (R)",
+    "glmgampoi": "glmGamPoi (R)",
+}
+
+#: comparison id (the ``comparison`` column of the agreement tables) → shown name
+COMPARISON_LABELS = {
+    "lmm_vs_statsmodels": "LMM vs statsmodels",
+    "lmm_vs_lme4": "LMM vs lme4",
+    "lmm_vs_lmertest": "LMM vs lmerTest",
+    "nbglm_vs_deseq2": "NB GLM vs DESeq2",
+}
+
+#: colours for the agreement comparisons (Okabe–Ito)
+COMPARISON_COLORS = {
+    "lmm_vs_statsmodels": "#E69F00",
+    "lmm_vs_lme4": "#0072B2",
+    "lmm_vs_lmertest": "#CC79A7",
+    "nbglm_vs_deseq2": "#009E73",
+}
+
+#: power scope id → shown name
+SCOPE_LABELS = {
+    "within_type": "DE within one cell type",
+    "across_types": "DE across cell types",
+}
+
+
+def tool_label(tool: str) -> str:
+    return TOOL_LABELS.get(tool, tool)
+
+
+def tool_color(tool: str) -> str:
+    return TOOL_COLORS.get(tool, "0.4")
+
+
+def comparison_label(comparison: str) -> str:
+    return COMPARISON_LABELS.get(comparison, comparison)
+
+
+def ordered(ids, labels: dict) -> list:
+    """``ids`` in the order of ``labels`` (its keys), unknown ids last in sorted order."""
+    ids = list(dict.fromkeys(ids))
+    known = [k for k in labels if k in ids]
+    return known + sorted(i for i in ids if i not in labels)
+
+
+def empty_panel(ax, text: str) -> None:
+    """Mark a panel that has no data (text in the middle, no ticks)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def figure_legend(fig, handles: list, labels: list, *, ncol: int = 3, **kw) -> None:
+    """One legend for the whole figure, above the panels (nothing when there is nothing).
+
+    The figure must use ``layout="constrained"``; ``kw`` goes to ``Figure.legend``.
+    """
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncol=min(ncol, len(handles)),
+                   frameon=False, **kw)  # fmt: skip
+
+
+def sqrt_axis(ax, which: str = "y", ticks=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1)) -> None:
+    """Square-root scale for a proportion axis (spreads the small rates near 0).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        The panel.
+    which : {"x", "y"}
+        The axis to rescale.
+    ticks : sequence of float
+        Tick positions (proportions).
+    """
+    fwd = (lambda v: np.sqrt(np.clip(v, 0, None)), np.square)
+    if which == "y":
+        ax.set_yscale("function", functions=fwd)
+        ax.set_yticks(list(ticks), [f"{t:g}" for t in ticks])
+    else:
+        ax.set_xscale("function", functions=fwd)
+        ax.set_xticks(list(ticks), [f"{t:g}" for t in ticks])
