@@ -1,0 +1,74 @@
+"""The whole validation pipeline on its tiny variant: every table, figure, LaTeX table and the
+report are produced, parse and hold what the contract (validation/README.md) says."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pyflashmm.cli import main
+from validation.pipeline import EXPERIMENTS, _figure_modules
+from validation.schema import PROVENANCE, TABLES
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    argv = ["reproduce", "--tiny", "--out", str(out), "--workers", "1", "--quiet"]
+    assert main(argv) == 0
+    return out
+
+
+def test_every_table_parses_with_its_columns_and_rows(tiny_run):
+    for name, (experiment, cols) in TABLES.items():
+        path = tiny_run / "results" / name
+        assert path.exists(), name
+        df = pd.read_csv(path)
+        assert list(df.columns) == [*cols, *PROVENANCE], name
+        assert len(df) > 0, name
+        assert df["git_rev"].notna().all() and (df["seed"] >= 0).all(), name
+        meta = json.loads((tiny_run / "results" / f"{experiment}.meta.json").read_text())
+        assert meta["variant"] == "tiny" and name in meta["tables"]
+
+
+def test_every_figure_is_drawn_as_png_and_pdf(tiny_run):
+    modules = _figure_modules()
+    assert modules, "no figures/fig_*.py found"
+    for mod in modules:
+        for base in mod.OUTPUTS:
+            for ext in ("png", "pdf"):
+                f = tiny_run / "figures" / f"{base}.{ext}"
+                assert f.exists() and f.stat().st_size > 1000, f
+
+
+def test_latex_tables_and_report(tiny_run):
+    tex = sorted(p.name for p in (tiny_run / "tables").glob("*.tex"))
+    assert tex == ["agreement.tex", "power.tex", "runtime.tex", "type1.tex"]
+    for p in (tiny_run / "tables").glob("*.tex"):
+        text = p.read_text()
+        assert text.count(r"\begin{tabular}") == 1 and r"\bottomrule" in text
+    report = (tiny_run / "REPORT.md").read_text()
+    for mod in _figure_modules():
+        for base in mod.OUTPUTS:
+            assert f"figures/{base}.png" in report
+    assert "Comparison with published findings" in report
+    assert "nan" not in report.lower().replace("nanmean", "")
+    for name in EXPERIMENTS:
+        assert f"| {name} | tiny |" in report
+
+
+def test_second_run_skips_what_is_up_to_date(tiny_run, capsys):
+    metas = {p.name: p.read_text() for p in (tiny_run / "results").glob("*.meta.json")}
+    argv = ["reproduce", "--tiny", "--out", str(tiny_run), "--workers", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("up to date") == len(EXPERIMENTS)
+    assert {p.name: p.read_text() for p in (tiny_run / "results").glob("*.meta.json")} == metas
+
+
+def test_unknown_experiment_is_a_clear_error(tmp_path, capsys):
+    argv = ["reproduce", "--tiny", "--out", str(tmp_path), "--only", "calibraton"]
+    assert main(argv) == 2
+    assert "calibraton" in capsys.readouterr().err
