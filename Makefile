@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow reproduce bench lint format clean
+.PHONY: test test-slow reproduce paper bench lint format clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test-slow: $(STAMP)
 
 reproduce: $(STAMP)
 	$(VENV)/bin/pyflashmm reproduce --quick
+
+paper: reproduce
+	cd paper && if command -v latexmk >/dev/null; then latexmk -pdf supplement.tex; \
+	else echo "LaTeX (latexmk) is not installed: tables and figures are written, PDF skipped"; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_lmm.py

@@ -72,3 +72,16 @@ def test_unknown_experiment_is_a_clear_error(tmp_path, capsys):
     argv = ["reproduce", "--tiny", "--out", str(tmp_path), "--only", "calibraton"]
     assert main(argv) == 2
     assert "calibraton" in capsys.readouterr().err
+
+
+def test_supplement_uses_only_generated_figures_and_tables(tiny_run):
+    import re
+
+    from validation.provenance import REPO_ROOT
+
+    tex = (REPO_ROOT / "paper" / "supplement.tex").read_text()
+    figures = set(re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\.pdf\}", tex))
+    tables = set(re.findall(r"\\input\{tables/([^}]+)\.tex\}", tex))
+    outputs = {base for mod in _figure_modules() for base in mod.OUTPUTS}
+    assert figures and figures <= outputs
+    assert tables == {p.stem for p in (tiny_run / "tables").glob("*.tex")}
