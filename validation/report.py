@@ -253,14 +253,20 @@ def read_runtime(results_dir: Path) -> list[str]:
     return lines
 
 
+#: figure module → its reading, in the order the report shows them
 READINGS = {
+    "fig_agreement": read_agreement,
     "fig_calibration_qq": read_calibration,
     "fig_type1": read_type1,
     "fig_power": read_power,
     "fig_fdr_tpr": read_fdr_tpr,
-    "fig_agreement": read_agreement,
     "fig_runtime": read_runtime,
 }
+
+
+def _order_key(module, order: list[str]) -> tuple[int, str]:
+    name = module.__name__.rsplit(".", 1)[-1]
+    return (order.index(name) if name in order else len(order), name)
 
 
 # ----------------------------------------------------------------------------- literature
@@ -347,7 +353,9 @@ def write_report(results_dir: Path, figures_dir: Path, report_path: Path) -> Pat
     report_path = Path(report_path)
     report_dir = report_path.parent
     lines = _header(results_dir)
-    for mod in _figure_modules():
+    order = list(READINGS)
+    modules = sorted(_figure_modules(), key=lambda m: _order_key(m, order))
+    for mod in modules:
         name = mod.__name__.rsplit(".", 1)[-1]
         title = (mod.__doc__ or name).strip().splitlines()[0].rstrip(".")
         lines += [f"## {title}", ""]
