@@ -81,6 +81,15 @@ from validation.provenance import write_table
 
 NAME = "agreement"
 SOURCES = ("differences", "parallel", "provenance")
+#: files and folders outside validation/ that the results depend on (part of the stamp)
+DATA = (
+    "tests/data/lme4-1.1.31",
+    "tests/data/deseq2-1.38.3",
+    "tests/test_lmm.py",
+    "tests/test_inference.py",
+    "tests/test_lme4_reference.py",
+    "tests/nbglm/conftest.py",
+)
 #: p-values below this are judged on the absolute scale 1e-10
 P_FLOOR = 1e-10
 #: pyflashmm's convergence tolerance (max |score|) and iteration cap for the reference fits

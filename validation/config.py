@@ -35,3 +35,22 @@ def load_config(name: str, variant: str) -> dict:
     cfg["seed"] = int(raw["seed"])
     cfg["variant"] = variant
     return cfg
+
+
+def check_config(cfg: dict, name: str, required: tuple[str, ...], rules: dict) -> None:
+    """Raise ``ValueError`` naming the key when ``cfg`` lacks a required key or breaks a rule.
+
+    ``rules`` maps a key to ``(predicate, description)``; a list value is checked element by
+    element. Experiments call this before any work is done.
+    """
+    where = f"configs/{name}.toml [{cfg.get('variant', '?')}]"
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}")
+    for key, (ok, what) in rules.items():
+        if key not in cfg:
+            continue
+        values = cfg[key] if isinstance(cfg[key], list | tuple) else [cfg[key]]
+        bad = [v for v in values if not ok(v)]
+        if bad or not values:
+            raise ValueError(f"{where}: {key} must be {what}, got {cfg[key]!r}")

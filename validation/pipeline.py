@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -56,12 +57,24 @@ def _source_digest() -> str:
     return digest(*files)
 
 
+def _data_files(paths) -> list[Path]:
+    out = []
+    for rel in paths:
+        p = REPO_ROOT / rel
+        out += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return out
+
+
 def experiment_stamp(name: str, cfg: dict) -> str:
-    """Digest of what an experiment's results depend on (config, its code, pyflashmm)."""
+    """Digest of what an experiment's results depend on: its config, its code (the module and
+    its ``SOURCES``), the files and folders of its ``DATA``, what its ``environment(cfg)``
+    reports (e.g. which R tools can run) and pyflashmm's source."""
     mod = importlib.import_module(f"validation.{name}")
     here = Path(mod.__file__).parent
     files = [Path(mod.__file__)] + [here / f"{s}.py" for s in getattr(mod, "SOURCES", ())]
-    return digest(cfg, *files, _source_digest())
+    files += _data_files(getattr(mod, "DATA", ()))
+    env = mod.environment(cfg) if hasattr(mod, "environment") else None
+    return digest(cfg, env, *files, _source_digest())
 
 
 def run_experiment(name: str, variant: str, paths: OutputPaths, *, workers: int, force: bool,
@@ -82,6 +95,7 @@ def run_experiment(name: str, variant: str, paths: OutputPaths, *, workers: int,
     tables = mod.run(cfg, results_dir=paths.results, workers=workers, progress=not quiet)
     seconds = time.perf_counter() - t0
     meta = {"experiment": name, "variant": variant, "stamp": stamp, "seed": cfg["seed"],
+            "workers": workers, "cpu_count": os.cpu_count(),
             "git_rev": git_revision(), "seconds": round(seconds, 2),
             "tables": [Path(t).name for t in tables], "config": cfg}  # fmt: skip
     paths.results.mkdir(parents=True, exist_ok=True)

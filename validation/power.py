@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 import pyflashmm as fm
+from validation.config import check_config
 from validation.methods import METHODS, run_methods
 from validation.metrics import bh_adjust, called, fdr_tpr_curve, roc_auc
 from validation.parallel import map_replicates, replicate_seeds
@@ -153,6 +154,20 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
     """Run the power experiment of ``config``; returns the two tables written."""
     methods = tuple(config.get("methods", METHODS))
     grid = settings(config)
+    check_config(config, NAME, ("scopes", "abs_beta", "n_subjects", "cells_per_subject",
+                                "n_genes", "p_de", "n_clusters", "var_random_effects",
+                                "replicates"), {
+        "scopes": (lambda v: v in ("within_type", "across_types"),
+                   "'within_type' or 'across_types'"),
+        "abs_beta": (lambda v: v > 0, "effect sizes > 0"),
+        "n_subjects": (lambda v: int(v) >= 4, "integers >= 4 (two arms, df > 0)"),
+        "cells_per_subject": (lambda v: int(v) >= 1, "integers >= 1"),
+        "p_de": (lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+        "n_clusters": (lambda v: int(v) >= 2, "an integer >= 2 (within/across cell types)"),
+        "var_random_effects": (lambda v: v >= 0, "a variance >= 0"),
+        "replicates": (lambda v: int(v) >= 1, "an integer >= 1"),
+        "thresholds": (lambda v: 0 < v < 1, "BH levels in (0, 1)"),
+    })  # fmt: skip
     reps = int(config["replicates"])
     seeds = replicate_seeds(int(config["seed"]), len(grid) * reps)
     common = {

@@ -26,6 +26,9 @@ R tools: the seconds R measures around the fit (start-up, package loading and re
 inputs excluded), one run; ``peak_mem_mb`` is the peak RSS of the whole R process. They are
 ``skipped`` (with the reason in ``note``) in the ``tiny`` variant, or when Rscript or a
 package is missing.
+
+The cell-level NB GLM is not timed here: ``benchmarks/bench_nbglm.py`` times it against
+PyDESeq2, DESeq2 and glmGamPoi (500 genes × 20,000 cells).
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ from validation.provenance import write_table
 
 NAME = "runtime"
 SOURCES = ("measure", "r_tools", "provenance")
+#: files outside validation/ that the results depend on (part of the stamp)
+DATA = (
+    "validation/lme4_time.R",
+    "benchmarks/flashmm_lmm.R",
+    "benchmarks/bench_lmm.py",
+    "benchmarks/bench_nbglm.py",
+)
+
+
+def environment(config: dict) -> dict:
+    """What the run depends on beyond code and config: which R anchors can run (stamped, so
+    installing R or FLASHMM later makes the results out of date)."""
+    return {"r_tools": r_availability(config)}
+
+
 LMM_FIXED = "~ 0 + log(libsize) + cls + cls:trt"
 LME4_FORMULA = "y ~ 0 + log(libsize) + cls + cls:trt + (1 | sam)"
 NB_FIXED = "~ cls + trt"

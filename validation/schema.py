@@ -16,7 +16,7 @@ TABLES = {
         "comparison", "scenario", "quantity", "ours", "reference")),
     "calibration_type1.csv": ("calibration", (
         "var_random_effects", "n_subjects", "cells_per_subject", "method", "alpha", "n_tests",
-        "n_rejected", "type1_error", "ci_low", "ci_high")),
+        "n_failed", "n_rejected", "type1_error", "ci_low", "ci_high")),
     "calibration_pvalues.csv.gz": ("calibration", (
         "var_random_effects", "n_subjects", "cells_per_subject", "replicate", "method", "gene",
         "p_value")),

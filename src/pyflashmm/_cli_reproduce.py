@@ -71,6 +71,11 @@ def run(args) -> int:
         return run_demo(args)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.variant == "tiny" and not args.out:
+        raise ValueError(
+            "--tiny needs --out DIR: the tiny variant only checks the pipeline and must not "
+            "overwrite the committed results, figures and report"
+        )
     root = repo_root()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))

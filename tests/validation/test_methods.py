@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -189,3 +190,42 @@ def test_failing_method_gives_nan_not_an_exception(null_data):
     res = run_methods(sim.counts, obs, treatment=sim.treatment, methods=["nbglm_pseudobulk"])
     assert res["p_value"].isna().all()
     assert res["status"].str.startswith("failed: ValueError").all()
+
+
+def test_run_methods_b_d_e_f_against_direct_computations(null_data):
+    """(b) t on n − p df recomputed with scipy; (f) a direct ML fit + Satterthwaite test;
+    (d), (e) direct calls of nbglm on the cells and on the per-subject pseudobulk."""
+    from scipy import stats
+
+    sim = null_data
+    res = run_methods(sim.counts, sim.obs, treatment=sim.treatment, gene_names=sim.gene_names)
+    by = {m: g.reset_index(drop=True) for m, g in res.groupby("method")}
+    # (b): p = 2·t_{n−p}(−|t|), n cells, p = 4 columns of ~ log(libsize) + cls + trt
+    b = by["lmm_residual_df"]
+    ok = np.isfinite(b["p_value"].to_numpy())
+    p_ref = 2 * stats.t.sf(np.abs(b["stat"].to_numpy()), df=len(sim.obs) - 4)
+    np.testing.assert_allclose(b["p_value"][ok], p_ref[ok], rtol=1e-10)
+    # (f): ML fit, Satterthwaite df
+    dsg = fm.design(sim.obs, "~ log(libsize) + cls + trt", random="sam")
+    st = fm.summary_stats(sim.counts, dsg.X_frame(), dsg.Z, dsg.d, transform="log2p1")
+    fit = fm.lmm(st, method="ML", warn=False)
+    ref = fm.lmmtest(fit, {"t": "trtB"}, df="satterthwaite")
+    f = by["lmm_ml"]
+    ok = f["status"].eq("ok").to_numpy()
+    assert ok.sum() >= 20
+    np.testing.assert_allclose(f["p_value"][ok], ref["p_value"][ok], rtol=1e-10)
+    # (d): the single-cell preset on the cells, design ~ cls + trt
+    X = pd.DataFrame({"(Intercept)": 1.0, "cls2": (sim.obs["cls"].astype(str) == "2") * 1.0,
+                      "trtB": (sim.obs["trt"] == "B") * 1.0})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d_ref = fm.nbglm(sim.counts, X, preset="single_cell", contrast="trtB").p_value
+    np.testing.assert_allclose(by["nbglm_cells"]["p_value"], d_ref, rtol=1e-10)
+    # (e): per-subject sums, design ~ trt, DESeq2 defaults
+    summed, groups = fm.pseudobulk(sim.counts, sim.obs, by=["sam"])
+    trt = sim.obs.groupby("sam", observed=True)["trt"].first().loc[groups["sam"]].to_numpy()
+    Xp = pd.DataFrame({"(Intercept)": 1.0, "trtB": (trt == "B") * 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        e_ref = fm.nbglm(summed, Xp, contrast="trtB").p_value
+    np.testing.assert_allclose(by["nbglm_pseudobulk"]["p_value"], e_ref, rtol=1e-10)

@@ -7,8 +7,11 @@ import json
 
 import pandas as pd
 import pytest
+from matplotlib.image import imread
 
 from pyflashmm.cli import main
+from validation.config import load_config
+from validation.methods import METHODS
 from validation.pipeline import EXPERIMENTS, _figure_modules
 from validation.schema import PROVENANCE, TABLES
 
@@ -21,6 +24,27 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+def _expected_rows(name: str) -> int | None:
+    """Rows a tiny-run table must have, derived from the tiny configs (None: data-dependent)."""
+    cal, pw = load_config("calibration", "tiny"), load_config("power", "tiny")
+    n_methods = len(METHODS)
+    cal_settings = (
+        len(cal["var_random_effects"]) * len(cal["n_subjects"]) * len(cal["cells_per_subject"])
+    )
+    pw_settings = (
+        len(pw["scopes"])
+        * len(pw["abs_beta"])
+        * len(pw["n_subjects"])
+        * len(pw["cells_per_subject"])
+    )
+    return {
+        "calibration_type1.csv": cal_settings * n_methods * len(cal["alpha"]),
+        "calibration_pvalues.csv.gz": cal_settings * cal["replicates"] * n_methods
+        * cal["n_genes"],
+        "power_summary.csv": pw_settings * n_methods * len(pw["thresholds"]),
+    }.get(name)  # fmt: skip
+
+
 def test_every_table_parses_with_its_columns_and_rows(tiny_run):
     for name, (experiment, cols) in TABLES.items():
         path = tiny_run / "results" / name
@@ -28,6 +52,8 @@ def test_every_table_parses_with_its_columns_and_rows(tiny_run):
         df = pd.read_csv(path)
         assert list(df.columns) == [*cols, *PROVENANCE], name
         assert len(df) > 0, name
+        expected = _expected_rows(name)
+        assert expected is None or len(df) == expected, (name, len(df), expected)
         assert df["git_rev"].notna().all() and (df["seed"] >= 0).all(), name
         meta = json.loads((tiny_run / "results" / f"{experiment}.meta.json").read_text())
         assert meta["variant"] == "tiny" and name in meta["tables"]
@@ -41,6 +67,9 @@ def test_every_figure_is_drawn_as_png_and_pdf(tiny_run):
             for ext in ("png", "pdf"):
                 f = tiny_run / "figures" / f"{base}.{ext}"
                 assert f.exists() and f.stat().st_size > 1000, f
+            img = imread(tiny_run / "figures" / f"{base}.png")
+            assert img.ndim == 3 and min(img.shape[:2]) > 100 and img.std() > 0, base
+            assert (tiny_run / "figures" / f"{base}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_latex_tables_and_report(tiny_run):
@@ -85,3 +114,24 @@ def test_supplement_uses_only_generated_figures_and_tables(tiny_run):
     outputs = {base for mod in _figure_modules() for base in mod.OUTPUTS}
     assert figures and figures <= outputs
     assert tables == {p.stem for p in (tiny_run / "tables").glob("*.tex")}
+
+
+def test_tiny_needs_an_output_folder(capsys):
+    assert main(["reproduce", "--tiny"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
+    """Replicates get their own SeedSequence children: 1 and 2 worker processes give the same
+    calibration and power tables (provenance columns aside)."""
+    from validation import calibration, power
+
+    for mod in (calibration, power):
+        cfg = load_config(mod.NAME, "tiny") | {"replicates": 2}
+        tables = {}
+        for workers in (1, 2):
+            out = tmp_path / f"{mod.NAME}-{workers}"
+            paths = mod.run(cfg, results_dir=out, workers=workers, progress=False)
+            tables[workers] = [pd.read_csv(p) for p in paths]
+        for a, b in zip(tables[1], tables[2], strict=True):
+            pd.testing.assert_frame_equal(a, b)
