@@ -128,7 +128,24 @@ def type1_table(pvalues: pd.DataFrame, alphas) -> pd.DataFrame:
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
-    """Run the calibration experiment of ``config``; returns the two tables written."""
+    """Run the calibration experiment of ``config``; returns the two tables written.
+
+    Parameters
+    ----------
+    config : dict
+        The variant's config (:func:`validation.config.load_config`); checked before any work.
+    results_dir : Path
+        Where the tables are written.
+    workers : int
+        Worker processes for the replicates (results do not depend on it).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    list of Path
+        The tables written (see validation/README.md for their columns).
+    """
     check_config(config, NAME, ("var_random_effects", "n_subjects", "cells_per_subject",
                                 "n_genes", "replicates"), {
         "var_random_effects": (lambda v: v >= 0, "variances >= 0"),

@@ -76,7 +76,24 @@ def _labels(is_de, size: int) -> np.ndarray:
 
 
 def roc_auc(p_value, is_de) -> float:
-    """ROC AUC of ranking genes by p-value (NaN p-values count as 1); NaN without both classes."""
+    """ROC AUC of ranking genes by p-value (small p = predicted DE).
+
+    AUC = P(p_DE < p_null) + ½ P(p_DE = p_null), computed from ranks (Mann–Whitney):
+    AUC = (R_DE − n_DE(n_DE + 1)/2) / (n_DE · n_null), R_DE the sum of the mid-ranks of the
+    DE genes' −p.
+
+    Parameters
+    ----------
+    p_value : array_like of float
+        Raw p-values; NaN counts as 1 (never called).
+    is_de : array_like of bool
+        The truth.
+
+    Returns
+    -------
+    float
+        The AUC, NaN when either class is empty.
+    """
     p = np.asarray(p_value, dtype=np.float64).ravel()
     lab = _labels(is_de, p.size)
     n_pos = int(lab.sum())
@@ -89,7 +106,22 @@ def roc_auc(p_value, is_de) -> float:
 
 
 def called(adj_p_value, is_de, threshold: float) -> tuple[int, int]:
-    """(TP, FP) of calling the genes with adjusted p ≤ ``threshold`` (NaN never called)."""
+    """True and false positives of calling the genes with adjusted p ≤ ``threshold``.
+
+    Parameters
+    ----------
+    adj_p_value : array_like of float
+        Adjusted p-values; NaN is never called.
+    is_de : array_like of bool
+        The truth.
+    threshold : float
+        The BH level.
+
+    Returns
+    -------
+    (int, int)
+        TP = #{called ∧ DE}, FP = #{called ∧ ¬DE}; the observed FDR is FP / (TP + FP).
+    """
     padj = np.asarray(adj_p_value, dtype=np.float64).ravel()
     lab = _labels(is_de, padj.size)
     with np.errstate(invalid="ignore"):

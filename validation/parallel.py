@@ -32,8 +32,23 @@ def map_replicates(fn: Callable, tasks: Sequence, *, workers: int = 1, progress:
                    desc: str = "") -> list:  # fmt: skip
     """``[fn(t) for t in tasks]``, over ``workers`` processes, with a progress bar on stderr.
 
-    ``fn`` must be a module-level function (it is pickled) and each task must carry its own
-    seed (see :func:`replicate_seeds`).
+    Parameters
+    ----------
+    fn : callable
+        A module-level function (it is pickled for the worker processes).
+    tasks : sequence
+        One task per replicate, each carrying its own seed (:func:`replicate_seeds`).
+    workers : int
+        Worker processes; 1 runs the tasks in this process.
+    progress : bool
+        Show a progress bar on stderr.
+    desc : str
+        Label of the progress bar.
+
+    Returns
+    -------
+    list
+        ``fn(task)`` for every task, in task order (independent of ``workers``).
     """
     workers = max(1, min(int(workers), len(tasks) or 1))
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False)

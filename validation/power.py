@@ -125,7 +125,25 @@ def _task(task: dict) -> pd.DataFrame:
 
 
 def summarise(results: pd.DataFrame, thresholds, *, curve_points: int = 200):
-    """(power_summary, power_curves) from per-gene p-values with ``is_de`` (module docstring)."""
+    """The power tables from per-gene p-values.
+
+    Parameters
+    ----------
+    results : DataFrame
+        One row per (setting, replicate, method, gene) with ``p_value`` and ``is_de``.
+    thresholds : sequence of float
+        BH levels.
+    curve_points : int
+        Points kept per FDR–TPR curve.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        ``power_summary``: BH-adjusted within each replicate and method; TP, FP and the DE
+        count summed over replicates, TPR = TP / n_DE, observed FDR = FP / (TP + FP), ROC AUC
+        averaged over replicates. ``power_curves``: observed FDR and TPR over all cutoffs of
+        the pooled adjusted p-values, thinned to ``curve_points``.
+    """
     results = results.copy()
     results["adj_p_value"] = results.groupby([*KEYS, "replicate", "method"], sort=False)[
         "p_value"
@@ -151,7 +169,24 @@ def summarise(results: pd.DataFrame, thresholds, *, curve_points: int = 200):
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
-    """Run the power experiment of ``config``; returns the two tables written."""
+    """Run the power experiment of ``config``; returns the two tables written.
+
+    Parameters
+    ----------
+    config : dict
+        The variant's config (:func:`validation.config.load_config`); checked before any work.
+    results_dir : Path
+        Where the tables are written.
+    workers : int
+        Worker processes for the replicates (results do not depend on it).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    list of Path
+        The tables written (see validation/README.md for their columns).
+    """
     methods = tuple(config.get("methods", METHODS))
     grid = settings(config)
     check_config(config, NAME, ("scopes", "abs_beta", "n_subjects", "cells_per_subject",

@@ -57,7 +57,8 @@ def _header(results_dir: Path) -> list[str]:
             m = json.loads(path.read_text())
             rows.append(
                 f"| {name} | {m.get('variant')} | `{m.get('git_rev')}` | "
-                f"{m.get('seed')} | {m.get('seconds')} |"
+                f"{m.get('seed')} | {m.get('seconds')} | {m.get('workers', '?')} / "
+                f"{m.get('cpu_count', '?')} |"
             )
         else:
             rows.append(f"| {name} | not run | | | | |")

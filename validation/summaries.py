@@ -99,7 +99,8 @@ def speedups(rt: pd.DataFrame) -> pd.DataFrame:
 
 
 def largest_point_speedups(sp_: pd.DataFrame) -> pd.DataFrame:
-    """Per anchor, the speed-up at the largest data set measured (most cells × genes)."""
+    """Per anchor, the speed-up at the largest data set measured (most cells × genes ×
+    subjects; ties broken by genes)."""
     if sp_.empty:
         return sp_
     d = sp_.assign(size=sp_["n_cells"] * sp_["n_genes"] * sp_["n_subjects"])
