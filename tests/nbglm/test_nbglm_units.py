@@ -109,9 +109,14 @@ def test_fit_beta_matches_statsmodels(rng):
     alpha = np.full(5, 0.1)
     beta0 = np.zeros((5, 2))
     beta0[:, 0] = np.log(Y.mean(axis=0) + 0.1)
-    beta, sigma, *_ = K.fit_beta(
-        np.ascontiguousarray(Y.T), sf, X, alpha, beta0, np.full(2, 1e-6 / math.log(2) ** 2),
-        1e-300, 1e-12, 200,
+    from pyflashmm.nbglm import dispersion as D
+
+    Xr, lab = D.design_rows(X)
+    m = X.shape[0]  # every sample its own class: the per-sample IRLS
+    beta, sigma, *_ = K.fit_beta_rows(
+        np.ascontiguousarray(Y.T), sf, Xr, lab, np.arange(m), np.ones(m), sf, lab, alpha,
+        beta0, np.empty((2, Xr.shape[0])), np.full(2, 1e-6 / math.log(2) ** 2), 1e-300,
+        1e-12, 200, False, False,
     )  # fmt: skip
     for g in range(5):
         mod = sm.GLM(Y[:, g], X, family=sm.families.NegativeBinomial(alpha=0.1),

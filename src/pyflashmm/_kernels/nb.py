@@ -545,133 +545,14 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
 
 
 @njit(parallel=True)
-def fit_beta(Y, sf, X, alpha, beta0, lam, minmu, tol, maxit):
-    """Ridge-penalised IRLS for the NB GLM with log link and offsets ln s (DESeq2's fitBeta).
-
-    ``lam`` is the ridge on the natural-log scale. Convergence: |Δdev|/(|dev|+0.1) < ``tol``
-    after the first step; a gene with any |β| > 30 or a NaN deviance is aborted with
-    ``iter = maxit``. Returns (beta G×p, sigma G×p×p, hat G×m, iter G, deviance G).
-    """
-    G, m = Y.shape
-    p = X.shape[1]
-    beta_out = np.empty((G, p))
-    sigma_out = np.empty((G, p, p))
-    hat_out = np.empty((G, m))
-    iters = np.zeros(G, dtype=np.int64)
-    devs = np.empty(G)
-    for g in prange(G):
-        y = Y[g]
-        al = alpha[g]
-        beta = beta0[g].copy()
-        mu = np.empty(m)
-        w = np.empty(m)
-        z = np.empty(m)
-        A = np.empty((p, p))
-        L = np.empty((p, p))
-        Ainv = np.empty((p, p))
-        rhs = np.empty(p)
-        for j in range(m):
-            eta = 0.0
-            for k in range(p):
-                eta += X[j, k] * beta[k]
-            mu[j] = max(sf[j] * math.exp(eta), minmu)
-        # the lnΓ part of the deviance does not depend on β: summed once per gene
-        r_al = 1.0 / al
-        lgr = math.lgamma(r_al)
-        lg_const = 0.0
-        for j in range(m):
-            if y[j] != 0.0:
-                lg_const += math.lgamma(y[j] + r_al) - lgr - math.lgamma(y[j] + 1.0)
-        dev = 0.0
-        dev_old = 0.0
-        n_it = 0
-        for t in range(maxit):
-            n_it += 1
-            for j in range(m):
-                w[j] = mu[j] / (1.0 + al * mu[j])
-                z[j] = math.log(mu[j] / sf[j]) + (y[j] - mu[j]) / mu[j]
-            _xtwx(X, w, A)
-            for k in range(p):
-                A[k, k] += lam[k]
-                s = 0.0
-                for j in range(m):
-                    s += X[j, k] * w[j] * z[j]
-                rhs[k] = s
-            if not cholesky_lower(A, L):
-                n_it = maxit
-                for k in range(p):
-                    beta[k] = np.nan
-                break
-            cholesky_solve_vector(L, rhs, beta)
-            big = False
-            for k in range(p):
-                if abs(beta[k]) > 30.0:
-                    big = True
-            if big:
-                n_it = maxit
-                break
-            for j in range(m):
-                eta = 0.0
-                for k in range(p):
-                    eta += X[j, k] * beta[k]
-                mu[j] = max(sf[j] * math.exp(eta), minmu)
-            dev = 0.0
-            for j in range(m):
-                yj = y[j]
-                mj = mu[j]
-                tj = r_al * math.log1p(-mj / (r_al + mj))
-                if yj != 0.0:
-                    tj += yj * (math.log(mj) - math.log(r_al + mj))
-                dev += tj
-            dev = -2.0 * (dev + lg_const)
-            conv = abs(dev - dev_old) / (abs(dev) + 0.1)
-            if np.isnan(conv):
-                n_it = maxit
-                break
-            if t > 0 and conv < tol:
-                break
-            dev_old = dev
-        iters[g] = n_it
-        devs[g] = dev
-        for k in range(p):
-            beta_out[g, k] = beta[k]
-        # covariance and hat diagonals at the final (floored) mu
-        for j in range(m):
-            w[j] = mu[j] / (1.0 + al * mu[j])
-        _xtwx(X, w, A)
-        for k in range(p):
-            A[k, k] += lam[k]
-        if cholesky_lower(A, L):
-            cholesky_inverse(L, Ainv)
-            for k in range(p):
-                A[k, k] -= lam[k]
-            # sigma = Ainv (XᵀWX) Ainv
-            for a_ in range(p):
-                for b_ in range(p):
-                    s = 0.0
-                    for c in range(p):
-                        for d in range(p):
-                            s += Ainv[a_, c] * A[c, d] * Ainv[d, b_]
-                    sigma_out[g, a_, b_] = s
-            for j in range(m):
-                s = 0.0
-                for a_ in range(p):
-                    for b_ in range(p):
-                        s += X[j, a_] * Ainv[a_, b_] * X[j, b_]
-                hat_out[g, j] = w[j] * s
-        else:
-            for a_ in range(p):
-                for b_ in range(p):
-                    sigma_out[g, a_, b_] = np.nan
-            for j in range(m):
-                hat_out[g, j] = np.nan
-    return beta_out, sigma_out, hat_out, iters, devs
-
-
-@njit(parallel=True)
 def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, minmu, tol,
                   maxit, start, want_hat):  # fmt: skip
-    """``fit_beta`` with the design as its R distinct rows ``Xr`` and the samples in classes.
+    """Ridge-penalised IRLS for the NB GLM with log link and offsets ln s (DESeq2's fitBeta),
+    at fixed α, with the design as its R distinct rows ``Xr`` and the samples in classes.
+
+    ``lam`` is the ridge on the natural-log scale and μ is floored at ``minmu``. Convergence:
+    |Δdev|/(|dev|+0.1) < ``tol`` after the first step; a gene with any |β| > 30 or a NaN
+    deviance is aborted with ``iter = maxit``.
 
     Sample j has design row ``lab[j]`` and class ``cls[j]``; class c has ``csize[c]`` samples,
     all with size factor ``csf[c]`` and design row ``clab[c]`` (hence one fitted μ_c). With
@@ -851,13 +732,7 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
         for j in range(m):
             mu_out[g, j] = sf[j] * E[lab[j]]
         # covariance and hat diagonals at the final (floored) mu: wsum belongs to that mu
-        for a_ in range(p):
-            for b_ in range(a_ + 1):
-                s = 0.0
-                for r in range(R):
-                    s += Xr[r, a_] * wsum[r] * Xr[r, b_]
-                A[a_, b_] = s
-                A[b_, a_] = s
+        _xtwx_rows(Xr, wsum, A)
         for k in range(p):
             A[k, k] += lam[k]
         if cholesky_lower(A, L):

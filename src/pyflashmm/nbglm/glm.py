@@ -6,7 +6,7 @@ scale with a ridge λ = 1e-6 on the log2 scale (λ/ln²2 on the natural scale) a
 log2 fold changes β/ln 2.
 
 Pipeline (DESeq2 1.38, ``DESeq()`` defaults): size factors → dispersions (see
-:mod:`pyflashmm.nbglm.dispersion`) → IRLS (``_kernels.nb.fit_beta``; non-converged genes are
+:mod:`pyflashmm.nbglm.dispersion`) → IRLS (``_kernels.nb.fit_beta_rows``; non-converged genes are
 refitted by L-BFGS-B on the log2 scale within [−30, 30]) → Wald z (or t with m − p df) or LRT
 χ²_{Δp} → Cook's distances D_ij = r²_ij/p · h_ij/(1−h_ij)² with
 r² = (y−μ)²/(μ + α̃μ²), α̃ a robust moment estimate → replacement of outliers (D > F_{0.99}(p,
