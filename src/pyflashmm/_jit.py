@@ -2,9 +2,13 @@
 settings the kernels run under.
 
 Options are fixed in one place: ``cache=True`` (compiled code is reused across sessions),
-``nogil=True`` (kernels can overlap I/O threads), and no ``fastmath`` (it assumes no NaN/Inf
-and breaks the NaN handling the result arrays rely on). ``parallel=True`` is opt-in per kernel,
-for the outer loops over genes or cell blocks written with :data:`prange`.
+``nogil=True`` (kernels can overlap I/O threads), no ``fastmath`` (it assumes no NaN/Inf
+and breaks the NaN handling the result arrays rely on), and ``error_model="numpy"``: a float
+division by zero gives ±inf or NaN as in IEEE arithmetic instead of raising
+``ZeroDivisionError``, so a degenerate gene ends with NaN results rather than aborting the
+whole batch, and loops that divide carry no per-element check, which lets LLVM vectorise
+them. ``parallel=True`` is opt-in per kernel, for the outer loops over genes or cell blocks
+written with :data:`prange`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,14 @@ prange = numba.prange
 
 
 def njit(*args, parallel: bool = False, **kwargs):
-    """``numba.njit`` with the project's options (cache, nogil, no fastmath)."""
-    options = {"cache": True, "nogil": True, "fastmath": False, "parallel": parallel}
+    """``numba.njit`` with the project's options (cache, nogil, no fastmath, numpy errors)."""
+    options = {
+        "cache": True,
+        "nogil": True,
+        "fastmath": False,
+        "error_model": "numpy",
+        "parallel": parallel,
+    }
     options.update(kwargs)
     if args and callable(args[0]):
         return numba.njit(**options)(args[0])

@@ -237,3 +237,38 @@ def test_fit_beta_rows_classes_equal_per_sample(rng):
                         np.empty((1, 3)), *common)  # fmt: skip
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("r", [1e-4, 0.7, 25.0, 1e8])
+def test_count_table_sums_term_by_term_match_scipy(r):
+    # Σ_k c_k[lnΓ(v_k + r) − lnΓ(r)] and Σ_k c_k[ψ(r) − ψ(v_k + r)] from the survival counts
+    # N_i (term by term) and from K lnΓ/ψ calls, against scipy on the cells directly
+    from scipy.special import digamma, gammaln
+
+    rng = np.random.default_rng(5)
+    y = rng.negative_binomial(2.0, 0.2, 400).astype(float)
+    vals, cnts = np.empty(y.size), np.empty(y.size)
+    nk, _ = K._value_table(y, vals, cnts)
+    surv = K._survival_counts(vals, cnts, nk)
+    assert surv.size == vals[nk - 1]  # integer counts, v_max small: the term-by-term form
+    assert surv[0] == np.count_nonzero(y) and surv[-1] == np.count_nonzero(y == vals[nk - 1])
+    pos = y[y > 0]
+    lg_ref = np.sum(gammaln(pos + r) - gammaln(r))
+    dg_ref = np.sum(digamma(r) - digamma(pos + r))
+    tb = np.empty(surv.size)
+    for table in (surv, np.empty(0)):
+        lg = K._lgamma_sum(r, nk, vals, cnts, table, tb)
+        dg = K._digamma_sum(r, nk, vals, cnts, table, tb)
+        # scipy's own differences of large lnΓ values lose digits when r is large
+        scale = np.sum(np.abs(gammaln(pos + r))) * 1e-15 + 1e-12
+        assert abs(lg - lg_ref) <= scale
+        assert dg == pytest.approx(dg_ref, rel=1e-10)
+
+
+def test_survival_counts_fall_back_on_large_or_fractional_counts():
+    vals = np.array([1.0, 1e6, 0.0])
+    cnts = np.array([3.0, 1.0, 0.0])
+    assert K._survival_counts(vals, cnts, 2).size == 0  # v_max ≫ K: lnΓ calls
+    vals = np.array([1.5, 2.0])
+    assert K._survival_counts(vals, cnts, 2).size == 0  # not integers
+    assert K._survival_counts(vals, cnts, 0).size == 0  # no non-zero count

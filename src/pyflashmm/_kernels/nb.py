@@ -24,6 +24,7 @@ import numpy as np
 
 from pyflashmm._jit import njit, prange
 from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
+from pyflashmm._kernels.vecmath import log_vec
 
 # ----------------------------------------------------------------------------- special functions
 
@@ -205,6 +206,13 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
 #   lp = Σ_k c_k[lnΓ(v_k+r) − lnΓ(r)] − (Σ_j y_j) ln r − Σ_e (r n_e + Y_e) ℓ_e + CR + prior,
 #   dlp/dα = α⁻² {Σ_k c_k[ψ(r) − ψ(v_k+r)] + Σ_e [n_e(ℓ_e − αw_e) + αY_e w_e/μ_e]} + dCR/dα,
 # and XᵀWX from the per-row sums Σ n_e w_e over the R distinct design rows (R·p², not m·p²).
+# When the distinct counts are integers and not much larger than their number, the lnΓ and ψ
+# sums are taken term by term instead: with N_i = Σ_{k: v_k > i} c_k (cells with y > i),
+#   Σ_k c_k[lnΓ(v_k+r) − lnΓ(r)] = Σ_{i<v_max} N_i ln(r+i),
+#   Σ_k c_k[ψ(r) − ψ(v_k+r)] = −Σ_{i<v_max} N_i/(r+i)
+# (lnΓ(v+r) = lnΓ(r) + Σ_{i<v} ln(r+i) and ψ(v+r) = ψ(r) + Σ_{i<v} 1/(r+i)): v_max vectorised
+# logarithms or divisions instead of K calls of lnΓ or ψ, and no cancellation between
+# lnΓ(v_k+r) and lnΓ(r) when r is large.
 # ℓ_e and w_e of the last lp are cached, so lp' at an accepted point costs no log or division.
 # Only the summation order and these exact identities differ from ``log_posterior`` /
 # ``dlog_posterior`` (the per-cell formulas).
@@ -314,30 +322,105 @@ def _xtwx_rows(Xr, wsum, B):
             B[b, a] = s
 
 
+#: term-by-term lnΓ/ψ sums are used when v_max ≤ SURVIVAL_FACTOR · K + SURVIVAL_SLACK
+SURVIVAL_FACTOR = 8
+SURVIVAL_SLACK = 64
+
+
 @njit
-def _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, prior_mean, prior_var, use_prior,
-          use_cr, wsum, B, L, lc, wc, st, im):  # fmt: skip
+def _survival_counts(vals, cnts, K):
+    """N_i = Σ_{k: v_k > i} c_k for i < v_max (see the comment above), or an empty array when
+    the distinct non-zero counts ``vals[:K]`` (ascending) are not integers or v_max exceeds
+    ``SURVIVAL_FACTOR`` · K + ``SURVIVAL_SLACK`` (then K calls of lnΓ and ψ are cheaper)."""
+    if K == 0:
+        return np.zeros(0)
+    vmax = vals[K - 1]
+    if vmax > SURVIVAL_FACTOR * K + SURVIVAL_SLACK:
+        return np.empty(0)
+    for k in range(K):
+        if vals[k] != math.floor(vals[k]):
+            return np.empty(0)
+    V = int(vmax)
+    surv = np.empty(V)
+    n = 0.0
+    for k in range(K):  # cells with y ≥ v_k
+        n += cnts[k]
+    i = 0
+    for k in range(K):
+        v = int(vals[k])
+        while i < v:
+            surv[i] = n
+            i += 1
+        n -= cnts[k]
+    return surv
+
+
+@njit
+def _lgamma_sum(r, K, vals, cnts, surv, tb):
+    """Σ_k c_k[lnΓ(v_k + r) − lnΓ(r)]; term by term over ``surv`` (N_i) when it is not empty
+    (or the gene has no non-zero count), with ``tb`` as scratch."""
+    V = surv.shape[0]
+    if V > 0 or K == 0:
+        for i in range(V):  # vectorised
+            tb[i] = log_vec(r + i)
+        t = 0.0
+        for i in range(V):
+            t += surv[i] * tb[i]
+        return t
+    lgr = math.lgamma(r)
+    t = 0.0
+    for k in range(K):
+        t += cnts[k] * (math.lgamma(vals[k] + r) - lgr)
+    return t
+
+
+@njit
+def _digamma_sum(r, K, vals, cnts, surv, tb):
+    """Σ_k c_k[ψ(r) − ψ(v_k + r)], term by term as in ``_lgamma_sum``."""
+    V = surv.shape[0]
+    if V > 0 or K == 0:
+        for i in range(V):  # vectorised
+            tb[i] = 1.0 / (r + i)
+        t = 0.0
+        for i in range(V):
+            t -= surv[i] * tb[i]
+        return t
+    psr = digamma(r)
+    t = 0.0
+    for k in range(K):
+        t += cnts[k] * (psr - digamma(vals[k] + r))
+    return t
+
+
+@njit
+def _log_and_weight(alpha, emu, im, ne, lc, wc):
+    """ℓ_e = ln(1 + α μ_e) and w_e = 1/(1/μ_e + α) = μ_e/(1 + α μ_e) for e < ``ne``.
+
+    No reductions and ``log_vec`` instead of ``math.log``: this loop compiles to SIMD code.
+    """
+    for e in range(ne):
+        lc[e] = log_vec(1.0 + emu[e] * alpha)
+        wc[e] = 1.0 / (im[e] + alpha)
+
+
+@njit
+def _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, prior_mean, prior_var,
+          use_prior, use_cr, wsum, B, L, lc, wc, st, im):  # fmt: skip
     """lp(a) of one compressed gene (``log_posterior`` up to summation order, see above).
 
     ℓ and w of every entry are left in ``lc``/``wc`` (``st[0]`` = a) for ``_dlp_e``.
     """
     alpha = math.exp(a)
     r = 1.0 / alpha
-    lgr = math.lgamma(r)
-    ll = 0.0
-    for k in range(K):
-        ll += cnts[k] * (math.lgamma(vals[k] + r) - lgr)
+    ll = _lgamma_sum(r, K, vals, cnts, surv, tb)
     ll -= ytot * math.log(r)
     R = wsum.shape[0]
+    _log_and_weight(alpha, emu, im, eoff[R], lc, wc)
     for q in range(R):
         ws = 0.0
         for e in range(eoff[q], eoff[q + 1]):
-            le = math.log(1.0 + emu[e] * alpha)
-            we = 1.0 / (im[e] + alpha)
-            lc[e] = le
-            wc[e] = we
-            ll -= (r * en[e] + ey[e]) * le
-            ws += en[e] * we
+            ll -= (r * en[e] + ey[e]) * lc[e]
+            ws += en[e] * wc[e]
         wsum[q] = ws
     st[0] = a
     cr = 0.0
@@ -356,29 +439,24 @@ def _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, prior_mean, prior_var, 
 
 
 @njit
-def _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, Xr, prior_mean, prior_var, use_prior, use_cr,
-           wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
+def _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, prior_mean, prior_var, use_prior,
+           use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im):  # fmt: skip
     """lp'(a) of one compressed gene (``dlog_posterior`` up to summation order; reuses the
     ℓ and w of ``_lp_e`` at the same a)."""
     alpha = math.exp(a)
     r = 1.0 / alpha
-    psr = digamma(r)
     hit = st[0] == a
-    s = 0.0
-    for k in range(K):
-        s += cnts[k] * (psr - digamma(vals[k] + r))
+    s = _digamma_sum(r, K, vals, cnts, surv, tb)
     R = wsum.shape[0]
+    if not hit:
+        _log_and_weight(alpha, emu, im, eoff[R], lc, wc)
+        st[0] = a
     for q in range(R):
         ws = 0.0
         w2 = 0.0
         for e in range(eoff[q], eoff[q + 1]):
-            if hit:
-                le = lc[e]
-                we = wc[e]
-            else:
-                le = math.log(1.0 + emu[e] * alpha)
-                we = 1.0 / (im[e] + alpha)
-            s += en[e] * (le - alpha * we) + alpha * (ey[e] * we * im[e])
+            we = wc[e]
+            s += en[e] * (lc[e] - alpha * we) + alpha * (ey[e] * we * im[e])
             ws += en[e] * we
             w2 -= en[e] * (we * we)
         wsum[q] = ws
@@ -439,14 +517,16 @@ def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_
         st = np.full(1, np.nan)
         ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
                                  eoff, vals, cnts, seen)  # fmt: skip
+        surv = _survival_counts(vals, cnts, K)
+        tb = np.empty(surv.shape[0])
         for e in range(ne):
             im[e] = 1.0 / emu[e]
         pm = prior_mean[g]
         a = log_alpha0[g]
-        lp = _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior,
-                   use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
-        dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior, use_cr,
-                     wsum, w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
+        lp = _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                   use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+        dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                     use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
         kappa = kappa0
         lp0[g] = lp
         n_it = 0
@@ -459,8 +539,8 @@ def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_
             if a_prop > 10.0:
                 kappa = (10.0 - a) / dlp
             a_new = a + kappa * dlp
-            lp_k = _lp_e(a_new, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var,
-                         use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+            lp_k = _lp_e(a_new, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm,
+                         prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             theta_k = -lp_k
             theta_hat = -lp - kappa * 1e-4 * dlp * dlp
             if theta_k <= theta_hat:
@@ -474,8 +554,9 @@ def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_
                 if a < min_log_alpha:
                     break
                 lp = lpnew
-                dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior,
-                             use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
+                dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                             use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st,
+                             im)  # fmt: skip
                 kappa = min(kappa * 1.1, kappa0)
                 if n_acc % 5 == 0:
                     kappa = kappa / 2.0
@@ -515,13 +596,15 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
         st = np.full(1, np.nan)
         ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, roff, 0, order, roff, emu, en, ey, eoff,
                                  vals, cnts, seen)  # fmt: skip
+        surv = _survival_counts(vals, cnts, K)
+        tb = np.empty(surv.shape[0])
         for e in range(ne):
             im[e] = 1.0 / emu[e]
         pm = prior_mean[g]
         best = -np.inf
         ahat = grid[0]
         for t in range(n):
-            v = _lp_e(grid[t], K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var,
+            v = _lp_e(grid[t], K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
                       use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
@@ -532,8 +615,8 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
         afine = lo
         for t in range(n):
             at = lo + t * step if t < n - 1 else ahat + delta
-            v = _lp_e(at, K, ytot, emu, en, ey, eoff, vals, cnts, Xr, pm, prior_var, use_prior,
-                      use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+            v = _lp_e(at, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                      use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
             if v > best:
                 best = v
                 afine = at
