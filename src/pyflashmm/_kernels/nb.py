@@ -1060,6 +1060,25 @@ def median_log_ratios_csr(indptr, indices, data, loggeo):
 
 
 @njit(parallel=True)
+def median_log_ratios_dense(Y, loggeo):
+    """``median_log_ratios_csr`` for a dense m×G matrix: exp(median of ln y − ln g over the
+    positive entries on genes with finite ln g) of each row; NaN for a row without one."""
+    m, G = Y.shape
+    out = np.empty(m)
+    for j in prange(m):
+        buf = np.empty(G)
+        k = 0
+        for i in range(G):
+            v = Y[j, i]
+            lg = loggeo[i]
+            if v > 0.0 and np.isfinite(lg):
+                buf[k] = math.log(v) - lg
+                k += 1
+        out[j] = math.exp(np.median(buf[:k])) if k > 0 else np.nan
+    return out
+
+
+@njit(parallel=True)
 def initial_disp(Qn, FIT, df, xim):
     """min(rough, moments) initial dispersions (before clipping) from normalized counts Qn
     and their OLS fit FIT (both G×m): rough = Σ[(q − μ̂)² − μ̂]/μ̂²/df with μ̂ = max(1, FIT),

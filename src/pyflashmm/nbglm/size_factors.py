@@ -22,15 +22,15 @@ METHODS = ("ratio", "poscounts", "normed_sum", "iterate")
 
 
 def _median_ratios_dense(Y, loggeo):
-    m = Y.shape[0]
-    sf = np.empty(m)
-    finite = np.isfinite(loggeo)
-    for j in range(m):
-        row = Y[j]
-        use = finite & (row > 0)
-        if not use.any():
-            raise ValueError(f"counts: sample {j} has no positive count on a usable gene")
-        sf[j] = np.exp(np.median(np.log(row[use]) - loggeo[use]))
+    """exp(median_i[ln y_ji − ln g_i]) of every sample j over the genes with finite ln g_i."""
+    return _usable(_nb.median_log_ratios_dense(np.ascontiguousarray(Y, dtype=np.float64), loggeo))
+
+
+def _usable(sf):
+    """``sf``, or a ValueError naming the first sample without a usable gene (NaN)."""
+    bad = np.flatnonzero(np.isnan(sf))
+    if bad.size:
+        raise ValueError(f"counts: sample {bad[0]} has no positive count on a usable gene")
     return sf
 
 
@@ -91,8 +91,5 @@ def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = Fal
     loggeo = _nb.log_geo_means_csr(indptr, indices, data, G)
     if np.isinf(loggeo).all():
         raise ValueError("counts: every gene is all-zero")
-    sf = _nb.median_log_ratios_csr(indptr, indices, data, loggeo)
-    bad = np.flatnonzero(np.isnan(sf))
-    if bad.size:
-        raise ValueError(f"counts: sample {bad[0]} has no positive count on a usable gene")
+    sf = _usable(_nb.median_log_ratios_csr(indptr, indices, data, loggeo))
     return sf / np.exp(np.mean(np.log(sf)))
