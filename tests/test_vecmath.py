@@ -71,3 +71,27 @@ def test_log_vec_loop_compiles_to_simd():
     _log_all(x, np.empty_like(x))
     asm = next(iter(_log_all.inspect_asm().values()))
     assert "ymm" in asm or "zmm" in asm
+
+
+@numba.njit(error_model="numpy")
+def _log1p_all(x, out, inv):
+    for i in range(x.shape[0]):
+        out[i], inv[i] = vecmath.log1p_recip(x[i])
+
+
+def test_log1p_recip_matches_libm():
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(-60.0, 30.0, 100_000)),  # αμ: from far below 2⁻⁵³ to 10¹³
+            rng.uniform(-0.5, 0.5, 20_000),
+            [0.0, 1e-300, 2.0**-53, 2.0**-52, 1.0],
+        ]
+    )
+    out, inv = np.empty_like(x), np.empty_like(x)
+    _log1p_all(x, out, inv)
+    ref = np.array([math.log1p(v) for v in x])
+    nz = ref != 0.0
+    assert (out[~nz] == 0.0).all()
+    assert _ulps(out[nz], ref[nz]).max() <= 2.0
+    assert _ulps(inv, 1.0 / (1.0 + x)).max() <= 0.5

@@ -24,7 +24,7 @@ import numpy as np
 
 from pyflashmm._jit import njit, prange
 from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
-from pyflashmm._kernels.vecmath import log_vec
+from pyflashmm._kernels.vecmath import log1p_recip, log_vec
 
 # ----------------------------------------------------------------------------- special functions
 
@@ -627,6 +627,32 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
 # ----------------------------------------------------------------------------- IRLS for beta
 
 
+@njit
+def _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, lzc, lmc):
+    """Per class c (design row q = clab[c]): μ_c = max(s_c e^{η_q}, minmu) into ``mc``,
+    ln(1 + αμ_c), w_c = μ_c/(1 + αμ_c), ln(μ_c/s_c) (η_q, or ln(minmu/s_c) when floored)
+    and ln μ_c into ``l1c``, ``wc``, ``lzc``, ``lmc``.
+
+    The lookups by design row come first, in a loop of their own: the second loop then has
+    only selects and arithmetic, and LLVM vectorises it.
+    """
+    n = mc.shape[0]
+    for c in range(n):
+        q = clab[c]
+        mc[c] = csf[c] * E[q]
+        lzc[c] = eta[q]
+    for c in range(n):
+        raw = mc[c]
+        eq = lzc[c]
+        low = raw < minmu
+        mj = minmu if low else raw
+        mc[c] = mj
+        lzc[c] = lzf[c] if low else eq
+        lmc[c] = lmin if low else eq + logcsf[c]
+        l1c[c], inv = log1p_recip(al * mj)
+        wc[c] = mj * inv
+
+
 @njit(parallel=True)
 def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, minmu, tol,
                   maxit, start, want_hat):  # fmt: skip
@@ -665,8 +691,10 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
     lmin = math.log(minmu)
     l01 = math.log(0.1)
     logcsf = np.empty(nc)
+    lzf = np.empty(nc)  # ln(minmu/s) of a class whose μ is floored
     for c in range(nc):
         logcsf[c] = math.log(csf[c])
+        lzf[c] = math.log(minmu / csf[c])
     for g in prange(G):
         y = Y[g]
         al = alpha[g]
@@ -674,6 +702,10 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
         eta = np.empty(R)
         E = np.empty(R)
         mc = np.empty(nc)  # floored μ of every class
+        l1c = np.empty(nc)  # ln(1 + αμ) of every class
+        wc = np.empty(nc)  # w = μ/(1 + αμ)
+        lzc = np.empty(nc)  # ln(μ/s), the working-response offset
+        lmc = np.empty(nc)  # ln μ
         yc = np.zeros(nc)  # count total of every class
         wsum = np.empty(R)
         wz = np.empty(R)
@@ -717,20 +749,14 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
             E[r] = math.exp(s)
             wsum[r] = 0.0
             wz[r] = 0.0
+        _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, lzc, lmc)
         for c in range(nc):
             q = clab[c]
-            raw = csf[c] * E[q]
-            if raw < minmu:
-                mj = minmu
-                lz = math.log(minmu / csf[c])
-            else:
-                mj = raw
-                lz = eta[q]
-            mc[c] = mj
+            mj = mc[c]
             n = csize[c]
-            wj = mj / (1.0 + al * mj)
+            wj = wc[c]
             wsum[q] += n * wj
-            wz[q] += wj * (n * lz + (yc[c] - n * mj) / mj)
+            wz[q] += wj * (n * lzc[c] + (yc[c] - n * mj) / mj)
         dev = 0.0
         dev_old = 0.0
         n_it = 0
@@ -771,29 +797,21 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
                 wsum[r] = 0.0
                 wz[r] = 0.0
             dev = 0.0
+            _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, lzc, lmc)
             for c in range(nc):
                 q = clab[c]
-                raw = csf[c] * E[q]
-                if raw < minmu:
-                    mj = minmu
-                    lz = math.log(minmu / csf[c])
-                    lm = lmin
-                else:
-                    mj = raw
-                    lz = eta[q]
-                    lm = eta[q] + logcsf[c]
-                mc[c] = mj
+                mj = mc[c]
                 n = csize[c]
                 yt = yc[c]
                 # ln(r+μ) = ln r + ln(1+αμ): one log1p per class for the deviance
-                l1 = math.log1p(al * mj)
+                l1 = l1c[c]
                 tj = -r_al * l1 * n
                 if yt != 0.0:
-                    tj += yt * (lm - (logr + l1))
+                    tj += yt * (lmc[c] - (logr + l1))
                 dev += tj
-                wj = mj / (1.0 + al * mj)
+                wj = wc[c]
                 wsum[q] += n * wj
-                wz[q] += wj * (n * lz + (yt - n * mj) / mj)
+                wz[q] += wj * (n * lzc[c] + (yt - n * mj) / mj)
             dev = -2.0 * (dev + lg_const)
             conv = abs(dev - dev_old) / (abs(dev) + 0.1)
             if np.isnan(conv):

@@ -127,3 +127,16 @@ def log_vec(x):
     out = out if x < math.inf else x  # +inf, and NaN (the comparison is false)
     out = out if x != 0.0 else -math.inf
     return out if x >= 0.0 else math.nan
+
+
+@njit(inline="always")
+def log1p_recip(x):
+    """(ln(1 + x), 1/(1 + x)) for x > −1 with one division, vectorisable.
+
+    With u = 1 + x rounded, ln(1 + x) = ln u + ln(1 + c/u) ≈ ln u + c/u, where c = x − (u − 1)
+    is the rounding error of u (exact); |c/u| ≤ 2⁻⁵³, so the dropped terms are below 2⁻¹⁰⁶
+    and the result is as accurate as ``log_vec`` (for x below 2⁻⁵³, u = 1 and the result is x).
+    """
+    u = 1.0 + x
+    inv = 1.0 / u
+    return log_vec(u) + (x - (u - 1.0)) * inv, inv
