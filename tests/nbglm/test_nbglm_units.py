@@ -272,3 +272,40 @@ def test_survival_counts_fall_back_on_large_or_fractional_counts():
     vals = np.array([1.5, 2.0])
     assert K._survival_counts(vals, cnts, 2).size == 0  # not integers
     assert K._survival_counts(vals, cnts, 0).size == 0  # no non-zero count
+
+
+def test_count_problems_finds_first_of_each_kind():
+    from pyflashmm._kernels.checks import count_problems
+
+    x = np.array([0.0, 3.0, 2.5, -1.0, np.inf, np.nan, -np.inf, -2.0, np.nan, 0.5])
+    # [first NaN, first ±inf, first negative (finite), first non-integer]
+    assert count_problems(x).tolist() == [5, 4, 3, 2]
+    assert count_problems(np.arange(10.0)).tolist() == [-1, -1, -1, -1]
+
+
+def test_csr_rows_dense_matches_scipy_with_duplicates():
+    from pyflashmm._kernels.aggregate import csr_rows_dense
+
+    rng = np.random.default_rng(3)
+    A = sp.random(40, 30, density=0.2, random_state=4, format="coo")
+    dup = sp.coo_matrix(
+        (np.r_[A.data, [1.0, 2.0]], (np.r_[A.row, [0, 0]], np.r_[A.col, [1, 1]])), shape=A.shape
+    ).tocsr()  # tocsr keeps duplicate entries unsummed until asked
+    rows = rng.choice(40, 12, replace=False).astype(np.int64)
+    got = csr_rows_dense(dup.indptr, dup.indices, dup.data, rows, 30)
+    np.testing.assert_array_equal(got, dup[rows].toarray())
+
+
+def test_cell_classes_are_the_sorted_distinct_row_size_factor_pairs():
+    from pyflashmm.nbglm.dispersion import cell_classes
+
+    rng = np.random.default_rng(8)
+    lab = rng.integers(0, 3, 200)
+    sf = rng.choice([0.5, 1.0, 1.5, 2.0, 2.5], 200)
+    cls, size, off, n_cls = cell_classes(sf, lab, 3)
+    key = np.column_stack([lab, sf])
+    uniq, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    assert n_cls == uniq.shape[0]
+    np.testing.assert_array_equal(cls, inv.ravel())
+    np.testing.assert_array_equal(size, cnt)
+    np.testing.assert_array_equal(off, np.r_[0, np.cumsum(np.bincount(uniq[:, 0].astype(int)))])

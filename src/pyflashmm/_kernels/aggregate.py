@@ -1,8 +1,11 @@
-"""Numba kernel of pseudobulk aggregation: sums of cell rows per group, straight from CSR."""
+"""Numba kernels that read CSR arrays in place: pseudobulk sums of cell rows per group, and
+dense copies of selected rows (gene blocks of the NB GLM)."""
 
 from __future__ import annotations
 
-from pyflashmm._jit import njit
+import numpy as np
+
+from pyflashmm._jit import njit, prange
 
 
 @njit
@@ -16,3 +19,17 @@ def add_rows_by_group_csr(out, data, indices, indptr, lab):
         g = lab[c]
         for k in range(indptr[c], indptr[c + 1]):
             out[g, indices[k]] += data[k]
+
+
+@njit(parallel=True)
+def csr_rows_dense(indptr, indices, data, rows, n_cols):
+    """Rows ``rows`` of a CSR matrix as a dense float64 array (len(rows) × ``n_cols``).
+
+    Rows are filled in parallel straight from the CSR arrays (no sliced sparse copy first).
+    """
+    out = np.zeros((rows.shape[0], n_cols))
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        for k in range(indptr[r], indptr[r + 1]):
+            out[i, indices[k]] += data[k]  # duplicates add up, as in scipy's toarray
+    return out

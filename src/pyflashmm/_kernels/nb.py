@@ -1031,23 +1031,37 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
     return out
 
 
-@njit
+#: row chunks of ``log_geo_means_csr`` (fixed, so the sums do not depend on the thread count)
+GEO_CHUNKS = 16
+
+
+@njit(parallel=True)
 def log_geo_means_csr(indptr, indices, data, G):
-    """ln g_i = Σ_{y_ji > 0} ln y_ji / m of every column i of an m×G CSR matrix (sums in row
-    order); −inf for a column without a positive entry (DESeq2's poscounts geometric means)."""
+    """ln g_i = Σ_{y_ji > 0} ln y_ji / m of every column i of an m×G CSR matrix; −inf for a
+    column without a positive entry (DESeq2's poscounts geometric means).
+
+    The rows are split into ``GEO_CHUNKS`` fixed ranges summed in parallel (each in row
+    order), and the partial sums are added in chunk order.
+    """
     m = indptr.shape[0] - 1
-    s = np.zeros(G)
-    pos = np.zeros(G, dtype=np.bool_)
-    for j in range(m):
-        for t in range(indptr[j], indptr[j + 1]):
-            v = data[t]
-            if v > 0.0:
-                i = indices[t]
-                s[i] += math.log(v)
-                pos[i] = True
+    part = np.zeros((GEO_CHUNKS, G))
+    npos = np.zeros((GEO_CHUNKS, G), dtype=np.int64)
+    for ch in prange(GEO_CHUNKS):
+        for j in range(m * ch // GEO_CHUNKS, m * (ch + 1) // GEO_CHUNKS):
+            for t in range(indptr[j], indptr[j + 1]):
+                v = data[t]
+                if v > 0.0:
+                    i = indices[t]
+                    part[ch, i] += math.log(v)
+                    npos[ch, i] += 1
     out = np.empty(G)
     for i in range(G):
-        out[i] = s[i] / m if pos[i] else -np.inf
+        s = 0.0
+        n = 0
+        for ch in range(GEO_CHUNKS):
+            s += part[ch, i]
+            n += npos[ch, i]
+        out[i] = s / m if n > 0 else -np.inf
     return out
 
 

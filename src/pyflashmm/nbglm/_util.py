@@ -7,11 +7,17 @@ import hashlib
 import numpy as np
 import scipy.sparse as sp
 
+from pyflashmm._kernels.checks import count_problems
+
 
 def as_counts(counts, *, allow_non_integer: bool = False, name: str = "counts"):
-    """Validate a cells/samples × genes count matrix; return float64 dense or CSC."""
+    """Validate a cells/samples × genes count matrix; return it as float64, dense or CSR.
+
+    Sparse input is kept as CSR (CSR input is not copied when it is float64 already); all
+    stored values are checked in one pass (``_kernels.checks.count_problems``).
+    """
     if sp.issparse(counts):
-        mat = sp.csc_matrix(counts, dtype=np.float64)
+        mat = sp.csr_matrix(counts, dtype=np.float64)
         data = mat.data
     else:
         if hasattr(counts, "to_numpy"):
@@ -22,15 +28,17 @@ def as_counts(counts, *, allow_non_integer: bool = False, name: str = "counts"):
         data = mat
     if mat.shape[0] < 1 or mat.shape[1] < 1:
         raise ValueError(f"{name} is empty: shape {mat.shape}")
-    if np.isnan(data).any():
+    nan, inf, neg, frac = count_problems(np.ascontiguousarray(data).ravel())
+    if nan >= 0:
         raise ValueError(f"{name} contains NaN")
-    if not np.isfinite(data).all():
+    if inf >= 0:
         raise ValueError(f"{name} contains infinite values")
-    if (data < 0).any():
-        idx = np.argwhere(mat < 0)[0] if not sp.issparse(mat) else None
-        where = f" (first at {tuple(int(i) for i in idx)})" if idx is not None else ""
+    if neg >= 0:
+        where = ""
+        if not sp.issparse(mat):
+            where = f" (first at {tuple(int(i) for i in np.unravel_index(neg, mat.shape))})"
         raise ValueError(f"{name} contains negative values{where}")
-    if not allow_non_integer and (data != np.round(data)).any():
+    if not allow_non_integer and frac >= 0:
         raise ValueError(
             f"{name} contains non-integer values; pass allow_non_integer=True for estimated counts"
         )

@@ -101,15 +101,21 @@ def cell_classes(sf, lab, R):
     none = np.zeros(m, np.int64), np.zeros(1), np.zeros(R + 1, np.int64), 0
     if sf is None:
         return none
-    key = np.column_stack([lab.astype(np.float64), np.asarray(sf, dtype=np.float64)])
-    uniq, cls, size = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    n_cls = uniq.shape[0]
+    sf = np.asarray(sf, dtype=np.float64)
+    # classes are the distinct (row, size factor) pairs in lexicographic order
+    order = np.lexsort((sf, lab))
+    ls, ss = lab[order], sf[order]
+    first = np.ones(m, dtype=bool)
+    first[1:] = (ls[1:] != ls[:-1]) | (ss[1:] != ss[:-1])
+    n_cls = int(np.count_nonzero(first))
     if n_cls >= m:
         return none
+    cls = np.empty(m, np.int64)
+    cls[order] = np.cumsum(first) - 1
+    size = np.bincount(cls, minlength=n_cls).astype(np.float64)
     off = np.zeros(R + 1, np.int64)
-    off[1:] = np.cumsum(np.bincount(uniq[:, 0].astype(np.int64), minlength=R))
-    cls = np.ascontiguousarray(cls.ravel(), dtype=np.int64)
-    return cls, size.astype(np.float64), off, n_cls
+    off[1:] = np.cumsum(np.bincount(ls[first], minlength=R))
+    return cls, size, off, n_cls
 
 
 def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_prior=False,

@@ -27,9 +27,11 @@ from scipy import optimize, stats
 
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nb as _nb
+from pyflashmm._kernels.aggregate import csr_rows_dense
 from pyflashmm.nbglm import dispersion as _disp
 from pyflashmm.nbglm._util import as_counts, p_adjust_bh, r_quantile, row_groups, trimmed_mean
-from pyflashmm.nbglm.size_factors import size_factors as _size_factors
+from pyflashmm.nbglm.size_factors import METHODS as SIZE_FACTOR_METHODS
+from pyflashmm.nbglm.size_factors import size_factors_checked as _size_factors_checked
 
 LN2 = math.log(2.0)
 
@@ -290,7 +292,8 @@ _CACHE_ELEMENTS = 2**25  # dense gene blocks kept between stages up to 256 MiB i
 def _dense_rows(Yt, idx):
     """Genes idx of Yt (genes × samples: dense, or sparse CSR) as a dense float64 block."""
     if sp.issparse(Yt):
-        return np.asarray(Yt[idx].toarray(), dtype=np.float64)
+        rows = np.ascontiguousarray(idx, dtype=np.int64)
+        return csr_rows_dense(Yt.indptr, Yt.indices, Yt.data, rows, Yt.shape[1])
     return np.ascontiguousarray(Yt[idx], dtype=np.float64)
 
 
@@ -516,7 +519,12 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
 
     # size factors
     if isinstance(size_factors, str):
-        sf = _size_factors(Y, size_factors, allow_non_integer=allow_non_integer)
+        if size_factors not in SIZE_FACTOR_METHODS:
+            raise ValueError(
+                f"size_factors must be one of {SIZE_FACTOR_METHODS} or an array, "
+                f"got {size_factors!r}"
+            )
+        sf = _size_factors_checked(Y, size_factors)
     else:
         sf = np.asarray(size_factors, dtype=np.float64).ravel()
         if sf.size != m:
@@ -603,10 +611,9 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
         store(idx, out)
         ck = out["cooks"]
         res["max_cooks"][idx] = _max_cooks(ck, X)
-        if two_group_rule:
-            for r_, g in enumerate(idx):
-                jmax = int(np.argmax(ck[r_]))
-                heur_ok[g] = np.sum(Yb[r_] > Yb[r_, jmax]) >= 3
+        if two_group_rule:  # ≥ 3 counts above the count at each gene's largest Cook's distance
+            at_max = np.take_along_axis(Yb, np.argmax(ck, axis=1)[:, None], axis=1)
+            heur_ok[idx] = np.count_nonzero(Yb > at_max, axis=1) >= 3
         if cooks and replaceable.any():
             ck_nonrep = ck.copy()
             ck_nonrep[:, replaceable] = 0.0

@@ -53,7 +53,12 @@ def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = Fal
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    Y = as_counts(counts, allow_non_integer=allow_non_integer)
+    return size_factors_checked(as_counts(counts, allow_non_integer=allow_non_integer), method)
+
+
+def size_factors_checked(Y, method: str):
+    """:func:`size_factors` of counts already validated by ``as_counts`` (float64, dense or
+    CSR; ``nbglm`` checks its input once and comes here)."""
     m, G = Y.shape
     if method == "normed_sum":
         tot = np.asarray(Y.sum(axis=1)).ravel()
@@ -66,7 +71,7 @@ def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = Fal
         return _size_factors_iterate(Y)
     if method == "ratio":
         if sp.issparse(Y):
-            full = np.diff(Y.indptr) == m
+            full = np.bincount(Y.indices, minlength=G) == m  # genes stored in every row
             if not full.any():
                 raise ValueError(
                     "counts: every gene contains at least one zero, cannot compute log "
@@ -84,7 +89,8 @@ def size_factors(counts, method: str = "ratio", *, allow_non_integer: bool = Fal
         return _median_ratios_dense(Y, loggeo)
     # poscounts: dense and sparse input go through the same CSR kernels (bitwise-equal factors)
     Yr = sp.csr_matrix(Y)
-    Yr.sort_indices()
+    if not Yr.has_sorted_indices:
+        Yr = Yr.sorted_indices()  # a sorted copy: the caller's arrays are left as they are
     indptr = Yr.indptr.astype(np.int64)
     indices = Yr.indices.astype(np.int64)
     data = np.ascontiguousarray(Yr.data, dtype=np.float64)

@@ -1,0 +1,34 @@
+"""Numba kernel of the count-matrix checks: one pass over the stored values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pyflashmm._jit import njit
+
+
+@njit
+def count_problems(data):
+    """Positions of the first NaN, infinite, negative and non-integer value of ``data`` (1-D).
+
+    Returns an int64 array [nan, inf, negative, non_integer]; −1 where there is none. One
+    pass, where separate NumPy checks would make four (and two temporaries).
+    """
+    first = np.full(4, -1, dtype=np.int64)
+    for i in range(data.shape[0]):
+        v = data[i]
+        if v == math.floor(v) and v >= 0.0:  # the common case: a non-negative integer
+            continue
+        if math.isnan(v):
+            k = 0
+        elif math.isinf(v):
+            k = 1
+        elif v < 0.0:
+            k = 2
+        else:
+            k = 3
+        if first[k] < 0:
+            first[k] = i
+    return first
