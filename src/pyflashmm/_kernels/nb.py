@@ -474,8 +474,9 @@ def _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, prior_mean, prior_
 
 
 @njit(parallel=True)
-def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_mean,
-             prior_var, use_prior, min_log_alpha, kappa0, tol, maxit, use_cr):  # fmt: skip
+def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0,
+             prior_mean, prior_var, use_prior, min_log_alpha, kappa0, tol, maxit,
+             use_cr):  # fmt: skip
     """Armijo line search in a = ln α, gene by gene (DESeq2's dispersion optimiser).
 
     Gradient ascent a ← a + κ·lp'(a); a step is accepted when
@@ -485,7 +486,9 @@ def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_
     The design enters as its R distinct rows ``Xr``, the cells sorted by row (``order``, row
     offsets ``roff``); ``cls``/``ccnt``/``croff``/``n_cls`` are the cell classes of
     ``_prep_gene`` (``n_cls`` = 0: none). lp at an accepted proposal is the value already
-    computed for the Armijo test.
+    computed for the Armijo test. The means are ``MU`` (G×m), or, when ``means`` has G rows
+    (a group design), μ_gj = max(means[g, lab_j]·s_j, minmu), made one gene at a time (the
+    values of ``expand_row_means``, without its G×m array).
 
     Returns (log_alpha, iter, iter_accept, initial_lp, last_lp).
     """
@@ -497,7 +500,14 @@ def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_
     lp0 = np.empty(G)
     lp_last = np.empty(G)
     ne_max = max(m, n_cls)
+    from_means = means.shape[0] == G
     for g in prange(G):
+        if from_means:
+            mu_g = np.empty(m)
+            for j in range(m):
+                mu_g[j] = max(means[g, lab[j]] * sf[j], minmu)
+        else:
+            mu_g = MU[g]
         emu = np.empty(ne_max)
         en = np.empty(ne_max)
         ey = np.empty(ne_max)
@@ -515,7 +525,7 @@ def fit_disp(Y, MU, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0, prior_
         wc = np.empty(ne_max)
         im = np.empty(ne_max)  # 1/μ of every entry (μ is fixed during the search)
         st = np.full(1, np.nan)
-        ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
+        ne, K, ytot = _prep_gene(Y[g], mu_g, cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
                                  eoff, vals, cnts, seen)  # fmt: skip
         surv = _survival_counts(vals, cnts, K)
         tb = np.empty(surv.shape[0])

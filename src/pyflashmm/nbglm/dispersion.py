@@ -24,6 +24,8 @@ counts y_ij/s_j, base mean μ̄_i = mean_j y_ij/s_j, dispersion α_i (Var = μ +
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import signal, special, stats
 
@@ -118,6 +120,31 @@ def cell_classes(sf, lab, R):
     return cls, size, off, n_cls
 
 
+@dataclass(frozen=True)
+class RowMeans:
+    """The initial means of a group design, kept as per-row means: μ_gj = max(means[g, lab_j]
+    · s_j, minmu). The line search expands them one gene at a time instead of holding the
+    G×m matrix (at cell level, hundreds of MB); ``rows``/``dense`` expand on request."""
+
+    means: np.ndarray  # G×R
+    sf: np.ndarray
+    lab: np.ndarray
+    minmu: float
+
+    def rows(self, idx) -> np.ndarray:
+        """μ of genes ``idx`` (dense, len(idx)×m)."""
+        sub = np.ascontiguousarray(self.means[idx], dtype=np.float64)
+        return _nb.expand_row_means(sub, self.sf, self.lab, float(self.minmu))
+
+    def dense(self) -> np.ndarray:
+        return self.rows(slice(None))
+
+
+def mu_rows(MU, idx):
+    """Rows ``idx`` of μ given as a G×m array or as :class:`RowMeans`."""
+    return MU.rows(idx) if isinstance(MU, RowMeans) else MU[idx]
+
+
 def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_prior=False,
                   min_disp=MIN_DISP, kappa0=1.0, tol=1e-6, maxit=100, use_cr=True,
                   sf=None):  # fmt: skip
@@ -133,9 +160,15 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     R = Xr.shape[0]
     order, roff = row_order(lab, R)
     cls, ccnt, croff, n_cls = cell_classes(sf, lab, R)
+    if isinstance(MU, RowMeans):
+        mu_args = (np.empty((1, 1)), np.ascontiguousarray(MU.means, dtype=np.float64),
+                   MU.sf, MU.lab, float(MU.minmu))  # fmt: skip
+    else:
+        mu_args = (np.ascontiguousarray(MU, dtype=np.float64), np.empty((0, 1)), np.ones(1),
+                   np.zeros(1, np.int64), 0.0)  # fmt: skip
     la, it, _acc, lp0, lp1 = _nb.fit_disp(
         np.ascontiguousarray(Y, dtype=np.float64),
-        np.ascontiguousarray(MU, dtype=np.float64),
+        *mu_args,
         Xr,
         order,
         roff,
@@ -198,9 +231,9 @@ def gene_wise_dispersion(Y, MU, X, alpha_init, *, min_disp=MIN_DISP, maxit=100, 
     conv = (it < maxit) & (it != 1)
     refit = ~conv & (est > min_disp * 10)
     if refit.any():
-        est[refit] = fit_disp_grid(Y[refit], MU[refit], X, m)
+        est[refit] = fit_disp_grid(Y[refit], mu_rows(MU, refit), X, m)
     if exact:
-        est = _polish(Y, MU, X, est, min_disp, max_disp)
+        est = _polish(Y, mu_rows(MU, slice(None)), X, est, min_disp, max_disp)
     return np.clip(est, min_disp, max_disp), it
 
 
@@ -491,13 +524,13 @@ def map_dispersion(Y, MU, X, disp_gene_est, disp_fit, prior_var, var_log_disp, *
     refit = ~(it < maxit)
     if refit.any():
         disp_map[refit] = fit_disp_grid(
-            Y[refit], MU[refit], X, m, prior_mean=np.log(disp_fit[refit]),
+            Y[refit], mu_rows(MU, refit), X, m, prior_mean=np.log(disp_fit[refit]),
             prior_var=prior_var, use_prior=True,
         )  # fmt: skip
     max_disp = max(10.0, m)
     if exact:
-        disp_map = _polish(Y, MU, X, disp_map, min_disp, max_disp, np.log(disp_fit), prior_var,
-                           True)  # fmt: skip
+        disp_map = _polish(Y, mu_rows(MU, slice(None)), X, disp_map, min_disp, max_disp,
+                           np.log(disp_fit), prior_var, True)  # fmt: skip
     disp_map = np.clip(disp_map, min_disp, max_disp)
     outlier = np.log(disp_gene_est) > np.log(disp_fit) + outlier_sd * np.sqrt(var_log_disp)
     final = np.where(outlier, disp_gene_est, disp_map)

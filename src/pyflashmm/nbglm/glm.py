@@ -304,7 +304,9 @@ def _group_mu(Yb, sf, X, df):
 
 
 def _linear_mu0(means, sf, X, minmu):
-    return _nb.expand_row_means(means, sf, _disp.design_rows(X)[1], float(minmu))
+    """Initial means of a group design, kept as row means (expanded per gene when used)."""
+    sf = np.ascontiguousarray(sf, dtype=np.float64)
+    return _disp.RowMeans(means, sf, _disp.design_rows(X)[1], float(minmu))
 
 
 def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
@@ -737,7 +739,7 @@ def _size_factors_iterate(Y, niter=10, q_trim=0.05):
         vl = _disp.var_log_disp_ests(est, dfit)
         pv = _disp.prior_variance(est, dfit, m, 1)
         disps, *_ = _disp.map_dispersion(cts, mu0, X, est, dfit, pv, vl)
-        q = mu0 / sf
+        q = mu0.dense() / sf
         old = sf.copy()
         r = 1.0 / disps[:, None]
 
