@@ -638,10 +638,14 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
 
 
 @njit
-def _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, lzc, lmc):
-    """Per class c (design row q = clab[c]): μ_c = max(s_c e^{η_q}, minmu) into ``mc``,
-    ln(1 + αμ_c), w_c = μ_c/(1 + αμ_c), ln(μ_c/s_c) (η_q, or ln(minmu/s_c) when floored)
-    and ln μ_c into ``l1c``, ``wc``, ``lzc``, ``lmc``.
+def _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minmu, lmin, mc, wn,
+                 wzc, devc):  # fmt: skip
+    """The IRLS terms of every class c (n_c samples, count total Y_c, design row q = clab[c]).
+
+    μ_c = max(s_c e^{η_q}, minmu) into ``mc``; with w_c = μ_c/(1 + αμ_c) and
+    z-offset ℓz_c = ln(μ_c/s_c) (η_q, or ln(minmu/s_c) when floored): n_c w_c into ``wn``,
+    w_c [n_c ℓz_c + (Y_c − n_c μ_c)/μ_c] into ``wzc`` and the deviance term
+    −r n_c ln(1+αμ_c) + Y_c(ln μ_c − ln r − ln(1+αμ_c)) into ``devc`` (r = 1/α).
 
     The lookups by design row come first, in a loop of their own: the second loop then has
     only selects and arithmetic, and LLVM vectorises it.
@@ -650,17 +654,23 @@ def _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, l
     for c in range(n):
         q = clab[c]
         mc[c] = csf[c] * E[q]
-        lzc[c] = eta[q]
+        wzc[c] = eta[q]
     for c in range(n):
         raw = mc[c]
-        eq = lzc[c]
+        eq = wzc[c]
         low = raw < minmu
         mj = minmu if low else raw
+        lz = lzf[c] if low else eq
+        lm = lmin if low else eq + logcsf[c]
+        l1, inv = log1p_recip(al * mj)  # ln(r+μ) = ln r + ln(1+αμ)
+        wj = mj * inv
+        nc_ = csize[c]
+        yt = yc[c]
         mc[c] = mj
-        lzc[c] = lzf[c] if low else eq
-        lmc[c] = lmin if low else eq + logcsf[c]
-        l1c[c], inv = log1p_recip(al * mj)
-        wc[c] = mj * inv
+        wn[c] = nc_ * wj
+        wzc[c] = wj * (nc_ * lz + (yt - nc_ * mj) / mj)
+        t = -r_al * l1 * nc_
+        devc[c] = t + yt * (lm - (logr + l1)) if yt != 0.0 else t
 
 
 @njit(parallel=True)
@@ -712,10 +722,9 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
         eta = np.empty(R)
         E = np.empty(R)
         mc = np.empty(nc)  # floored μ of every class
-        l1c = np.empty(nc)  # ln(1 + αμ) of every class
-        wc = np.empty(nc)  # w = μ/(1 + αμ)
-        lzc = np.empty(nc)  # ln(μ/s), the working-response offset
-        lmc = np.empty(nc)  # ln μ
+        wn = np.empty(nc)  # n w of every class (``_class_terms``)
+        wzc = np.empty(nc)  # its share of Σ w z
+        devc = np.empty(nc)  # its deviance term
         yc = np.zeros(nc)  # count total of every class
         wsum = np.empty(R)
         wz = np.empty(R)
@@ -759,14 +768,12 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
             E[r] = math.exp(s)
             wsum[r] = 0.0
             wz[r] = 0.0
-        _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, lzc, lmc)
+        _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minmu, lmin, mc,
+                     wn, wzc, devc)  # fmt: skip
         for c in range(nc):
             q = clab[c]
-            mj = mc[c]
-            n = csize[c]
-            wj = wc[c]
-            wsum[q] += n * wj
-            wz[q] += wj * (n * lzc[c] + (yc[c] - n * mj) / mj)
+            wsum[q] += wn[c]
+            wz[q] += wzc[c]
         dev = 0.0
         dev_old = 0.0
         n_it = 0
@@ -807,21 +814,13 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
                 wsum[r] = 0.0
                 wz[r] = 0.0
             dev = 0.0
-            _class_terms(al, E, eta, clab, csf, logcsf, lzf, minmu, lmin, mc, l1c, wc, lzc, lmc)
+            _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minmu, lmin,
+                         mc, wn, wzc, devc)  # fmt: skip
             for c in range(nc):
                 q = clab[c]
-                mj = mc[c]
-                n = csize[c]
-                yt = yc[c]
-                # ln(r+μ) = ln r + ln(1+αμ): one log1p per class for the deviance
-                l1 = l1c[c]
-                tj = -r_al * l1 * n
-                if yt != 0.0:
-                    tj += yt * (lmc[c] - (logr + l1))
-                dev += tj
-                wj = wc[c]
-                wsum[q] += n * wj
-                wz[q] += wj * (n * lzc[c] + (yt - n * mj) / mj)
+                dev += devc[c]
+                wsum[q] += wn[c]
+                wz[q] += wzc[c]
             dev = -2.0 * (dev + lg_const)
             conv = abs(dev - dev_old) / (abs(dev) + 0.1)
             if np.isnan(conv):
