@@ -739,9 +739,11 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
         if start:
             for r in range(R):
                 wz[r] = 0.0
+            lq = np.empty(m)
+            for j in range(m):  # vectorised: ln(y/s + 0.1)
+                lq[j] = log_vec(y[j] / sf[j] + 0.1)
             for j in range(m):
-                yj = y[j]
-                wz[lab[j]] += l01 if yj == 0.0 else math.log(yj / sf[j] + 0.1)
+                wz[lab[j]] += l01 if y[j] == 0.0 else lq[j]
             for k in range(p):
                 s = 0.0
                 for r in range(R):
