@@ -958,6 +958,21 @@ def _rank_sum(a, n, i0, i1):
 
 
 @njit
+def _median_inplace(a, n):
+    """Median of a[:n] (n > 0; a is reordered): the middle value, or the mean of the two middle
+    values, as ``np.median`` gives, without its copy of the data."""
+    h = n // 2
+    _select(a, 0, n, h)
+    if n % 2 == 1:
+        return a[h]
+    lo = a[0]
+    for i in range(1, h):  # the largest of the lower half is the other middle value
+        if a[i] > lo:
+            lo = a[i]
+    return (lo + a[h]) / 2.0
+
+
+@njit
 def _tmean_row(row, v, lo, hi, less, more):
     """Trimmed mean (ranks lo..hi−1) of one row, by selection rather than sorting.
 
@@ -1095,10 +1110,7 @@ def median_log_ratios_csr(indptr, indices, data, loggeo):
             if v > 0.0 and np.isfinite(lg):
                 buf[k] = math.log(v) - lg
                 k += 1
-        if k == 0:
-            out[j] = np.nan
-        else:
-            out[j] = math.exp(np.median(buf[:k]))
+        out[j] = math.exp(_median_inplace(buf, k)) if k > 0 else np.nan
     return out
 
 
@@ -1117,7 +1129,7 @@ def median_log_ratios_dense(Y, loggeo):
             if v > 0.0 and np.isfinite(lg):
                 buf[k] = math.log(v) - lg
                 k += 1
-        out[j] = math.exp(np.median(buf[:k])) if k > 0 else np.nan
+        out[j] = math.exp(_median_inplace(buf, k)) if k > 0 else np.nan
     return out
 
 
