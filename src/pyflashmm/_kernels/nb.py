@@ -973,12 +973,25 @@ def _median_inplace(a, n):
 
 
 @njit
+def _tmean_parts(less, nl, c0, v, more, nm, lo, hi):
+    """Trimmed mean (ranks lo..hi−1) of data given as its nl entries below v (``less``), c0
+    copies of v and its nm entries above v (``more``); only the ranks inside lo..hi−1 are
+    selected (O(n) on average) and summed. ``less`` and ``more`` are reordered."""
+    s = _rank_sum(less, nl, lo, min(hi, nl))
+    k0 = max(lo, nl)
+    k1 = min(hi, nl + c0)
+    if k1 > k0:
+        s += (k1 - k0) * v
+    s += _rank_sum(more, nm, max(lo, nl + c0) - nl - c0, hi - nl - c0)
+    return s / (hi - lo)
+
+
+@njit
 def _tmean_row(row, v, lo, hi, less, more):
     """Trimmed mean (ranks lo..hi−1) of one row, by selection rather than sorting.
 
     Entries equal to v (e.g. the many zero counts of a row) are counted; the entries below
-    and above v are kept apart, and only the ranks that fall inside lo..hi−1 are selected
-    (O(n) on average) and summed.
+    and above v are kept apart (``_tmean_parts``).
     """
     n = row.shape[0]
     nl = 0
@@ -991,15 +1004,7 @@ def _tmean_row(row, v, lo, hi, less, more):
         elif x > v:
             more[nm] = x
             nm += 1
-    c0 = n - nl - nm
-    # merged order: the nl entries below v, c0 copies of v, the nm entries above v
-    s = _rank_sum(less, nl, lo, min(hi, nl))
-    k0 = max(lo, nl)
-    k1 = min(hi, nl + c0)
-    if k1 > k0:
-        s += (k1 - k0) * v
-    s += _rank_sum(more, nm, max(lo, nl + c0) - nl - c0, hi - nl - c0)
-    return s / (hi - lo)
+    return _tmean_parts(less, nl, n - nl - nm, v, more, nm, lo, hi)
 
 
 @njit(parallel=True)
@@ -1027,6 +1032,10 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
     Set k is ``cols[off[k]:off[k+1]]``; q̄_t is the trimmed mean of q over the set. This is the
     per-sample variance of DESeq2's robust moment dispersion (one set per design row with
     ≥ 3 samples, the maximum over rows). Returns G values.
+
+    Only the non-zero q of a set are stored: the zeros are the lowest ranks of q, and all map
+    to q̄_t² in the second trimmed mean, so both means count them instead of selecting them
+    (the values and their order are those of ``_tmean_row`` on the whole set).
     """
     G = Y.shape[0]
     nset = off.shape[0] - 1
@@ -1035,7 +1044,7 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
         nmax = max(nmax, off[k + 1] - off[k])
     out = np.empty(G)
     for g in prange(G):
-        q = np.empty(nmax)
+        q = np.empty(nmax + 1)
         less = np.empty(nmax)
         more = np.empty(nmax)
         best = 0.0
@@ -1043,15 +1052,28 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
             n = off[k + 1] - off[k]
             lo = int(math.floor(n * trims[k]))
             hi = n - lo
-            qk = q[:n]
-            for t in range(n):
+            nz = 0
+            for t in range(n):  # the non-zero q of the set, in set order (branch-free)
                 c = cols[off[k] + t]
-                qk[t] = Y[g, c] / sf[c]
-            cm = _tmean_row(qk, 0.0, lo, hi, less, more)
-            for t in range(n):
-                d = qk[t] - cm
-                qk[t] = d * d
-            v = scales[k] * _tmean_row(qk, cm * cm, lo, hi, less, more)
+                y = Y[g, c]
+                q[nz] = y / sf[c]
+                nz += 1 if y != 0.0 else 0
+            for t in range(nz):
+                more[t] = q[t]
+            cm = _tmean_parts(less, 0, n - nz, 0.0, more, nz, lo, hi)
+            v = cm * cm
+            nl = 0
+            nm = 0
+            for t in range(nz):
+                d = q[t] - cm
+                x = d * d
+                if x < v:
+                    less[nl] = x
+                    nl += 1
+                elif x > v:
+                    more[nm] = x
+                    nm += 1
+            v = scales[k] * _tmean_parts(less, nl, n - nl - nm, v, more, nm, lo, hi)
             best = v if k == 0 else max(best, v)
         out[g] = best
     return out
