@@ -1199,10 +1199,13 @@ def group_design_start(Y, sf, lab, R, df, xim):
         nrow[lab[j]] += 1.0
     for g in prange(G):
         y = Y[g]
+        q = np.empty(m)
+        for j in range(m):  # vectorised
+            q[j] = y[j] / sf[j]
         sums = np.zeros(R)
         tot = 0.0
         for j in range(m):
-            qj = y[j] / sf[j]
+            qj = q[j]
             sums[lab[j]] += qj
             tot += qj
         for r in range(R):
@@ -1211,7 +1214,7 @@ def group_design_start(Y, sf, lab, R, df, xim):
         s = 0.0
         ss = 0.0
         for j in range(m):
-            qj = y[j] / sf[j]
+            qj = q[j]
             mu = max(1.0, means[g, lab[j]])
             d = qj - mu
             s += (d * d - mu) / (mu * mu)
