@@ -987,8 +987,9 @@ def _tmean_parts(less, nl, c0, v, more, nm, lo, hi):
 
 
 @njit
-def _tmean_row(row, v, lo, hi, less, more):
-    """Trimmed mean (ranks lo..hi−1) of one row, by selection rather than sorting.
+def _tmean_row(row, n_more_v, v, lo, hi, less, more):
+    """Trimmed mean (ranks lo..hi−1) of ``row`` plus ``n_more_v`` further copies of v, by
+    selection rather than sorting.
 
     Entries equal to v (e.g. the many zero counts of a row) are counted; the entries below
     and above v are kept apart (``_tmean_parts``).
@@ -1004,7 +1005,7 @@ def _tmean_row(row, v, lo, hi, less, more):
         elif x > v:
             more[nm] = x
             nm += 1
-    return _tmean_parts(less, nl, n - nl - nm, v, more, nm, lo, hi)
+    return _tmean_parts(less, nl, n + n_more_v - nl - nm, v, more, nm, lo, hi)
 
 
 @njit(parallel=True)
@@ -1021,7 +1022,7 @@ def trimmed_mean_rows(A, v0, trim):
     for g in prange(G):
         less = np.empty(n)
         more = np.empty(n)
-        out[g] = _tmean_row(A[g], v0[g], lo, hi, less, more)
+        out[g] = _tmean_row(A[g], 0, v0[g], lo, hi, less, more)
     return out
 
 
@@ -1061,19 +1062,10 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
             for t in range(nz):
                 more[t] = q[t]
             cm = _tmean_parts(less, 0, n - nz, 0.0, more, nz, lo, hi)
-            v = cm * cm
-            nl = 0
-            nm = 0
             for t in range(nz):
                 d = q[t] - cm
-                x = d * d
-                if x < v:
-                    less[nl] = x
-                    nl += 1
-                elif x > v:
-                    more[nm] = x
-                    nm += 1
-            v = scales[k] * _tmean_parts(less, nl, n - nl - nm, v, more, nm, lo, hi)
+                q[t] = d * d
+            v = scales[k] * _tmean_row(q[:nz], n - nz, cm * cm, lo, hi, less, more)
             best = v if k == 0 else max(best, v)
         out[g] = best
     return out
