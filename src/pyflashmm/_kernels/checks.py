@@ -13,10 +13,18 @@ from pyflashmm._jit import njit
 def count_problems(data):
     """Positions of the first NaN, infinite, negative and non-integer value of ``data`` (1-D).
 
-    Returns an int64 array [nan, inf, negative, non_integer]; −1 where there is none. One
-    pass, where separate NumPy checks would make four (and two temporaries).
+    Returns an int64 array [nan, inf, negative, non_integer]; −1 where there is none. A first,
+    vectorised pass only asks whether every value is a finite non-negative integer; the
+    positions are looked for only when one is not (separate NumPy checks would make four
+    passes and two temporaries).
     """
     first = np.full(4, -1, dtype=np.int64)
+    ok = True
+    for i in range(data.shape[0]):  # vectorised: are all values finite non-negative integers?
+        v = data[i]
+        ok &= (v == math.floor(v)) & (v >= 0.0) & (v < math.inf)
+    if ok:
+        return first
     for i in range(data.shape[0]):
         v = data[i]
         if v == math.floor(v) and v >= 0.0:  # the common case: a non-negative integer
