@@ -14,9 +14,10 @@ written with :data:`prange`.
 from __future__ import annotations
 
 import functools
+import sys
 
 import numba
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 prange = numba.prange
 
@@ -41,6 +42,21 @@ def num_threads() -> int:
     return numba.get_num_threads()
 
 
+#: (number of imported modules, controller) of the last scan for thread-pool libraries
+_controller: tuple[int, ThreadpoolController] | None = None
+
+
+def _blas_controller() -> ThreadpoolController:
+    """A cached ``ThreadpoolController``: building one scans the loaded shared libraries (about
+    1 ms), so it is reused, and rebuilt only when modules were imported since (a new BLAS
+    library comes with a new extension module)."""
+    global _controller
+    n_modules = len(sys.modules)
+    if _controller is None or _controller[0] != n_modules:
+        _controller = (n_modules, ThreadpoolController())
+    return _controller[1]
+
+
 def numba_parallel_only(func):
     """Run ``func`` with BLAS limited to one thread.
 
@@ -51,7 +67,7 @@ def numba_parallel_only(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             return func(*args, **kwargs)
 
     return wrapper
