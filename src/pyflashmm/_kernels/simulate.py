@@ -119,6 +119,14 @@ def uniform(st):
     return ((next_u64(st) >> _U11) + 0.5) * _TWO_M53
 
 
+@njit(inline="always")
+def _ix(i):
+    """``i`` as an unsigned array index (for indices known to be non-negative): Numba then
+    omits the wrap-around of negative indices, a few instructions per access in the per-cell
+    loops (about 10 % of ``sample_blocks`` and 15 % of ``emit_dense``)."""
+    return np.uint64(i)
+
+
 @njit
 def normal(st):
     """Standard normal by Box–Muller (one of the pair is used)."""
@@ -363,10 +371,10 @@ def _run_grid(
     fn = fptr[g + 1] - f0 - 1  # fine tables jf − fj0[g] in [0, fn) bracket from below
     jf0 = fj0[g]
     for i in range(lo, hi):
-        c = perm[i]
+        c = perm[_ix(i)]
         if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
             continue
-        mu = m * fs[i]
+        mu = m * fs[_ix(i)]
         v = uniform(st)
         if fn > 0:  # the gene's shared fine tables (built once per call, ``fine_tables``)
             jf = int(mu * (1.0 / fine))
@@ -380,13 +388,13 @@ def _run_grid(
                 t = v + EPS
                 k = 0
                 for jj in range(fw):
-                    k += ft[r, jj] > t
+                    k += ft[_ix(r), jj] > t
                 if k < fw:
-                    if ft[r + 1, k] > v - EPS:  # undecided: wider tables cannot decide either
+                    if ft[_ix(r + 1), _ix(k)] > v - EPS:  # undecided: wider tables cannot decide
                         k = nb_inverse(v, mu, s)
                     nz = 1 if k > 0 else 0
                     if ng > 0:
-                        dbuf[slot, (i - b0) * ng + g] = k
+                        dbuf[_ix(slot), _ix((i - b0) * ng + g)] = k
                         u += nz
                         continue
                     if u < cap:
@@ -663,9 +671,9 @@ def emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, da
             off = (pinv[b0 + r] - b0) * G
             if p + G <= end:
                 for g in range(G):
-                    v = dbuf[i, off + g]
-                    indices[p] = g
-                    data[p] = v
+                    v = dbuf[_ix(i), _ix(off + g)]
+                    indices[_ix(p)] = g
+                    data[_ix(p)] = v
                     p += 1 if v != 0 else 0
             else:
                 for g in range(G):
