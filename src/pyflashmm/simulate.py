@@ -500,7 +500,8 @@ def _reference_stats(R: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarr
     data = np.ascontiguousarray(R.data)
     if data.dtype.kind == "b":
         data = data.view(np.uint8)
-    colsum, colsq, rowsum, bad = _ks.reference_stats(indptr, indices, data, R.shape[1])
+    integral = data.dtype.kind in "iu"
+    colsum, colsq, rowsum, bad = _ks.reference_stats(indptr, indices, data, R.shape[1], integral)
     if bad >= 0:
         row = int(np.searchsorted(indptr, bad, side="right") - 1)
         raise ValueError(

@@ -713,12 +713,13 @@ STAT_CHUNKS = 16
 
 
 @njit(parallel=True)
-def reference_stats(indptr, indices, data, n_genes):
+def reference_stats(indptr, indices, data, n_genes, integral):
     """Column sums, column sums of squares and row sums of a CSR matrix, and its first bad entry.
 
     Returns (colsum, colsq, rowsum, bad): ``bad`` is the position in ``data`` of the first entry
-    that is not a finite non-negative integer, or -1. Sums are in float64, exact for integer
-    counts (< 2^53), so the row-chunk order does not matter.
+    that is not a finite non-negative integer, or -1. ``integral``: ``data`` has an integer
+    dtype, so only the sign is checked and row sums are accumulated in int64. Sums are in
+    float64, exact for integer counts (< 2^53), so the row-chunk order does not matter.
     """
     n = indptr.shape[0] - 1
     part = np.zeros((STAT_CHUNKS, n_genes))
@@ -728,17 +729,35 @@ def reference_stats(indptr, indices, data, n_genes):
     for ch in prange(STAT_CHUNKS):
         r0 = n * ch // STAT_CHUNKS
         r1 = n * (ch + 1) // STAT_CHUNKS
+        c = _ix(ch)
         for r in range(r0, r1):
+            j0 = np.int64(indptr[r])
+            j1 = np.int64(indptr[r + 1])
+            if integral:
+                itot = 0
+                for j in range(j0, j1):
+                    y = data[_ix(j)]
+                    if y < 0:
+                        if bad[ch] < 0:
+                            bad[ch] = j
+                        continue
+                    x = float(y)
+                    g = _ix(indices[_ix(j)])
+                    part[c, g] += x
+                    partsq[c, g] += x * x
+                    itot += y
+                rowsum[r] = itot
+                continue
             tot = 0.0
-            for j in range(indptr[r], indptr[r + 1]):
-                x = float(data[j])
+            for j in range(j0, j1):
+                x = float(data[_ix(j)])
                 if not (x >= 0.0 and x < math.inf and x == math.floor(x)):
                     if bad[ch] < 0:
                         bad[ch] = j
                     continue
-                g = indices[j]
-                part[ch, g] += x
-                partsq[ch, g] += x * x
+                g = _ix(indices[_ix(j)])
+                part[c, g] += x
+                partsq[c, g] += x * x
                 tot += x
             rowsum[r] = tot
     colsum = np.zeros(n_genes)
