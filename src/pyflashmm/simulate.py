@@ -385,26 +385,8 @@ def _simulate_counts(
     n_blocks = max(-(-n // block_cells), 1)
     block_ptr = np.minimum(np.arange(n_blocks + 1, dtype=np.int64) * block_cells, n)
     block_id = np.arange(n, dtype=np.int64) // block_cells
-    H = int(cell_h.max()) + 1 if n else 1
-    if n_blocks * H <= 1 << 16:
-        # = lexsort((cell_f, cell_h, block_id)): stable sort by f, then a stable radix sort of
-        # the (block, group) key; with few distinct f (cells resampled from a reference) the
-        # first is a radix sort of the rank of f (ties keep their rank: the same order)
-        order = np.argsort(cell_f)
-        fo = cell_f[order]
-        new_f = np.empty(n, dtype=bool)
-        new_f[:1] = True
-        np.not_equal(fo[1:], fo[:-1], out=new_f[1:])
-        if np.count_nonzero(new_f) <= 1 << 16:
-            rank = np.empty(n, dtype=np.uint16)
-            rank[order] = np.cumsum(new_f, dtype=np.int64) - 1
-            order = np.argsort(rank, kind="stable")
-        else:
-            order = np.argsort(cell_f, kind="stable")
-        key = (block_id * H + cell_h).astype(np.uint16)[order]
-        perm = order[np.argsort(key, kind="stable")].astype(np.int64, copy=False)
-    else:
-        perm = np.lexsort((cell_f, cell_h, block_id)).astype(np.int64)
+    # = lexsort((cell_f, cell_h, block_id)): any sort of f, then O(n) counting sorts
+    perm = _ks.sort_cells(np.argsort(cell_f), cell_f, cell_h, block_cells)
     fs = cell_f[perm]
     # runs: cells of one group inside a block
     hs = cell_h[perm]

@@ -708,6 +708,56 @@ def fine_tables(size, fptr, fj0, fine, width):
     return ft
 
 
+@njit
+def sort_cells(order, cell_f, cell_h, block_cells):
+    """The cells sorted by (block, group, f), ties in index order: ``perm`` of the sampler.
+
+    Cell i belongs to block i // ``block_cells`` and group ``cell_h[i]``; ``order`` sorts
+    ``cell_f`` (ties in any order). Three stable counting sorts, each O(n): by the rank of f
+    (which puts ties in index order), by block, then by group inside each block.
+    """
+    n = order.shape[0]
+    rank = np.empty(n, dtype=np.int64)
+    nr = 0
+    for p in range(n):
+        if p > 0 and cell_f[order[p]] != cell_f[order[p - 1]]:
+            nr += 1
+        rank[order[p]] = nr
+    pos = np.zeros(nr + 2, dtype=np.int64)
+    for c in range(n):
+        pos[rank[c] + 1] += 1
+    for r in range(nr + 1):
+        pos[r + 1] += pos[r]
+    by_f = np.empty(n, dtype=np.int64)
+    for c in range(n):
+        by_f[pos[rank[c]]] = c
+        pos[rank[c]] += 1
+    n_blocks = (n + block_cells - 1) // block_cells
+    fill = np.arange(n_blocks) * block_cells
+    by_block = np.empty(n, dtype=np.int64)
+    for c in by_f:
+        b = c // block_cells
+        by_block[fill[b]] = c
+        fill[b] += 1
+    n_groups = cell_h.max() + 1 if n else 1
+    start = np.empty(n_groups + 1, dtype=np.int64)
+    perm = np.empty(n, dtype=np.int64)
+    for b in range(n_blocks):
+        lo = b * block_cells
+        hi = min(lo + block_cells, n)
+        start[:] = 0
+        for p in range(lo, hi):
+            start[cell_h[by_block[p]] + 1] += 1
+        start[0] = lo
+        for h in range(n_groups):
+            start[h + 1] += start[h]
+        for p in range(lo, hi):
+            c = by_block[p]
+            perm[start[cell_h[c]]] = c
+            start[cell_h[c]] += 1
+    return perm
+
+
 #: row chunks of ``reference_stats`` (fixed, so results do not depend on the thread count)
 STAT_CHUNKS = 16
 
