@@ -318,17 +318,20 @@ def _block_seeds(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
 # the sampler
 
 
-def _fine_tables(M, size, cell_f, enabled):
+def _fine_tables(M, size, cell_f, de_mult, enabled):
     """Shared survival tables of each gene on the grid j ``FINE_GRID`` over its range of means
-    (spacing widened to fit ``FINE_BYTES``); ``enabled=False`` (or None and too many genes)
-    gives none. They only speed up the lookups: the output does not depend on them."""
+    (with and without its fold change ``de_mult``; spacing widened to fit ``FINE_BYTES``);
+    ``enabled=False`` (or None and too many genes) gives none. They only speed up the lookups:
+    the output does not depend on them."""
     G = M.shape[0]
     if enabled is None:
         enabled = G <= FINE_MAX_GENES
     if not enabled or cell_f.size == 0:
         return np.empty((0, FINE_WIDTH)), np.zeros(G + 1, np.int64), np.zeros(G, np.int64), 1.0
-    lo = np.minimum(M.min(axis=1) * cell_f.min(), _ks.MU_BIG)
-    hi = np.minimum(M.max(axis=1) * cell_f.max(), _ks.MU_BIG)
+    lo = M.min(axis=1) * cell_f.min()
+    hi = M.max(axis=1) * cell_f.max()
+    lo = np.minimum(np.minimum(lo, lo * de_mult), _ks.MU_BIG)
+    hi = np.minimum(np.maximum(hi, hi * de_mult), _ks.MU_BIG)
     fine = FINE_GRID
     rows = FINE_BYTES // (8 * FINE_WIDTH)
     while True:
@@ -434,7 +437,7 @@ def _simulate_counts(
     indices = np.empty(capacity, dtype=idx_dtype)
     data = np.empty(capacity, dtype=np.int32)
     total = 0
-    fine = _fine_tables(M, size, cell_f, fine_grid)
+    fine = _fine_tables(M, size, cell_f, np.where(de_cls >= 0, de_mult, 1.0), fine_grid)
     fixed = (block_ptr, perm, fs, cell_cls, cell_treated, run_ptr, run_lo, run_hi, run_h)
     for w0 in range(0, n_blocks, slots):
         blocks = np.arange(w0, min(w0 + slots, n_blocks), dtype=np.int64)

@@ -355,82 +355,92 @@ def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
 
 
 @njit(inline="always")
+def _fine_draw(v, mu, s, ft, f0, fn, jf0, fine):
+    """The count of survival level ``v`` for NB(``mu``, ``s``) from a gene's fine tables, or -1.
+
+    The tables (rows ``f0``.., built once per call by ``fine_tables``) are at the means
+    (``jf0`` + r) ``fine``; rows r and r + 1 bracket ``mu`` for r in [0, ``fn``). -1 when
+    ``mu`` is outside them or the count is not below their width (the caller falls back).
+    """
+    jf = int(mu * (1.0 / fine))
+    if jf * fine > mu:
+        jf -= 1
+    elif (jf + 1) * fine < mu:
+        jf += 1
+    r = jf - jf0
+    if not 0 <= r < fn:
+        return -1
+    r += f0
+    t = v + EPS
+    fw = ft.shape[1]
+    k = 0
+    for jj in range(fw):
+        k += ft[_ix(r), jj] > t
+    if k >= fw:
+        return -1
+    if ft[_ix(r + 1), _ix(k)] > v - EPS:  # undecided: wider tables cannot decide either
+        return nb_inverse(v, mu, s)
+    return k
+
+
+@njit(inline="always")
+def _nb_draw_fine(st, mu, s, ft, f0, fn, jf0, fine):
+    """:func:`nb_draw` (the same draws and random numbers) looked up in the fine tables."""
+    if not 0.0 < mu <= MU_BIG or fn <= 0:
+        return nb_draw(st, mu, s)
+    v = uniform(st)
+    y = _fine_draw(v, mu, s, ft, f0, fn, jf0, fine)
+    return y if y >= 0 else nb_inverse(v, mu, s)
+
+
+@njit(inline="always")
 def _run_grid(
     st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, fptr, fj0, fine,
+    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, f0, fn, jf0, fine,
 ):  # fmt: skip
     """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
-    cell, bracketed by the survival tables at the grid means j ``GRID`` ≤ μ ≤ (j + 1) ``GRID``.
-    The tables of a gene are built once per block (``gstamp[j]`` = g) and shared by its groups."""
+    cell, looked up in the gene's fine tables (``_fine_draw``) or else bracketed by the
+    survival tables at the grid means j ``GRID`` ≤ μ ≤ (j + 1) ``GRID``. The grid tables of a
+    gene are built once per block (``gstamp[j]`` = g) and shared by its groups."""
     cap = srow.shape[1]
     u = used[slot]
     j = -1
     w = 0
-    fw = ft.shape[1]
-    f0 = fptr[g]
-    fn = fptr[g + 1] - f0 - 1  # fine tables jf − fj0[g] in [0, fn) bracket from below
-    jf0 = fj0[g]
     for i in range(lo, hi):
         c = perm[_ix(i)]
         if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
             continue
         mu = m * fs[_ix(i)]
         v = uniform(st)
-        if fn > 0:  # the gene's shared fine tables (built once per call, ``fine_tables``)
-            jf = int(mu * (1.0 / fine))
-            if jf * fine > mu:
-                jf -= 1
-            elif (jf + 1) * fine < mu:
-                jf += 1
-            r = jf - jf0
-            if 0 <= r < fn:
-                r += f0
-                t = v + EPS
-                k = 0
-                for jj in range(fw):
-                    k += ft[_ix(r), jj] > t
-                if k < fw:
-                    if ft[_ix(r + 1), _ix(k)] > v - EPS:  # undecided: wider tables cannot decide
-                        k = nb_inverse(v, mu, s)
-                    nz = 1 if k > 0 else 0
-                    if ng > 0:
-                        dbuf[_ix(slot), _ix((i - b0) * ng + g)] = k
-                        u += nz
-                        continue
-                    if u < cap:
-                        srow[slot, u] = c - b0
-                        sgene[slot, u] = g
-                        sval[slot, u] = k
-                    u += nz
-                    cnt[c] += nz
-                    continue
-        jn = int(mu * (1.0 / GRID))
-        if jn * GRID > mu:
-            jn -= 1
-        elif (jn + 1) * GRID < mu:
-            jn += 1
-        if jn != j:  # tables at the grid means j GRID and (j + 1) GRID (2-D indexing: no views)
-            j = jn
-            for jj in range(j, j + 2):
-                if gstamp[jj] != g:
-                    _build(gtab[jj], gst[jj], jj * GRID, s, rat, rst)
-                    gstamp[jj] = g
-            w = int(min(gst[j, 0], gst[j + 1, 0]))
-        t = v + EPS
-        k = 0
-        for jj in range(w):  # w is not a compile-time constant, so this vectorises
-            k += gtab[j, jj] > t
-        if k < w:
-            if gtab[j + 1, k] > v - EPS:
-                k = -1
-        else:
-            k = _lookup_long(v, gtab[j], gtab[j + 1], gst[j], gst[j + 1], s, rat, rst)
-            w = int(min(gst[j, 0], gst[j + 1, 0]))
+        k = _fine_draw(v, mu, s, ft, f0, fn, jf0, fine) if fn > 0 else -1
         if k < 0:
-            k = nb_inverse(v, mu, s)
+            jn = int(mu * (1.0 / GRID))
+            if jn * GRID > mu:
+                jn -= 1
+            elif (jn + 1) * GRID < mu:
+                jn += 1
+            if jn != j:  # tables at the grid means j GRID and (j + 1) GRID (2-D: no views)
+                j = jn
+                for jj in range(j, j + 2):
+                    if gstamp[jj] != g:
+                        _build(gtab[jj], gst[jj], jj * GRID, s, rat, rst)
+                        gstamp[jj] = g
+                w = int(min(gst[j, 0], gst[j + 1, 0]))
+            t = v + EPS
+            k = 0
+            for jj in range(w):  # w is not a compile-time constant, so this vectorises
+                k += gtab[j, jj] > t
+            if k < w:
+                if gtab[j + 1, k] > v - EPS:
+                    k = -1
+            else:
+                k = _lookup_long(v, gtab[j], gtab[j + 1], gst[j], gst[j + 1], s, rat, rst)
+                w = int(min(gst[j, 0], gst[j + 1, 0]))
+            if k < 0:
+                k = nb_inverse(v, mu, s)
         nz = 1 if k > 0 else 0
         if ng > 0:  # the block's dense buffer (rows × genes)
-            dbuf[slot, (i - b0) * ng + g] = k
+            dbuf[_ix(slot), _ix((i - b0) * ng + g)] = k
             u += nz
             continue
         if u < cap:  # branch-free append (zeros are overwritten by the next entry)
@@ -569,6 +579,9 @@ def sample_blocks(
             s = size[g]
             kc = de_cls[g]
             mult = de_mult[g]
+            f0 = fptr[g]
+            fn = fptr[g + 1] - f0 - 1  # fine tables of gene g (none: fn <= 0)
+            jf0 = fj0[g]
             for r in range(run_ptr[b], run_ptr[b + 1]):
                 m = M[g, run_h[r]]
                 if m <= 0.0:
@@ -591,7 +604,7 @@ def sample_blocks(
                     _run_grid(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
                         gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
-                        ft, fptr, fj0, fine,
+                        ft, f0, fn, jf0, fine,
                     )  # fmt: skip
                 elif m * (fs[hi - 1] - fs[lo]) <= TOL:
                     _chunk(
@@ -622,7 +635,7 @@ def sample_blocks(
                     for j in range(lo, hi):
                         c = perm[j]
                         if _is_de(c, kc, cell_cls, cell_treated):
-                            y = nb_draw(st, m * fs[j] * mult, s)
+                            y = _nb_draw_fine(st, m * fs[j] * mult, s, ft, f0, fn, jf0, fine)
                             if y > 0:
                                 _emit(i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, ng)
 
