@@ -132,6 +132,27 @@ def test_bracket_lookup_equals_direct_inversion(mu_lo, mu_hi, size, rng):
     assert decided >= v.size * (1 - 2 * (mu_hi - mu_lo) / pnz - 2 * K.TAIL) - 20
 
 
+@pytest.mark.parametrize("size", [0.1, 0.7, 1.5, 4.0, 1e3])
+def test_fine_table_guides_give_the_full_count(size, rng):
+    """The guide of each fine-table row and bucket of V, plus one comparison, gives
+    #{j : S(j) > V + EPS} (the count over the whole row), also at the bucket edges."""
+    fptr, fj0 = np.array([0, 400]), np.array([3])
+    ft, guide = K.fine_tables(np.array([size]), fptr, fj0, 0.05, 32)
+    nb = K.FINE_BUCKETS
+    edges = np.arange(1, nb) / nb
+    v = np.concatenate([rng.uniform(size=200), edges, np.nextafter(edges, 0), [0.5**54, 1.0]])
+    guided = 0
+    for r in range(ft.shape[0]):
+        t = v + K.EPS
+        full = (ft[r][None, :] > t[:, None]).sum(axis=1)
+        g = guide[r, np.minimum((v * nb).astype(np.int64), nb - 1)].astype(np.int64)
+        ok = g != K.NO_GUIDE
+        gg = g[ok]
+        np.testing.assert_array_equal(full[ok], gg + (ft[r, gg] > t[ok]))
+        guided += ok.mean()
+    assert guided / ft.shape[0] > 0.5
+
+
 @pytest.mark.parametrize(
     ("mu", "size", "sd_log_f"),
     [

@@ -327,7 +327,8 @@ def _fine_tables(M, size, cell_f, de_mult, enabled):
     if enabled is None:
         enabled = G <= FINE_MAX_GENES
     if not enabled or cell_f.size == 0:
-        return np.empty((0, FINE_WIDTH)), np.zeros(G + 1, np.int64), np.zeros(G, np.int64), 1.0
+        none = (np.empty((0, FINE_WIDTH)), np.empty((0, _ks.FINE_BUCKETS), np.uint8))
+        return *none, np.zeros(G + 1, np.int64), np.zeros(G, np.int64), 1.0
     lo = M.min(axis=1) * cell_f.min()
     hi = M.max(axis=1) * cell_f.max()
     lo = np.minimum(np.minimum(lo, lo * de_mult), _ks.MU_BIG)
@@ -341,7 +342,7 @@ def _fine_tables(M, size, cell_f, de_mult, enabled):
             break
         fine *= 2.0
     fptr = np.concatenate(([0], np.cumsum(npts))).astype(np.int64)
-    return _ks.fine_tables(size, fptr, j0, fine, FINE_WIDTH), fptr, j0, fine
+    return *_ks.fine_tables(size, fptr, j0, fine, FINE_WIDTH), fptr, j0, fine
 
 
 def _simulate_counts(

@@ -13,7 +13,7 @@ For y ~ NB(mean μ, size s) (Var = μ + μ²/s) let S_μ(k) = P(y > k): S_μ(0) 
 P(y = k) = P(y = k − 1) (k − 1 + s)/k · μ/(μ + s). A cell's count is drawn by inversion of its
 survival function, y = min{k : S_μ(k) ≤ V} with V ~ U(0, 1). NB(μ, s) increases stochastically
 with μ, so S_μlo(k) ≤ S_μ(k) ≤ S_μhi(k) for μlo ≤ μ ≤ μhi and every k. Inside a block, cells are
-sorted by (group h, library factor f); for gene g the cells of a group have means
+sorted by (group h, library factor f) (``sort_cells``); for gene g the cells of a group have means
 μ_c = M[g, h] f_c, and they are cut into chunks whose means span at most ``TOL``. Per
 (gene, chunk) two survival tables, at the chunk's smallest and largest mean, are built lazily
 (one log1p and two exp per table, then one multiply-add per entry), and each cell's V is looked
@@ -26,17 +26,25 @@ up in both:
 
 The result is exactly NB(μ_c, s) for every cell: the same draw as inversion with the cell's own
 mean (comparisons keep a margin ``EPS`` ≫ the rounding of the tables), whichever tables bracket
-it. Dense runs (``_run_grid``) bracket each cell by the tables at the grid means
+it. Dense runs (``_run_grid``) bracket each cell by the gene's *fine* tables when it has them
+(``_fine_draw``): ``fine_tables`` builds them once per call, shared by all blocks, at the means
+j × ``fine`` over the gene's range of means (with and without its fold change), ``FINE_WIDTH``
+(Python layer) entries each. Each fine table row has a guide (``_guide_row``): for each of
+``FINE_BUCKETS`` buckets of V, the count at the bucket's upper edge, valid when at most one table
+entry falls inside the bucket; then one comparison gives k (about 90 % of the cells), otherwise
+all the entries above V are counted. Cells without fine tables use the tables at the grid means
 j ``GRID`` ≤ μ_c ≤ (j + 1) ``GRID``; a gene's grid tables are built once per block and shared by
 all its groups, with ``PREFIX`` entries at once, grown on demand, and the entries above V are
-counted without branches (vectorised). The hot helpers are inlined (``inline="always"``) and
-tables are indexed in 2-D, so no array reference counts are taken per cell. Sparse chunks
+counted without branches (vectorised). The hot helpers are inlined (``inline="always"``),
+tables are indexed in 2-D, so no array reference counts are taken per cell, and indices known to
+be non-negative are unsigned (``_ix``: no wrap-around of negative indices). Sparse chunks
 (S_μhi(0) ≤ ``DENSE_PROB``) skip the cells with V ≥ S_μhi(0), which are certainly zero,
 geometrically, and draw V only for the others, so the work is O(nnz + genes × chunks) rather
 than one uniform per zero; with fewer than
 ``TABLE_MIN_CANDIDATES`` expected candidates they use ``nb_inverse`` directly. Means above
 ``MU_BIG`` are drawn per cell as Gamma–Poisson mixtures. Cells where a DE gene has its fold
-change are drawn per cell (``nb_draw``).
+change are drawn per cell, after the run's other cells (``_nb_draw_fine``: the draw of
+``nb_draw``, looked up in the fine tables when they cover the mean).
 
 Building the CSR matrix
 -----------------------
@@ -78,6 +86,10 @@ TABLE_MIN_CANDIDATES = 8.0
 PREFIX = 16
 #: margin of the table comparisons (well above the rounding of a few hundred additions)
 EPS = 1e-12
+#: buckets of V in the guides of the fine tables (a power of two: V × buckets is exact)
+FINE_BUCKETS = 32
+#: guide entry of a bucket that holds two or more entries of the table (count them all)
+NO_GUIDE = 255
 
 _U11 = np.uint64(11)
 _U17 = np.uint64(17)
@@ -355,12 +367,14 @@ def _lookup_long(v, ta, tb, sta, stb, size, rat, rst):
 
 
 @njit(inline="always")
-def _fine_draw(v, mu, s, ft, f0, fn, jf0, fine):
+def _fine_draw(v, mu, s, ft, guide, f0, fn, jf0, fine):
     """The count of survival level ``v`` for NB(``mu``, ``s``) from a gene's fine tables, or -1.
 
     The tables (rows ``f0``.., built once per call by ``fine_tables``) are at the means
     (``jf0`` + r) ``fine``; rows r and r + 1 bracket ``mu`` for r in [0, ``fn``). -1 when
     ``mu`` is outside them or the count is not below their width (the caller falls back).
+    The count #{j : S_μlo(j) > v + EPS} comes from the row's guide and one comparison (or,
+    without a guide for v's bucket, from all the entries).
     """
     jf = int(mu * (1.0 / fine))
     if jf * fine > mu:
@@ -373,9 +387,13 @@ def _fine_draw(v, mu, s, ft, f0, fn, jf0, fine):
     r += f0
     t = v + EPS
     fw = ft.shape[1]
-    k = 0
-    for jj in range(fw):
-        k += ft[_ix(r), jj] > t
+    k = np.int64(guide[_ix(r), _ix(min(int(v * FINE_BUCKETS), FINE_BUCKETS - 1))])
+    if k != NO_GUIDE:
+        k += ft[_ix(r), _ix(k)] > t
+    else:
+        k = 0
+        for jj in range(fw):
+            k += ft[_ix(r), jj] > t
     if k >= fw:
         return -1
     if ft[_ix(r + 1), _ix(k)] > v - EPS:  # undecided: wider tables cannot decide either
@@ -384,19 +402,19 @@ def _fine_draw(v, mu, s, ft, f0, fn, jf0, fine):
 
 
 @njit(inline="always")
-def _nb_draw_fine(st, mu, s, ft, f0, fn, jf0, fine):
+def _nb_draw_fine(st, mu, s, ft, guide, f0, fn, jf0, fine):
     """:func:`nb_draw` (the same draws and random numbers) looked up in the fine tables."""
     if not 0.0 < mu <= MU_BIG or fn <= 0:
         return nb_draw(st, mu, s)
     v = uniform(st)
-    y = _fine_draw(v, mu, s, ft, f0, fn, jf0, fine)
+    y = _fine_draw(v, mu, s, ft, guide, f0, fn, jf0, fine)
     return y if y >= 0 else nb_inverse(v, mu, s)
 
 
 @njit(inline="always")
 def _run_grid(
     st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, f0, fn, jf0, fine,
+    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, guide, fptr, fj0, fine,
 ):  # fmt: skip
     """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
     cell, looked up in the gene's fine tables (``_fine_draw``) or else bracketed by the
@@ -406,13 +424,16 @@ def _run_grid(
     u = used[slot]
     j = -1
     w = 0
+    f0 = fptr[g]
+    fn = fptr[g + 1] - f0 - 1
+    jf0 = fj0[g]
     for i in range(lo, hi):
         c = perm[_ix(i)]
         if kc >= 0 and _is_de(c, kc, cell_cls, cell_treated):
             continue
         mu = m * fs[_ix(i)]
         v = uniform(st)
-        k = _fine_draw(v, mu, s, ft, f0, fn, jf0, fine) if fn > 0 else -1
+        k = _fine_draw(v, mu, s, ft, guide, f0, fn, jf0, fine) if fn > 0 else -1
         if k < 0:
             jn = int(mu * (1.0 / GRID))
             if jn * GRID > mu:
@@ -542,6 +563,7 @@ def sample_blocks(
     dbuf,
     dense,
     ft,
+    guide,
     fptr,
     fj0,
     fine,
@@ -604,7 +626,7 @@ def sample_blocks(
                     _run_grid(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
                         gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
-                        ft, f0, fn, jf0, fine,
+                        ft, guide, fptr, fj0, fine,
                     )  # fmt: skip
                 elif m * (fs[hi - 1] - fs[lo]) <= TOL:
                     _chunk(
@@ -635,7 +657,8 @@ def sample_blocks(
                     for j in range(lo, hi):
                         c = perm[j]
                         if _is_de(c, kc, cell_cls, cell_treated):
-                            y = _nb_draw_fine(st, m * fs[j] * mult, s, ft, f0, fn, jf0, fine)
+                            mu = m * fs[j] * mult
+                            y = _nb_draw_fine(st, mu, s, ft, guide, f0, fn, jf0, fine)
                             if y > 0:
                                 _emit(i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, ng)
 
@@ -701,14 +724,18 @@ def emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, da
 @njit(parallel=True)
 def fine_tables(size, fptr, fj0, fine, width):
     """Survival tables of NB(j ``fine``, size_g), ``width`` entries each, for gene g at the grid
-    points j = fj0[g] + r, r < fptr[g + 1] − fptr[g] (rows ``fptr[g]``.. of the result)."""
+    points j = fj0[g] + r, r < fptr[g + 1] − fptr[g] (rows ``fptr[g]``.. of the result), and
+    their guides (``_guide_row``)."""
     G = size.shape[0]
     ft = np.empty((fptr[G], width))
+    guide = np.empty((fptr[G], FINE_BUCKETS), dtype=np.uint8)
     for g in prange(G):
         s = size[g]
         rat = np.empty(max(width, 2))
         for k in range(1, width):
             rat[k] = (k - 1 + s) / k
+        thr = np.arange(FINE_BUCKETS + 1) / FINE_BUCKETS + EPS
+        hist = np.empty(FINE_BUCKETS + 2, dtype=np.int64)
         for r in range(fptr[g], fptr[g + 1]):
             mu = (fj0[g] + r - fptr[g]) * fine
             logp0 = -s * math.log1p(mu / s)
@@ -718,7 +745,39 @@ def fine_tables(size, fptr, fj0, fine, width):
             for k in range(1, width):
                 p *= rat[k] * q
                 ft[r, k] = ft[r, k - 1] - p
-    return ft
+            _guide_row(ft, guide, r, thr, hist)
+    return ft, guide
+
+
+@njit(inline="always")
+def _guide_row(ft, guide, r, thr, hist):
+    """Guide of table row r: for V in bucket b, [b, b + 1] / ``FINE_BUCKETS``, the count
+    #{j : ft[r, j] > V + EPS} lies between c_(b+1) and c_b, the counts at the thresholds
+    ``thr`` = b / ``FINE_BUCKETS`` + EPS (rounding is monotone). guide[r, b] = c_(b+1) when
+    c_b ≤ c_(b+1) + 1 (then one comparison, with ft[r, c_(b+1)], gives the count), else
+    ``NO_GUIDE``; always ``NO_GUIDE`` when c_(b+1) is the table width.
+
+    c_b = #{j : B_j > b} with B_j = #{b : thr[b] < ft[r, j]}, from the histogram of B_j; the
+    entries at or below thr[1] (the decreasing tail) have B_j = 1 or 0 and are only counted.
+    """
+    width = ft.shape[1]
+    hist[:] = 0
+    j = 0
+    while j < width and ft[r, j] > thr[1]:
+        x = ft[r, j]
+        bj = int(min((x - EPS) * FINE_BUCKETS + 1.0, FINE_BUCKETS + 1.0))  # then made exact
+        while not thr[bj - 1] < x:
+            bj -= 1
+        while bj <= FINE_BUCKETS and thr[bj] < x:
+            bj += 1
+        hist[bj] += 1
+        j += 1
+    for jj in range(j, width):
+        hist[1] += ft[r, jj] > thr[0]
+    c_next = hist[FINE_BUCKETS + 1]
+    for b in range(FINE_BUCKETS - 1, -1, -1):
+        guide[r, b] = c_next if hist[b + 1] <= 1 and c_next < width else NO_GUIDE
+        c_next += hist[b + 1]
 
 
 @njit
