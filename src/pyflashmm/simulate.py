@@ -194,27 +194,26 @@ def _numbered_names(prefix: str, n: int) -> np.ndarray:
     """``prefix1`` .. ``prefix{n}`` as an object array of str.
 
     The decimal digits (repeating patterns over the numbers with d digits) are written with
-    numpy into one ASCII buffer that is split once: about twice as fast as formatting ``n``
-    integers in Python.
+    numpy into one ASCII buffer that is decoded and split once: about 2.5 times as fast as
+    formatting ``n`` integers in Python.
     """
     head = np.frombuffer(prefix.encode("ascii"), dtype=np.uint8)
-    parts = []
-    for d in range(1, len(str(max(n, 1))) + 1):
-        m = min(10**d - 1, n) - 10 ** (d - 1) + 1  # numbers with d digits
-        if m <= 0:
-            break
-        buf = np.empty((m, head.size + d + 1), dtype=np.uint8)
-        buf[:, : head.size] = head
+    # (numbers with d digits, bytes per name and newline) for d = 1, 2, ...
+    digits = range(1, len(str(max(n, 1))) + 1)
+    shapes = [(min(10**d - 1, n) - 10 ** (d - 1) + 1, head.size + d + 1) for d in digits]
+    buf = np.empty(sum(m * w for m, w in shapes), dtype=np.uint8)
+    at = 0
+    for d, (m, w) in enumerate(shapes, start=1):
+        rows = buf[at : at + m * w].reshape(m, w)
+        rows[:, : head.size] = head
         for k in range(d):  # digit k from the right of 10^(d-1) + i: a repeating pattern
             first = 1 if k == d - 1 else 0
             run = np.repeat(np.arange(48 + first, 58, dtype=np.uint8), 10**k)
-            buf[:, head.size + d - 1 - k] = np.tile(run, -(-m // run.size))[:m]
-        buf[:, -1] = 10  # "\n"
-        parts.append(buf.ravel())
-    out = np.empty(n, dtype=object)
-    if n:
-        out[:] = np.concatenate(parts)[:-1].tobytes().decode("ascii").split("\n")
-    return out
+            rows[:, head.size + d - 1 - k] = np.tile(run, -(-m // run.size))[:m]
+        rows[:, -1] = 10  # "\n"
+        at += m * w
+    names = str(memoryview(buf)[:-1], "ascii").split("\n")
+    return np.fromiter(names, dtype=object, count=n)
 
 
 def _random_metadata(n, n_samples, n_clusters, n_treatments, samples_nested, rng):
@@ -259,7 +258,7 @@ def _check_metadata(metadata, n_ref, cell_names) -> pd.DataFrame:
             raise ValueError("metadata rows do not match the reference cells (index differs)")
     cols, fast = {}, True
     for c in ("sam", "cls", "trt"):
-        labels = _categorical_labels(metadata[c])
+        labels = _str_categorical(metadata[c])
         if labels is None:
             labels = np.asarray(metadata[c].astype(str), dtype=str)
             fast = False
@@ -270,16 +269,15 @@ def _check_metadata(metadata, n_ref, cell_names) -> pd.DataFrame:
     return out
 
 
-def _categorical_labels(col: pd.Series) -> np.ndarray | None:
-    """The labels of a categorical column with str categories and no missing values (object
-    array; ``col.astype(str)`` without formatting every cell), else None."""
+def _str_categorical(col: pd.Series) -> pd.Categorical | None:
+    """A categorical column with str categories and no missing values as it is (its labels are
+    already str: no ``col.astype(str)``, and it is factorised by its codes), else None."""
     if not isinstance(col.dtype, pd.CategoricalDtype):
         return None
     cat = col.array
-    labels = np.asarray(cat.categories, dtype=object)
-    if not all(type(x) is str for x in labels) or (cat.codes < 0).any():
+    if not all(type(x) is str for x in cat.categories) or (cat.codes < 0).any():
         return None
-    return labels[cat.codes]
+    return cat
 
 
 def _check_direction(direction, min_beta, max_beta, null):
@@ -506,7 +504,7 @@ def _mme(colsum: np.ndarray, colsq: np.ndarray, n: int):
     return mu, v, size
 
 
-def _factor(values: np.ndarray, csel: np.ndarray, *, first_seen: bool) -> tuple[np.ndarray, list]:
+def _factor(values: pd.Series, csel: np.ndarray, *, first_seen: bool) -> tuple[np.ndarray, list]:
     """Codes (int64) and labels of ``values[csel]``: labels present in the selection, sorted
     (``first_seen=False``) or in order of first appearance."""
     codes_ref, uniq = pd.factorize(values)
@@ -676,12 +674,12 @@ def simulate_rnaseq(
         )
         stats = _reference_stats(R)
         cell_names = None
-        ref_gene_names = pd.Index(_numbered_names("Gene", n_genes), copy=False)
+        ref_gene_names = pd.Index(_numbered_names("Gene", n_genes), dtype=object, copy=False)
         attached_obs = None
     else:
         R, cell_names, ref_gene_names, attached_obs, stats = _as_reference(counts)
         if ref_gene_names is None:
-            ref_gene_names = pd.Index(_numbered_names("Gene", R.shape[1]), copy=False)
+            ref_gene_names = pd.Index(_numbered_names("Gene", R.shape[1]), dtype=object, copy=False)
         else:
             ref_gene_names = pd.Index(_unique_names([str(x) for x in ref_gene_names]))
     n_ref, G_ref = R.shape
@@ -699,7 +697,7 @@ def simulate_rnaseq(
         meta = _random_metadata(n_ref, n_samples, n_clusters, n_treatments, samples_nested, rng)
     else:
         meta = _check_metadata(metadata, n_ref, cell_names)
-    if treatment is not None and str(treatment) not in set(meta["trt"]):
+    if treatment is not None and str(treatment) not in set(meta["trt"].unique()):
         raise ValueError(f"treatment {treatment!r} is not a level of metadata['trt']")
 
     # --- library sizes of the reference cells
@@ -736,7 +734,7 @@ def simulate_rnaseq(
     else:
         csel = np.arange(n_ref)
     # labels are factorised on the reference cells, then only codes are resampled
-    cls_code, clusters = _factor(meta["cls"].to_numpy(), csel, first_seen=False)
+    cls_code, clusters = _factor(meta["cls"], csel, first_seen=False)
     cls_cat = pd.Categorical.from_codes(cls_code, categories=clusters)
     lib = libsize[csel]
     if libsize_cluster_scale is not None:
@@ -747,7 +745,7 @@ def simulate_rnaseq(
         if not np.all(np.isfinite(scale) & (scale > 0)):
             raise ValueError("libsize_cluster_scale must be positive and finite")
         lib = lib * scale[cls_code]
-    trt_code, arms = _factor(meta["trt"].to_numpy(), csel, first_seen=False)
+    trt_code, arms = _factor(meta["trt"], csel, first_seen=False)
     if treatment is None:
         treatment = arms[-1]
     treatment = str(treatment)
@@ -792,7 +790,7 @@ def simulate_rnaseq(
     gene_cluster = np.where(is_de, np.asarray(clusters, dtype=object)[np.maximum(de_cls, 0)], None)
 
     # --- random effects and group means
-    sam_code, subjects = _factor(meta["sam"].to_numpy(), csel, first_seen=True)
+    sam_code, subjects = _factor(meta["sam"], csel, first_seen=True)
     sam_cat = pd.Categorical.from_codes(sam_code, categories=subjects)
     S = len(subjects)
     b_sg = rng.normal(0.0, np.sqrt(var_random_effects), size=(S, n_genes))
@@ -831,7 +829,7 @@ def simulate_rnaseq(
             "libsize": lib,
             "ref_cell": csel.astype(np.int64),
         },
-        index=pd.Index(_numbered_names("Cell", n_cells), copy=False),
+        index=pd.Index(_numbered_names("Cell", n_cells), dtype=object, copy=False),
     )
     var = pd.DataFrame(
         {
