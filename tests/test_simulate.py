@@ -277,6 +277,23 @@ def test_dense_buffers_give_the_same_output_as_scratch_buffers(rng, output_capac
     assert 0.2 < dense.nnz / (n * G) < 0.9
 
 
+def test_counts_above_the_uint16_dense_buffers_are_drawn_again_into_int32(rng):
+    """Dense buffers hold uint16 counts; a wave with a larger count (a mean of 3e5 here) is
+    drawn again into int32 buffers: the same bytes as the scratch buffers of non-zeros."""
+    n, G = 1500, 12
+    M = np.exp(rng.normal(0.0, 1.0, (G, 2)))
+    M[5] = 3e5
+    size = rng.uniform(0.5, 5.0, G)
+    h, f = rng.integers(0, 2, n), np.exp(rng.normal(0, 0.3, n))
+    out = []
+    for dense in (False, True):
+        kw = {"block_cells": 256, "dense_buffer": dense, "scratch_entries": 2048}
+        out.append(S._simulate_counts(M, size, h, f, np.random.default_rng(5), **kw))
+    assert out[1].data.max() > 65535
+    for a in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(out[0], a), getattr(out[1], a))
+
+
 # ------------------------------------------------------------------------------------------
 # reproducibility
 

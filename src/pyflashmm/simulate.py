@@ -417,17 +417,19 @@ def _simulate_counts(
     if dense_buffer:
         # dense buffers: as many blocks per wave as fit in the scratch budget (fewer waves)
         slots = int(min(n_blocks, max(2 * threads, 4 * scratch_entries // (rows * G * 4), 1)))
-        dbuf = np.empty((slots, rows * G), dtype=np.int32)
+        # uint16 counts (a wave with a larger count is drawn again into int32 buffers)
+        dbuf = np.empty((slots, rows * G), dtype=np.uint16)
         pinv = np.empty(n, dtype=np.int64)
         pinv[perm] = np.arange(n, dtype=np.int64)
         cap = 1
     else:
         slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
-        dbuf = np.empty((1, 1), dtype=np.int32)
+        dbuf = np.empty((1, 1), dtype=np.uint16)
     srow = np.empty((slots, cap), dtype=np.int32)
     sgene = np.empty((slots, cap), dtype=np.int32)
     sval = np.empty((slots, cap), dtype=np.int32)
     used = np.zeros(slots, dtype=np.int64)
+    clipped = np.zeros(slots, dtype=np.uint8)
     cnt = np.zeros(n, dtype=np.int64)
 
     capacity = output_capacity or int(1.05 * est + 8.0 * np.sqrt(est) + 1024)
@@ -444,8 +446,12 @@ def _simulate_counts(
         while True:
             _ks.sample_blocks(
                 blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used,
-                dbuf, dense_buffer, *fine,
+                dbuf, clipped, dense_buffer, *fine,
             )  # fmt: skip
+            if dbuf.dtype == np.uint16 and clipped[:k].any():  # a count above 65535: replay
+                dbuf = None
+                dbuf = np.empty((slots, rows * G), dtype=np.int32)
+                continue
             need = int(used[:k].max())
             if dense_buffer or need <= cap:
                 break

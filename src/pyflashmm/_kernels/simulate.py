@@ -414,12 +414,14 @@ def _nb_draw_fine(st, mu, s, ft, guide, f0, fn, jf0, fine):
 @njit(inline="always")
 def _run_grid(
     st, slot, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng, ft, guide, fptr, fj0, fine,
+    gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, clipped, ng, fine_tables,
 ):  # fmt: skip
     """Cells perm[lo:hi] (one group, means m fs[i] increasing) of a dense gene g: one V per
-    cell, looked up in the gene's fine tables (``_fine_draw``) or else bracketed by the
-    survival tables at the grid means j ``GRID`` ≤ μ ≤ (j + 1) ``GRID``. The grid tables of a
-    gene are built once per block (``gstamp[j]`` = g) and shared by its groups."""
+    cell, looked up in the gene's fine tables (``_fine_draw``; ``fine_tables`` = (ft, guide,
+    fptr, fj0, fine)) or else bracketed by the survival tables at the grid means
+    j ``GRID`` ≤ μ ≤ (j + 1) ``GRID``. The grid tables of a gene are built once per block
+    (``gstamp[j]`` = g) and shared by its groups."""
+    ft, guide, fptr, fj0, fine = fine_tables
     cap = srow.shape[1]
     u = used[slot]
     j = -1
@@ -461,7 +463,7 @@ def _run_grid(
                 k = nb_inverse(v, mu, s)
         nz = 1 if k > 0 else 0
         if ng > 0:  # the block's dense buffer (rows × genes)
-            dbuf[_ix(slot), _ix((i - b0) * ng + g)] = k
+            _dense_put(dbuf, clipped, slot, i - b0, ng, g, k)
             u += nz
             continue
         if u < cap:  # branch-free append (zeros are overwritten by the next entry)
@@ -474,12 +476,22 @@ def _run_grid(
 
 
 @njit(inline="always")
-def _emit(slot, c, j, b0, g, value, srow, sgene, sval, used, cnt, dbuf, ng):
+def _dense_put(dbuf, clipped, slot, row, ng, g, value):
+    """dbuf[slot, row × ng + g] = ``value``; clipped[slot] = 1 when the buffer's dtype cannot
+    hold it (the wave is then drawn again into int32 buffers)."""
+    at = _ix(row * ng + g)
+    dbuf[_ix(slot), at] = value
+    if dbuf[_ix(slot), at] != value:
+        clipped[slot] = 1
+
+
+@njit(inline="always")
+def _emit(slot, c, j, b0, g, value, srow, sgene, sval, used, cnt, dbuf, clipped, ng):
     """Append non-zero ``value`` of (cell c = perm[j], gene g); with ``ng`` > 0 to row j − b0
     of the dense buffer (its rows are in sorted order)."""
     k = used[slot]
     if ng > 0:
-        dbuf[slot, (j - b0) * ng + g] = value
+        _dense_put(dbuf, clipped, slot, j - b0, ng, g, value)
         used[slot] = k + 1
         return
     if k < srow.shape[1]:
@@ -498,7 +510,7 @@ def _is_de(c, kc, cell_cls, cell_treated):
 @njit(inline="always")
 def _chunk(
     st, slot, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated, logp0_hi, pnz,
-    slo, shi, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
+    slo, shi, rat, rst, srow, sgene, sval, used, cnt, dbuf, clipped, ng,
 ):  # fmt: skip
     """Cells perm[i0:i1] (one group, means m fs[i], non-DE cells only) of a sparse gene g:
     the cells with V ≥ P(y > 0) at the largest mean (``pnz``, log P(y = 0) = ``logp0_hi``)
@@ -526,7 +538,7 @@ def _chunk(
         if y < 0:
             y = nb_inverse(v, m * fs[i], s)
         if y > 0 and ng > 0:
-            dbuf[slot, (i - b0) * ng + g] = y
+            _dense_put(dbuf, clipped, slot, i - b0, ng, g, y)
             u += 1
         elif y > 0:
             if u < cap:
@@ -561,6 +573,7 @@ def sample_blocks(
     sval,
     used,
     dbuf,
+    clipped,
     dense,
     ft,
     guide,
@@ -576,7 +589,9 @@ def sample_blocks(
     means at f = 1; ``size`` (G,); ``de_cls[g]`` the cluster where gene g is DE in treated
     cells (-1: none), ``de_mult[g]`` = exp(beta_g). Non-zeros go to the slot's scratch rows
     ``srow/sgene/sval[i]`` (row in the block, gene, value), ``used[i]`` counts them (also past
-    the capacity, which signals overflow), ``cnt[cell]`` counts them per cell.
+    the capacity, which signals overflow), ``cnt[cell]`` counts them per cell. With ``dense``,
+    every count goes to the slot's rows × genes buffer ``dbuf[i]`` (uint16 or int32) instead,
+    and ``clipped[i]`` = 1 flags a count that its dtype could not hold.
     """
     G = M.shape[0]
     ng = G if dense else 0
@@ -584,6 +599,7 @@ def sample_blocks(
         b = blocks[i]
         b0 = block_ptr[b]
         used[i] = 0
+        clipped[i] = 0
         for c in range(b0, block_ptr[b + 1]):
             cnt[c] = 0
         if dense:
@@ -618,20 +634,23 @@ def sample_blocks(
                             mu *= mult
                         y = gamma_poisson(st, mu, s)
                         if y > 0:
-                            _emit(i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, ng)
+                            _emit(
+                                i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, clipped, ng
+                            )
                     continue
                 logp0 = -s * math.log1p(m * fs[hi - 1] / s)
                 pnz = -math.expm1(logp0)
                 if pnz > DENSE_PROB:
                     _run_grid(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-                        gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
-                        ft, guide, fptr, fj0, fine,
+                        gtab, gst, gstamp, rat, rst, srow, sgene, sval, used, cnt, dbuf, clipped,
+                        ng, (ft, guide, fptr, fj0, fine),
                     )  # fmt: skip
                 elif m * (fs[hi - 1] - fs[lo]) <= TOL:
                     _chunk(
                         st, i, g, lo, hi, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
-                        logp0, pnz, ta, tb, rat, rst, srow, sgene, sval, used, cnt, dbuf, ng,
+                        logp0, pnz, ta, tb, rat, rst, srow, sgene, sval, used, cnt, dbuf, clipped,
+                        ng,
                     )  # fmt: skip
                 else:
                     i0 = lo
@@ -650,7 +669,7 @@ def sample_blocks(
                         _chunk(
                             st, i, g, i0, i1, m, s, kc, b0, perm, fs, cell_cls, cell_treated,
                             lp, -math.expm1(lp), ta, tb, rat, rst, srow, sgene, sval, used, cnt,
-                            dbuf, ng,
+                            dbuf, clipped, ng,
                         )  # fmt: skip
                         i0 = i1
                 if kc >= 0:
@@ -660,7 +679,10 @@ def sample_blocks(
                             mu = m * fs[j] * mult
                             y = _nb_draw_fine(st, mu, s, ft, guide, f0, fn, jf0, fine)
                             if y > 0:
-                                _emit(i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, ng)
+                                _emit(
+                                    i, c, j, b0, g, y, srow, sgene, sval, used, cnt, dbuf, clipped,
+                                    ng,
+                                )  # fmt: skip
 
 
 @njit(parallel=True)
