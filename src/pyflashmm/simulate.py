@@ -386,19 +386,11 @@ def _simulate_counts(
 
     n_blocks = max(-(-n // block_cells), 1)
     block_ptr = np.minimum(np.arange(n_blocks + 1, dtype=np.int64) * block_cells, n)
-    block_id = np.arange(n, dtype=np.int64) // block_cells
-    # = lexsort((cell_f, cell_h, block_id)): any sort of f, then O(n) counting sorts
-    perm = _ks.sort_cells(np.argsort(cell_f), cell_f, cell_h, block_cells)
+    # perm = lexsort((cell_f, cell_h, block)), and the runs of one group inside a block
+    perm, run_ptr, run_lo, run_hi, run_h = _ks.sort_cells(
+        np.argsort(cell_f), cell_f, cell_h, block_cells
+    )
     fs = cell_f[perm]
-    # runs: cells of one group inside a block
-    hs = cell_h[perm]
-    new_run = np.ones(n, dtype=bool)
-    if n > 1:
-        new_run[1:] = (hs[1:] != hs[:-1]) | (block_id[1:] != block_id[:-1])
-    run_lo = np.flatnonzero(new_run).astype(np.int64)
-    run_hi = np.append(run_lo[1:], n).astype(np.int64)
-    run_h = np.ascontiguousarray(hs[run_lo], dtype=np.int64)
-    run_ptr = np.searchsorted(run_lo, block_ptr).astype(np.int64)
     seeds = _block_seeds(rng, n_blocks)
 
     # expected non-zeros (Jensen: P(y > 0) is concave in the mean, so this is a slight over-

@@ -805,11 +805,13 @@ def _guide_row(ft, guide, r, thr, hist):
 
 @njit
 def sort_cells(order, cell_f, cell_h, block_cells):
-    """The cells sorted by (block, group, f), ties in index order: ``perm`` of the sampler.
+    """The cells sorted by (block, group, f), ties in index order, and the runs of one group.
 
     Cell i belongs to block i // ``block_cells`` and group ``cell_h[i]``; ``order`` sorts
     ``cell_f`` (ties in any order). Three stable counting sorts, each O(n): by the rank of f
-    (which puts ties in index order), by block, then by group inside each block.
+    (which puts ties in index order), by block, then by group inside each block. Returns
+    (perm, run_ptr, run_lo, run_hi, run_h): the cells perm[run_lo[r]:run_hi[r]] of group
+    run_h[r] for the runs r in run_ptr[b]:run_ptr[b + 1] of block b (at least one block).
     """
     n = order.shape[0]
     rank = np.empty(n, dtype=np.int64)
@@ -837,6 +839,11 @@ def sort_cells(order, cell_f, cell_h, block_cells):
     n_groups = cell_h.max() + 1 if n else 1
     start = np.empty(n_groups + 1, dtype=np.int64)
     perm = np.empty(n, dtype=np.int64)
+    run_ptr = np.zeros(max(n_blocks, 1) + 1, dtype=np.int64)
+    run_lo = np.empty(n, dtype=np.int64)
+    run_hi = np.empty(n, dtype=np.int64)
+    run_h = np.empty(n, dtype=np.int64)
+    nrun = 0
     for b in range(n_blocks):
         lo = b * block_cells
         hi = min(lo + block_cells, n)
@@ -845,12 +852,18 @@ def sort_cells(order, cell_f, cell_h, block_cells):
             start[cell_h[by_block[p]] + 1] += 1
         start[0] = lo
         for h in range(n_groups):
+            if start[h + 1] > 0:
+                run_lo[nrun] = start[h]
+                run_hi[nrun] = start[h] + start[h + 1]
+                run_h[nrun] = h
+                nrun += 1
             start[h + 1] += start[h]
+        run_ptr[b + 1] = nrun
         for p in range(lo, hi):
             c = by_block[p]
             perm[start[cell_h[c]]] = c
             start[cell_h[c]] += 1
-    return perm
+    return perm, run_ptr, run_lo[:nrun].copy(), run_hi[:nrun].copy(), run_h[:nrun].copy()
 
 
 #: row chunks of ``reference_stats`` (fixed, so results do not depend on the thread count)
