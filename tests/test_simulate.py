@@ -277,14 +277,14 @@ def test_dense_buffers_give_the_same_output_as_scratch_buffers(rng, output_capac
     assert 0.2 < dense.nnz / (n * G) < 0.9
 
 
-def test_counts_above_the_uint16_dense_buffers_are_drawn_again_into_int32(rng):
-    """Dense buffers hold uint16 counts; a wave with a larger count (a mean of 3e5 here) is
-    drawn again into int32 buffers: the same bytes as the scratch buffers of non-zeros."""
+def test_counts_above_the_uint16_dense_buffers_are_drawn_again(rng):
+    """Dense buffers hold uint16 counts; a wave with a larger count (a mean of 3e5 here) and
+    the later ones are drawn again into the scratch buffers of non-zeros: the same bytes."""
     n, G = 1500, 12
     M = np.exp(rng.normal(0.0, 1.0, (G, 2)))
-    M[5] = 3e5
+    M[5, 1] = 3e5  # group 1: the last cells, so the first waves stay in the dense buffers
     size = rng.uniform(0.5, 5.0, G)
-    h, f = rng.integers(0, 2, n), np.exp(rng.normal(0, 0.3, n))
+    h, f = (np.arange(n) >= 1200).astype(np.int64), np.exp(rng.normal(0, 0.3, n))
     out = []
     for dense in (False, True):
         kw = {"block_cells": 256, "dense_buffer": dense, "scratch_entries": 2048}

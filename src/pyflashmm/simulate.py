@@ -409,17 +409,14 @@ def _simulate_counts(
     if dense_buffer:
         # dense buffers: as many blocks per wave as fit in the scratch budget (fewer waves)
         slots = int(min(n_blocks, max(2 * threads, 4 * scratch_entries // (rows * G * 4), 1)))
-        # uint16 counts (a wave with a larger count is drawn again into int32 buffers)
-        dbuf = np.empty((slots, rows * G), dtype=np.uint16)
+        dbuf = np.empty((slots, rows * G), dtype=np.uint16)  # counts above 65535: see below
         pinv = np.empty(n, dtype=np.int64)
         pinv[perm] = np.arange(n, dtype=np.int64)
         cap = 1
     else:
         slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
         dbuf = np.empty((1, 1), dtype=np.uint16)
-    srow = np.empty((slots, cap), dtype=np.int32)
-    sgene = np.empty((slots, cap), dtype=np.int32)
-    sval = np.empty((slots, cap), dtype=np.int32)
+    srow, sgene, sval = _scratch_buffers(slots, cap)
     used = np.zeros(slots, dtype=np.int64)
     clipped = np.zeros(slots, dtype=np.uint8)
     cnt = np.zeros(n, dtype=np.int64)
@@ -440,9 +437,14 @@ def _simulate_counts(
                 blocks, seeds, *fixed, M, size, de_cls, de_mult, cnt, srow, sgene, sval, used,
                 dbuf, clipped, dense_buffer, *fine,
             )  # fmt: skip
-            if dbuf.dtype == np.uint16 and clipped[:k].any():  # a count above 65535: replay
-                dbuf = None
-                dbuf = np.empty((slots, rows * G), dtype=np.int32)
+            if dense_buffer and clipped[:k].any():
+                # a count above 65535 (the dense buffers are uint16): this wave and the later
+                # ones are drawn again from the same seeds into the scratch buffers
+                dense_buffer = False
+                dbuf = np.empty((1, 1), dtype=np.uint16)
+                cap = slot_capacity or int(1.2 * per_block + 1024)
+                srow = sgene = sval = None
+                srow, sgene, sval = _scratch_buffers(slots, cap)
                 continue
             need = int(used[:k].max())
             if dense_buffer or need <= cap:
@@ -450,9 +452,7 @@ def _simulate_counts(
             # a buffer overflowed: replay the wave from the same seeds with larger buffers
             cap = int(1.25 * need)
             srow = sgene = sval = None
-            srow = np.empty((slots, cap), dtype=np.int32)
-            sgene = np.empty((slots, cap), dtype=np.int32)
-            sval = np.empty((slots, cap), dtype=np.int32)
+            srow, sgene, sval = _scratch_buffers(slots, cap)
         base = total + np.concatenate(([0], np.cumsum(used[: k - 1])))
         total += int(used[:k].sum())
         if total > capacity:  # realloc: large blocks are remapped, not copied
@@ -473,6 +473,11 @@ def _simulate_counts(
     indptr = indptr.astype(indices.dtype, copy=False)
     # indices and indptr share one dtype, so the constructor keeps the arrays (no copy)
     return sp.csr_matrix((data, indices, indptr), shape=(n, G), copy=False)
+
+
+def _scratch_buffers(slots: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-slot scratch buffers of ``cap`` non-zeros: row in the block, gene, value (int32)."""
+    return tuple(np.empty((slots, cap), dtype=np.int32) for _ in range(3))
 
 
 def _reference_stats(R: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -51,7 +51,8 @@ Building the CSR matrix
 Dense outputs (``dense=True``): ``sample_blocks`` writes every count of a block into a dense
 (rows in sorted order) × genes uint16 buffer and counts the block's non-zeros; ``emit_dense``
 compresses each cell's row straight into the block's range of the CSR arrays. A wave of blocks
-with a count above 65535 is drawn again from the same seeds into int32 buffers. Otherwise
+with a count above 65535 is drawn again from the same seeds, like the later waves, into the
+scratch buffers below. Otherwise
 ``sample_blocks`` writes each block's non-zeros (gene-major) into a per-slot scratch buffer of
 (row in block, gene, value) and counts non-zeros per row; ``scatter_blocks`` moves a block's
 entries to its contiguous range of the CSR arrays (rows of a block are consecutive cells, and
@@ -402,9 +403,10 @@ def _fine_draw(v, mu, s, ft, guide, f0, fn, jf0, fine):
     return k
 
 
-@njit(inline="always")
+@njit
 def _nb_draw_fine(st, mu, s, ft, guide, f0, fn, jf0, fine):
-    """:func:`nb_draw` (the same draws and random numbers) looked up in the fine tables."""
+    """:func:`nb_draw` (the same draws and random numbers) looked up in the fine tables (not
+    inlined: it serves the few DE cells, and one copy of ``_fine_draw`` compiles faster)."""
     if not 0.0 < mu <= MU_BIG or fn <= 0:
         return nb_draw(st, mu, s)
     v = uniform(st)
@@ -479,7 +481,7 @@ def _run_grid(
 @njit(inline="always")
 def _dense_put(dbuf, clipped, slot, row, ng, g, value):
     """dbuf[slot, row × ng + g] = ``value``; clipped[slot] = 1 when the buffer's dtype cannot
-    hold it (the wave is then drawn again into int32 buffers)."""
+    hold it (the wave is then drawn again into the scratch buffers)."""
     at = _ix(row * ng + g)
     dbuf[_ix(slot), at] = value
     if dbuf[_ix(slot), at] != value:
@@ -591,8 +593,8 @@ def sample_blocks(
     cells (-1: none), ``de_mult[g]`` = exp(beta_g). Non-zeros go to the slot's scratch rows
     ``srow/sgene/sval[i]`` (row in the block, gene, value), ``used[i]`` counts them (also past
     the capacity, which signals overflow), ``cnt[cell]`` counts them per cell. With ``dense``,
-    every count goes to the slot's rows × genes buffer ``dbuf[i]`` (uint16 or int32) instead,
-    and ``clipped[i]`` = 1 flags a count that its dtype could not hold.
+    every count goes to the slot's rows × genes buffer ``dbuf[i]`` (uint16) instead, and
+    ``clipped[i]`` = 1 flags a count that it could not hold.
     """
     G = M.shape[0]
     ng = G if dense else 0
