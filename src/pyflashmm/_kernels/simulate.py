@@ -92,6 +92,8 @@ EPS = 1e-12
 FINE_BUCKETS = 32
 #: guide entry of a bucket that holds two or more entries of the table (count them all)
 NO_GUIDE = 255
+#: largest count of the dense buffers (uint16)
+DENSE_MAX = 65535
 
 _U11 = np.uint64(11)
 _U17 = np.uint64(17)
@@ -480,11 +482,10 @@ def _run_grid(
 
 @njit(inline="always")
 def _dense_put(dbuf, clipped, slot, row, ng, g, value):
-    """dbuf[slot, row × ng + g] = ``value``; clipped[slot] = 1 when the buffer's dtype cannot
-    hold it (the wave is then drawn again into the scratch buffers)."""
-    at = _ix(row * ng + g)
-    dbuf[_ix(slot), at] = value
-    if dbuf[_ix(slot), at] != value:
+    """dbuf[slot, row × ng + g] = ``value``; clipped[slot] = 1 when it exceeds ``DENSE_MAX``
+    (the wave is then drawn again into the scratch buffers)."""
+    dbuf[_ix(slot), _ix(row * ng + g)] = value
+    if value > DENSE_MAX:
         clipped[slot] = 1
 
 
