@@ -50,9 +50,8 @@ Building the CSR matrix
 -----------------------
 Dense outputs (``dense=True``): ``sample_blocks`` writes every count of a block into a dense
 (rows in sorted order) × genes uint16 buffer and counts the block's non-zeros; ``emit_dense``
-compresses each cell's row straight into the block's range of the CSR arrays. A wave of blocks
-with a count above 65535 is drawn again from the same seeds, like the later waves, into the
-scratch buffers below. Otherwise
+compresses each cell's row straight into the block's range of the CSR arrays. Otherwise (and
+from a wave of blocks with a count above ``DENSE_MAX`` on, drawn again from the same seeds)
 ``sample_blocks`` writes each block's non-zeros (gene-major) into a per-slot scratch buffer of
 (row in block, gene, value) and counts non-zeros per row; ``scatter_blocks`` moves a block's
 entries to its contiguous range of the CSR arrays (rows of a block are consecutive cells, and
