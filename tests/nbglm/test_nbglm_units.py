@@ -309,3 +309,17 @@ def test_cell_classes_are_the_sorted_distinct_row_size_factor_pairs():
     np.testing.assert_array_equal(cls, inv.ravel())
     np.testing.assert_array_equal(size, cnt)
     np.testing.assert_array_equal(off, np.r_[0, np.cumsum(np.bincount(uniq[:, 0].astype(int)))])
+
+
+def test_cooks_row_summaries_match_numpy():
+    rng = np.random.default_rng(11)
+    A = rng.random((30, 40))
+    A[3, 7] = np.nan
+    A[5, 0] = np.nan
+    A[8, 20:] = A[8, 2]  # ties: the first largest value counts
+    Y = rng.integers(0, 6, (30, 40)).astype(float)
+    use = rng.random(40) < 0.7
+    use[7] = True
+    np.testing.assert_array_equal(K.max_over_cols(A, use), A[:, use].max(axis=1))
+    at = np.take_along_axis(Y, np.argmax(A, axis=1)[:, None], axis=1)
+    np.testing.assert_array_equal(K.count_above_at_argmax(A, Y), (Y > at).sum(axis=1))

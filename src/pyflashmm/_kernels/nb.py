@@ -892,6 +892,51 @@ def cooks_rows(Y, sf, MU, hat, a, p):
 
 
 @njit(parallel=True)
+def max_over_cols(A, use):
+    """Per row of A (G×m): the maximum over the columns with ``use`` (NaN when one of them is
+    NaN, as ``A[:, use].max(axis=1)``, without its copy), in parallel over rows."""
+    G, m = A.shape
+    out = np.empty(G)
+    for g in prange(G):
+        mx = -np.inf
+        for j in range(m):
+            v = A[g, j]
+            if use[j] and not v <= mx:  # a larger value, or NaN
+                mx = v
+                if np.isnan(v):
+                    break
+        out[g] = mx
+    return out
+
+
+@njit(parallel=True)
+def count_above_at_argmax(A, Y):
+    """Per row g: #{j : Y[g, j] > Y[g, j*]} where j* = ``np.argmax(A[g])`` (the first largest
+    value, or the first NaN). DESeq2's check that a gene's largest Cook's distance is not at
+    one of its 3 largest counts."""
+    G, m = A.shape
+    out = np.empty(G, dtype=np.int64)
+    for g in prange(G):
+        jm = 0
+        best = A[g, 0]
+        if not np.isnan(best):
+            for j in range(1, m):
+                v = A[g, j]
+                if np.isnan(v):
+                    jm = j
+                    break
+                if v > best:
+                    best = v
+                    jm = j
+        ym = Y[g, jm]
+        c = 0
+        for j in range(m):
+            c += Y[g, j] > ym
+        out[g] = c
+    return out
+
+
+@njit(parallel=True)
 def divide_cols(Y, sf):
     """Y / sf (G×m, per-column divisor), in parallel over genes."""
     G, m = Y.shape

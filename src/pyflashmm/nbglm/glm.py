@@ -276,10 +276,8 @@ def _cooks(Yb, sf, X, mu, hat, bm):
 def _max_cooks(cooks, X):
     m, p = X.shape
     use = _n_or_more_in_cell(X, 3)
-    if m > p and use.all():
-        return cooks.max(axis=1)  # no column copy
     if m > p and use.any():
-        return cooks[:, use].max(axis=1)
+        return _nb.max_over_cols(np.ascontiguousarray(cooks), use)
     return np.full(cooks.shape[0], np.nan)
 
 
@@ -614,8 +612,7 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
         ck = out["cooks"]
         res["max_cooks"][idx] = _max_cooks(ck, X)
         if two_group_rule:  # ≥ 3 counts above the count at each gene's largest Cook's distance
-            at_max = np.take_along_axis(Yb, np.argmax(ck, axis=1)[:, None], axis=1)
-            heur_ok[idx] = np.count_nonzero(Yb > at_max, axis=1) >= 3
+            heur_ok[idx] = _nb.count_above_at_argmax(ck, Yb) >= 3
         if cooks and replaceable.any():
             ck_nonrep = ck.copy()
             ck_nonrep[:, replaceable] = 0.0
