@@ -323,3 +323,16 @@ def test_cooks_row_summaries_match_numpy():
     np.testing.assert_array_equal(K.max_over_cols(A, use), A[:, use].max(axis=1))
     at = np.take_along_axis(Y, np.argmax(A, axis=1)[:, None], axis=1)
     np.testing.assert_array_equal(K.count_above_at_argmax(A, Y), (Y > at).sum(axis=1))
+
+
+def test_log_geo_means_dense_are_the_rounded_exact_means():
+    # against long-double sums (R's rowMeans accumulates in long double)
+    rng = np.random.default_rng(12)
+    Y = rng.negative_binomial(3, 0.02, (250, 60)).astype(float)
+    Y[5, 3] = 0.0
+    got = K.log_geo_means_dense(Y)
+    with np.errstate(divide="ignore"):
+        ref = np.log(Y).astype(np.longdouble).mean(axis=0).astype(np.float64)
+    assert np.isneginf(got[3]) and np.isneginf(ref[3])
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=4e-16, atol=0)

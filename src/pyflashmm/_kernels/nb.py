@@ -1174,6 +1174,30 @@ def median_log_ratios_csr(indptr, indices, data, loggeo):
 
 
 @njit(parallel=True)
+def log_geo_means_dense(Y):
+    """ln g_i = Σ_j ln y_ji / m of every column i of a dense m×G matrix; −inf for a column
+    with a zero. The sums are compensated (Neumaier), so they are the exact sums rounded,
+    as R's ``rowMeans`` gets them with long-double accumulation (DESeq2's geometric means)."""
+    m, G = Y.shape
+    out = np.empty(G)
+    for i in prange(G):
+        s = 0.0
+        c = 0.0
+        zero = False
+        for j in range(m):
+            v = Y[j, i]
+            if v <= 0.0:
+                zero = True
+                break
+            x = math.log(v)
+            t = s + x
+            c += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
+            s = t
+        out[i] = -np.inf if zero else (s + c) / m
+    return out
+
+
+@njit(parallel=True)
 def median_log_ratios_dense(Y, loggeo):
     """``median_log_ratios_csr`` for a dense m×G matrix: exp(median of ln y − ln g over the
     positive entries on genes with finite ln g) of each row; NaN for a row without one."""

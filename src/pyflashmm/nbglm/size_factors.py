@@ -78,9 +78,8 @@ def size_factors_checked(Y, method: str):
                     "geometric means (method='ratio'); use method='poscounts'"
                 )
             Yd = Y[:, full].toarray()
-            return _median_ratios_dense(Yd, np.log(Yd).mean(axis=0))
-        with np.errstate(divide="ignore"):
-            loggeo = np.log(Y).mean(axis=0)
+            return _median_ratios_dense(Yd, _nb.log_geo_means_dense(Yd))
+        loggeo = _nb.log_geo_means_dense(np.ascontiguousarray(Y, dtype=np.float64))
         if np.isinf(loggeo).all():
             raise ValueError(
                 "counts: every gene contains at least one zero, cannot compute log "
