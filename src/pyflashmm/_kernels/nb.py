@@ -268,7 +268,7 @@ def _value_table(y, vals, cnts):
 
 
 @njit
-def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts, seen):
+def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts):
     """Compress one gene; returns (E entries, K distinct non-zero values, Σ y).
 
     Entries go to (emu, en, ey) with the entries of design row q at eoff[q]..eoff[q+1]−1:
@@ -281,18 +281,14 @@ def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, v
     K, ytot = _value_table(y, vals, cnts)
     ok = n_cls > 0
     if ok:
+        # branch-free: μ of a class from any of its cells, then every cell checked against it
+        for j in range(m):
+            emu[cls[j]] = mu[j]
         for c in range(n_cls):
-            seen[c] = False
             ey[c] = 0.0
         for j in range(m):
             c = cls[j]
-            if seen[c]:
-                if emu[c] != mu[j]:
-                    ok = False
-                    break
-            else:
-                seen[c] = True
-                emu[c] = mu[j]
+            ok &= emu[c] == mu[j]
             ey[c] += y[j]
         if ok:
             for c in range(n_cls):
@@ -473,6 +469,10 @@ def _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, prior_mean, prior_
     return (ll + cr) * alpha + prior
 
 
+#: genes per work chunk of ``fit_disp`` (its work arrays are allocated once per chunk)
+GENE_CHUNK = 8
+
+
 @njit(parallel=True)
 def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0,
              prior_mean, prior_var, use_prior, min_log_alpha, kappa0, tol, maxit,
@@ -501,20 +501,16 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
     lp_last = np.empty(G)
     ne_max = max(m, n_cls)
     from_means = means.shape[0] == G
-    for g in prange(G):
-        if from_means:
-            mu_g = np.empty(m)
-            for j in range(m):
-                mu_g[j] = max(means[g, lab[j]] * sf[j], minmu)
-        else:
-            mu_g = MU[g]
+    n_chunks = (G + GENE_CHUNK - 1) // GENE_CHUNK
+    for ch in prange(n_chunks):
+        # work arrays of a chunk of genes (allocated once, not per gene)
+        mu_buf = np.empty(m if from_means else 0)
         emu = np.empty(ne_max)
         en = np.empty(ne_max)
         ey = np.empty(ne_max)
         eoff = np.empty(R + 1, dtype=np.int64)
         vals = np.empty(m)
         cnts = np.empty(m)
-        seen = np.empty(max(n_cls, 1), dtype=np.bool_)
         wsum = np.empty(R)
         w2sum = np.empty(R)
         B = np.empty((p, p))
@@ -524,58 +520,67 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
         lc = np.empty(ne_max)
         wc = np.empty(ne_max)
         im = np.empty(ne_max)  # 1/μ of every entry (μ is fixed during the search)
-        st = np.full(1, np.nan)
-        ne, K, ytot = _prep_gene(Y[g], mu_g, cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
-                                 eoff, vals, cnts, seen)  # fmt: skip
-        surv = _survival_counts(vals, cnts, K)
-        tb = np.empty(surv.shape[0])
-        for e in range(ne):
-            im[e] = 1.0 / emu[e]
-        pm = prior_mean[g]
-        a = log_alpha0[g]
-        lp = _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
-                   use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
-        dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
-                     use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st, im)  # fmt: skip
-        kappa = kappa0
-        lp0[g] = lp
-        n_it = 0
-        n_acc = 0
-        for _t in range(maxit):
-            n_it += 1
-            a_prop = a + kappa * dlp
-            if a_prop < -30.0:
-                kappa = (-30.0 - a) / dlp
-            if a_prop > 10.0:
-                kappa = (10.0 - a) / dlp
-            a_new = a + kappa * dlp
-            lp_k = _lp_e(a_new, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm,
-                         prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
-            theta_k = -lp_k
-            theta_hat = -lp - kappa * 1e-4 * dlp * dlp
-            if theta_k <= theta_hat:
-                n_acc += 1
-                a = a_new
-                lpnew = lp_k
-                change = lpnew - lp
-                if change < tol:
-                    lp = lpnew
-                    break
-                if a < min_log_alpha:
-                    break
-                lp = lpnew
-                dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
-                             use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st,
-                             im)  # fmt: skip
-                kappa = min(kappa * 1.1, kappa0)
-                if n_acc % 5 == 0:
-                    kappa = kappa / 2.0
+        st = np.empty(1)
+        for g in range(ch * GENE_CHUNK, min((ch + 1) * GENE_CHUNK, G)):
+            if from_means:
+                mu_g = mu_buf
+                for j in range(m):
+                    mu_g[j] = max(means[g, lab[j]] * sf[j], minmu)
             else:
-                kappa = kappa / 2.0
-        out_a[g] = a
-        iters[g] = n_it
-        accepts[g] = n_acc
-        lp_last[g] = lp
+                mu_g = MU[g]
+            st[0] = np.nan  # no cached ℓ, w yet
+            ne, K, ytot = _prep_gene(Y[g], mu_g, cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
+                                     eoff, vals, cnts)  # fmt: skip
+            surv = _survival_counts(vals, cnts, K)
+            tb = np.empty(surv.shape[0])
+            for e in range(ne):
+                im[e] = 1.0 / emu[e]
+            pm = prior_mean[g]
+            a = log_alpha0[g]
+            lp = _lp_e(a, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                       use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+            dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                         use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st,
+                         im)  # fmt: skip
+            kappa = kappa0
+            lp0[g] = lp
+            n_it = 0
+            n_acc = 0
+            for _t in range(maxit):
+                n_it += 1
+                a_prop = a + kappa * dlp
+                if a_prop < -30.0:
+                    kappa = (-30.0 - a) / dlp
+                if a_prop > 10.0:
+                    kappa = (10.0 - a) / dlp
+                a_new = a + kappa * dlp
+                lp_k = _lp_e(a_new, K, ytot, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm,
+                             prior_var, use_prior, use_cr, wsum, B, L, lc, wc, st, im)  # fmt: skip
+                theta_k = -lp_k
+                theta_hat = -lp - kappa * 1e-4 * dlp * dlp
+                if theta_k <= theta_hat:
+                    n_acc += 1
+                    a = a_new
+                    lpnew = lp_k
+                    change = lpnew - lp
+                    if change < tol:
+                        lp = lpnew
+                        break
+                    if a < min_log_alpha:
+                        break
+                    lp = lpnew
+                    dlp = _dlp_e(a, K, emu, en, ey, eoff, vals, cnts, surv, tb, Xr, pm, prior_var,
+                                 use_prior, use_cr, wsum, w2sum, B, L, Binv, dB, lc, wc, st,
+                                 im)  # fmt: skip
+                    kappa = min(kappa * 1.1, kappa0)
+                    if n_acc % 5 == 0:
+                        kappa = kappa / 2.0
+                else:
+                    kappa = kappa / 2.0
+            out_a[g] = a
+            iters[g] = n_it
+            accepts[g] = n_acc
+            lp_last[g] = lp
     return out_a, iters, accepts, lp0, lp_last
 
 
@@ -596,7 +601,6 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
         eoff = np.empty(R + 1, dtype=np.int64)
         vals = np.empty(m)
         cnts = np.empty(m)
-        seen = np.empty(1, dtype=np.bool_)
         wsum = np.empty(R)
         B = np.empty((p, p))
         L = np.empty((p, p))
@@ -605,7 +609,7 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
         im = np.empty(m)
         st = np.full(1, np.nan)
         ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, roff, 0, order, roff, emu, en, ey, eoff,
-                                 vals, cnts, seen)  # fmt: skip
+                                 vals, cnts)  # fmt: skip
         surv = _survival_counts(vals, cnts, K)
         tb = np.empty(surv.shape[0])
         for e in range(ne):
