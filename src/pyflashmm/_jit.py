@@ -5,7 +5,8 @@ Options are fixed in one place: ``cache=True`` (compiled code is reused across s
 ``nogil=True`` (kernels can overlap I/O threads), no ``fastmath`` (it assumes no NaN/Inf
 and breaks the NaN handling the result arrays rely on), and ``error_model="numpy"``: a float
 division by zero gives ±inf or NaN as in IEEE arithmetic instead of raising
-``ZeroDivisionError``, so a degenerate gene ends with NaN results rather than aborting the
+``ZeroDivisionError`` (an integer division by zero gives 0; no kernel divides by a value it
+has not checked), so a degenerate gene ends with NaN results rather than aborting the
 whole batch, and loops that divide carry no per-element check, which lets LLVM vectorise
 them. ``parallel=True`` is opt-in per kernel, for the outer loops over genes or cell blocks
 written with :data:`prange`.

@@ -71,6 +71,7 @@ DENSE_BUFFER_BYTES = 1 << 22
 #: time, fine_tables 7.9 -> 4.1 ms CPU)
 FINE_GRID = 0.02
 FINE_WIDTH = 32
+assert FINE_WIDTH < _ks.NO_GUIDE, "fine-table guides are uint8 counts"
 FINE_BYTES = 1 << 24
 FINE_MAX_GENES = 2048
 

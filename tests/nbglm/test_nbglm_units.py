@@ -287,13 +287,18 @@ def test_csr_rows_dense_matches_scipy_with_duplicates():
     from pyflashmm._kernels.aggregate import csr_rows_dense
 
     rng = np.random.default_rng(3)
-    A = sp.random(40, 30, density=0.2, random_state=4, format="coo")
-    dup = sp.coo_matrix(
-        (np.r_[A.data, [1.0, 2.0]], (np.r_[A.row, [0, 0]], np.r_[A.col, [1, 1]])), shape=A.shape
-    ).tocsr()  # tocsr keeps duplicate entries unsummed until asked
-    rows = rng.choice(40, 12, replace=False).astype(np.int64)
+    A = sp.random(40, 30, density=0.2, random_state=4, format="csr")
+    # row 0 gets column 1 stored three times (a non-canonical CSR, built from its arrays)
+    extra = np.array([1, 1, 1], dtype=A.indices.dtype)
+    indices = np.r_[extra, A.indices]
+    data = np.r_[[1.0, 2.0, 4.0], A.data]
+    indptr = np.r_[0, A.indptr[1:] + 3]
+    dup = sp.csr_matrix((data, indices, indptr), shape=A.shape)
+    assert not dup.has_canonical_format
+    rows = np.r_[0, rng.choice(np.arange(1, 40), 11, replace=False)].astype(np.int64)
     got = csr_rows_dense(dup.indptr, dup.indices, dup.data, rows, 30)
     np.testing.assert_array_equal(got, dup[rows].toarray())
+    assert got[0, 1] == A[0, 1] + 7.0
 
 
 def test_cell_classes_are_the_sorted_distinct_row_size_factor_pairs():
@@ -325,7 +330,11 @@ def test_cooks_row_summaries_match_numpy():
     np.testing.assert_array_equal(K.count_above_at_argmax(A, Y), (Y > at).sum(axis=1))
 
 
-def test_log_geo_means_dense_are_the_rounded_exact_means():
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps,
+    reason="needs an extended-precision long double for the reference",
+)
+def test_log_geo_means_dense_match_long_double_means():
     # against long-double sums (R's rowMeans accumulates in long double)
     rng = np.random.default_rng(12)
     Y = rng.negative_binomial(3, 0.02, (250, 60)).astype(float)
@@ -336,3 +345,19 @@ def test_log_geo_means_dense_are_the_rounded_exact_means():
     assert np.isneginf(got[3]) and np.isneginf(ref[3])
     ok = np.isfinite(ref)
     np.testing.assert_allclose(got[ok], ref[ok], rtol=4e-16, atol=0)
+
+
+def test_duplicate_sparse_entries_are_summed_before_size_factors():
+    rng = np.random.default_rng(13)
+    Y = rng.poisson(3.0, (30, 20)).astype(float) + 1.0
+    C = sp.csr_matrix(Y)
+    # split every stored value of row 2 into two entries of the same column
+    r0, r1 = C.indptr[2], C.indptr[3]
+    idx = np.r_[C.indices[:r0], np.repeat(C.indices[r0:r1], 2), C.indices[r1:]]
+    half = C.data[r0:r1] / 2.0
+    data = np.r_[C.data[:r0], np.column_stack([half, half]).ravel(), C.data[r1:]]
+    ptr = C.indptr.copy()
+    ptr[3:] += r1 - r0
+    dup = sp.csr_matrix((data, idx, ptr), shape=C.shape)
+    for method in ("ratio", "poscounts"):
+        np.testing.assert_allclose(size_factors(dup, method), size_factors(Y, method), rtol=1e-12)

@@ -22,12 +22,12 @@ def count_problems(data):
     ok = True
     for i in range(data.shape[0]):  # vectorised: are all values finite non-negative integers?
         v = data[i]
-        ok &= (v == math.floor(v)) & (v >= 0.0) & (v < math.inf)
+        ok &= (v == np.floor(v)) & (v >= 0.0) & (v < math.inf)  # np.floor: a float
     if ok:
         return first
     for i in range(data.shape[0]):
         v = data[i]
-        if v == math.floor(v) and v >= 0.0:  # the common case: a non-negative integer
+        if v == np.floor(v) and v >= 0.0 and v < math.inf:  # a non-negative integer
             continue
         if math.isnan(v):
             k = 0

@@ -214,7 +214,8 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
 # logarithms or divisions instead of K calls of lnΓ or ψ, and no cancellation between
 # lnΓ(v_k+r) and lnΓ(r) when r is large.
 # ℓ_e and w_e of the last lp are cached, so lp' at an accepted point costs no log or division.
-# Only the summation order and these exact identities differ from ``log_posterior`` /
+# Only the summation order, these exact identities and the vectorisable logarithm ``log_vec``
+# (within 1 ulp of libm's for the arguments 1 + αμ ≥ 1) differ from ``log_posterior`` /
 # ``dlog_posterior`` (the per-cell formulas).
 
 
@@ -1083,7 +1084,8 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
     per-sample variance of DESeq2's robust moment dispersion (one set per design row with
     ≥ 3 samples, the maximum over rows). Returns G values.
 
-    Only the non-zero q of a set are stored: the zeros are the lowest ranks of q, and all map
+    Counts are non-negative and s > 0, so q ≥ 0. Only the non-zero q of a set are stored: the
+    zeros are the lowest ranks of q, and all map
     to q̄_t² in the second trimmed mean, so both means count them instead of selecting them
     (the values and their order are those of ``_tmean_row`` on the whole set).
     """
@@ -1094,7 +1096,7 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
         nmax = max(nmax, off[k + 1] - off[k])
     out = np.empty(G)
     for g in prange(G):
-        q = np.empty(nmax + 1)
+        q = np.empty(nmax)
         less = np.empty(nmax)
         more = np.empty(nmax)
         best = 0.0
@@ -1180,8 +1182,8 @@ def median_log_ratios_csr(indptr, indices, data, loggeo):
 @njit(parallel=True)
 def log_geo_means_dense(Y):
     """ln g_i = Σ_j ln y_ji / m of every column i of a dense m×G matrix; −inf for a column
-    with a zero. The sums are compensated (Neumaier), so they are the exact sums rounded,
-    as R's ``rowMeans`` gets them with long-double accumulation (DESeq2's geometric means)."""
+    with a zero. The sums are compensated (Neumaier), so they are as accurate as R's
+    ``rowMeans`` with its long-double accumulation (DESeq2's geometric means), within an ulp."""
     m, G = Y.shape
     out = np.empty(G)
     for i in prange(G):

@@ -18,6 +18,9 @@ def as_counts(counts, *, allow_non_integer: bool = False, name: str = "counts"):
     """
     if sp.issparse(counts):
         mat = sp.csr_matrix(counts, dtype=np.float64)
+        if not mat.has_canonical_format:  # duplicates summed, indices sorted (on a copy)
+            mat = mat.copy()
+            mat.sum_duplicates()
         data = mat.data
     else:
         if hasattr(counts, "to_numpy"):

@@ -137,6 +137,7 @@ class RowMeans:
         return _nb.expand_row_means(sub, self.sf, self.lab, float(self.minmu))
 
     def dense(self) -> np.ndarray:
+        """μ of every gene (dense, G×m)."""
         return self.rows(slice(None))
 
 
