@@ -361,3 +361,49 @@ def test_duplicate_sparse_entries_are_summed_before_size_factors():
     dup = sp.csr_matrix((data, idx, ptr), shape=C.shape)
     for method in ("ratio", "poscounts"):
         np.testing.assert_allclose(size_factors(dup, method), size_factors(Y, method), rtol=1e-12)
+
+
+def test_row_means_line_search_equals_the_dense_means():
+    # group design: μ kept as row means (expanded per gene in the kernel) or as the G×m matrix
+    from pyflashmm.nbglm import dispersion as D
+
+    rng = np.random.default_rng(14)
+    Y, X = _sim(rng, m=24, G=40)
+    Y = np.ascontiguousarray(Y.T)  # genes × samples, as the line search takes it
+    sf = np.exp(rng.normal(0.0, 0.3, 24))
+    sf[:6] = sf[6:12]  # some samples share a size factor: classes of several samples
+    lab = D.design_rows(X)[1]
+    R = lab.max() + 1
+    means = np.array([[np.mean(y[lab == r] / sf[lab == r]) for r in range(R)] for y in Y])
+    rm = D.RowMeans(means, sf, lab, 0.5)
+    a0 = np.full(Y.shape[0], np.log(0.1))
+    got = D.fit_disp_line(Y, rm, X, a0, sf=sf)
+    ref = D.fit_disp_line(Y, rm.dense(), X, a0, sf=sf)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_nbglm_results_do_not_depend_on_the_thread_count(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, scipy.sparse as sp, sys\n"
+        "from pyflashmm import nbglm\n"
+        "rng = np.random.default_rng(15)\n"
+        "m, G = 400, 60\n"
+        "grp = rng.integers(0, 2, m)\n"
+        "X = np.column_stack([np.ones(m), grp])\n"
+        "Y = rng.negative_binomial(2, 0.6, (m, G)).astype(float)\n"
+        "f = nbglm(sp.csr_matrix(Y), X, preset='single_cell', block_size=16)\n"
+        "np.savez(sys.argv[1], d=f.dispersion, b=f.log2_fold_change, p=f.p_value)\n"
+    )
+    out = {}
+    for t in (1, 2):
+        env = {**__import__("os").environ, "NUMBA_NUM_THREADS": str(t)}
+        path = tmp_path / f"t{t}.npz"
+        subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True)
+        out[t] = np.load(path)
+    for k in ("d", "b", "p"):
+        np.testing.assert_array_equal(out[1][k], out[2][k])
