@@ -89,20 +89,8 @@ def _scatter(values):
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw the agreement figures from the agreement tables.
-
-    Parameters
-    ----------
-    results_dir : Path
-        Folder with the result tables.
-    figures_dir : Path
-        Folder the figures are written to.
-
-    Returns
-    -------
-    list of Path
-        The PNG and PDF files written.
-    """
+    """Draw the agreement figures from the agreement tables (the ``make`` of
+    the :mod:`figures` package)."""
     style.setup()
     summary = read_table(Path(results_dir) / INPUTS[0])
     values = read_table(Path(results_dir) / INPUTS[1])

@@ -98,31 +98,17 @@ def _grid(df, row_key: str, row_fmt, fixed_key: str, fixed_value, methods, title
     if not rows:
         style.empty_panel(axes[0, 0], "no null p-values")
     band = plt.Rectangle((0, 0), 1, 1, color=style.BAND_COLOR)
-    style.figure_legend(fig, [handles[m] for m in methods if m in handles] + [band],
-                        [style.method_label(m) for m in methods if m in handles]
-                        + ["pointwise 95% band"], ncol=2 if nc == 1 else 4, markerscale=3,
-                        title=title)  # fmt: skip
+    style.method_legend(fig, handles, methods, ((band, "pointwise 95% band"),),
+                        ncol=2 if nc == 1 else 4, markerscale=3, title=title)  # fmt: skip
     return fig
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw the QQ figures from ``calibration_pvalues.csv.gz``.
-
-    Parameters
-    ----------
-    results_dir : Path
-        Folder with the result tables.
-    figures_dir : Path
-        Folder the figures are written to.
-
-    Returns
-    -------
-    list of Path
-        The PNG and PDF files written.
-    """
+    """Draw the QQ figures from ``calibration_pvalues.csv.gz`` (the ``make`` of
+    the :mod:`figures` package)."""
     style.setup()
     df = read_table(Path(results_dir) / INPUTS[0])
-    methods = style.ordered(df["method"].unique(), style.METHOD_LABELS)
+    methods = style.methods_in(df)
     paths = []
     ns = df["n_subjects"].min() if len(df) else 0
     fig = _grid(df, "var_random_effects", lambda v: f"subject variance {v:g}", "n_subjects", ns,

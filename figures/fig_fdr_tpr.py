@@ -29,24 +29,12 @@ def _select(df, key, beta):
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw ``fig_fdr_tpr`` from ``power_curves.csv.gz`` and ``power_summary.csv``.
-
-    Parameters
-    ----------
-    results_dir : Path
-        Folder with the result tables.
-    figures_dir : Path
-        Folder the figures are written to.
-
-    Returns
-    -------
-    list of Path
-        The PNG and PDF files written.
-    """
+    """Draw ``fig_fdr_tpr`` from ``power_curves.csv.gz`` and ``power_summary.csv`` (the ``make`` of
+    the :mod:`figures` package)."""
     style.setup()
     curves = read_table(Path(results_dir) / INPUTS[0])
     summary = read_table(Path(results_dir) / INPUTS[1])
-    methods = style.ordered(summary["method"].unique(), style.METHOD_LABELS)
+    methods = style.methods_in(summary)
     order = {s: i for i, s in enumerate(style.SCOPE_LABELS)}
     rows = sorted(summary.groupby(_SETTING).groups,
                   key=lambda k: (order.get(k[0], len(order)), k[0], k[1], k[2]))  # fmt: skip
@@ -87,8 +75,8 @@ def make(results_dir: Path, figures_dir: Path) -> list[Path]:
         style.empty_panel(axes[0, 0], "no power results")
     filled = plt.Line2D([], [], ls="none", marker="o", color="0.3", ms=4)
     hollow = plt.Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=4)
-    style.figure_legend(fig, [handles[m] for m in methods if m in handles] + [filled, hollow],
-                        [style.method_label(m) for m in methods if m in handles]
-                        + ["BH 0.01/0.05/0.1: FDR controlled", "BH 0.01/0.05/0.1: FDR exceeded"],
+    style.method_legend(fig, handles, methods,
+                        ((filled, "BH 0.01/0.05/0.1: FDR controlled"),
+                         (hollow, "BH 0.01/0.05/0.1: FDR exceeded")),
                         ncol=2 if nc == 1 else 4)  # fmt: skip
     return style.save(fig, figures_dir, OUTPUTS[0])

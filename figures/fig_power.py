@@ -34,24 +34,12 @@ def _settings(df) -> list:
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw ``fig_power`` from ``power_summary.csv``.
-
-    Parameters
-    ----------
-    results_dir : Path
-        Folder with the result tables.
-    figures_dir : Path
-        Folder the figures are written to.
-
-    Returns
-    -------
-    list of Path
-        The PNG and PDF files written.
-    """
+    """Draw ``fig_power`` from ``power_summary.csv`` (the ``make`` of
+    the :mod:`figures` package)."""
     style.setup()
     df = read_table(Path(results_dir) / INPUTS[0])
     df = df[np.isclose(df["threshold"], 0.05)]
-    methods = style.ordered(df["method"].unique(), style.METHOD_LABELS)
+    methods = style.methods_in(df)
     settings = _settings(df)
     nc = max(len(settings), 1)
     fig, axes = plt.subplots(len(_ROWS), nc, figsize=(2.5 * nc + 0.5, 6.6), squeeze=False,
@@ -88,7 +76,5 @@ def make(results_dir: Path, figures_dir: Path) -> list[Path]:
     if not settings:
         for ax in axes[:, 0]:
             style.empty_panel(ax, "no power results")
-    style.figure_legend(fig, [handles[m] for m in methods if m in handles],
-                        [style.method_label(m) for m in methods if m in handles],
-                        ncol=2 if nc == 1 else 3)  # fmt: skip
+    style.method_legend(fig, handles, methods, ncol=2 if nc == 1 else 3)
     return style.save(fig, figures_dir, OUTPUTS[0])

@@ -52,20 +52,8 @@ def _skipped_note(df) -> str:
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw ``fig_runtime`` from ``runtime.csv``.
-
-    Parameters
-    ----------
-    results_dir : Path
-        Folder with the result tables.
-    figures_dir : Path
-        Folder the figures are written to.
-
-    Returns
-    -------
-    list of Path
-        The PNG and PDF files written.
-    """
+    """Draw ``fig_runtime`` from ``runtime.csv`` (the ``make`` of
+    the :mod:`figures` package)."""
     style.setup()
     df = read_table(Path(results_dir) / INPUTS[0])
     ok = df[df["status"] == "ok"]

@@ -64,31 +64,18 @@ def _figure(df, alpha: float, methods: list):
     if not rows:
         style.empty_panel(axes[0, 0], f"no results at α = {alpha:g}")
     ref = plt.Line2D([], [], color=style.REFERENCE_COLOR, lw=0.8, ls="--")
-    style.figure_legend(fig, [handles[m] for m in methods if m in handles] + [ref],
-                        [style.method_label(m) for m in methods if m in handles]
-                        + [f"nominal α = {alpha:g}"], ncol=2 if nc == 1 else 4,
+    style.method_legend(fig, handles, methods, ((ref, f"nominal α = {alpha:g}"),),
+                        ncol=2 if nc == 1 else 4,
                         title="Null genes; bars: Wilson 95% intervals")  # fmt: skip
     return fig
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw the type-I error figures from ``calibration_type1.csv``.
-
-    Parameters
-    ----------
-    results_dir : Path
-        Folder with the result tables.
-    figures_dir : Path
-        Folder the figures are written to.
-
-    Returns
-    -------
-    list of Path
-        The PNG and PDF files written.
-    """
+    """Draw the type-I error figures from ``calibration_type1.csv`` (the ``make`` of
+    the :mod:`figures` package)."""
     style.setup()
     df = read_table(Path(results_dir) / INPUTS[0])
-    methods = style.ordered(df["method"].unique(), style.METHOD_LABELS)
+    methods = style.methods_in(df)
     paths = []
     for alpha, name in zip(_ALPHAS, OUTPUTS, strict=True):
         paths += style.save(_figure(df, alpha, methods), figures_dir, name)

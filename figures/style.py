@@ -143,6 +143,20 @@ def ordered(ids, labels: dict) -> list:
     return known + sorted(i for i in ids if i not in labels)
 
 
+def method_legend(fig, handles: dict, methods: list, extra: tuple = (), **kw) -> None:
+    """``figure_legend`` of the methods drawn (``handles`` by method id, in the order of
+    ``methods``), then the ``extra`` (artist, label) pairs."""
+    shown = [m for m in methods if m in handles]
+    figure_legend(fig, [handles[m] for m in shown] + [h for h, _ in extra],
+                  [method_label(m) for m in shown] + [label for _, label in extra],
+                  **kw)  # fmt: skip
+
+
+def methods_in(table) -> list:
+    """The method ids of a result table (column ``method``), in the order of the labels."""
+    return ordered(table["method"].unique(), METHOD_LABELS)
+
+
 def empty_panel(ax, text: str) -> None:
     """Mark a panel that has no data (text in the middle, no ticks)."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")

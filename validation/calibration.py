@@ -128,24 +128,9 @@ def type1_table(pvalues: pd.DataFrame, alphas) -> pd.DataFrame:
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
-    """Run the calibration experiment of ``config``; returns the two tables written.
-
-    Parameters
-    ----------
-    config : dict
-        The variant's config (:func:`validation.config.load_config`); checked before any work.
-    results_dir : Path
-        Where the tables are written.
-    workers : int
-        Worker processes for the replicates (results do not depend on it).
-    progress : bool
-        Show a progress bar on stderr.
-
-    Returns
-    -------
-    list of Path
-        The tables written (see validation/README.md for their columns).
-    """
+    """Run the calibration experiment of ``config`` (checked first) over ``workers``
+    processes; write ``calibration_type1.csv`` and ``calibration_pvalues.csv.gz`` to
+    ``results_dir`` and return their paths (columns: validation/README.md)."""
     check_config(config, NAME, ("var_random_effects", "n_subjects", "cells_per_subject",
                                 "n_genes", "replicates"), {
         "var_random_effects": (lambda v: v >= 0, "variances >= 0"),

@@ -169,24 +169,9 @@ def summarise(results: pd.DataFrame, thresholds, *, curve_points: int = 200):
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
-    """Run the power experiment of ``config``; returns the two tables written.
-
-    Parameters
-    ----------
-    config : dict
-        The variant's config (:func:`validation.config.load_config`); checked before any work.
-    results_dir : Path
-        Where the tables are written.
-    workers : int
-        Worker processes for the replicates (results do not depend on it).
-    progress : bool
-        Show a progress bar on stderr.
-
-    Returns
-    -------
-    list of Path
-        The tables written (see validation/README.md for their columns).
-    """
+    """Run the power experiment of ``config`` (checked first) over ``workers``
+    processes; write ``power_summary.csv`` and ``power_curves.csv.gz`` to ``results_dir`` and
+    return their paths (columns: validation/README.md)."""
     methods = tuple(config.get("methods", METHODS))
     grid = settings(config)
     check_config(config, NAME, ("scopes", "abs_beta", "n_subjects", "cells_per_subject",

@@ -85,10 +85,15 @@ def _figure_links(module, figures_dir: Path, report_dir: Path) -> list[str]:
 # ----------------------------------------------------------------------------- readings
 
 
+def _missing(table: str, experiment: str) -> list[str]:
+    """The report's line for a result table that has not been written yet."""
+    return [f"*{table} is missing: run `pyflashmm reproduce --only {experiment}`.*"]
+
+
 def read_calibration(results_dir: Path) -> list[str]:
     t1 = summaries.load(results_dir, "calibration_type1.csv")
     if t1 is None:
-        return ["*calibration_type1.csv is missing: run `pyflashmm reproduce --only calibration`.*"]
+        return _missing("calibration_type1.csv", "calibration")
     pooled = summaries.type1_by_method(t1)
     n_set = t1.groupby(["var_random_effects", "n_subjects", "cells_per_subject"]).ngroups
     lines = [
@@ -169,7 +174,7 @@ def read_type1(results_dir: Path) -> list[str]:
 def read_power(results_dir: Path) -> list[str]:
     ps = summaries.load(results_dir, "power_summary.csv")
     if ps is None:
-        return ["*power_summary.csv is missing: run `pyflashmm reproduce --only power`.*"]
+        return _missing("power_summary.csv", "power")
     pw = summaries.power_by_method(ps, 0.05)
     lines = [
         "At BH 0.05, pooled over effect sizes, scopes and designs:",
@@ -216,7 +221,7 @@ def read_fdr_tpr(results_dir: Path) -> list[str]:
 def read_agreement(results_dir: Path) -> list[str]:
     ag = summaries.load(results_dir, "agreement_summary.csv")
     if ag is None:
-        return ["*agreement_summary.csv is missing: run `pyflashmm reproduce --only agreement`.*"]
+        return _missing("agreement_summary.csv", "agreement")
     q = summaries.agreement_by_quantity(ag)
     lines = [
         "Relative differences |ours − reference| / max(|reference|, floor) "
@@ -244,7 +249,7 @@ def read_agreement(results_dir: Path) -> list[str]:
 def read_runtime(results_dir: Path) -> list[str]:
     rt = summaries.load(results_dir, "runtime.csv")
     if rt is None:
-        return ["*runtime.csv is missing: run `pyflashmm reproduce --only runtime`.*"]
+        return _missing("runtime.csv", "runtime")
     lines = []
     skipped = rt[rt["status"] != "ok"]
     sp_ = summaries.largest_point_speedups(summaries.speedups(rt))
