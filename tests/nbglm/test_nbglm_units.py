@@ -116,7 +116,7 @@ def test_fit_beta_matches_statsmodels(rng):
     beta, sigma, *_ = K.fit_beta_rows(
         np.ascontiguousarray(Y.T), sf, Xr, lab, np.arange(m), np.ones(m), sf, lab, alpha,
         beta0, np.empty((2, Xr.shape[0])), np.full(2, 1e-6 / math.log(2) ** 2), 1e-300,
-        1e-12, 200, False, False,
+        1e-12, 200, False,
     )  # fmt: skip
     for g in range(5):
         mod = sm.GLM(Y[:, g], X, family=sm.families.NegativeBinomial(alpha=0.1),
@@ -231,7 +231,7 @@ def test_fit_beta_rows_classes_equal_per_sample(rng):
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))
     lam = np.full(3, 1e-6)
     alpha = np.full(6, 0.3)
-    common = (P, lam, 1e-6, 1e-10, 100, True, True)
+    common = (P, lam, 1e-6, 1e-10, 100, True)
     a = K.fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, np.empty((1, 3)), *common)
     b = K.fit_beta_rows(Y, sf, Xr, lab, np.arange(m), np.ones(m), sf, lab, alpha,
                         np.empty((1, 3)), *common)  # fmt: skip
@@ -316,18 +316,46 @@ def test_cell_classes_are_the_sorted_distinct_row_size_factor_pairs():
     np.testing.assert_array_equal(off, np.r_[0, np.cumsum(np.bincount(uniq[:, 0].astype(int)))])
 
 
-def test_cooks_row_summaries_match_numpy():
+def test_cooks_distances_and_summaries_match_numpy():
+    """Cook's distances from per-row fit quantities and per-class terms vs the per-sample
+    formula in NumPy; the row summaries vs NumPy on the kernel's own distance matrix."""
+    from pyflashmm.nbglm import dispersion as D
+    from pyflashmm.nbglm.glm import _sample_classes
+
     rng = np.random.default_rng(11)
-    A = rng.random((30, 40))
-    A[3, 7] = np.nan
-    A[5, 0] = np.nan
-    A[8, 20:] = A[8, 2]  # ties: the first largest value counts
-    Y = rng.integers(0, 6, (30, 40)).astype(float)
-    use = rng.random(40) < 0.7
-    use[7] = True
-    np.testing.assert_array_equal(K.max_over_cols(A, use), A[:, use].max(axis=1))
-    at = np.take_along_axis(Y, np.argmax(A, axis=1)[:, None], axis=1)
-    np.testing.assert_array_equal(K.count_above_at_argmax(A, Y), (Y > at).sum(axis=1))
+    G, m, p, minmu = 30, 400, 3, 0.5
+    X = np.column_stack([np.ones(m), rng.integers(0, 2, m), rng.integers(0, 3, m)]).astype(float)
+    Xr, lab = D.design_rows(X)
+    R = Xr.shape[0]
+    sf = rng.choice([0.3, 0.8, 1.0, 1.7, 2.2], m)
+    cls, _size, csf, clab = _sample_classes(sf, lab, R)
+    assert csf.size < m
+    row_mu = np.exp(rng.normal(0, 1, (G, R)))
+    row_wmu = row_mu * np.exp(rng.normal(0, 0.1, (G, R)))
+    row_hat = rng.uniform(1e-4, 0.05, (G, R))
+    row_hat[3] = np.nan  # a gene whose XᵀWX was not positive definite
+    alpha = rng.uniform(0.01, 1.0, G)
+    a = rng.uniform(0.04, 0.5, G)
+    Y = rng.poisson(row_mu[:, lab] * sf * 1.3).astype(float)
+    Y[8] = 2.0  # ties: the first largest distance counts
+    args = (cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, float(p), minmu)
+    got = K.cooks_matrix(Y, *args)
+    mu = sf * row_mu[:, lab]
+    mw = np.maximum(sf * row_wmu[:, lab], minmu)
+    h = mw / (1 + alpha[:, None] * mw) * row_hat[:, lab]
+    ref = (Y - mu) ** 2 / (mu + a[:, None] * mu**2) / p * h / (1 - h) ** 2
+    np.testing.assert_allclose(got, ref, rtol=1e-13)
+    assert np.isnan(got[3]).all()
+    use = rng.random(m) < 0.7
+    keep = rng.random(m) < 0.5
+    mx, mx_keep, mx_all, n_above = K.cooks_summary(Y, *args, use, keep)
+    np.testing.assert_array_equal(mx, got[:, use].max(axis=1))
+    np.testing.assert_array_equal(mx_keep, np.where(keep, got, 0.0)[:, use].max(axis=1))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(mx_all[np.arange(G) != 3], np.nanmax(np.delete(got, 3, 0), 1))
+    assert mx_all[3] == -np.inf
+    at = np.take_along_axis(Y, np.argmax(got, axis=1)[:, None], axis=1)
+    np.testing.assert_array_equal(n_above, (Y > at).sum(axis=1))
 
 
 @pytest.mark.skipif(

@@ -105,14 +105,14 @@ def nb_logpdf_fast(y, mu, alpha):
 
 
 @njit(parallel=True)
-def nb_loglik(Y, MU, alpha):
-    """Σ_j ln f(y_gj; μ_gj, α_g) for every gene g (G)."""
+def nb_loglik(Y, sf, lab, row_mu, alpha):
+    """Σ_j ln f(y_gj; μ_gj, α_g) for every gene g (G), with μ_gj = s_j·row_mu[g, lab_j]."""
     G, m = Y.shape
     out = np.empty(G)
     for g in prange(G):
         s = 0.0
         for j in range(m):
-            s += nb_logpdf(Y[g, j], MU[g, j], alpha[g])
+            s += nb_logpdf(Y[g, j], sf[j] * row_mu[g, lab[j]], alpha[g])
         out[g] = s
     return out
 
@@ -680,7 +680,7 @@ def _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minm
 
 @njit(parallel=True)
 def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, minmu, tol,
-                  maxit, start, want_hat):  # fmt: skip
+                  maxit, start):  # fmt: skip
     """Ridge-penalised IRLS for the NB GLM with log link and offsets ln s (DESeq2's fitBeta),
     at fixed α, with the design as its R distinct rows ``Xr`` and the samples in classes.
 
@@ -700,17 +700,24 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
     η, exp(η) and xᵀ(XᵀWX+Λ)⁻¹x are computed once
     per distinct row; XᵀWX and XᵀWz come from per-row sums of w and wz. With ``start`` the
     initial β is ``P`` (p×R) times the per-row sums of ln(y/s + 0.1) (the least-squares
-    start), else ``beta0``. Also returns the unfloored means s·exp(Xβ) (G×m); the hat
-    diagonals only when ``want_hat`` (else a 1×1 dummy).
-    Returns (beta G×p, sigma G×p×p, hat G×m, iter G, deviance G, mu G×m).
+    start), else ``beta0``.
+
+    The fitted means and hat diagonals are returned per design row (G×R each, no G×m array):
+    ``row_mu`` = exp(x_rᵀβ) at the final β (μ_j = s_j·row_mu[lab_j], unfloored);
+    ``row_wmu`` = exp(x_rᵀβ_w) at the β_w where the weights W were last evaluated (β itself,
+    unless the gene was aborted) and ``row_hat`` = x_rᵀ(XᵀWX + Λ)⁻¹x_r (NaN when that matrix is
+    not positive definite), so that the hat diagonal of sample j is
+    h_j = w_j·row_hat[lab_j] with w_j = μ̃_j/(1 + αμ̃_j), μ̃_j = max(s_j·row_wmu[lab_j], minmu).
+    Returns (beta G×p, sigma G×p×p, iter G, deviance G, row_mu, row_wmu, row_hat).
     """
     G, m = Y.shape
     R, p = Xr.shape
     nc = csize.shape[0]
     beta_out = np.empty((G, p))
     sigma_out = np.full((G, p, p), np.nan)
-    hat_out = np.empty((G, m)) if want_hat else np.empty((1, 1))
-    mu_out = np.empty((G, m))
+    row_mu = np.empty((G, R))
+    row_wmu = np.empty((G, R))
+    row_hat = np.empty((G, R))
     iters = np.zeros(G, dtype=np.int64)
     devs = np.empty(G)
     lmin = math.log(minmu)
@@ -840,15 +847,14 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
         devs[g] = dev
         for k in range(p):
             beta_out[g, k] = beta[k]
-        # unfloored means at the final beta
+        # E holds exp(η) where the weights (wsum) were last evaluated; the means at the final β
         for r in range(R):
+            row_wmu[g, r] = E[r]
             s = 0.0
             for k in range(p):
                 s += Xr[r, k] * beta[k]
-            E[r] = math.exp(s)
-        for j in range(m):
-            mu_out[g, j] = sf[j] * E[lab[j]]
-        # covariance and hat diagonals at the final (floored) mu: wsum belongs to that mu
+            row_mu[g, r] = math.exp(s)
+        # covariance and per-row hat factors at those weights
         _xtwx_rows(Xr, wsum, A)
         for k in range(p):
             A[k, k] += lam[k]
@@ -868,76 +874,93 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
                 for a_ in range(p):
                     for b_ in range(p):
                         s += Xr[r, a_] * Ainv[a_, b_] * Xr[r, b_]
-                E[r] = s
-            if want_hat:
-                for c in range(nc):
-                    mj = mc[c]
-                    mc[c] = mj / (1.0 + al * mj) * E[clab[c]]
-                for j in range(m):
-                    hat_out[g, j] = mc[cls[j]]
-        elif want_hat:
-            for j in range(m):
-                hat_out[g, j] = np.nan
-    return beta_out, sigma_out, hat_out, iters, devs, mu_out
+                row_hat[g, r] = s
+        else:
+            for r in range(R):
+                row_hat[g, r] = np.nan
+    return beta_out, sigma_out, iters, devs, row_mu, row_wmu, row_hat
+
+
+@njit
+def _class_cooks(g, csf, clab, row_mu, row_wmu, row_hat, al, a, p, minmu, muc, kc):
+    """Cook's distance of sample j in class c is D_j = (y_j − μ_c)²·k_c: the fitted mean μ_c
+    (``muc``) and k_c = h_c/(1 − h_c)² / (p(μ_c + aμ_c²)) (``kc``) of every class of gene g,
+    with h_c = w_c·row_hat[q] (see ``fit_beta_rows``) and ``a`` the gene's robust dispersion."""
+    for c in range(muc.shape[0]):
+        q = clab[c]
+        mu = csf[c] * row_mu[g, q]
+        mw = max(csf[c] * row_wmu[g, q], minmu)
+        h = mw / (1.0 + al * mw) * row_hat[g, q]
+        muc[c] = mu
+        kc[c] = h / ((1.0 - h) * (1.0 - h)) / (p * (mu + a * (mu * mu)))
 
 
 @njit(parallel=True)
-def cooks_rows(Y, sf, MU, hat, a, p):
-    """Cook's distances (y−μ)²/(μ + aμ²)/p · h/(1−h)² of every gene (G×m)."""
+def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minmu, use, keep):
+    """Row summaries of the Cook's distances D (G×m, never formed; see ``_class_cooks``).
+
+    Per gene: the maximum of D over the samples with ``use`` (NaN if one is NaN); the same
+    with D set to 0 where ``keep`` is False; the largest D ignoring NaN; and
+    #{j : y_j > y_j*} with j* = argmax D (the first largest value, or the first NaN; DESeq2's
+    check that the largest distance is not at one of the 3 largest counts).
+    Returns (max_use, max_use_keep, max_all, n_above).
+    """
     G, m = Y.shape
+    nc = csf.shape[0]
+    max_use = np.empty(G)
+    max_keep = np.empty(G)
+    max_all = np.empty(G)
+    n_above = np.empty(G, dtype=np.int64)
+    for g in prange(G):
+        muc = np.empty(nc)
+        kc = np.empty(nc)
+        _class_cooks(g, csf, clab, row_mu, row_wmu, row_hat, alpha[g], a[g], p, minmu, muc, kc)
+        mu_ = -np.inf
+        mk = -np.inf
+        ma = -np.inf
+        best = -np.inf
+        jm = -1
+        for j in range(m):
+            c = cls[j]
+            d = Y[g, j] - muc[c]
+            v = d * d * kc[c]
+            if use[j] and not v <= mu_:  # a larger value, or NaN (which stays)
+                if not np.isnan(mu_):
+                    mu_ = v
+            vk = v if keep[j] else 0.0
+            if use[j] and not vk <= mk:
+                if not np.isnan(mk):
+                    mk = vk
+            if v > ma:
+                ma = v
+            if jm < 0 or (not np.isnan(best) and (v > best or np.isnan(v))):
+                best = v
+                jm = j
+        ym = Y[g, jm]
+        cnt = 0
+        for j in range(m):
+            cnt += Y[g, j] > ym
+        max_use[g] = mu_
+        max_keep[g] = mk
+        max_all[g] = ma
+        n_above[g] = cnt
+    return max_use, max_keep, max_all, n_above
+
+
+@njit(parallel=True)
+def cooks_matrix(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minmu):
+    """The Cook's distances D (G×m) of ``cooks_summary``, for the few genes that need them."""
+    G, m = Y.shape
+    nc = csf.shape[0]
     out = np.empty((G, m))
     for g in prange(G):
-        ag = a[g]
+        muc = np.empty(nc)
+        kc = np.empty(nc)
+        _class_cooks(g, csf, clab, row_mu, row_wmu, row_hat, alpha[g], a[g], p, minmu, muc, kc)
         for j in range(m):
-            mj = MU[g, j]
-            h = hat[g, j]
-            d = Y[g, j] - mj
-            out[g, j] = d * d / (mj + ag * (mj * mj)) / p * h / ((1.0 - h) * (1.0 - h))
-    return out
-
-
-@njit(parallel=True)
-def max_over_cols(A, use):
-    """Per row of A (G×m): the maximum over the columns with ``use`` (NaN when one of them is
-    NaN, as ``A[:, use].max(axis=1)``, without its copy), in parallel over rows."""
-    G, m = A.shape
-    out = np.empty(G)
-    for g in prange(G):
-        mx = -np.inf
-        for j in range(m):
-            v = A[g, j]
-            if use[j] and not v <= mx:  # a larger value, or NaN
-                mx = v
-                if np.isnan(v):
-                    break
-        out[g] = mx
-    return out
-
-
-@njit(parallel=True)
-def count_above_at_argmax(A, Y):
-    """Per row g: #{j : Y[g, j] > Y[g, j*]} where j* = ``np.argmax(A[g])`` (the first largest
-    value, or the first NaN). DESeq2's check that a gene's largest Cook's distance is not at
-    one of its 3 largest counts."""
-    G, m = A.shape
-    out = np.empty(G, dtype=np.int64)
-    for g in prange(G):
-        jm = 0
-        best = A[g, 0]
-        if not np.isnan(best):
-            for j in range(1, m):
-                v = A[g, j]
-                if np.isnan(v):
-                    jm = j
-                    break
-                if v > best:
-                    best = v
-                    jm = j
-        ym = Y[g, jm]
-        c = 0
-        for j in range(m):
-            c += Y[g, j] > ym
-        out[g] = c
+            c = cls[j]
+            d = Y[g, j] - muc[c]
+            out[g, j] = d * d * kc[c]
     return out
 
 

@@ -116,37 +116,47 @@ class NbGlmFit:
 
 
 def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim=True,
-             loglik=True, want_hat=True):  # fmt: skip
-    """DESeq2's fitNbinomGLMs (no β prior) for a dense gene block Yb (G×m)."""
+             loglik=True):  # fmt: skip
+    """DESeq2's fitNbinomGLMs (no β prior) for a dense gene block Yb (G×m).
+
+    Means and hat diagonals are returned per design row (``fit_beta_rows``): μ_j =
+    s_j·row_mu[lab_j] and h_j = w_j·row_hat[lab_j] with w_j = μ̃_j/(1 + αμ̃_j),
+    μ̃_j = max(s_j·row_wmu[lab_j], hat_minmu); ``classes`` are the (size factor, design row)
+    classes of ``_sample_classes``.
+    """
     G, m = Yb.shape
     p = X.shape[1]
     lam = np.full(p, 1e-6 / LN2**2)
+    Xr, lab = _disp.design_rows(X)
+    R = Xr.shape[0]
+    classes = _sample_classes(sf, lab, R)
     if p == 1 and np.all(X == 1.0):
         bm = (Yb / sf).mean(axis=1)
-        beta = np.log(bm)[:, None]
-        mu = np.outer(bm, sf)
-        w = 1.0 / (1.0 / mu + alpha[:, None])
+        row_mu = bm[:, None].copy()
+        w = 1.0 / (1.0 / np.outer(bm, sf) + alpha[:, None])
         xtwx = w.sum(axis=1)
         return {
-            "beta": beta,
+            "beta": np.log(bm)[:, None],
             "sigma": (1.0 / xtwx)[:, None, None],
-            "hat": w / xtwx[:, None],
-            "mu": mu,
-            "loglik": _nb.nb_loglik(Yb, mu, alpha) if loglik else np.full(G, np.nan),
+            "row_mu": row_mu,
+            "row_wmu": row_mu,
+            "row_hat": (1.0 / xtwx)[:, None],
+            "hat_minmu": 0.0,  # DESeq2's intercept-only shortcut does not floor μ
+            "lab": lab,
+            "classes": classes,
+            "loglik": _nb.nb_loglik(Yb, sf, lab, row_mu, alpha) if loglik else np.full(G, np.nan),
             "conv": np.ones(G, bool),
             "iter": np.ones(G, np.int64),
         }
-    Xr, lab = _disp.design_rows(X)
-    R = Xr.shape[0]
     q, r = np.linalg.qr(X)
     first = np.empty(R, dtype=np.int64)
     first[lab[::-1]] = np.arange(m)[::-1]
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))  # β₀ = P · row sums of ln(y/s+0.1)
-    cls, csize, csf, clab = _sample_classes(sf, lab, R)
-    beta, sigma, hat, it, _dev, mu = _nb.fit_beta_rows(
+    cls, csize, csf, clab = classes
+    beta, sigma, it, _dev, row_mu, row_wmu, row_hat = _nb.fit_beta_rows(
         np.ascontiguousarray(Yb), np.ascontiguousarray(sf), Xr, lab, cls, csize, csf, clab,
         np.ascontiguousarray(alpha), np.empty((1, p)), P, lam, float(minmu), float(beta_tol),
-        int(maxit), True, bool(want_hat),
+        int(maxit), True,
     )  # fmt: skip
 
     def beta0_row(i):
@@ -156,7 +166,7 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
     loglik = np.full(G, np.nan)
     if want_ll:
         with np.errstate(invalid="ignore"):
-            loglik = _nb.nb_loglik(Yb, mu, alpha)
+            loglik = _nb.nb_loglik(Yb, sf, lab, row_mu, alpha)
     var = np.diagonal(sigma, axis1=1, axis2=2)
     stable = ~np.isnan(beta).any(axis=1)
     varpos = (var > 0).all(axis=1)
@@ -168,17 +178,17 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
         res = _optim_row(Yb[i], sf, X, alpha[i], start, 1e-6)
         conv[i] = res.success
         beta[i] = res.x * LN2
-        mu_row = sf * np.exp(X @ beta[i])
-        mu[i] = mu_row
-        mf = np.maximum(mu_row, minmu)
+        row_mu[i] = np.exp(Xr @ beta[i])  # the hat diagonals stay those of the IRLS, as in DESeq2
+        mf = np.maximum(sf * row_mu[i][lab], minmu)
         w = 1.0 / (1.0 / mf + alpha[i])
         xtwx = (X * w[:, None]).T @ X
         ainv = np.linalg.inv(xtwx + np.diag(lam))
         sigma[i] = ainv @ xtwx @ ainv
         if want_ll:
             loglik[i] = sum(_nb.nb_logpdf(Yb[i, j], mf[j], alpha[i]) for j in range(m))
-    return {"beta": beta, "sigma": sigma, "hat": hat, "mu": mu, "loglik": loglik, "conv": conv,
-            "iter": it}  # fmt: skip
+    return {"beta": beta, "sigma": sigma, "row_mu": row_mu, "row_wmu": row_wmu,
+            "row_hat": row_hat, "hat_minmu": float(minmu), "lab": lab, "classes": classes,
+            "loglik": loglik, "conv": conv, "iter": it}  # fmt: skip
 
 
 def _sample_classes(sf, lab, R):
@@ -266,19 +276,55 @@ def _robust_mom_disp(Yb, sf, X, mm):
     return np.maximum((v - mm) / mm**2, 0.04)
 
 
-def _cooks(Yb, sf, X, mu, hat, bm):
-    p = X.shape[1]
-    a = _robust_mom_disp(Yb, sf, X, bm)
-    return _nb.cooks_rows(Yb, sf, np.ascontiguousarray(mu), np.ascontiguousarray(hat), a,
-                          float(p))  # fmt: skip
+@dataclass(frozen=True)
+class _Cooks:
+    """Cook's distance summaries of a gene block (the G×m distances are never formed).
+
+    ``max``: the largest distance over samples in design cells with ≥ 3 replicates (NaN when
+    there are none or m ≤ p), ``max_nonrep``: the same with replaceable samples counted as 0,
+    ``any_above``: some distance exceeds the cutoff, ``n_above_argmax``: the number of counts
+    above the count at the largest distance, and ``rows``: the full distances of the genes
+    with ``any_above`` when outliers can be replaced (else None).
+    """
+
+    max: np.ndarray
+    max_nonrep: np.ndarray
+    any_above: np.ndarray
+    n_above_argmax: np.ndarray
+    rows: np.ndarray | None
 
 
-def _max_cooks(cooks, X):
+def _cooks(Yb, sf, X, fit, alpha, bm, replaceable, cutoff):
+    """Cook's distances D_j = (y_j − μ_j)²/(μ_j + α̃μ_j²)/p · h_j/(1 − h_j)² of a fitted block,
+    summarised per gene (see :class:`_Cooks`); α̃ is DESeq2's robust moment dispersion."""
     m, p = X.shape
     use = _n_or_more_in_cell(X, 3)
-    if m > p and use.any():
-        return _nb.max_over_cols(np.ascontiguousarray(cooks), use)
-    return np.full(cooks.shape[0], np.nan)
+    cls, _csize, csf, clab = fit["classes"]
+    per_gene = (
+        fit["row_mu"],
+        fit["row_wmu"],
+        fit["row_hat"],
+        np.ascontiguousarray(alpha, dtype=np.float64),
+        _robust_mom_disp(Yb, sf, X, bm),
+    )
+    shared = (cls, csf, clab)
+    tail = (float(p), float(fit["hat_minmu"]))
+    mx, mx_nonrep, mx_all, n_above = _nb.cooks_summary(Yb, *shared, *per_gene, *tail, use,
+                                                       ~replaceable)  # fmt: skip
+    if not (m > p and use.any()):
+        mx[:] = np.nan
+        mx_nonrep[:] = np.nan
+    any_above = mx_all > cutoff
+    rows = None
+    if replaceable.any() and any_above.any():
+        sel = np.flatnonzero(any_above)
+        rows = _nb.cooks_matrix(
+            np.ascontiguousarray(Yb[sel]),
+            *shared,
+            *(np.ascontiguousarray(v[sel]) for v in per_gene),
+            *tail,
+        )
+    return _Cooks(mx, mx_nonrep, any_above, n_above, rows)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -301,16 +347,16 @@ def _group_mu(Yb, sf, X, df):
     return _nb.group_design_start(Yb, sf, lab, Xr.shape[0], float(df), float(np.mean(1.0 / sf)))
 
 
-def _linear_mu0(means, sf, X, minmu):
-    """Initial means of a group design, kept as row means (expanded per gene when used)."""
+def _row_means(means, sf, X, minmu):
+    """Initial means μ_gj = max(means[g, row of j]·s_j, minmu), kept per design row (expanded
+    one gene at a time where they are used)."""
     sf = np.ascontiguousarray(sf, dtype=np.float64)
     return _disp.RowMeans(means, sf, _disp.design_rows(X)[1], float(minmu))
 
 
 def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
-    """Gene-wise dispersions of a block; returns (est, mu0, base_mean, row means or None)."""
+    """Gene-wise dispersions of a block; returns (est, initial means, base_mean)."""
     m, p = X.shape
-    means = None
     if linear_mu:
         means, bm, a0 = _group_mu(Yb, sf, X, m - p)
     else:
@@ -320,13 +366,11 @@ def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
                               float(np.mean(1.0 / sf)))  # fmt: skip
         bm = Qn.mean(axis=1)
     a0 = np.clip(a0, min_disp, max(10.0, m))
-    if linear_mu:
-        mu0 = _linear_mu0(means, sf, X, minmu)
-    else:
-        mu0 = _glm_fit(Yb, sf, X, a0, loglik=False, want_hat=False)["mu"]
-        mu0 = np.maximum(mu0, minmu)
+    if not linear_mu:  # the means of a GLM fit at the initial dispersions, per design row
+        means = _glm_fit(Yb, sf, X, a0, loglik=False)["row_mu"]
+    mu0 = _row_means(means, sf, X, minmu)
     est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact, sf=sf)
-    return est, mu0, bm, means
+    return est, mu0, bm
 
 
 @dataclass(frozen=True)
@@ -342,13 +386,15 @@ class _Shared:
     var_log_disp: float
     test: str
     reduced: np.ndarray | None
+    replaceable: np.ndarray  # samples whose outlying counts may be replaced
+    cooks_cutoff: float
 
 
 def _fit_block(Yb, sh: _Shared, est=None, mu0=None, bm=None):
     """Everything per gene after the trend: MAP, GLM, test statistics, Cook's."""
     X = sh.X
     if est is None:
-        est, mu0, bm, _ = _gene_est_block(Yb, sh.sf, X, sh.minmu, sh.linear_mu, sh.exact,
+        est, mu0, bm = _gene_est_block(Yb, sh.sf, X, sh.minmu, sh.linear_mu, sh.exact,
                                           sh.min_disp)  # fmt: skip
     dfit = np.asarray(sh.trend_fn(bm), dtype=float) * np.ones_like(bm)
     final, dmap, outl, _ = _disp.map_dispersion(
@@ -361,7 +407,7 @@ def _fit_block(Yb, sh: _Shared, est=None, mu0=None, bm=None):
     if sh.test == "lrt":
         red = _glm_fit(Yb, sh.sf, sh.reduced, final)
         out["lrt_stat"] = 2.0 * (fit["loglik"] - red["loglik"])
-    out["cooks"] = _cooks(Yb, sh.sf, X, fit["mu"], fit["hat"], bm)
+    out["cooks"] = _cooks(Yb, sh.sf, X, fit, final, bm, sh.replaceable, sh.cooks_cutoff)
     return out
 
 
@@ -546,17 +592,15 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     est = np.empty(Gn)
     bm = np.empty(Gn)
     pos = 0
-    mu_store = []  # initial means of non-group designs (a GLM fit; kept, not refitted)
-    means_store = []  # per-row means of group designs (μ₀ is re-expanded from them)
+    mu_store = []  # initial means per design row (kept, not refitted)
     Yt = Y.T.tocsr() if sp.issparse(Y) else Y.T  # genes × samples: a block is a row slice
     keep_blocks = Gn * m <= _CACHE_ELEMENTS
     block_store = []
     for idx in blocks:
         Yb = _dense_rows(Yt, idx)
-        e, mu0, b, means = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion,
-                                           min_disp)  # fmt: skip
-        mu_store.append(mu0 if not linear_mu else None)
-        means_store.append(means)
+        e, mu0, b = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion,
+                                    min_disp)  # fmt: skip
+        mu_store.append(mu0)
         if keep_blocks:
             block_store.append(Yb)
         est[pos : pos + idx.size] = e
@@ -569,8 +613,6 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     vlde = _disp.var_log_disp_ests(est, dfit, min_disp)
     if prior_var is None:
         prior_var = _disp.prior_variance(est, dfit, m, p, min_disp)
-    sh = _Shared(X, sf, minmu, linear_mu, exact_dispersion, min_disp, trend_fn, float(prior_var),
-                 float(vlde), test, reduced)  # fmt: skip
 
     # stage 3: MAP, GLM, tests, Cook's
     keys = ("base_mean", "disp_gene_est", "disp_fit", "dispersion", "disp_map", "stat_lrt",
@@ -586,6 +628,8 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
         cooks and np.isfinite(min_replicates_for_replace)) else np.zeros(m, bool)  # fmt: skip
     orig_cooks_max_nonrep = np.full(G, np.nan)
     two_group_rule = row_groups(X)[1] == 2 and p == 2
+    sh = _Shared(X, sf, minmu, linear_mu, exact_dispersion, min_disp, trend_fn, float(prior_var),
+                 float(vlde), test, reduced, replaceable, float(cutoff))  # fmt: skip
     heur_ok = np.zeros(G, bool)
 
     def store(idx, out):
@@ -605,21 +649,17 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
         e = est[pos : pos + idx.size]
         b = bm[pos : pos + idx.size]
         pos += idx.size
-        mu0 = mu_store[b_] if not linear_mu else _linear_mu0(means_store[b_], sf, X, minmu)
+        out = _fit_block(Yb, sh, e, mu_store[b_], b)
         mu_store[b_] = None
-        out = _fit_block(Yb, sh, e, mu0, b)
         store(idx, out)
         ck = out["cooks"]
-        res["max_cooks"][idx] = _max_cooks(ck, X)
+        res["max_cooks"][idx] = ck.max
         if two_group_rule:  # ≥ 3 counts above the count at each gene's largest Cook's distance
-            heur_ok[idx] = _nb.count_above_at_argmax(ck, Yb) >= 3
+            heur_ok[idx] = ck.n_above_argmax >= 3
         if cooks and replaceable.any():
-            ck_nonrep = ck.copy()
-            ck_nonrep[:, replaceable] = 0.0
-            orig_cooks_max_nonrep[idx] = _max_cooks(ck_nonrep, X)
-            flag = (ck > cutoff).any(axis=1)
-            for r_ in np.flatnonzero(flag):
-                refit_genes.append((idx[r_], Yb[r_].copy(), ck[r_]))
+            orig_cooks_max_nonrep[idx] = ck.max_nonrep
+            for k, r_ in enumerate(np.flatnonzero(ck.any_above)):
+                refit_genes.append((idx[r_], Yb[r_].copy(), ck.rows[k]))
 
     # stage 4: replacement of outliers and refit
     new_all_zero = np.zeros(G, bool)
