@@ -110,13 +110,15 @@ def test_fit_beta_matches_statsmodels(rng):
     beta0 = np.zeros((5, 2))
     beta0[:, 0] = np.log(Y.mean(axis=0) + 0.1)
     from pyflashmm.nbglm import dispersion as D
+    from pyflashmm.nbglm.glm import _sample_classes
 
     Xr, lab = D.design_rows(X)
-    m = X.shape[0]  # every sample its own class: the per-sample IRLS
+    classes = _sample_classes(sf, lab, Xr.shape[0])
+    assert classes[1].size == X.shape[0]  # every sample its own class: the per-sample IRLS
     beta, sigma, *_ = K.fit_beta_rows(
-        np.ascontiguousarray(Y.T), sf, Xr, lab, np.arange(m), np.ones(m), sf, lab, alpha,
-        beta0, np.empty((2, Xr.shape[0])), np.full(2, 1e-6 / math.log(2) ** 2), 1e-300,
-        1e-12, 200, False,
+        np.ascontiguousarray(Y.T), sf, Xr, lab, *classes, alpha, beta0,
+        np.empty((2, Xr.shape[0])), np.full(2, 1e-6 / math.log(2) ** 2), 1e-300, 1e-12, 200,
+        False,
     )  # fmt: skip
     for g in range(5):
         mod = sm.GLM(Y[:, g], X, family=sm.families.NegativeBinomial(alpha=0.1),
@@ -224,16 +226,19 @@ def test_fit_beta_rows_classes_equal_per_sample(rng):
     Y[0, :2] = 1.0
     Xr, lab = D.design_rows(X)
     R = Xr.shape[0]
-    cls, csize, csf, clab = _sample_classes(sf, lab, R)
-    assert csize.size < m
+    classes = _sample_classes(sf, lab, R)
+    assert classes[1].size < m
     q, r = np.linalg.qr(X)
     first = np.array([np.flatnonzero(lab == k)[0] for k in range(R)])
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))
     lam = np.full(3, 1e-6)
     alpha = np.full(6, 0.3)
     common = (P, lam, 1e-6, 1e-10, 100, True)
-    a = K.fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, np.empty((1, 3)), *common)
-    b = K.fit_beta_rows(Y, sf, Xr, lab, np.arange(m), np.ones(m), sf, lab, alpha,
+    order, off = D.row_order(lab, R)  # every sample its own class, numbered by design row
+    own = np.empty(m, np.int64)
+    own[order] = np.arange(m)
+    a = K.fit_beta_rows(Y, sf, Xr, lab, *classes, alpha, np.empty((1, 3)), *common)
+    b = K.fit_beta_rows(Y, sf, Xr, lab, own, np.ones(m), sf[order], lab[order], off, alpha,
                         np.empty((1, 3)), *common)  # fmt: skip
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-12)
@@ -248,7 +253,7 @@ def test_count_table_sums_term_by_term_match_scipy(r):
     rng = np.random.default_rng(5)
     y = rng.negative_binomial(2.0, 0.2, 400).astype(float)
     vals, cnts = np.empty(y.size), np.empty(y.size)
-    nk, _ = K._value_table(y, vals, cnts)
+    nk, _ = K._value_table(y, vals, cnts, np.empty(y.size, np.int64))
     surv = K._survival_counts(vals, cnts, nk)
     assert surv.size == vals[nk - 1]  # integer counts, v_max small: the term-by-term form
     assert surv[0] == np.count_nonzero(y) and surv[-1] == np.count_nonzero(y == vals[nk - 1])
@@ -328,7 +333,7 @@ def test_cooks_distances_and_summaries_match_numpy():
     Xr, lab = D.design_rows(X)
     R = Xr.shape[0]
     sf = rng.choice([0.3, 0.8, 1.0, 1.7, 2.2], m)
-    cls, _size, csf, clab = _sample_classes(sf, lab, R)
+    cls, _size, csf, clab, _off = _sample_classes(sf, lab, R)
     assert csf.size < m
     row_mu = np.exp(rng.normal(0, 1, (G, R)))
     row_wmu = row_mu * np.exp(rng.normal(0, 0.1, (G, R)))

@@ -220,28 +220,36 @@ def dlog_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, 
 
 
 @njit
-def _value_table(y, vals, cnts):
-    """Distinct non-zero values of y (ascending) and their multiplicities into (vals, cnts).
+def _compact_nonzeros(y, nzv, nzj):
+    """The non-zero entries of y, in order: values into ``nzv``, positions into ``nzj``.
 
-    Returns (K distinct values, Σ y). Integer counts up to 4·nnz + 64 are tallied in a table,
-    other data sorted.
+    Branch-free (every entry is written, the count advances on non-zeros), so random zeros
+    cost no mispredicted branches. Returns their number.
     """
-    m = y.shape[0]
-    nnz = 0
+    n = 0
+    for j in range(y.shape[0]):
+        v = y[j]
+        nzv[n] = v
+        nzj[n] = j
+        n += v != 0.0
+    return n
+
+
+@njit
+def _table_of_nonzeros(vals, nnz, cnts):
+    """Distinct values (ascending) and multiplicities of the non-zero values ``vals[:nnz]``,
+    written over them into (vals, cnts). Returns (K distinct values, their total).
+
+    Integer counts up to 4·nnz + 64 are tallied in a table, other data sorted.
+    """
     ymax = 0.0
     ytot = 0.0
     integer = True
-    for j in range(m):
-        yj = y[j]
-        if yj != 0.0:
-            vals[nnz] = yj
-            nnz += 1
-            ytot += yj
-            if yj > ymax:
-                ymax = yj
-            if yj != math.floor(yj):
-                integer = False
-    # distinct non-zero values (vals holds the non-zero counts until overwritten)
+    for i in range(nnz):
+        v = vals[i]
+        ytot += v
+        ymax = max(ymax, v)
+        integer &= v == math.floor(v)
     K = 0
     if nnz > 0:
         if integer and ymax <= 4.0 * nnz + 64.0:
@@ -269,7 +277,14 @@ def _value_table(y, vals, cnts):
 
 
 @njit
-def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts):
+def _value_table(y, vals, cnts, nzj):
+    """Distinct non-zero values of y (ascending) and their multiplicities into (vals, cnts);
+    ``nzj`` is scratch. Returns (K distinct values, Σ y)."""
+    return _table_of_nonzeros(vals, _compact_nonzeros(y, vals, nzj), cnts)
+
+
+@njit
+def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, vals, cnts, nzj):
     """Compress one gene; returns (E entries, K distinct non-zero values, Σ y).
 
     Entries go to (emu, en, ey) with the entries of design row q at eoff[q]..eoff[q+1]−1:
@@ -279,7 +294,7 @@ def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, v
     """
     m = y.shape[0]
     R = roff.shape[0] - 1
-    K, ytot = _value_table(y, vals, cnts)
+    K, ytot = _value_table(y, vals, cnts, nzj)
     ok = n_cls > 0
     if ok:
         # branch-free: μ of a class from any of its cells, then every cell checked against it
@@ -305,6 +320,27 @@ def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, v
     for q in range(R + 1):
         eoff[q] = roff[q]
     return m, K, ytot
+
+
+@njit
+def _prep_gene_rows(y, means_g, minmu, csf, clab, cls, ccnt, croff, emu, en, ey, eoff, vals,
+                    cnts, nzj):  # fmt: skip
+    """``_prep_gene`` for means given per design row: class c (size factor ``csf[c]``, design
+    row ``clab[c]``) has μ_c = max(means_g[clab[c]]·s_c, minmu), the same for all its cells by
+    construction, so no cell is checked and only the non-zero counts are visited."""
+    n_cls = csf.shape[0]
+    R = croff.shape[0] - 1
+    for c in range(n_cls):
+        emu[c] = max(means_g[clab[c]] * csf[c], minmu)
+        en[c] = ccnt[c]
+        ey[c] = 0.0
+    nnz = _compact_nonzeros(y, vals, nzj)
+    for i in range(nnz):
+        ey[cls[nzj[i]]] += vals[i]
+    for q in range(R + 1):
+        eoff[q] = croff[q]
+    K, ytot = _table_of_nonzeros(vals, nnz, cnts)
+    return n_cls, K, ytot
 
 
 @njit
@@ -475,8 +511,8 @@ GENE_CHUNK = 8
 
 
 @njit(parallel=True)
-def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_cls, log_alpha0,
-             prior_mean, prior_var, use_prior, min_log_alpha, kappa0, tol, maxit,
+def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_cls, csf, clab,
+             log_alpha0, prior_mean, prior_var, use_prior, min_log_alpha, kappa0, tol, maxit,
              use_cr):  # fmt: skip
     """Armijo line search in a = ln α, gene by gene (DESeq2's dispersion optimiser).
 
@@ -486,10 +522,11 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
     Stops when the gain is < ``tol``, when a < ``min_log_alpha`` or after ``maxit`` trials.
     The design enters as its R distinct rows ``Xr``, the cells sorted by row (``order``, row
     offsets ``roff``); ``cls``/``ccnt``/``croff``/``n_cls`` are the cell classes of
-    ``_prep_gene`` (``n_cls`` = 0: none). lp at an accepted proposal is the value already
-    computed for the Armijo test. The means are ``MU`` (G×m), or, when ``means`` has G rows
-    (a group design), μ_gj = max(means[g, lab_j]·s_j, minmu), made one gene at a time (the
-    values of ``expand_row_means``, without its G×m array).
+    ``_prep_gene`` (``n_cls`` = 0: none), with size factor ``csf`` and design row ``clab``.
+    lp at an accepted proposal is the value already computed for the Armijo test. The means
+    are ``MU`` (G×m), or, when ``means`` has G rows, μ_gj = max(means[g, lab_j]·s_j, minmu):
+    the values of ``expand_row_means``, without its G×m array, per class when there are
+    classes (``_prep_gene_rows``), else made one gene at a time.
 
     Returns (log_alpha, iter, iter_accept, initial_lp, last_lp).
     """
@@ -502,10 +539,12 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
     lp_last = np.empty(G)
     ne_max = max(m, n_cls)
     from_means = means.shape[0] == G
+    by_class = from_means and n_cls > 0
     n_chunks = (G + GENE_CHUNK - 1) // GENE_CHUNK
     for ch in prange(n_chunks):
         # work arrays of a chunk of genes (allocated once, not per gene)
-        mu_buf = np.empty(m if from_means else 0)
+        mu_buf = np.empty(m if from_means and not by_class else 0)
+        nzj = np.empty(m, dtype=np.int64)
         emu = np.empty(ne_max)
         en = np.empty(ne_max)
         ey = np.empty(ne_max)
@@ -523,15 +562,19 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
         im = np.empty(ne_max)  # 1/μ of every entry (μ is fixed during the search)
         st = np.empty(1)
         for g in range(ch * GENE_CHUNK, min((ch + 1) * GENE_CHUNK, G)):
-            if from_means:
-                mu_g = mu_buf
-                for j in range(m):
-                    mu_g[j] = max(means[g, lab[j]] * sf[j], minmu)
-            else:
-                mu_g = MU[g]
             st[0] = np.nan  # no cached ℓ, w yet
-            ne, K, ytot = _prep_gene(Y[g], mu_g, cls, ccnt, croff, n_cls, order, roff, emu, en, ey,
-                                     eoff, vals, cnts)  # fmt: skip
+            if by_class:
+                ne, K, ytot = _prep_gene_rows(Y[g], means[g], minmu, csf, clab, cls, ccnt, croff,
+                                              emu, en, ey, eoff, vals, cnts, nzj)  # fmt: skip
+            else:
+                if from_means:
+                    mu_g = mu_buf
+                    for j in range(m):
+                        mu_g[j] = max(means[g, lab[j]] * sf[j], minmu)
+                else:
+                    mu_g = MU[g]
+                ne, K, ytot = _prep_gene(Y[g], mu_g, cls, ccnt, croff, n_cls, order, roff, emu, en,
+                                         ey, eoff, vals, cnts, nzj)  # fmt: skip
             surv = _survival_counts(vals, cnts, K)
             tb = np.empty(surv.shape[0])
             for e in range(ne):
@@ -610,7 +653,7 @@ def fit_disp_grid(Y, MU, Xr, order, roff, prior_mean, prior_var, use_prior, grid
         im = np.empty(m)
         st = np.full(1, np.nan)
         ne, K, ytot = _prep_gene(Y[g], MU[g], cls, ccnt, roff, 0, order, roff, emu, en, ey, eoff,
-                                 vals, cnts)  # fmt: skip
+                                 vals, cnts, np.empty(m, dtype=np.int64))  # fmt: skip
         surv = _survival_counts(vals, cnts, K)
         tb = np.empty(surv.shape[0])
         for e in range(ne):
@@ -678,9 +721,26 @@ def _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minm
         devc[c] = t + yt * (lm - (logr + l1)) if yt != 0.0 else t
 
 
+@njit
+def _row_sums(coff, wn, wzc, devc, wsum, wz):
+    """Per design row q: Σ w and Σ w z over its classes (``coff[q]``..``coff[q+1]``−1) into
+    ``wsum``/``wz``; returns the sum of the deviance terms of all classes."""
+    dev = 0.0
+    for q in range(coff.shape[0] - 1):
+        a = 0.0
+        b = 0.0
+        for c in range(coff[q], coff[q + 1]):
+            a += wn[c]
+            b += wzc[c]
+            dev += devc[c]
+        wsum[q] = a
+        wz[q] = b
+    return dev
+
+
 @njit(parallel=True)
-def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, minmu, tol,
-                  maxit, start):  # fmt: skip
+def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, coff, alpha, beta0, P, lam, minmu,
+                  tol, maxit, start):  # fmt: skip
     """Ridge-penalised IRLS for the NB GLM with log link and offsets ln s (DESeq2's fitBeta),
     at fixed α, with the design as its R distinct rows ``Xr`` and the samples in classes.
 
@@ -689,18 +749,20 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
     deviance is aborted with ``iter = maxit``.
 
     Sample j has design row ``lab[j]`` and class ``cls[j]``; class c has ``csize[c]`` samples,
-    all with size factor ``csf[c]`` and design row ``clab[c]`` (hence one fitted μ_c). With
+    all with size factor ``csf[c]`` and design row ``clab[c]`` (hence one fitted μ_c); classes
+    are numbered by design row, those of row q being ``coff[q]``..``coff[q+1]``−1. With
     n_c samples and count total Y_c in class c, the IRLS sums over samples become sums over
     classes (exact identities, up to summation order):
     Σ_{j∈c} w_j = n_c w_c, Σ_{j∈c} w_j z_j = w_c [n_c ln(μ_c/s_c) + (Y_c − n_c μ_c)/μ_c] and
     the deviance terms Σ_{j∈c} [−r ln(1+αμ_j) + y_j(ln μ_j − ln(r+μ_j))] =
     −n_c r ln(1+αμ_c) + Y_c(ln μ_c − ln r − ln(1+αμ_c)); the lnΓ part is summed once per
     gene, over the distinct non-zero counts. Without shared size factors every sample is its
-    own class (``cls[j] = j``) and the arithmetic is that of the per-sample loop.
+    own class and the arithmetic is that of the per-sample loop.
     η, exp(η) and xᵀ(XᵀWX+Λ)⁻¹x are computed once
     per distinct row; XᵀWX and XᵀWz come from per-row sums of w and wz. With ``start`` the
     initial β is ``P`` (p×R) times the per-row sums of ln(y/s + 0.1) (the least-squares
-    start), else ``beta0``.
+    start; zero counts contribute ln 0.1 each), else ``beta0``. Only the non-zero counts are
+    visited per gene, apart from one branch-free pass that finds them.
 
     The fitted means and hat diagonals are returned per design row (G×R each, no G×m array):
     ``row_mu`` = exp(x_rᵀβ) at the final β (μ_j = s_j·row_mu[lab_j], unfloored);
@@ -722,6 +784,9 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
     devs = np.empty(G)
     lmin = math.log(minmu)
     l01 = math.log(0.1)
+    rcount = np.zeros(R)  # samples per design row
+    for j in range(m):
+        rcount[lab[j]] += 1.0
     logcsf = np.empty(nc)
     lzf = np.empty(nc)  # ln(minmu/s) of a class whose μ is floored
     for c in range(nc):
@@ -746,16 +811,26 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
         rhs = np.empty(p)
         vals = np.empty(m)
         cnts = np.empty(m)
-        for j in range(m):
-            yc[cls[j]] += y[j]
+        nzj = np.empty(m, dtype=np.int64)
+        nnz = _compact_nonzeros(y, vals, nzj)
+        for i in range(nnz):
+            yc[cls[nzj[i]]] += vals[i]
         if start:
             for r in range(R):
                 wz[r] = 0.0
-            lq = np.empty(m)
-            for j in range(m):  # vectorised: ln(y/s + 0.1)
-                lq[j] = log_vec(y[j] / sf[j] + 0.1)
-            for j in range(m):
-                wz[lab[j]] += l01 if y[j] == 0.0 else lq[j]
+                wsum[r] = rcount[r]  # zero counts of row r (after the loop below)
+            # ln(y/s + 0.1) into cnts (unused until later): the gather in a loop of its own,
+            # so that the logarithms vectorise
+            for i in range(nnz):
+                cnts[i] = sf[nzj[i]]
+            for i in range(nnz):
+                cnts[i] = log_vec(vals[i] / cnts[i] + 0.1)
+            for i in range(nnz):
+                q = lab[nzj[i]]
+                wz[q] += cnts[i]
+                wsum[q] -= 1.0
+            for r in range(R):
+                wz[r] += wsum[r] * l01
             for k in range(p):
                 s = 0.0
                 for r in range(R):
@@ -766,13 +841,14 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
                 beta[k] = beta0[g, k]
         r_al = 1.0 / al
         logr = math.log(r_al)
-        lgr = math.lgamma(r_al)
-        # lnΓ part of the deviance over the distinct non-zero counts v_k (multiplicity c_k)
-        K, _yt = _value_table(y, vals, cnts)
-        lg_const = 0.0
-        for k in range(K):
-            v = vals[k]
-            lg_const += cnts[k] * (math.lgamma(v + r_al) - lgr - math.lgamma(v + 1.0))
+        # lnΓ part of the deviance, Σ_k c_k[lnΓ(v_k + r) − lnΓ(r) − lnΓ(v_k + 1)], over the
+        # distinct non-zero counts v_k (multiplicity c_k), term by term when they allow it
+        K, _yt = _table_of_nonzeros(vals, nnz, cnts)
+        surv = _survival_counts(vals, cnts, K)
+        tb = np.empty(surv.shape[0])
+        lg_const = _lgamma_sum(r_al, K, vals, cnts, surv, tb) - _lgamma_sum(
+            1.0, K, vals, cnts, surv, tb
+        )
         # one fused pass: mu and the per-row sums of w and w z for the next step
         for r in range(R):
             s = 0.0
@@ -780,14 +856,9 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
                 s += Xr[r, k] * beta[k]
             eta[r] = s
             E[r] = math.exp(s)
-            wsum[r] = 0.0
-            wz[r] = 0.0
         _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minmu, lmin, mc,
                      wn, wzc, devc)  # fmt: skip
-        for c in range(nc):
-            q = clab[c]
-            wsum[q] += wn[c]
-            wz[q] += wzc[c]
+        _row_sums(coff, wn, wzc, devc, wsum, wz)
         dev = 0.0
         dev_old = 0.0
         n_it = 0
@@ -825,16 +896,9 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, alpha, beta0, P, lam, m
                     s += Xr[r, k] * beta[k]
                 eta[r] = s
                 E[r] = math.exp(s)
-                wsum[r] = 0.0
-                wz[r] = 0.0
-            dev = 0.0
             _class_terms(al, r_al, logr, E, eta, clab, csf, csize, yc, logcsf, lzf, minmu, lmin,
                          mc, wn, wzc, devc)  # fmt: skip
-            for c in range(nc):
-                q = clab[c]
-                dev += devc[c]
-                wsum[q] += wn[c]
-                wz[q] += wzc[c]
+            dev = _row_sums(coff, wn, wzc, devc, wsum, wz)
             dev = -2.0 * (dev + lg_const)
             conv = abs(dev - dev_old) / (abs(dev) + 0.1)
             if np.isnan(conv):
@@ -1070,14 +1134,12 @@ def _tmean_row(row, n_more_v, v, lo, hi, less, more):
     n = row.shape[0]
     nl = 0
     nm = 0
-    for j in range(n):
+    for j in range(n):  # branch-free: both slots written, the counts advance
         x = row[j]
-        if x < v:
-            less[nl] = x
-            nl += 1
-        elif x > v:
-            more[nm] = x
-            nm += 1
+        less[nl] = x
+        more[nm] = x
+        nl += x < v
+        nm += x > v
     return _tmean_parts(less, nl, n + n_more_v - nl - nm, v, more, nm, lo, hi)
 
 
@@ -1103,7 +1165,8 @@ def trimmed_mean_rows(A, v0, trim):
 def robust_var_rows(Y, sf, cols, off, trims, scales):
     """max over sample sets k of scale_k · trimmed mean (trim_k) of (q − q̄_t)², q = y/s.
 
-    Set k is ``cols[off[k]:off[k+1]]``; q̄_t is the trimmed mean of q over the set. This is the
+    Set k is ``cols[off[k]:off[k+1]]`` (disjoint sets, each in increasing sample order); q̄_t
+    is the trimmed mean of q over the set. This is the
     per-sample variance of DESeq2's robust moment dispersion (one set per design row with
     ≥ 3 samples, the maximum over rows). Returns G values.
 
@@ -1112,27 +1175,34 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
     to q̄_t² in the second trimmed mean, so both means count them instead of selecting them
     (the values and their order are those of ``_tmean_row`` on the whole set).
     """
-    G = Y.shape[0]
+    G, m = Y.shape
     nset = off.shape[0] - 1
     nmax = 0
+    set_of = np.full(m, -1, dtype=np.int64)  # the set of every sample (sets are disjoint)
     for k in range(nset):
         nmax = max(nmax, off[k + 1] - off[k])
+        for t in range(off[k], off[k + 1]):
+            set_of[cols[t]] = k
     out = np.empty(G)
     for g in prange(G):
-        q = np.empty(nmax)
-        less = np.empty(nmax)
-        more = np.empty(nmax)
+        q = np.empty(nmax + 1)  # + 1: the branch-free filter writes one past the set's end
+        less = np.empty(nmax + 1)
+        more = np.empty(nmax + 1)
+        nzv = np.empty(m)
+        nzj = np.empty(m, dtype=np.int64)
+        nnz = _compact_nonzeros(Y[g], nzv, nzj)
         best = 0.0
         for k in range(nset):
             n = off[k + 1] - off[k]
             lo = int(math.floor(n * trims[k]))
             hi = n - lo
             nz = 0
-            for t in range(n):  # the non-zero q of the set, in set order (branch-free)
-                c = cols[off[k] + t]
-                y = Y[g, c]
-                q[nz] = y / sf[c]
-                nz += 1 if y != 0.0 else 0
+            for i in range(nnz):  # the non-zero counts of the set, in sample order
+                q[nz] = nzv[i]
+                more[nz] = sf[nzj[i]]
+                nz += set_of[nzj[i]] == k
+            for t in range(nz):
+                q[t] = q[t] / more[t]
             for t in range(nz):
                 more[t] = q[t]
             cm = _tmean_parts(less, 0, n - nz, 0.0, more, nz, lo, hi)

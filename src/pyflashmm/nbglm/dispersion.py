@@ -152,7 +152,9 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     """Run the line-search kernel; returns (log_alpha, iter, initial_lp, last_lp).
 
     ``sf`` (optional) lets samples with the same size factor and design row share their
-    terms (exact: such samples have the same fitted μ, which the kernel checks).
+    terms (exact: such samples have the same fitted μ, which the kernel checks). With
+    :class:`RowMeans` indexed by the rows of X the classes come from its size factors (their
+    μ is shared by construction) and ``sf`` is not needed.
     """
     G = Y.shape[0]
     if prior_mean is None:
@@ -160,7 +162,14 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     Xr, lab = design_rows(np.asarray(X, dtype=np.float64))
     R = Xr.shape[0]
     order, roff = row_order(lab, R)
+    if isinstance(MU, RowMeans):
+        sf = MU.sf if np.array_equal(MU.lab, lab) else None
     cls, ccnt, croff, n_cls = cell_classes(sf, lab, R)
+    csf = np.empty(n_cls)  # size factor and design row of every class
+    clab = np.empty(n_cls, np.int64)
+    if n_cls:
+        csf[cls] = sf
+        clab[cls] = lab
     if isinstance(MU, RowMeans):
         mu_args = (np.empty((1, 1)), np.ascontiguousarray(MU.means, dtype=np.float64),
                    MU.sf, MU.lab, float(MU.minmu))  # fmt: skip
@@ -177,6 +186,8 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
         ccnt,
         croff,
         int(n_cls),
+        csf,
+        clab,
         np.ascontiguousarray(log_alpha0, dtype=np.float64),
         np.ascontiguousarray(prior_mean, dtype=np.float64),
         float(prior_var),

@@ -152,9 +152,8 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
     first = np.empty(R, dtype=np.int64)
     first[lab[::-1]] = np.arange(m)[::-1]
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))  # β₀ = P · row sums of ln(y/s+0.1)
-    cls, csize, csf, clab = classes
     beta, sigma, it, _dev, row_mu, row_wmu, row_hat = _nb.fit_beta_rows(
-        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), Xr, lab, cls, csize, csf, clab,
+        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), Xr, lab, *classes,
         np.ascontiguousarray(alpha), np.empty((1, p)), P, lam, float(minmu), float(beta_tol),
         int(maxit), True,
     )  # fmt: skip
@@ -194,18 +193,22 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
 def _sample_classes(sf, lab, R):
     """Samples sharing a size factor and a design row (one fitted μ) for ``fit_beta_rows``.
 
-    Returns (class of each sample, class sizes, class size factors, class design rows);
-    without any shared pair every sample is its own class, in sample order.
+    Classes are numbered by design row. Returns (class of each sample, class sizes, class
+    size factors, class design rows, the R + 1 offsets of each row's classes); without any
+    shared pair every sample is its own class.
     """
     sf = np.ascontiguousarray(sf, dtype=np.float64)
-    cls, size, _off, n_cls = _disp.cell_classes(sf, lab, R)
+    cls, size, off, n_cls = _disp.cell_classes(sf, lab, R)
     if n_cls == 0:
-        return np.arange(lab.size, dtype=np.int64), np.ones(lab.size), sf, lab
+        order, off = _disp.row_order(lab, R)
+        cls = np.empty(lab.size, np.int64)
+        cls[order] = np.arange(lab.size)
+        return cls, np.ones(lab.size), sf[order], lab[order], off
     csf = np.empty(n_cls)
     csf[cls] = sf
     clab = np.empty(n_cls, np.int64)
     clab[cls] = lab
-    return cls, np.ascontiguousarray(size), csf, clab
+    return cls, np.ascontiguousarray(size), csf, clab, off
 
 
 def _optim_row(y, sf, X, alpha, start, lam_log2):
@@ -299,7 +302,7 @@ def _cooks(Yb, sf, X, fit, alpha, bm, replaceable, cutoff):
     summarised per gene (see :class:`_Cooks`); α̃ is DESeq2's robust moment dispersion."""
     m, p = X.shape
     use = _n_or_more_in_cell(X, 3)
-    cls, _csize, csf, clab = fit["classes"]
+    cls, _csize, csf, clab, _off = fit["classes"]
     per_gene = (
         fit["row_mu"],
         fit["row_wmu"],
