@@ -13,6 +13,7 @@ from scipy import stats
 
 from pyflashmm import NbGlmFit, nbglm, pseudobulk, size_factors
 from pyflashmm._kernels import nb as K
+from pyflashmm.nbglm.count_block import CountBlock
 
 
 def _sim(rng, m=16, G=120, p_de=0.3):
@@ -116,7 +117,7 @@ def test_fit_beta_matches_statsmodels(rng):
     classes = _sample_classes(sf, lab, Xr.shape[0])
     assert classes[1].size == X.shape[0]  # every sample its own class: the per-sample IRLS
     beta, sigma, *_ = K.fit_beta_rows(
-        np.ascontiguousarray(Y.T), sf, Xr, lab, *classes, alpha, beta0,
+        *CountBlock.of(Y.T).csr, sf, Xr, lab, *classes, alpha, beta0,
         np.empty((2, Xr.shape[0])), np.full(2, 1e-6 / math.log(2) ** 2), 1e-300, 1e-12, 200,
         False,
     )  # fmt: skip
@@ -206,7 +207,9 @@ def test_trimmed_means_by_selection_match_sorting(rng):
     trims = np.array([1 / 8, 1 / 4, 1 / 3])
     scales = np.array([1.51, 1.86, 2.04])
     off = np.cumsum([0] + [c.size for c in sets]).astype(np.int64)
-    got = K.robust_var_rows(Y, sf, np.concatenate(sets).astype(np.int64), off, trims, scales)
+    got = K.robust_var_rows(
+        *CountBlock.of(Y).csr, sf, np.concatenate(sets).astype(np.int64), off, trims, scales
+    )
     Q = Y / sf
     ref = np.max([s * trimmed_mean((Q[:, c] - trimmed_mean(Q[:, c], tr, 1)[:, None]) ** 2, tr, 1)
                   for c, tr, s in zip(sets, trims, scales, strict=True)], axis=0)  # fmt: skip
@@ -237,8 +240,9 @@ def test_fit_beta_rows_classes_equal_per_sample(rng):
     order, off = D.row_order(lab, R)  # every sample its own class, numbered by design row
     own = np.empty(m, np.int64)
     own[order] = np.arange(m)
-    a = K.fit_beta_rows(Y, sf, Xr, lab, *classes, alpha, np.empty((1, 3)), *common)
-    b = K.fit_beta_rows(Y, sf, Xr, lab, own, np.ones(m), sf[order], lab[order], off, alpha,
+    blk = CountBlock.of(Y).csr
+    a = K.fit_beta_rows(*blk, sf, Xr, lab, *classes, alpha, np.empty((1, 3)), *common)
+    b = K.fit_beta_rows(*blk, sf, Xr, lab, own, np.ones(m), sf[order], lab[order], off, alpha,
                         np.empty((1, 3)), *common)  # fmt: skip
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-12)
@@ -344,7 +348,7 @@ def test_cooks_distances_and_summaries_match_numpy():
     Y = rng.poisson(row_mu[:, lab] * sf * 1.3).astype(float)
     Y[8] = 2.0  # ties: the first largest distance counts
     args = (cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, float(p), minmu)
-    got = K.cooks_matrix(Y, *args)
+    got = K.cooks_matrix(*CountBlock.of(Y).csr, *args)
     mu = sf * row_mu[:, lab]
     mw = np.maximum(sf * row_wmu[:, lab], minmu)
     h = mw / (1 + alpha[:, None] * mw) * row_hat[:, lab]
@@ -353,7 +357,7 @@ def test_cooks_distances_and_summaries_match_numpy():
     assert np.isnan(got[3]).all()
     use = rng.random(m) < 0.7
     keep = rng.random(m) < 0.5
-    mx, mx_keep, mx_all, n_above = K.cooks_summary(Y, *args, use, keep)
+    mx, mx_keep, mx_all, n_above = K.cooks_summary(*CountBlock.of(Y).csr, *args, use, keep)
     np.testing.assert_array_equal(mx, got[:, use].max(axis=1))
     np.testing.assert_array_equal(mx_keep, np.where(keep, got, 0.0)[:, use].max(axis=1))
     with np.errstate(invalid="ignore"):
@@ -440,3 +444,46 @@ def test_nbglm_results_do_not_depend_on_the_thread_count(tmp_path):
         out[t] = np.load(path)
     for k in ("d", "b", "p"):
         np.testing.assert_array_equal(out[1][k], out[2][k])
+
+
+def test_count_block_forms_agree():
+    """CountBlock from dense, from (views of) CSR rows and from CSR rows with gaps: the same
+    counts, sample indices increasing, no explicit zeros."""
+    rng = np.random.default_rng(3)
+    Y = rng.poisson(0.4, (40, 30)).astype(float)
+    Y[[4, 5, 17]] = 0.0  # all-zero genes (skipped by the pipeline's blocks)
+    Yt = sp.csr_matrix(Y)
+    keep = np.flatnonzero(Y.sum(axis=1) > 0)
+    view = CountBlock.from_csr_rows(Yt, keep[:20])  # skips empty rows: arrays are views
+    assert np.shares_memory(view.data, Yt.data)
+    copy = CountBlock.from_csr_rows(Yt, keep[::-1][:20])  # decreasing rows: a copy
+    assert not np.shares_memory(copy.data, Yt.data)
+    np.testing.assert_array_equal(view.dense(), Y[keep[:20]])
+    np.testing.assert_array_equal(copy.dense(), Y[keep[::-1][:20]])
+    dense = CountBlock.from_dense(Y)
+    np.testing.assert_array_equal(dense.dense(), Y)
+    np.testing.assert_array_equal(CountBlock.of(Yt).dense(), Y)
+    for blk in (dense, CountBlock.of(Yt)):
+        assert (blk.data != 0).all() and blk.indices.dtype == np.int32
+        for g in range(blk.shape[0]):
+            i = blk.indices[blk.indptr[g] : blk.indptr[g + 1]]
+            np.testing.assert_array_equal(i, np.flatnonzero(Y[g]))
+        np.testing.assert_array_equal(blk.rows([7, 2]), Y[[7, 2]])
+        np.testing.assert_array_equal(blk.rows(9), Y[[9]])
+        np.testing.assert_array_equal(blk.subset([3, 8, 1]).dense(), Y[[3, 8, 1]])
+    # explicit zeros and duplicate entries: summed, zeros dropped
+    coo = sp.coo_matrix(([2.0, 3.0, 0.0], ([0, 0, 1], [1, 1, 2])), shape=(2, 4))
+    blk = CountBlock.of(coo)
+    np.testing.assert_array_equal(blk.dense(), [[0, 5, 0, 0], [0, 0, 0, 0]])
+    assert blk.data.tolist() == [5.0]
+
+
+def test_intercept_fit_matches_numpy(rng):
+    Y = rng.negative_binomial(2, 0.3, (25, 60)).astype(float)
+    sf = rng.uniform(0.5, 2.0, 60)
+    alpha = rng.uniform(0.05, 1.0, 25)
+    bm, xtwx = K.intercept_fit(*CountBlock.from_dense(Y).csr, sf, alpha)
+    ref = (Y / sf).mean(axis=1)
+    np.testing.assert_allclose(bm, ref, rtol=1e-14)
+    w = 1.0 / (1.0 / np.outer(ref, sf) + alpha[:, None])
+    np.testing.assert_allclose(xtwx, w.sum(axis=1), rtol=1e-13)

@@ -104,15 +104,88 @@ def nb_logpdf_fast(y, mu, alpha):
     )
 
 
+# Gene blocks reach the kernels as CSR arrays (genes × samples: ``indptr``, ``indices`` in
+# increasing order within a row, ``data`` without explicit zeros); the count of samples is
+# passed as m. Kernels that only need the non-zero counts read them in place; the others
+# expand one gene at a time into a dense work row (``_gene_row``), never the G×m block.
+
+
+@njit
+def _gene_row(indptr, indices, data, g, y):
+    """Counts of gene g as a dense row, into ``y`` (length m)."""
+    y[:] = 0.0
+    for k in range(indptr[g], indptr[g + 1]):
+        y[indices[k]] = data[k]
+
+
+@njit
+def _gene_nonzeros(indptr, indices, data, g, nzv, nzj):
+    """The non-zero counts of gene g (values into ``nzv``, samples into ``nzj``, in sample
+    order, as ``_compact_nonzeros`` on its dense row gives them); returns their number."""
+    p0 = indptr[g]
+    n = indptr[g + 1] - p0
+    for i in range(n):
+        nzv[i] = data[p0 + i]
+        nzj[i] = indices[p0 + i]
+    return n
+
+
 @njit(parallel=True)
-def nb_loglik(Y, sf, lab, row_mu, alpha):
-    """Σ_j ln f(y_gj; μ_gj, α_g) for every gene g (G), with μ_gj = s_j·row_mu[g, lab_j]."""
+def dense_to_csr(Y):
+    """CSR arrays (indptr, indices, data) of the non-zero entries of a dense G×m array."""
     G, m = Y.shape
+    indptr = np.zeros(G + 1, dtype=np.int64)
+    for g in prange(G):
+        n = 0
+        for j in range(m):
+            n += Y[g, j] != 0.0
+        indptr[g + 1] = n
+    for g in range(G):
+        indptr[g + 1] += indptr[g]
+    indices = np.empty(indptr[G], dtype=np.int32)
+    data = np.empty(indptr[G])
+    for g in prange(G):
+        k = indptr[g]
+        for j in range(m):
+            v = Y[g, j]
+            if v != 0.0:
+                indices[k] = j
+                data[k] = v
+                k += 1
+    return indptr, indices, data
+
+
+@njit(parallel=True)
+def intercept_fit(indptr, indices, data, m, sf, alpha):
+    """The intercept-only fit of every gene: the base mean b = Σ_j (y_j/s_j)/m and
+    Σ_j w_j with w_j = 1/(1/(b s_j) + α). Returns (b, Σ w)."""
+    G = indptr.shape[0] - 1
+    bm = np.empty(G)
+    xtwx = np.empty(G)
+    for g in prange(G):
+        t = 0.0
+        for k in range(indptr[g], indptr[g + 1]):
+            t += data[k] / sf[indices[k]]
+        b = t / m
+        w = 0.0
+        for j in range(m):
+            w += 1.0 / (1.0 / (b * sf[j]) + alpha[g])
+        bm[g] = b
+        xtwx[g] = w
+    return bm, xtwx
+
+
+@njit(parallel=True)
+def nb_loglik(indptr, indices, data, m, sf, lab, row_mu, alpha):
+    """Σ_j ln f(y_gj; μ_gj, α_g) for every gene g (G), with μ_gj = s_j·row_mu[g, lab_j]."""
+    G = indptr.shape[0] - 1
     out = np.empty(G)
     for g in prange(G):
+        y = np.empty(m)
+        _gene_row(indptr, indices, data, g, y)
         s = 0.0
         for j in range(m):
-            s += nb_logpdf(Y[g, j], sf[j] * row_mu[g, lab[j]], alpha[g])
+            s += nb_logpdf(y[j], sf[j] * row_mu[g, lab[j]], alpha[g])
         out[g] = s
     return out
 
@@ -323,18 +396,19 @@ def _prep_gene(y, mu, cls, ccnt, croff, n_cls, order, roff, emu, en, ey, eoff, v
 
 
 @njit
-def _prep_gene_rows(y, means_g, minmu, csf, clab, cls, ccnt, croff, emu, en, ey, eoff, vals,
-                    cnts, nzj):  # fmt: skip
-    """``_prep_gene`` for means given per design row: class c (size factor ``csf[c]``, design
-    row ``clab[c]``) has μ_c = max(means_g[clab[c]]·s_c, minmu), the same for all its cells by
-    construction, so no cell is checked and only the non-zero counts are visited."""
+def _prep_gene_rows(indptr, indices, data, g, means_g, minmu, csf, clab, cls, ccnt, croff, emu,
+                    en, ey, eoff, vals, cnts, nzj):  # fmt: skip
+    """``_prep_gene`` of gene g (CSR) for means given per design row: class c (size factor
+    ``csf[c]``, design row ``clab[c]``) has μ_c = max(means_g[clab[c]]·s_c, minmu), the same for
+    all its cells by construction, so no cell is checked and only the non-zero counts are
+    visited."""
     n_cls = csf.shape[0]
     R = croff.shape[0] - 1
     for c in range(n_cls):
         emu[c] = max(means_g[clab[c]] * csf[c], minmu)
         en[c] = ccnt[c]
         ey[c] = 0.0
-    nnz = _compact_nonzeros(y, vals, nzj)
+    nnz = _gene_nonzeros(indptr, indices, data, g, vals, nzj)
     for i in range(nnz):
         ey[cls[nzj[i]]] += vals[i]
     for q in range(R + 1):
@@ -511,18 +585,19 @@ GENE_CHUNK = 8
 
 
 @njit(parallel=True)
-def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_cls, csf, clab,
-             log_alpha0, prior_mean, prior_var, use_prior, min_log_alpha, kappa0, tol, maxit,
-             use_cr):  # fmt: skip
+def fit_disp(indptr, indices, data, m, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt,
+             croff, n_cls, csf, clab, log_alpha0, prior_mean, prior_var, use_prior,
+             min_log_alpha, kappa0, tol, maxit, use_cr):  # fmt: skip
     """Armijo line search in a = ln α, gene by gene (DESeq2's dispersion optimiser).
 
     Gradient ascent a ← a + κ·lp'(a); a step is accepted when
     −lp(a+κ lp') ≤ −lp(a) − 1e-4 κ lp'²; otherwise κ is halved. After an accepted step κ grows
     ×1.1 (at most κ₀) and is halved every fifth accept. Proposals are clamped to [−30, 10].
     Stops when the gain is < ``tol``, when a < ``min_log_alpha`` or after ``maxit`` trials.
-    The design enters as its R distinct rows ``Xr``, the cells sorted by row (``order``, row
-    offsets ``roff``); ``cls``/``ccnt``/``croff``/``n_cls`` are the cell classes of
-    ``_prep_gene`` (``n_cls`` = 0: none), with size factor ``csf`` and design row ``clab``.
+    The counts are CSR arrays over m samples (see ``_gene_row``). The design enters as its R
+    distinct rows ``Xr``, the cells sorted by row (``order``, row offsets ``roff``);
+    ``cls``/``ccnt``/``croff``/``n_cls`` are the cell classes of ``_prep_gene`` (``n_cls`` = 0:
+    none), with size factor ``csf`` and design row ``clab``.
     lp at an accepted proposal is the value already computed for the Armijo test. The means
     are ``MU`` (G×m), or, when ``means`` has G rows, μ_gj = max(means[g, lab_j]·s_j, minmu):
     the values of ``expand_row_means``, without its G×m array, per class when there are
@@ -530,7 +605,7 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
 
     Returns (log_alpha, iter, iter_accept, initial_lp, last_lp).
     """
-    G, m = Y.shape
+    G = indptr.shape[0] - 1
     R, p = Xr.shape
     out_a = np.empty(G)
     iters = np.zeros(G, dtype=np.int64)
@@ -544,6 +619,7 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
     for ch in prange(n_chunks):
         # work arrays of a chunk of genes (allocated once, not per gene)
         mu_buf = np.empty(m if from_means and not by_class else 0)
+        y_buf = np.empty(0 if by_class else m)
         nzj = np.empty(m, dtype=np.int64)
         emu = np.empty(ne_max)
         en = np.empty(ne_max)
@@ -564,17 +640,19 @@ def fit_disp(Y, MU, means, sf, lab, minmu, Xr, order, roff, cls, ccnt, croff, n_
         for g in range(ch * GENE_CHUNK, min((ch + 1) * GENE_CHUNK, G)):
             st[0] = np.nan  # no cached ℓ, w yet
             if by_class:
-                ne, K, ytot = _prep_gene_rows(Y[g], means[g], minmu, csf, clab, cls, ccnt, croff,
-                                              emu, en, ey, eoff, vals, cnts, nzj)  # fmt: skip
+                ne, K, ytot = _prep_gene_rows(indptr, indices, data, g, means[g], minmu, csf, clab,
+                                              cls, ccnt, croff, emu, en, ey, eoff, vals, cnts,
+                                              nzj)  # fmt: skip
             else:
+                _gene_row(indptr, indices, data, g, y_buf)
                 if from_means:
                     mu_g = mu_buf
                     for j in range(m):
                         mu_g[j] = max(means[g, lab[j]] * sf[j], minmu)
                 else:
                     mu_g = MU[g]
-                ne, K, ytot = _prep_gene(Y[g], mu_g, cls, ccnt, croff, n_cls, order, roff, emu, en,
-                                         ey, eoff, vals, cnts, nzj)  # fmt: skip
+                ne, K, ytot = _prep_gene(y_buf, mu_g, cls, ccnt, croff, n_cls, order, roff, emu,
+                                         en, ey, eoff, vals, cnts, nzj)  # fmt: skip
             surv = _survival_counts(vals, cnts, K)
             tb = np.empty(surv.shape[0])
             for e in range(ne):
@@ -739,8 +817,8 @@ def _row_sums(coff, wn, wzc, devc, wsum, wz):
 
 
 @njit(parallel=True)
-def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, coff, alpha, beta0, P, lam, minmu,
-                  tol, maxit, start):  # fmt: skip
+def fit_beta_rows(indptr, indices, data, m, sf, Xr, lab, cls, csize, csf, clab, coff, alpha,
+                  beta0, P, lam, minmu, tol, maxit, start):  # fmt: skip
     """Ridge-penalised IRLS for the NB GLM with log link and offsets ln s (DESeq2's fitBeta),
     at fixed α, with the design as its R distinct rows ``Xr`` and the samples in classes.
 
@@ -748,7 +826,8 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, coff, alpha, beta0, P, 
     |Δdev|/(|dev|+0.1) < ``tol`` after the first step; a gene with any |β| > 30 or a NaN
     deviance is aborted with ``iter = maxit``.
 
-    Sample j has design row ``lab[j]`` and class ``cls[j]``; class c has ``csize[c]`` samples,
+    The counts are CSR arrays over m samples (see ``_gene_row``). Sample j has design row
+    ``lab[j]`` and class ``cls[j]``; class c has ``csize[c]`` samples,
     all with size factor ``csf[c]`` and design row ``clab[c]`` (hence one fitted μ_c); classes
     are numbered by design row, those of row q being ``coff[q]``..``coff[q+1]``−1. With
     n_c samples and count total Y_c in class c, the IRLS sums over samples become sums over
@@ -772,7 +851,7 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, coff, alpha, beta0, P, 
     h_j = w_j·row_hat[lab_j] with w_j = μ̃_j/(1 + αμ̃_j), μ̃_j = max(s_j·row_wmu[lab_j], minmu).
     Returns (beta G×p, sigma G×p×p, iter G, deviance G, row_mu, row_wmu, row_hat).
     """
-    G, m = Y.shape
+    G = indptr.shape[0] - 1
     R, p = Xr.shape
     nc = csize.shape[0]
     beta_out = np.empty((G, p))
@@ -793,7 +872,6 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, coff, alpha, beta0, P, 
         logcsf[c] = math.log(csf[c])
         lzf[c] = math.log(minmu / csf[c])
     for g in prange(G):
-        y = Y[g]
         al = alpha[g]
         beta = np.empty(p)
         eta = np.empty(R)
@@ -812,7 +890,7 @@ def fit_beta_rows(Y, sf, Xr, lab, cls, csize, csf, clab, coff, alpha, beta0, P, 
         vals = np.empty(m)
         cnts = np.empty(m)
         nzj = np.empty(m, dtype=np.int64)
-        nnz = _compact_nonzeros(y, vals, nzj)
+        nnz = _gene_nonzeros(indptr, indices, data, g, vals, nzj)
         for i in range(nnz):
             yc[cls[nzj[i]]] += vals[i]
         if start:
@@ -960,7 +1038,8 @@ def _class_cooks(g, csf, clab, row_mu, row_wmu, row_hat, al, a, p, minmu, muc, k
 
 
 @njit(parallel=True)
-def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minmu, use, keep):
+def cooks_summary(indptr, indices, data, m, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p,
+                  minmu, use, keep):  # fmt: skip
     """Row summaries of the Cook's distances D (G×m, never formed; see ``_class_cooks``).
 
     Per gene: the maximum of D over the samples with ``use`` (NaN if one is NaN); the same
@@ -969,7 +1048,7 @@ def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minm
     check that the largest distance is not at one of the 3 largest counts).
     Returns (max_use, max_use_keep, max_all, n_above).
     """
-    G, m = Y.shape
+    G = indptr.shape[0] - 1
     nc = csf.shape[0]
     max_use = np.empty(G)
     max_keep = np.empty(G)
@@ -978,6 +1057,8 @@ def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minm
     for g in prange(G):
         muc = np.empty(nc)
         kc = np.empty(nc)
+        y = np.empty(m)
+        _gene_row(indptr, indices, data, g, y)
         _class_cooks(g, csf, clab, row_mu, row_wmu, row_hat, alpha[g], a[g], p, minmu, muc, kc)
         mu_ = -np.inf
         mk = -np.inf
@@ -986,7 +1067,7 @@ def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minm
         jm = -1
         for j in range(m):
             c = cls[j]
-            d = Y[g, j] - muc[c]
+            d = y[j] - muc[c]
             v = d * d * kc[c]
             if use[j] and not v <= mu_:  # a larger value, or NaN (which stays)
                 if not np.isnan(mu_):
@@ -1000,10 +1081,10 @@ def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minm
             if jm < 0 or (not np.isnan(best) and (v > best or np.isnan(v))):
                 best = v
                 jm = j
-        ym = Y[g, jm]
+        ym = y[jm]
         cnt = 0
         for j in range(m):
-            cnt += Y[g, j] > ym
+            cnt += y[j] > ym
         max_use[g] = mu_
         max_keep[g] = mk
         max_all[g] = ma
@@ -1012,18 +1093,21 @@ def cooks_summary(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minm
 
 
 @njit(parallel=True)
-def cooks_matrix(Y, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p, minmu):
+def cooks_matrix(indptr, indices, data, m, cls, csf, clab, row_mu, row_wmu, row_hat, alpha, a, p,
+                 minmu):  # fmt: skip
     """The Cook's distances D (G×m) of ``cooks_summary``, for the few genes that need them."""
-    G, m = Y.shape
+    G = indptr.shape[0] - 1
     nc = csf.shape[0]
     out = np.empty((G, m))
     for g in prange(G):
         muc = np.empty(nc)
         kc = np.empty(nc)
+        y = out[g]
+        _gene_row(indptr, indices, data, g, y)
         _class_cooks(g, csf, clab, row_mu, row_wmu, row_hat, alpha[g], a[g], p, minmu, muc, kc)
         for j in range(m):
             c = cls[j]
-            d = Y[g, j] - muc[c]
+            d = y[j] - muc[c]
             out[g, j] = d * d * kc[c]
     return out
 
@@ -1162,7 +1246,7 @@ def trimmed_mean_rows(A, v0, trim):
 
 
 @njit(parallel=True)
-def robust_var_rows(Y, sf, cols, off, trims, scales):
+def robust_var_rows(indptr, indices, data, m, sf, cols, off, trims, scales):
     """max over sample sets k of scale_k · trimmed mean (trim_k) of (q − q̄_t)², q = y/s.
 
     Set k is ``cols[off[k]:off[k+1]]`` (disjoint sets, each in increasing sample order); q̄_t
@@ -1170,12 +1254,13 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
     per-sample variance of DESeq2's robust moment dispersion (one set per design row with
     ≥ 3 samples, the maximum over rows). Returns G values.
 
-    Counts are non-negative and s > 0, so q ≥ 0. Only the non-zero q of a set are stored: the
+    The counts are CSR arrays over m samples (see ``_gene_row``); they are non-negative and
+    s > 0, so q ≥ 0. Only the non-zero q of a set are stored: the
     zeros are the lowest ranks of q, and all map
     to q̄_t² in the second trimmed mean, so both means count them instead of selecting them
     (the values and their order are those of ``_tmean_row`` on the whole set).
     """
-    G, m = Y.shape
+    G = indptr.shape[0] - 1
     nset = off.shape[0] - 1
     nmax = 0
     set_of = np.full(m, -1, dtype=np.int64)  # the set of every sample (sets are disjoint)
@@ -1190,7 +1275,7 @@ def robust_var_rows(Y, sf, cols, off, trims, scales):
         more = np.empty(nmax + 1)
         nzv = np.empty(m)
         nzj = np.empty(m, dtype=np.int64)
-        nnz = _compact_nonzeros(Y[g], nzv, nzj)
+        nnz = _gene_nonzeros(indptr, indices, data, g, nzv, nzj)
         best = 0.0
         for k in range(nset):
             n = off[k + 1] - off[k]
@@ -1344,13 +1429,14 @@ def initial_disp(Qn, FIT, df, xim):
 
 
 @njit(parallel=True)
-def group_design_start(Y, sf, lab, R, df, xim):
-    """Group-design start of the dispersion stage, from counts Y (G×m) without dense temporaries.
+def group_design_start(indptr, indices, data, m, sf, lab, R, df, xim):
+    """Group-design start of the dispersion stage, from counts (CSR, m samples), without G×m
+    temporaries.
 
     With q = y/s: per-row means of q (G×R, the OLS fit of a group design), the base mean
     (mean of q) and ``initial_disp`` of (q, row means). Returns (means, base_mean, alpha0).
     """
-    G, m = Y.shape
+    G = indptr.shape[0] - 1
     means = np.empty((G, R))
     bmean = np.empty(G)
     a0 = np.empty(G)
@@ -1358,7 +1444,8 @@ def group_design_start(Y, sf, lab, R, df, xim):
     for j in range(m):
         nrow[lab[j]] += 1.0
     for g in prange(G):
-        y = Y[g]
+        y = np.empty(m)
+        _gene_row(indptr, indices, data, g, y)
         q = np.empty(m)
         for j in range(m):  # vectorised
             q[j] = y[j] / sf[j]

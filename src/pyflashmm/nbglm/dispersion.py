@@ -31,6 +31,7 @@ from scipy import signal, special, stats
 
 from pyflashmm._kernels import nb as _nb
 from pyflashmm.nbglm._util import mad, row_groups, trimmed_mean
+from pyflashmm.nbglm.count_block import CountBlock
 
 MIN_DISP = 1e-8
 
@@ -154,8 +155,10 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     ``sf`` (optional) lets samples with the same size factor and design row share their
     terms (exact: such samples have the same fitted μ, which the kernel checks). With
     :class:`RowMeans` indexed by the rows of X the classes come from its size factors (their
-    μ is shared by construction) and ``sf`` is not needed.
+    μ is shared by construction) and ``sf`` is not needed. ``Y`` is a G×m array (dense or
+    sparse) or a :class:`~pyflashmm.nbglm.count_block.CountBlock`.
     """
+    Y = CountBlock.of(Y)
     G = Y.shape[0]
     if prior_mean is None:
         prior_mean = np.zeros(G)
@@ -177,7 +180,7 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
         mu_args = (np.ascontiguousarray(MU, dtype=np.float64), np.empty((0, 1)), np.ones(1),
                    np.zeros(1, np.int64), 0.0)  # fmt: skip
     la, it, _acc, lp0, lp1 = _nb.fit_disp(
-        np.ascontiguousarray(Y, dtype=np.float64),
+        *Y.csr,
         *mu_args,
         Xr,
         order,
@@ -235,6 +238,7 @@ def gene_wise_dispersion(Y, MU, X, alpha_init, *, min_disp=MIN_DISP, maxit=100, 
     """
     m = X.shape[0]
     max_disp = max(10.0, m)
+    Y = CountBlock.of(Y)
     la, it, lp0, lp1 = fit_disp_line(Y, MU, X, np.log(alpha_init), min_disp=min_disp, maxit=maxit,
                                      sf=sf)  # fmt: skip
     est = np.minimum(np.exp(la), max_disp)
@@ -243,9 +247,9 @@ def gene_wise_dispersion(Y, MU, X, alpha_init, *, min_disp=MIN_DISP, maxit=100, 
     conv = (it < maxit) & (it != 1)
     refit = ~conv & (est > min_disp * 10)
     if refit.any():
-        est[refit] = fit_disp_grid(Y[refit], mu_rows(MU, refit), X, m)
+        est[refit] = fit_disp_grid(Y.rows(refit), mu_rows(MU, refit), X, m)
     if exact:
-        est = _polish(Y, mu_rows(MU, slice(None)), X, est, min_disp, max_disp)
+        est = _polish(Y.dense(), mu_rows(MU, slice(None)), X, est, min_disp, max_disp)
     return np.clip(est, min_disp, max_disp), it
 
 
@@ -527,6 +531,7 @@ def map_dispersion(Y, MU, X, disp_gene_est, disp_fit, prior_var, var_log_disp, *
                    sf=None):  # fmt: skip
     """MAP dispersions and outlier flags (step 6 of the module docstring)."""
     m = X.shape[0]
+    Y = CountBlock.of(Y)
     init = np.where(disp_gene_est > 0.1 * disp_fit, disp_gene_est, disp_fit)
     la, it, _lp0, _lp1 = fit_disp_line(
         Y, MU, X, np.log(init), prior_mean=np.log(disp_fit), prior_var=prior_var,
@@ -536,12 +541,12 @@ def map_dispersion(Y, MU, X, disp_gene_est, disp_fit, prior_var, var_log_disp, *
     refit = ~(it < maxit)
     if refit.any():
         disp_map[refit] = fit_disp_grid(
-            Y[refit], mu_rows(MU, refit), X, m, prior_mean=np.log(disp_fit[refit]),
+            Y.rows(refit), mu_rows(MU, refit), X, m, prior_mean=np.log(disp_fit[refit]),
             prior_var=prior_var, use_prior=True,
         )  # fmt: skip
     max_disp = max(10.0, m)
     if exact:
-        disp_map = _polish(Y, mu_rows(MU, slice(None)), X, disp_map, min_disp, max_disp,
+        disp_map = _polish(Y.dense(), mu_rows(MU, slice(None)), X, disp_map, min_disp, max_disp,
                            np.log(disp_fit), prior_var, True)  # fmt: skip
     disp_map = np.clip(disp_map, min_disp, max_disp)
     outlier = np.log(disp_gene_est) > np.log(disp_fit) + outlier_sd * np.sqrt(var_log_disp)

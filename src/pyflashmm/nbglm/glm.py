@@ -27,9 +27,9 @@ from scipy import optimize, stats
 
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nb as _nb
-from pyflashmm._kernels.aggregate import csr_rows_dense
 from pyflashmm.nbglm import dispersion as _disp
 from pyflashmm.nbglm._util import as_counts, p_adjust_bh, r_quantile, row_groups, trimmed_mean
+from pyflashmm.nbglm.count_block import CountBlock
 from pyflashmm.nbglm.size_factors import METHODS as SIZE_FACTOR_METHODS
 from pyflashmm.nbglm.size_factors import size_factors_checked as _size_factors_checked
 
@@ -115,26 +115,26 @@ class NbGlmFit:
 # ----------------------------------------------------------------------------- GLM fitting
 
 
-def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim=True,
+def _glm_fit(blk, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim=True,
              loglik=True):  # fmt: skip
-    """DESeq2's fitNbinomGLMs (no β prior) for a dense gene block Yb (G×m).
+    """DESeq2's fitNbinomGLMs (no β prior) for a gene block (a :class:`CountBlock`).
 
     Means and hat diagonals are returned per design row (``fit_beta_rows``): μ_j =
     s_j·row_mu[lab_j] and h_j = w_j·row_hat[lab_j] with w_j = μ̃_j/(1 + αμ̃_j),
     μ̃_j = max(s_j·row_wmu[lab_j], hat_minmu); ``classes`` are the (size factor, design row)
     classes of ``_sample_classes``.
     """
-    G, m = Yb.shape
+    G, m = blk.shape
     p = X.shape[1]
     lam = np.full(p, 1e-6 / LN2**2)
     Xr, lab = _disp.design_rows(X)
     R = Xr.shape[0]
     classes = _sample_classes(sf, lab, R)
+    sf = np.ascontiguousarray(sf, dtype=np.float64)
+    alpha = np.ascontiguousarray(alpha, dtype=np.float64)
     if p == 1 and np.all(X == 1.0):
-        bm = (Yb / sf).mean(axis=1)
+        bm, xtwx = _nb.intercept_fit(*blk.csr, sf, alpha)
         row_mu = bm[:, None].copy()
-        w = 1.0 / (1.0 / np.outer(bm, sf) + alpha[:, None])
-        xtwx = w.sum(axis=1)
         return {
             "beta": np.log(bm)[:, None],
             "sigma": (1.0 / xtwx)[:, None, None],
@@ -144,7 +144,9 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
             "hat_minmu": 0.0,  # DESeq2's intercept-only shortcut does not floor μ
             "lab": lab,
             "classes": classes,
-            "loglik": _nb.nb_loglik(Yb, sf, lab, row_mu, alpha) if loglik else np.full(G, np.nan),
+            "loglik": _nb.nb_loglik(*blk.csr, sf, lab, row_mu, alpha)
+            if loglik
+            else np.full(G, np.nan),
             "conv": np.ones(G, bool),
             "iter": np.ones(G, np.int64),
         }
@@ -153,28 +155,28 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
     first[lab[::-1]] = np.arange(m)[::-1]
     P = np.ascontiguousarray(np.linalg.solve(r, q[first].T))  # β₀ = P · row sums of ln(y/s+0.1)
     beta, sigma, it, _dev, row_mu, row_wmu, row_hat = _nb.fit_beta_rows(
-        np.ascontiguousarray(Yb), np.ascontiguousarray(sf), Xr, lab, *classes,
-        np.ascontiguousarray(alpha), np.empty((1, p)), P, lam, float(minmu), float(beta_tol),
-        int(maxit), True,
+        *blk.csr, sf, Xr, lab, *classes, alpha, np.empty((1, p)), P, lam, float(minmu),
+        float(beta_tol), int(maxit), True,
     )  # fmt: skip
 
-    def beta0_row(i):
-        return P @ np.bincount(lab, weights=np.log(Yb[i] / sf + 0.1), minlength=R)
+    def beta0_row(y):
+        return P @ np.bincount(lab, weights=np.log(y / sf + 0.1), minlength=R)
 
     want_ll = loglik
     loglik = np.full(G, np.nan)
     if want_ll:
         with np.errstate(invalid="ignore"):
-            loglik = _nb.nb_loglik(Yb, sf, lab, row_mu, alpha)
+            loglik = _nb.nb_loglik(*blk.csr, sf, lab, row_mu, alpha)
     var = np.diagonal(sigma, axis1=1, axis2=2)
     stable = ~np.isnan(beta).any(axis=1)
     varpos = (var > 0).all(axis=1)
     conv = it < maxit
     rows = np.flatnonzero(~conv | ~stable | ~varpos) if use_optim else np.flatnonzero(~stable)
     for i in rows:
+        y = blk.rows(i)[0]
         b_log2 = beta[i] / LN2
-        start = b_log2 if (stable[i] and np.all(np.abs(b_log2) < 30)) else beta0_row(i)
-        res = _optim_row(Yb[i], sf, X, alpha[i], start, 1e-6)
+        start = b_log2 if (stable[i] and np.all(np.abs(b_log2) < 30)) else beta0_row(y)
+        res = _optim_row(y, sf, X, alpha[i], start, 1e-6)
         conv[i] = res.success
         beta[i] = res.x * LN2
         row_mu[i] = np.exp(Xr @ beta[i])  # the hat diagonals stay those of the IRLS, as in DESeq2
@@ -184,7 +186,7 @@ def _glm_fit(Yb, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_optim
         ainv = np.linalg.inv(xtwx + np.diag(lam))
         sigma[i] = ainv @ xtwx @ ainv
         if want_ll:
-            loglik[i] = sum(_nb.nb_logpdf(Yb[i, j], mf[j], alpha[i]) for j in range(m))
+            loglik[i] = sum(_nb.nb_logpdf(y[j], mf[j], alpha[i]) for j in range(m))
     return {"beta": beta, "sigma": sigma, "row_mu": row_mu, "row_wmu": row_wmu,
             "row_hat": row_hat, "hat_minmu": float(minmu), "lab": lab, "classes": classes,
             "loglik": loglik, "conv": conv, "iter": it}  # fmt: skip
@@ -250,14 +252,14 @@ def _n_or_more_in_cell(X, n):
     return counts[lab] >= n
 
 
-def _robust_mom_disp(Yb, sf, X, mm):
+def _robust_mom_disp(blk, sf, X, mm):
     """DESeq2's robust method-of-moments dispersion for Cook's distances (floor 0.04)."""
     three = _n_or_more_in_cell(X, 3)
     if three.any():
         lab, _ = row_groups(X)
         sets = [np.flatnonzero(lab == lv) for lv in np.unique(lab[three])]
     else:
-        sets = [np.arange(Yb.shape[1])]
+        sets = [np.arange(blk.n_samples)]
     sizes = np.array([c.size for c in sets])
     k = np.where(sizes <= 3.5, 0, np.where(sizes <= 23.5, 1, 2))
     trims = np.array([1 / 3, 1 / 4, 1 / 8])[k] if three.any() else np.array([1 / 8])
@@ -267,9 +269,9 @@ def _robust_mom_disp(Yb, sf, X, mm):
         off = np.zeros(len(sets) + 1, np.int64)
         off[1:] = np.cumsum(sizes)
         cols = np.concatenate(sets).astype(np.int64)
-        v = _nb.robust_var_rows(Yb, sf, cols, off, trims, scales)
+        v = _nb.robust_var_rows(*blk.csr, sf, cols, off, trims, scales)
     else:  # few samples: numpy's batched sorts are faster
-        Qn = _nb.divide_cols(Yb, sf)
+        Qn = _nb.divide_cols(blk.dense(), sf)
         v = None
         for cols, trim, scale in zip(sets, trims, scales, strict=True):
             sub = Qn[:, cols]
@@ -297,7 +299,7 @@ class _Cooks:
     rows: np.ndarray | None
 
 
-def _cooks(Yb, sf, X, fit, alpha, bm, replaceable, cutoff):
+def _cooks(blk, sf, X, fit, alpha, bm, replaceable, cutoff):
     """Cook's distances D_j = (y_j − μ_j)²/(μ_j + α̃μ_j²)/p · h_j/(1 − h_j)² of a fitted block,
     summarised per gene (see :class:`_Cooks`); α̃ is DESeq2's robust moment dispersion."""
     m, p = X.shape
@@ -308,11 +310,11 @@ def _cooks(Yb, sf, X, fit, alpha, bm, replaceable, cutoff):
         fit["row_wmu"],
         fit["row_hat"],
         np.ascontiguousarray(alpha, dtype=np.float64),
-        _robust_mom_disp(Yb, sf, X, bm),
+        _robust_mom_disp(blk, sf, X, bm),
     )
     shared = (cls, csf, clab)
     tail = (float(p), float(fit["hat_minmu"]))
-    mx, mx_nonrep, mx_all, n_above = _nb.cooks_summary(Yb, *shared, *per_gene, *tail, use,
+    mx, mx_nonrep, mx_all, n_above = _nb.cooks_summary(*blk.csr, *shared, *per_gene, *tail, use,
                                                        ~replaceable)  # fmt: skip
     if not (m > p and use.any()):
         mx[:] = np.nan
@@ -322,7 +324,7 @@ def _cooks(Yb, sf, X, fit, alpha, bm, replaceable, cutoff):
     if replaceable.any() and any_above.any():
         sel = np.flatnonzero(any_above)
         rows = _nb.cooks_matrix(
-            np.ascontiguousarray(Yb[sel]),
+            *blk.subset(sel).csr,
             *shared,
             *(np.ascontiguousarray(v[sel]) for v in per_gene),
             *tail,
@@ -336,18 +338,19 @@ def _cooks(Yb, sf, X, fit, alpha, bm, replaceable, cutoff):
 _CACHE_ELEMENTS = 2**25  # dense gene blocks kept between stages up to 256 MiB in total
 
 
-def _dense_rows(Yt, idx):
-    """Genes idx of Yt (genes × samples: dense, or sparse CSR) as a dense float64 block."""
+def _block(Yt, idx):
+    """Genes idx of Yt (genes × samples: dense, or canonical CSR without explicit zeros)."""
     if sp.issparse(Yt):
-        rows = np.ascontiguousarray(idx, dtype=np.int64)
-        return csr_rows_dense(Yt.indptr, Yt.indices, Yt.data, rows, Yt.shape[1])
-    return np.ascontiguousarray(Yt[idx], dtype=np.float64)
+        return CountBlock.from_csr_rows(Yt, idx)
+    return CountBlock.from_dense(Yt[idx])
 
 
-def _group_mu(Yb, sf, X, df):
+def _group_mu(blk, sf, X, df):
     """Group design: (row means of y/s G×R, base mean, raw initial dispersion) in one kernel."""
     Xr, lab = _disp.design_rows(X)
-    return _nb.group_design_start(Yb, sf, lab, Xr.shape[0], float(df), float(np.mean(1.0 / sf)))
+    return _nb.group_design_start(
+        *blk.csr, sf, lab, Xr.shape[0], float(df), float(np.mean(1.0 / sf))
+    )
 
 
 def _row_means(means, sf, X, minmu):
@@ -357,22 +360,22 @@ def _row_means(means, sf, X, minmu):
     return _disp.RowMeans(means, sf, _disp.design_rows(X)[1], float(minmu))
 
 
-def _gene_est_block(Yb, sf, X, minmu, linear_mu, exact, min_disp):
+def _gene_est_block(blk, sf, X, minmu, linear_mu, exact, min_disp):
     """Gene-wise dispersions of a block; returns (est, initial means, base_mean)."""
     m, p = X.shape
     if linear_mu:
-        means, bm, a0 = _group_mu(Yb, sf, X, m - p)
+        means, bm, a0 = _group_mu(blk, sf, X, m - p)
     else:
-        Qn = _nb.divide_cols(Yb, sf)
+        Qn = _nb.divide_cols(blk.dense(), sf)
         fit = _disp.linear_model_mu(Qn, X)
         a0 = _nb.initial_disp(Qn, np.ascontiguousarray(fit), float(m - p),
                               float(np.mean(1.0 / sf)))  # fmt: skip
         bm = Qn.mean(axis=1)
     a0 = np.clip(a0, min_disp, max(10.0, m))
     if not linear_mu:  # the means of a GLM fit at the initial dispersions, per design row
-        means = _glm_fit(Yb, sf, X, a0, loglik=False)["row_mu"]
+        means = _glm_fit(blk, sf, X, a0, loglik=False)["row_mu"]
     mu0 = _row_means(means, sf, X, minmu)
-    est, it = _disp.gene_wise_dispersion(Yb, mu0, X, a0, min_disp=min_disp, exact=exact, sf=sf)
+    est, it = _disp.gene_wise_dispersion(blk, mu0, X, a0, min_disp=min_disp, exact=exact, sf=sf)
     return est, mu0, bm
 
 
@@ -393,24 +396,24 @@ class _Shared:
     cooks_cutoff: float
 
 
-def _fit_block(Yb, sh: _Shared, est=None, mu0=None, bm=None):
+def _fit_block(blk, sh: _Shared, est=None, mu0=None, bm=None):
     """Everything per gene after the trend: MAP, GLM, test statistics, Cook's."""
     X = sh.X
     if est is None:
-        est, mu0, bm = _gene_est_block(Yb, sh.sf, X, sh.minmu, sh.linear_mu, sh.exact,
+        est, mu0, bm = _gene_est_block(blk, sh.sf, X, sh.minmu, sh.linear_mu, sh.exact,
                                           sh.min_disp)  # fmt: skip
     dfit = np.asarray(sh.trend_fn(bm), dtype=float) * np.ones_like(bm)
     final, dmap, outl, _ = _disp.map_dispersion(
-        Yb, mu0, X, est, dfit, sh.prior_var, sh.var_log_disp, min_disp=sh.min_disp,
+        blk, mu0, X, est, dfit, sh.prior_var, sh.var_log_disp, min_disp=sh.min_disp,
         exact=sh.exact, sf=sh.sf,
     )  # fmt: skip
-    fit = _glm_fit(Yb, sh.sf, X, final, loglik=sh.test == "lrt")
+    fit = _glm_fit(blk, sh.sf, X, final, loglik=sh.test == "lrt")
     out = {"base_mean": bm, "disp_gene_est": est, "disp_fit": dfit, "dispersion": final,
            "disp_map": dmap, "disp_outlier": outl, "fit": fit}  # fmt: skip
     if sh.test == "lrt":
-        red = _glm_fit(Yb, sh.sf, sh.reduced, final)
+        red = _glm_fit(blk, sh.sf, sh.reduced, final)
         out["lrt_stat"] = 2.0 * (fit["loglik"] - red["loglik"])
-    out["cooks"] = _cooks(Yb, sh.sf, X, fit, final, bm, sh.replaceable, sh.cooks_cutoff)
+    out["cooks"] = _cooks(blk, sh.sf, X, fit, final, bm, sh.replaceable, sh.cooks_cutoff)
     return out
 
 
@@ -596,16 +599,20 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     bm = np.empty(Gn)
     pos = 0
     mu_store = []  # initial means per design row (kept, not refitted)
-    Yt = Y.T.tocsr() if sp.issparse(Y) else Y.T  # genes × samples: a block is a row slice
-    keep_blocks = Gn * m <= _CACHE_ELEMENTS
+    if sp.issparse(Y):  # genes × samples: a block is a row slice
+        Yt = Y.T.tocsr()  # sorted sample indices within each gene
+        Yt.eliminate_zeros()
+    else:
+        Yt = Y.T
+    keep_blocks = sp.issparse(Y) or Gn * m <= _CACHE_ELEMENTS  # sparse blocks hold no zeros
     block_store = []
     for idx in blocks:
-        Yb = _dense_rows(Yt, idx)
-        e, mu0, b = _gene_est_block(Yb, sf, X, minmu, linear_mu, exact_dispersion,
+        blk = _block(Yt, idx)
+        e, mu0, b = _gene_est_block(blk, sf, X, minmu, linear_mu, exact_dispersion,
                                     min_disp)  # fmt: skip
         mu_store.append(mu0)
         if keep_blocks:
-            block_store.append(Yb)
+            block_store.append(blk)
         est[pos : pos + idx.size] = e
         bm[pos : pos + idx.size] = b
         pos += idx.size
@@ -648,11 +655,11 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     refit_genes = []
     pos = 0
     for b_, idx in enumerate(blocks):
-        Yb = block_store[b_] if keep_blocks else _dense_rows(Yt, idx)
+        blk = block_store[b_] if keep_blocks else _block(Yt, idx)
         e = est[pos : pos + idx.size]
         b = bm[pos : pos + idx.size]
         pos += idx.size
-        out = _fit_block(Yb, sh, e, mu_store[b_], b)
+        out = _fit_block(blk, sh, e, mu_store[b_], b)
         mu_store[b_] = None
         store(idx, out)
         ck = out["cooks"]
@@ -662,7 +669,7 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
         if cooks and replaceable.any():
             orig_cooks_max_nonrep[idx] = ck.max_nonrep
             for k, r_ in enumerate(np.flatnonzero(ck.any_above)):
-                refit_genes.append((idx[r_], Yb[r_].copy(), ck.rows[k]))
+                refit_genes.append((idx[r_], blk.rows(r_)[0], ck.rows[k]))
 
     # stage 4: replacement of outliers and refit
     new_all_zero = np.zeros(G, bool)
@@ -681,7 +688,7 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
             new_all_zero[gidx[zero_now]] = True
             todo = changed & ~zero_now
             if todo.any():
-                out = _fit_block(np.ascontiguousarray(Ynew[todo]), sh)
+                out = _fit_block(CountBlock.from_dense(Ynew[todo]), sh)
                 store(gidx[todo], out)
                 replaced[gidx[todo]] = True
         if replaceable.all():

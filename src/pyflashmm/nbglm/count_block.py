@@ -1,0 +1,119 @@
+"""``CountBlock``: the counts of a block of genes as the NB GLM kernels read them.
+
+A block is genes × samples in CSR form (non-zero counts only, samples in increasing order
+within a gene), so cell-level data are never densified beyond one gene per thread; the dense
+G×m array is made only on request, for the few steps that need it (non-group designs, the
+grid and optimiser fallbacks, small sample counts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from pyflashmm._kernels import nb as _nb
+from pyflashmm._kernels.aggregate import csr_rows_dense
+
+
+class CountBlock:
+    """Counts of G genes over m samples (see the module docstring).
+
+    Parameters
+    ----------
+    indptr, indices, data : np.ndarray
+        CSR arrays (int64, int32, float64) of the genes × samples counts, without explicit
+        zeros and with increasing sample indices within each gene.
+    n_samples : int
+        m.
+    dense : np.ndarray, optional
+        The same counts as a dense G×m float64 array, when the caller already has it.
+    """
+
+    def __init__(self, indptr, indices, data, n_samples, dense=None):
+        self.indptr = indptr
+        self.indices = indices
+        self.data = data
+        self.n_samples = int(n_samples)
+        self._dense = dense
+
+    @classmethod
+    def from_dense(cls, Y) -> CountBlock:
+        """A block from a dense G×m array (kept as the block's dense form)."""
+        Y = np.ascontiguousarray(Y, dtype=np.float64)
+        return cls(*_nb.dense_to_csr(Y), Y.shape[1], dense=Y)
+
+    @classmethod
+    def from_csr_rows(cls, Yt, rows) -> CountBlock:
+        """Rows ``rows`` of a canonical genes × samples CSR matrix ``Yt`` (no explicit zeros).
+
+        When the rows are increasing and every row they skip is empty (e.g. consecutive
+        genes that are not all-zero), the block's counts are views of Yt's arrays, not copies.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        start = Yt.indptr[rows]
+        stop = Yt.indptr[rows + 1]
+        p0, p1 = int(Yt.indptr[rows[0]]), int(Yt.indptr[rows[-1] + 1])
+        if np.all(np.diff(rows) > 0) and int(np.sum(stop - start)) == p1 - p0:
+            indptr = np.empty(rows.size + 1, dtype=np.int64)
+            indptr[0] = 0
+            np.cumsum(stop - start, out=indptr[1:])
+            return cls(
+                indptr,
+                np.ascontiguousarray(Yt.indices[p0:p1], dtype=np.int32),
+                np.ascontiguousarray(Yt.data[p0:p1], dtype=np.float64),
+                Yt.shape[1],
+            )
+        sub = Yt[rows]
+        return cls(
+            np.ascontiguousarray(sub.indptr, dtype=np.int64),
+            np.ascontiguousarray(sub.indices, dtype=np.int32),
+            np.ascontiguousarray(sub.data, dtype=np.float64),
+            Yt.shape[1],
+        )
+
+    @classmethod
+    def of(cls, Y) -> CountBlock:
+        """``Y`` itself when it is a block, else a block of the dense or sparse G×m array."""
+        if isinstance(Y, CountBlock):
+            return Y
+        if sp.issparse(Y):
+            Y = sp.csr_matrix(Y, dtype=np.float64)
+            Y.sum_duplicates()
+            Y.eliminate_zeros()
+            return cls.from_csr_rows(Y, np.arange(Y.shape[0]))
+        return cls.from_dense(Y)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.indptr.shape[0] - 1, self.n_samples)
+
+    @property
+    def csr(self) -> tuple:
+        """(indptr, indices, data, m): the leading arguments of the kernels."""
+        return self.indptr, self.indices, self.data, self.n_samples
+
+    def dense(self) -> np.ndarray:
+        """All counts as a dense G×m array (made once, then kept)."""
+        if self._dense is None:
+            self._dense = self.rows(np.arange(self.shape[0]))
+        return self._dense
+
+    def rows(self, idx) -> np.ndarray:
+        """Genes ``idx`` (an index, indices, a slice or a boolean mask) as a dense k×m array."""
+        idx = np.atleast_1d(np.arange(self.shape[0])[idx])
+        if self._dense is not None:
+            return np.ascontiguousarray(self._dense[idx])
+        rows = np.ascontiguousarray(idx, dtype=np.int64)
+        return csr_rows_dense(self.indptr, self.indices, self.data, rows, self.n_samples)
+
+    def subset(self, idx) -> CountBlock:
+        """Genes ``idx`` as a block of their own."""
+        sub = sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)[idx]
+        dense = None if self._dense is None else self._dense[idx]
+        return CountBlock(
+            np.ascontiguousarray(sub.indptr, dtype=np.int64),
+            np.ascontiguousarray(sub.indices, dtype=np.int32),
+            np.ascontiguousarray(sub.data, dtype=np.float64),
+            self.n_samples,
+            dense=None if dense is None else np.ascontiguousarray(dense),
+        )
