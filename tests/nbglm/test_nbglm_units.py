@@ -487,3 +487,11 @@ def test_intercept_fit_matches_numpy(rng):
     np.testing.assert_allclose(bm, ref, rtol=1e-14)
     w = 1.0 / (1.0 / np.outer(ref, sf) + alpha[:, None])
     np.testing.assert_allclose(xtwx, w.sum(axis=1), rtol=1e-13)
+
+
+def test_log_of_counts_table_equals_math_log():
+    table = K._log_table()
+    vals = [1.0, 2.0, 3.0, 17.0, 4095.0, 4096.0, 1e6, 0.5, 2.5, 4095.5, 1e300]
+    for v in vals:
+        assert K._log_count(v, table) == math.log(v)
+    assert all(table[k] == math.log(k) for k in range(1, K.LOG_TABLE_SIZE))

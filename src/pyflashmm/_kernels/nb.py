@@ -1303,6 +1303,29 @@ def robust_var_rows(indptr, indices, data, m, sf, cols, off, trims, scales):
 #: row chunks of ``log_geo_means_csr`` (fixed, so the sums do not depend on the thread count)
 GEO_CHUNKS = 16
 
+#: ln k for the integer counts k < LOG_TABLE_SIZE is looked up (the same values as math.log)
+LOG_TABLE_SIZE = 4096
+
+
+@njit
+def _log_table():
+    """ln k for k = 0..LOG_TABLE_SIZE−1 (−inf at 0), from ``math.log``."""
+    t = np.empty(LOG_TABLE_SIZE)
+    t[0] = -np.inf
+    for k in range(1, LOG_TABLE_SIZE):
+        t[k] = math.log(k)
+    return t
+
+
+@njit
+def _log_count(v, table):
+    """ln v (v > 0): looked up for small integer counts, else ``math.log`` (same values)."""
+    if v < LOG_TABLE_SIZE:
+        k = int(v)
+        if k == v:
+            return table[k]
+    return math.log(v)
+
 
 @njit(parallel=True)
 def log_geo_means_csr(indptr, indices, data, G):
@@ -1315,13 +1338,14 @@ def log_geo_means_csr(indptr, indices, data, G):
     m = indptr.shape[0] - 1
     part = np.zeros((GEO_CHUNKS, G))
     npos = np.zeros((GEO_CHUNKS, G), dtype=np.int64)
+    table = _log_table()
     for ch in prange(GEO_CHUNKS):
         for j in range(m * ch // GEO_CHUNKS, m * (ch + 1) // GEO_CHUNKS):
             for t in range(indptr[j], indptr[j + 1]):
                 v = data[t]
                 if v > 0.0:
                     i = indices[t]
-                    part[ch, i] += math.log(v)
+                    part[ch, i] += _log_count(v, table)
                     npos[ch, i] += 1
     out = np.empty(G)
     for i in range(G):
@@ -1342,6 +1366,7 @@ def median_log_ratios_csr(indptr, indices, data, loggeo):
     """
     m = indptr.shape[0] - 1
     out = np.empty(m)
+    table = _log_table()
     for j in prange(m):
         lo = indptr[j]
         hi = indptr[j + 1]
@@ -1351,7 +1376,7 @@ def median_log_ratios_csr(indptr, indices, data, loggeo):
             v = data[t]
             lg = loggeo[indices[t]]
             if v > 0.0 and np.isfinite(lg):
-                buf[k] = math.log(v) - lg
+                buf[k] = _log_count(v, table) - lg
                 k += 1
         out[j] = math.exp(_median_inplace(buf, k)) if k > 0 else np.nan
     return out
@@ -1364,6 +1389,7 @@ def log_geo_means_dense(Y):
     ``rowMeans`` with its long-double accumulation (DESeq2's geometric means), within an ulp."""
     m, G = Y.shape
     out = np.empty(G)
+    table = _log_table()
     for i in prange(G):
         s = 0.0
         c = 0.0
@@ -1373,7 +1399,7 @@ def log_geo_means_dense(Y):
             if v <= 0.0:
                 zero = True
                 break
-            x = math.log(v)
+            x = _log_count(v, table)
             t = s + x
             c += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
             s = t
@@ -1387,6 +1413,7 @@ def median_log_ratios_dense(Y, loggeo):
     positive entries on genes with finite ln g) of each row; NaN for a row without one."""
     m, G = Y.shape
     out = np.empty(m)
+    table = _log_table()
     for j in prange(m):
         buf = np.empty(G)
         k = 0
@@ -1394,7 +1421,7 @@ def median_log_ratios_dense(Y, loggeo):
             v = Y[j, i]
             lg = loggeo[i]
             if v > 0.0 and np.isfinite(lg):
-                buf[k] = math.log(v) - lg
+                buf[k] = _log_count(v, table) - lg
                 k += 1
         out[j] = math.exp(_median_inplace(buf, k)) if k > 0 else np.nan
     return out
