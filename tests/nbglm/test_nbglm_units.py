@@ -458,6 +458,9 @@ def test_count_block_forms_agree():
     assert np.shares_memory(view.data, Yt.data)
     copy = CountBlock.from_csr_rows(Yt, keep[::-1][:20])  # decreasing rows: a copy
     assert not np.shares_memory(copy.data, Yt.data)
+    gap = CountBlock.from_csr_rows(Yt, [0, 2, 7])  # skips non-empty rows 1, 3, 6: a copy
+    assert not np.shares_memory(gap.data, Yt.data)
+    np.testing.assert_array_equal(gap.dense(), Y[[0, 2, 7]])
     np.testing.assert_array_equal(view.dense(), Y[keep[:20]])
     np.testing.assert_array_equal(copy.dense(), Y[keep[::-1][:20]])
     dense = CountBlock.from_dense(Y)
@@ -471,11 +474,16 @@ def test_count_block_forms_agree():
         np.testing.assert_array_equal(blk.rows([7, 2]), Y[[7, 2]])
         np.testing.assert_array_equal(blk.rows(9), Y[[9]])
         np.testing.assert_array_equal(blk.subset([3, 8, 1]).dense(), Y[[3, 8, 1]])
-    # explicit zeros and duplicate entries: summed, zeros dropped
+    # a sparse block never keeps a dense copy
+    assert CountBlock.of(Yt).dense() is not CountBlock.of(Yt).dense()
+    # explicit zeros and duplicate entries: summed, zeros dropped, the caller's matrix unchanged
     coo = sp.coo_matrix(([2.0, 3.0, 0.0], ([0, 0, 1], [1, 1, 2])), shape=(2, 4))
     blk = CountBlock.of(coo)
     np.testing.assert_array_equal(blk.dense(), [[0, 5, 0, 0], [0, 0, 0, 0]])
     assert blk.data.tolist() == [5.0]
+    csr = sp.csr_matrix(([2.0, 3.0, 0.0], [1, 1, 2], [0, 2, 3]), shape=(2, 4))
+    CountBlock.of(csr)
+    assert csr.data.tolist() == [2.0, 3.0, 0.0] and csr.indptr.tolist() == [0, 2, 3]
 
 
 def test_intercept_fit_matches_numpy(rng):

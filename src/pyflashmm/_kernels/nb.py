@@ -841,7 +841,7 @@ def fit_beta_rows(indptr, indices, data, m, sf, Xr, lab, cls, csize, csf, clab, 
     per distinct row; XᵀWX and XᵀWz come from per-row sums of w and wz. With ``start`` the
     initial β is ``P`` (p×R) times the per-row sums of ln(y/s + 0.1) (the least-squares
     start; zero counts contribute ln 0.1 each), else ``beta0``. Only the non-zero counts are
-    visited per gene, apart from one branch-free pass that finds them.
+    visited per gene.
 
     The fitted means and hat diagonals are returned per design row (G×R each, no G×m array):
     ``row_mu`` = exp(x_rᵀβ) at the final β (μ_j = s_j·row_mu[lab_j], unfloored);

@@ -1,9 +1,11 @@
 """``CountBlock``: the counts of a block of genes as the NB GLM kernels read them.
 
 A block is genes × samples in CSR form (non-zero counts only, samples in increasing order
-within a gene), so cell-level data are never densified beyond one gene per thread; the dense
-G×m array is made only on request, for the few steps that need it (non-group designs, the
-grid and optimiser fallbacks, small sample counts).
+within a gene), so cell-level data are densified one gene per thread at a time. The dense G×m
+array is made only on request, for the steps that need it (the linear-model start of a
+non-group design, Cook's robust variance when every design cell has fewer than 1,000
+samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The grid
+and optimiser fallbacks take single genes (``rows``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ class CountBlock:
         if isinstance(Y, CountBlock):
             return Y
         if sp.issparse(Y):
-            Y = sp.csr_matrix(Y, dtype=np.float64)
+            Y = sp.csr_matrix(
+                Y, dtype=np.float64, copy=True
+            )  # the caller's arrays stay as they are
             Y.sum_duplicates()
             Y.eliminate_zeros()
             return cls.from_csr_rows(Y, np.arange(Y.shape[0]))
@@ -93,10 +97,11 @@ class CountBlock:
         return self.indptr, self.indices, self.data, self.n_samples
 
     def dense(self) -> np.ndarray:
-        """All counts as a dense G×m array (made once, then kept)."""
-        if self._dense is None:
-            self._dense = self.rows(np.arange(self.shape[0]))
-        return self._dense
+        """All counts as a dense G×m array: the block's own for a block made from one, else a
+        new array each call (a sparse block never keeps a dense copy)."""
+        if self._dense is not None:
+            return self._dense
+        return self.rows(slice(None))
 
     def rows(self, idx) -> np.ndarray:
         """Genes ``idx`` (an index, indices, a slice or a boolean mask) as a dense k×m array."""

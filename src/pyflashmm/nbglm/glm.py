@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -335,7 +335,9 @@ def _cooks(blk, sf, X, fit, alpha, bm, replaceable, cutoff):
 # ----------------------------------------------------------------------------- the pipeline
 
 
-_CACHE_ELEMENTS = 2**25  # dense gene blocks kept between stages up to 256 MiB in total
+#: dense-input gene blocks (the dense array and its CSR form, ≤ 20 bytes per count) are kept
+#: between stages up to 256 MiB in total; sparse blocks (CSR only) are always kept
+_CACHE_BYTES = 2**28
 
 
 def _block(Yt, idx):
@@ -407,11 +409,11 @@ def _fit_block(blk, sh: _Shared, est=None, mu0=None, bm=None):
         blk, mu0, X, est, dfit, sh.prior_var, sh.var_log_disp, min_disp=sh.min_disp,
         exact=sh.exact, sf=sh.sf,
     )  # fmt: skip
-    fit = _glm_fit(blk, sh.sf, X, final, loglik=sh.test == "lrt")
+    fit = _glm_fit(blk, sh.sf, X, final, minmu=sh.minmu, loglik=sh.test == "lrt")
     out = {"base_mean": bm, "disp_gene_est": est, "disp_fit": dfit, "dispersion": final,
            "disp_map": dmap, "disp_outlier": outl, "fit": fit}  # fmt: skip
     if sh.test == "lrt":
-        red = _glm_fit(blk, sh.sf, sh.reduced, final)
+        red = _glm_fit(blk, sh.sf, sh.reduced, final, minmu=sh.minmu)
         out["lrt_stat"] = 2.0 * (fit["loglik"] - red["loglik"])
     out["cooks"] = _cooks(blk, sh.sf, X, fit, final, bm, sh.replaceable, sh.cooks_cutoff)
     return out
@@ -481,7 +483,8 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     ----------
     counts : array_like or scipy.sparse, shape (m, G)
         Counts, samples (or cells) in rows, genes in columns; a pandas DataFrame gives gene
-        names. Sparse input is densified one block of ``block_size`` genes at a time.
+        names. Genes are fitted in blocks of ``block_size``; sparse input stays sparse
+        (kernels expand one gene at a time; see :mod:`pyflashmm.nbglm.count_block`).
     X : array_like, shape (m, p)
         Full-rank design matrix (a DataFrame gives coefficient names).
     size_factors : str or array_like
@@ -604,7 +607,7 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
         Yt.eliminate_zeros()
     else:
         Yt = Y.T
-    keep_blocks = sp.issparse(Y) or Gn * m <= _CACHE_ELEMENTS  # sparse blocks hold no zeros
+    keep_blocks = sp.issparse(Y) or Gn * m * 20 <= _CACHE_BYTES
     block_store = []
     for idx in blocks:
         blk = _block(Yt, idx)
@@ -688,7 +691,8 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
             new_all_zero[gidx[zero_now]] = True
             todo = changed & ~zero_now
             if todo.any():
-                out = _fit_block(CountBlock.from_dense(Ynew[todo]), sh)
+                # DESeq2's refitWithoutOutliers re-estimates with the default minmu (0.5)
+                out = _fit_block(CountBlock.from_dense(Ynew[todo]), replace(sh, minmu=0.5))
                 store(gidx[todo], out)
                 replaced[gidx[todo]] = True
         if replaceable.all():
@@ -779,13 +783,14 @@ def _size_factors_iterate(Y, niter=10, q_trim=0.05):
     X = np.ones((m, 1))
     sf = np.ones(m)
     for i in range(niter):
-        est, mu0, _, _ = _gene_est_block(cts, sf, X, 0.5, True, False, _disp.MIN_DISP)
+        blk = CountBlock.from_dense(cts)
+        est, mu0, _ = _gene_est_block(blk, sf, X, 0.5, True, False, _disp.MIN_DISP)
         bm = (cts / sf).mean(axis=1)
         fn, _, _ = _disp.fit_trend(bm, est, "mean")
         dfit = fn(bm) * np.ones_like(bm)
         vl = _disp.var_log_disp_ests(est, dfit)
         pv = _disp.prior_variance(est, dfit, m, 1)
-        disps, *_ = _disp.map_dispersion(cts, mu0, X, est, dfit, pv, vl)
+        disps, *_ = _disp.map_dispersion(blk, mu0, X, est, dfit, pv, vl)
         q = mu0.dense() / sf
         old = sf.copy()
         r = 1.0 / disps[:, None]

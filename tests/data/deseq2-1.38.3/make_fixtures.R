@@ -1,14 +1,16 @@
 #!/usr/bin/env Rscript
 # Reference fixtures for tests/nbglm: R DESeq2 (Debian r-bioc-deseq2) on simulated NB data.
-# Run from this directory:  Rscript make_fixtures.R   (writes one folder per scenario)
+# Run from this directory:  Rscript make_fixtures.R [scenario ...]
+# (writes one folder per scenario; with names, only those scenarios)
 suppressPackageStartupMessages(library(DESeq2))
+only <- commandArgs(trailingOnly = TRUE)
 
 sim <- function(G, coldata, mm, lfc_sd = 0.6, frac_de = 0.2, seed = 1,
                 disp_fun = function(mu) 0.05 + 1 / mu, sf_sd = 0.3,
-                disp_sd = 0.7) {
+                disp_sd = 0.7, base_mean = 80, base_sd = 1.6) {
   set.seed(seed)
   m <- nrow(coldata)
-  base <- exp(rnorm(G, log(80), 1.6))
+  base <- exp(rnorm(G, log(base_mean), base_sd))
   beta <- matrix(0, G, ncol(mm))
   if (ncol(mm) > 1) {
     de <- runif(G * (ncol(mm) - 1)) < frac_de
@@ -25,6 +27,7 @@ sim <- function(G, coldata, mm, lfc_sd = 0.6, frac_de = 0.2, seed = 1,
 }
 
 run <- function(name, cts, coldata, design, test = "Wald", reduced = NULL, res_name = NULL, ...) {
+  if (length(only) > 0 && !(name %in% only)) return(invisible(NULL))
   dir.create(name, showWarnings = FALSE)
   dds <- DESeqDataSetFromMatrix(cts, coldata, design)
   dds <- if (test == "Wald") DESeq(dds, quiet = TRUE, ...) else
@@ -107,4 +110,23 @@ cd <- data.frame(cls = factor(sample(c("c1", "c2", "c3", "c4", "c5"), 250, TRUE)
 cts <- sim(2000, cd, model.matrix(~cls + trt, cd), seed = 18, sf_sd = 0.5,
            disp_fun = function(mu) 0.03 + 0.5 / mu)
 run("pseudobulk_2000x250", cts, cd, ~cls + trt)
+
+# 9. single-cell settings (DESeq2's advice for single-cell counts): low counts with many zeros,
+# poscounts size factors, minmu = 1e-6, LRT against ~ 1, no outlier replacement
+cd <- data.frame(cls = factor(rep(c("A", "B"), each = 100)))
+cts <- sim(400, cd, model.matrix(~cls, cd), seed = 19, base_mean = 0.8, base_sd = 1.2,
+           sf_sd = 0.5, disp_fun = function(mu) 0.1 + 0.5 / mu, disp_sd = 0.5)
+run("single_cell", cts, cd, ~cls, test = "LRT", reduced = ~1, sfType = "poscounts",
+    minmu = 1e-6, minReplicatesForReplace = Inf)
+
+# 10. DESeq2's iterative size factors (type = "iterate") on the two-group counts
+if (length(only) == 0 || "iterate_size_factors" %in% only) {
+  cd <- data.frame(cls = factor(rep(c("A", "B"), each = 6)))
+  cts <- sim(800, cd, model.matrix(~cls, cd), seed = 11)
+  dds <- estimateSizeFactors(DESeqDataSetFromMatrix(cts, cd, ~cls), type = "iterate")
+  dir.create("iterate_size_factors", showWarnings = FALSE)
+  write.csv(data.frame(sizeFactor = sizeFactors(dds)),
+            file.path("iterate_size_factors", "size_factors.csv"), row.names = FALSE)
+  cat("iterate_size_factors:", signif(sizeFactors(dds), 6), "\n")
+}
 writeLines(capture.output(sessionInfo()), "sessionInfo.txt")
