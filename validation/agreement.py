@@ -282,10 +282,9 @@ def deseq2_fixtures(scenarios, tables: AgreementTables) -> None:
 
     for name in scenarios:
         s = load_scenario(name)
-        kw = {"test": "lrt", "reduced": s["reduced"]} if s["reduced"] is not None else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            f = fm.nbglm(s["Y"], s["X"], **kw)
+            f = fm.nbglm(s["Y"], s["X"], **s["nbglm_args"])
         r = s["res"]
         scen = {"scenario": name, "K": np.nan, "fit_method": "—", "n_subjects": np.nan,
                 "n_cells": int(s["Y"].shape[0]), "balanced": np.nan}  # fmt: skip

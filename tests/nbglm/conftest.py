@@ -9,6 +9,11 @@ import pandas as pd
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "deseq2-1.38.3"
 
+#: DESeq() arguments of a scenario besides the design and the test (see make_fixtures.R), as
+#: nbglm arguments, and the size-factor method they imply
+NBGLM_ARGS = {"single_cell": {"preset": "single_cell"}}
+SIZE_FACTOR_METHOD = {"single_cell": "poscounts"}
+
 
 def load_scenario(name):
     d = DATA / name
@@ -18,6 +23,8 @@ def load_scenario(name):
     info = pd.read_csv(d / "info.csv").set_index("key")["value"]
     sf = pd.read_csv(d / "size_factors.csv")["sizeFactor"].to_numpy()
     red = pd.read_csv(d / "reduced.csv").to_numpy() if (d / "reduced.csv").exists() else None
+    args = {"test": "lrt", "reduced": red} if red is not None else {}
+    args.update(NBGLM_ARGS.get(name, {}))
     return {
         "Y": np.ascontiguousarray(cts.T.to_numpy(dtype=np.float64)),
         "X": X,
@@ -25,4 +32,6 @@ def load_scenario(name):
         "info": info,
         "sf": sf,
         "reduced": red,
+        "nbglm_args": args,  # nbglm(Y, X, **nbglm_args) is the fixture's DESeq() call
+        "sf_method": SIZE_FACTOR_METHOD.get(name, "ratio"),
     }

@@ -46,20 +46,13 @@ SCENARIOS = [
     "single_cell",
     pytest.param("pseudobulk_2000x250", marks=pytest.mark.slow),
 ]
-
-#: DESeq() arguments of a scenario other than the design (see make_fixtures.R)
-NBGLM_ARGS = {"single_cell": {"preset": "single_cell"}}
-SIZE_FACTOR_METHOD = {"single_cell": "poscounts"}
-
 _cache = {}
 
 
 def _fit(name):
     if name not in _cache:
         s = load_scenario(name)
-        kw = {"test": "lrt", "reduced": s["reduced"]} if s["reduced"] is not None else {}
-        kw.update(NBGLM_ARGS.get(name, {}))
-        _cache[name] = (s, nbglm(s["Y"], s["X"], **kw))
+        _cache[name] = (s, nbglm(s["Y"], s["X"], **s["nbglm_args"]))
     return _cache[name]
 
 
@@ -73,8 +66,7 @@ def test_matches_deseq2(name):
     r = s["res"]
     assert f.trend == s["info"]["fitType"]
     np.testing.assert_allclose(f.size_factors, s["sf"], rtol=TOL_SF)
-    method = SIZE_FACTOR_METHOD.get(name, "ratio")
-    np.testing.assert_allclose(size_factors(s["Y"], method=method), s["sf"], rtol=TOL_SF)
+    np.testing.assert_allclose(size_factors(s["Y"], method=s["sf_method"]), s["sf"], rtol=TOL_SF)
     nz = ~f.all_zero
     keep = nz.copy()
     if f.trend == "local":
