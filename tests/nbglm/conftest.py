@@ -11,7 +11,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "deseq2-1.38.3"
 
 #: DESeq() arguments of a scenario besides the design and the test (see make_fixtures.R), as
 #: nbglm arguments, and the size-factor method they imply
-NBGLM_ARGS = {"single_cell": {"preset": "single_cell"}}
+NBGLM_ARGS = {"single_cell": {"preset": "single_cell"}, "outliers_low_minmu": {"minmu": 1e-6}}
 SIZE_FACTOR_METHOD = {"single_cell": "poscounts"}
 
 

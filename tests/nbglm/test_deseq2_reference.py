@@ -44,6 +44,7 @@ SCENARIOS = [
     "lrt",
     "flat_dispersion",
     "single_cell",
+    "outliers_low_minmu",
     pytest.param("pseudobulk_2000x250", marks=pytest.mark.slow),
 ]
 _cache = {}
@@ -99,8 +100,9 @@ def test_matches_deseq2(name):
     assert (calls == calls_r).all()
 
 
-def test_outliers_scenario_replaces_and_refits():
-    s, f = _fit("outliers")
+@pytest.mark.parametrize("name", ["outliers", "outliers_low_minmu"])
+def test_outliers_scenario_replaces_and_refits(name):
+    s, f = _fit(name)
     r = s["res"]
     assert f.replaced.sum() > 0
     rep_r = (r["replace"].astype(str) == "True").to_numpy()

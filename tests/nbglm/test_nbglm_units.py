@@ -475,7 +475,8 @@ def test_count_block_forms_agree():
         np.testing.assert_array_equal(blk.rows(9), Y[[9]])
         np.testing.assert_array_equal(blk.subset([3, 8, 1]).dense(), Y[[3, 8, 1]])
     # a sparse block never keeps a dense copy
-    assert CountBlock.of(Yt).dense() is not CountBlock.of(Yt).dense()
+    sparse_blk = CountBlock.of(Yt)
+    assert sparse_blk.dense() is not sparse_blk.dense()
     # explicit zeros and duplicate entries: summed, zeros dropped, the caller's matrix unchanged
     coo = sp.coo_matrix(([2.0, 3.0, 0.0], ([0, 0, 1], [1, 1, 2])), shape=(2, 4))
     blk = CountBlock.of(coo)

@@ -4,8 +4,9 @@ A block is genes × samples in CSR form (non-zero counts only, samples in increa
 within a gene), so cell-level data are densified one gene per thread at a time. The dense G×m
 array is made only on request, for the steps that need it (the linear-model start of a
 non-group design, Cook's robust variance when every design cell has fewer than 1,000
-samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The grid
-and optimiser fallbacks take single genes (``rows``).
+samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The
+fallbacks take just their genes as dense rows (``rows``): the grid fallback all of its genes
+at once, the optimiser fallback one gene at a time.
 """
 
 from __future__ import annotations

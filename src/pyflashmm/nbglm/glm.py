@@ -51,7 +51,9 @@ class NbGlmFit:
     disp_map, disp_outlier : MAP dispersion and the outlier flag (gene-wise kept).
     converged : IRLS convergence of β (the full model for the LRT).
     max_cooks : maximum Cook's distance used for p-value filtering (NaN when not recorded).
-    replaced : genes refitted after replacement of outlier counts.
+    replaced : genes with a Cook's distance above the cutoff when outliers could be replaced
+        (DESeq2's ``replace``): their outlying counts in samples with enough replicates were
+        replaced and the gene refitted (unless it became all-zero).
     all_zero : genes with only zero counts (skipped, NaN results).
     size_factors : per-sample factors used. prior_var : σ²_d. trend : "parametric", "local"
     or "mean". trend_coefficients : (a₀, a₁) of the parametric trend when used.
@@ -484,7 +486,9 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     counts : array_like or scipy.sparse, shape (m, G)
         Counts, samples (or cells) in rows, genes in columns; a pandas DataFrame gives gene
         names. Genes are fitted in blocks of ``block_size``; sparse input stays sparse
-        (kernels expand one gene at a time; see :mod:`pyflashmm.nbglm.count_block`).
+        (kernels expand one gene at a time) except in the steps that densify a block: the
+        linear-model start of a non-group design, Cook's robust variance when every design
+        cell has fewer than 1,000 samples, and ``exact_dispersion``.
     X : array_like, shape (m, p)
         Full-rank design matrix (a DataFrame gives coefficient names).
     size_factors : str or array_like
@@ -498,7 +502,9 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     contrast : None, str, int or array_like
         Coefficient name or index, or a numeric vector of length p; default the last column.
     minmu : float
-        Floor on fitted means (0.5; 1e-6 with ``preset="single_cell"``).
+        Floor on fitted means (0.5; 1e-6 with ``preset="single_cell"``), in the dispersion
+        and GLM stages as in DESeq2's ``DESeq()``; genes refitted after outlier replacement
+        use 0.5, as DESeq2's ``refitWithoutOutliers`` does.
     cooks : bool
         Cook's-distance outlier handling (replacement with ≥ ``min_replicates_for_replace``
         replicates, NA p-values otherwise).
@@ -685,16 +691,17 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
             repl = np.trunc(np.outer(tbm, sf))
             mask = (Csub > cutoff) & replaceable[None, :]
             Ynew = np.where(mask, repl, Ysub)
-            changed = mask.any(axis=1) & (Ynew != Ysub).any(axis=1)
             zero_now = Ynew.sum(axis=1) == 0
             res["base_mean"][gidx] = (Ynew / sf).mean(axis=1)
             new_all_zero[gidx[zero_now]] = True
-            todo = changed & ~zero_now
+            # DESeq2's replaceOutliers flags every gene with a distance above the cutoff (in
+            # any sample) and refitWithoutOutliers refits those not all-zero now, re-estimating
+            # with its default minmu (0.5)
+            replaced[gidx] = True
+            todo = ~zero_now
             if todo.any():
-                # DESeq2's refitWithoutOutliers re-estimates with the default minmu (0.5)
                 out = _fit_block(CountBlock.from_dense(Ynew[todo]), replace(sh, minmu=0.5))
                 store(gidx[todo], out)
-                replaced[gidx[todo]] = True
         if replaceable.all():
             res["max_cooks"][:] = np.nan
         else:

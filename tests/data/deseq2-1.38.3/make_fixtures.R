@@ -1,9 +1,15 @@
 #!/usr/bin/env Rscript
 # Reference fixtures for tests/nbglm: R DESeq2 (Debian r-bioc-deseq2) on simulated NB data.
-# Run from this directory:  Rscript make_fixtures.R [scenario ...]
-# (writes one folder per scenario; with names, only those scenarios)
+# Run:  Rscript tests/data/deseq2-1.38.3/make_fixtures.R [scenario ...]
+# (writes one folder per scenario next to this script; with names, only those scenarios)
 suppressPackageStartupMessages(library(DESeq2))
+file_arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
+setwd(dirname(normalizePath(sub("^--file=", "", file_arg))))
 only <- commandArgs(trailingOnly = TRUE)
+known <- c("two_group", "multi_factor", "continuous", "small_sample", "outliers", "lrt",
+           "flat_dispersion", "pseudobulk_2000x250", "single_cell", "outliers_low_minmu",
+           "iterate_size_factors")
+if (length(setdiff(only, known)) > 0) stop("unknown scenario: ", setdiff(only, known))
 
 sim <- function(G, coldata, mm, lfc_sd = 0.6, frac_de = 0.2, seed = 1,
                 disp_fun = function(mu) 0.05 + 1 / mu, sf_sd = 0.3,
@@ -116,10 +122,20 @@ run("pseudobulk_2000x250", cts, cd, ~cls + trt)
 cd <- data.frame(cls = factor(rep(c("A", "B"), each = 100)))
 cts <- sim(400, cd, model.matrix(~cls, cd), seed = 19, base_mean = 0.8, base_sd = 1.2,
            sf_sd = 0.5, disp_fun = function(mu) 0.1 + 0.5 / mu, disp_sd = 0.5)
+set.seed(9)                            # outliers: NA p-values, never replaced here
+for (g in sample(4:400, 12)) { j <- sample(200, 1); cts[g, j] <- cts[g, j] + 60L }
 run("single_cell", cts, cd, ~cls, test = "LRT", reduced = ~1, sfType = "poscounts",
     minmu = 1e-6, minReplicatesForReplace = Inf)
 
-# 10. DESeq2's iterative size factors (type = "iterate") on the two-group counts
+# 10. outliers with minmu = 1e-6 (low counts): DESeq() floors the final GLM at minmu, but its
+# refit of replaced genes (refitWithoutOutliers) uses the default minmu = 0.5
+cd <- data.frame(cls = factor(rep(c("A", "B"), each = 10)))
+cts <- sim(600, cd, model.matrix(~cls, cd), seed = 20, base_mean = 3, base_sd = 1.2)
+set.seed(10)
+for (g in sample(4:600, 60)) { j <- sample(20, 1); cts[g, j] <- as.integer(cts[g, j] * 20 + 40) }
+run("outliers_low_minmu", cts, cd, ~cls, minmu = 1e-6)
+
+# 11. DESeq2's iterative size factors (type = "iterate") on the two-group counts
 if (length(only) == 0 || "iterate_size_factors" %in% only) {
   cd <- data.frame(cls = factor(rep(c("A", "B"), each = 6)))
   cts <- sim(800, cd, model.matrix(~cls, cd), seed = 11)
