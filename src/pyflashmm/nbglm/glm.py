@@ -696,9 +696,11 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
             new_all_zero[gidx[zero_now]] = True
             # DESeq2's replaceOutliers flags every gene with a distance above the cutoff (in
             # any sample) and refitWithoutOutliers refits those not all-zero now, re-estimating
-            # with its default minmu (0.5)
+            # with its default minmu (0.5). A gene whose counts did not change would refit to
+            # the values it has unless minmu differs from 0.5, so it is skipped otherwise.
             replaced[gidx] = True
-            todo = ~zero_now
+            changed = (Ynew != Ysub).any(axis=1)
+            todo = ~zero_now & (changed | (sh.minmu != 0.5))
             if todo.any():
                 out = _fit_block(CountBlock.from_dense(Ynew[todo]), replace(sh, minmu=0.5))
                 store(gidx[todo], out)
