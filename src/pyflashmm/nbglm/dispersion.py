@@ -121,6 +121,15 @@ def cell_classes(sf, lab, R):
     return cls, size, off, n_cls
 
 
+def class_keys(cls, n_cls, sf, lab):
+    """The size factor and design row of each of the ``n_cls`` classes of ``cell_classes``."""
+    csf = np.empty(n_cls)
+    clab = np.empty(n_cls, np.int64)
+    csf[cls] = sf
+    clab[cls] = lab
+    return csf, clab
+
+
 @dataclass(frozen=True)
 class RowMeans:
     """The initial means of a group design, kept as per-row means: μ_gj = max(means[g, lab_j]
@@ -168,11 +177,7 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     if isinstance(MU, RowMeans):
         sf = MU.sf if np.array_equal(MU.lab, lab) else None
     cls, ccnt, croff, n_cls = cell_classes(sf, lab, R)
-    csf = np.empty(n_cls)  # size factor and design row of every class
-    clab = np.empty(n_cls, np.int64)
-    if n_cls:
-        csf[cls] = sf
-        clab[cls] = lab
+    csf, clab = class_keys(cls, n_cls, sf, lab) if n_cls else (np.empty(0), np.empty(0, np.int64))
     if isinstance(MU, RowMeans):
         mu_args = (np.empty((1, 1)), np.ascontiguousarray(MU.means, dtype=np.float64),
                    MU.sf, MU.lab, float(MU.minmu))  # fmt: skip

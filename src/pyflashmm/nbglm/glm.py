@@ -144,13 +144,11 @@ def _glm_fit(blk, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_opti
             "row_wmu": row_mu,
             "row_hat": (1.0 / xtwx)[:, None],
             "hat_minmu": 0.0,  # DESeq2's intercept-only shortcut does not floor μ
-            "lab": lab,
             "classes": classes,
             "loglik": _nb.nb_loglik(*blk.csr, sf, lab, row_mu, alpha)
             if loglik
             else np.full(G, np.nan),
             "conv": np.ones(G, bool),
-            "iter": np.ones(G, np.int64),
         }
     q, r = np.linalg.qr(X)
     first = np.empty(R, dtype=np.int64)
@@ -190,8 +188,8 @@ def _glm_fit(blk, sf, X, alpha, *, minmu=0.5, beta_tol=1e-8, maxit=100, use_opti
         if want_ll:
             loglik[i] = sum(_nb.nb_logpdf(y[j], mf[j], alpha[i]) for j in range(m))
     return {"beta": beta, "sigma": sigma, "row_mu": row_mu, "row_wmu": row_wmu,
-            "row_hat": row_hat, "hat_minmu": float(minmu), "lab": lab, "classes": classes,
-            "loglik": loglik, "conv": conv, "iter": it}  # fmt: skip
+            "row_hat": row_hat, "hat_minmu": float(minmu), "classes": classes,
+            "loglik": loglik, "conv": conv}  # fmt: skip
 
 
 def _sample_classes(sf, lab, R):
@@ -208,11 +206,7 @@ def _sample_classes(sf, lab, R):
         cls = np.empty(lab.size, np.int64)
         cls[order] = np.arange(lab.size)
         return cls, np.ones(lab.size), sf[order], lab[order], off
-    csf = np.empty(n_cls)
-    csf[cls] = sf
-    clab = np.empty(n_cls, np.int64)
-    clab[cls] = lab
-    return cls, np.ascontiguousarray(size), csf, clab, off
+    return cls, np.ascontiguousarray(size), *_disp.class_keys(cls, n_cls, sf, lab), off
 
 
 def _optim_row(y, sf, X, alpha, start, lam_log2):
@@ -789,10 +783,10 @@ def _size_factors_iterate(Y, niter=10, q_trim=0.05):
     m = Yd.shape[0]
     keep = Yd.sum(axis=0) > 0
     cts = Yd[:, keep].T
+    blk = CountBlock.from_dense(cts)
     X = np.ones((m, 1))
     sf = np.ones(m)
     for i in range(niter):
-        blk = CountBlock.from_dense(cts)
         est, mu0, _ = _gene_est_block(blk, sf, X, 0.5, True, False, _disp.MIN_DISP)
         bm = (cts / sf).mean(axis=1)
         fn, _, _ = _disp.fit_trend(bm, est, "mean")
