@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import pyflashmm as fm
-from pyflashmm.contrasts import contrast_matrix
+from pyflashmm._contrasts import contrast_matrix
 
 R_NAMES = ["log(libsize)", "cls1", "cls10", "cls2", "cls1:trtB", "cls10:trtB", "cls2:trtB"]
 F_NAMES = [

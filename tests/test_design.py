@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 import pyflashmm as fm
-from pyflashmm.design import design
+from pyflashmm._design import design
 
 FIXTURES = Path(__file__).parent / "data" / "rmodelmatrix-4.2.2"
 #: R wrote the values with 17 significant digits; log() may differ in the last bit

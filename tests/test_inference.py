@@ -7,10 +7,9 @@ import pytest
 from scipy import stats as sps
 
 import pyflashmm as fm
-from pyflashmm.inference import (
+from pyflashmm._lmm.inference import (
     _cov_gradient,
     _joint_test,
-    bh_adjust,
     inverse_observed_information,
     lmmtest,
     lrt,
@@ -18,6 +17,7 @@ from pyflashmm.inference import (
     random_effects,
     vctest,
 )
+from pyflashmm._multitest import bh_adjust
 from tests import oracle
 from tests.test_lme4_reference import DATA as DATA_ROOT
 from tests.test_lme4_reference import SCENARIOS, load, reference, singular_genes

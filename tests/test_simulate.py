@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import scipy.stats as st
 
 import pyflashmm as fm
-from pyflashmm import simulate as S
+from pyflashmm import _simulate as S
 from pyflashmm._kernels import simulate as K
 
 # significance level of the distributional tests (each test is a fixed seed, so a failure is

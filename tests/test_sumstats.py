@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 import pyflashmm as fm
-from pyflashmm.sumstats import SummaryStats
+from pyflashmm._lmm.stats import SummaryStats
 
 TRANSFORMS = {None: lambda v: v, "log1p": np.log1p, "log2p1": lambda v: np.log2(1 + v)}
 

@@ -61,12 +61,16 @@ def test_series_coefficients_approximate_the_atanh_series():
     # R(z)/z = Σ 2 zᵏ/(2k + 3), summed directly, against the degree-6 polynomial in use
     z = np.linspace(0.0, vecmath.Z_MAX, 10_001)
     series = sum(2.0 * z**k / (2 * k + 3) for k in range(40))
-    poly = np.polynomial.polynomial.polyval(z, vecmath.series_coefficients())
-    # the error of ln x it causes, relative to ln(1 + f) ≈ 2s: |ΔR|·s/(2s) = z·|ΔQ|/2
-    assert (np.abs(poly - series) * z / 2).max() < 5e-17
-    assert abs(vecmath.series_coefficients()[0] - 2.0 / 3.0) < 1e-15
-    # the constants compiled into the kernels are these coefficients, written out
-    np.testing.assert_allclose(vecmath.COEFFICIENTS, vecmath.series_coefficients(), rtol=1e-13)
+    # the constants compiled into the kernels, and the fit that produced them recomputed here:
+    # the error of ln x each causes, relative to ln(1 + f) ≈ 2s, is |ΔR|·s/(2s) = z·|ΔQ|/2.
+    # The two are not compared coefficient by coefficient: the degree-6 least-squares fit on an
+    # interval of width 0.03 is ill-conditioned, and LAPACK builds differ in its last digits
+    # (numpy 2.4.6 moves the z⁶ coefficient by 1e-4 relative) at the same accuracy
+    # (1.2e-17 for the compiled constants, 9.5e-18 for numpy 2.4.6's refit).
+    for coefficients in (vecmath.COEFFICIENTS, vecmath.series_coefficients()):
+        poly = np.polynomial.polynomial.polyval(z, coefficients)
+        assert (np.abs(poly - series) * z / 2).max() < 5e-17
+        assert abs(coefficients[0] - 2.0 / 3.0) < 1e-15
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 registers")

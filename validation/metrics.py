@@ -11,7 +11,7 @@ For k rejections in n tests and z = Φ⁻¹(1 − (1 − level)/2), with p̂ = k
 Benjamini–Hochberg
 ------------------
 p_(i) ↦ min_{j ≥ i} min(1, m p_(j)/j) over the m finite p-values (NaN stays NaN);
-:func:`pyflashmm.inference.bh_adjust`, re-exported here so that every experiment uses the one
+:func:`pyflashmm._multitest.bh_adjust`, re-exported here so that every experiment uses the one
 implementation.
 
 ROC AUC
@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from pyflashmm.inference import bh_adjust
+from pyflashmm._multitest import bh_adjust
 
 __all__ = ["bh_adjust", "called", "fdr_tpr_curve", "roc_auc", "wilson_interval"]
 

@@ -3,14 +3,16 @@ for differential expression in multi-subject single-cell RNA-seq."""
 
 from __future__ import annotations
 
-from pyflashmm.contrasts import contrast_matrix
-from pyflashmm.de import de, to_rank_genes_groups
-from pyflashmm.design import Design, design
-from pyflashmm.inference import lmmtest, lrt, random_effects, vctest
-from pyflashmm.lmm import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
-from pyflashmm.nbglm import NbGlmFit, nbglm, pseudobulk, size_factors
-from pyflashmm.simulate import SimulatedData, simulate_rnaseq
-from pyflashmm.sumstats import SummaryStats, summary_stats
+from pyflashmm._contrasts import contrast_matrix
+from pyflashmm._design import Design, design
+from pyflashmm._frontend.de import de, to_rank_genes_groups
+from pyflashmm._lmm.fit import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
+from pyflashmm._lmm.inference import lmmtest, lrt, random_effects, vctest
+from pyflashmm._lmm.stats import SummaryStats, summary_stats
+from pyflashmm._nbglm.glm import NbGlmFit, nbglm
+from pyflashmm._nbglm.size_factors import size_factors
+from pyflashmm._pseudobulk import pseudobulk
+from pyflashmm._simulate import SimulatedData, simulate_rnaseq
 
 __version__ = "0.1.0"
 

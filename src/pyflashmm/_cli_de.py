@@ -70,7 +70,7 @@ def run(args) -> int:
     contrasts = _parse_contrasts(args.contrast)
     import anndata
 
-    from pyflashmm.de import de
+    from pyflashmm._frontend.de import de
 
     adata = anndata.read_h5ad(path, backed="r" if args.backed else None)
     random = args.random if args.random is None or len(args.random) > 1 else args.random[0]

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
-    from pyflashmm.simulate import simulate_rnaseq
+    from pyflashmm._simulate import simulate_rnaseq
 
     counts = None
     if args.reference is not None:

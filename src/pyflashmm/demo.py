@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pyflashmm.de import de
-from pyflashmm.simulate import simulate_rnaseq
+from pyflashmm._frontend.de import de
+from pyflashmm._simulate import simulate_rnaseq
 
 FORMULA = "~ 0 + log(libsize) + cls + cls:trt"
 

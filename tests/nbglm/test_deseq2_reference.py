@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from conftest import DATA, load_scenario
 
-from pyflashmm.nbglm import nbglm, size_factors
+from pyflashmm import nbglm, size_factors
 
 TOL_SF = 1e-10
 TOL_LFC = 1e-5

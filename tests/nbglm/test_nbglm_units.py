@@ -13,7 +13,7 @@ from scipy import stats
 
 from pyflashmm import NbGlmFit, nbglm, pseudobulk, size_factors
 from pyflashmm._kernels import nb as K
-from pyflashmm.nbglm.count_block import CountBlock
+from pyflashmm._nbglm.count_block import CountBlock
 
 
 def _sim(rng, m=16, G=120, p_de=0.3):
@@ -110,8 +110,8 @@ def test_fit_beta_matches_statsmodels(rng):
     alpha = np.full(5, 0.1)
     beta0 = np.zeros((5, 2))
     beta0[:, 0] = np.log(Y.mean(axis=0) + 0.1)
-    from pyflashmm.nbglm import dispersion as D
-    from pyflashmm.nbglm.glm import _sample_classes
+    from pyflashmm._nbglm import dispersion as D
+    from pyflashmm._nbglm.glm import _sample_classes
 
     Xr, lab = D.design_rows(X)
     classes = _sample_classes(sf, lab, Xr.shape[0])
@@ -191,7 +191,7 @@ def test_pseudobulk_sparse_integer_csc_and_duplicate_entries(rng):
 def test_trimmed_means_by_selection_match_sorting(rng):
     """Selection-based trimmed means (ties, many zeros, the counted value v) equal R's
     sorted ``mean(x, trim=)``; the robust variance kernel equals its NumPy definition."""
-    from pyflashmm.nbglm._util import trimmed_mean
+    from pyflashmm._nbglm._util import trimmed_mean
 
     for t in range(300):
         n = int(rng.integers(1, 60))
@@ -218,8 +218,8 @@ def test_trimmed_means_by_selection_match_sorting(rng):
 
 def test_fit_beta_rows_classes_equal_per_sample(rng):
     """IRLS over classes of samples sharing size factor and design row = per-sample IRLS."""
-    from pyflashmm.nbglm import dispersion as D
-    from pyflashmm.nbglm.glm import _sample_classes
+    from pyflashmm._nbglm import dispersion as D
+    from pyflashmm._nbglm.glm import _sample_classes
 
     m = 300
     X = np.column_stack([np.ones(m), rng.integers(0, 2, m), rng.integers(0, 2, m)]).astype(float)
@@ -311,7 +311,7 @@ def test_csr_rows_dense_matches_scipy_with_duplicates():
 
 
 def test_cell_classes_are_the_sorted_distinct_row_size_factor_pairs():
-    from pyflashmm.nbglm.dispersion import cell_classes
+    from pyflashmm._nbglm.dispersion import cell_classes
 
     rng = np.random.default_rng(8)
     lab = rng.integers(0, 3, 200)
@@ -328,8 +328,8 @@ def test_cell_classes_are_the_sorted_distinct_row_size_factor_pairs():
 def test_cooks_distances_and_summaries_match_numpy():
     """Cook's distances from per-row fit quantities and per-class terms vs the per-sample
     formula in NumPy; the row summaries vs NumPy on the kernel's own distance matrix."""
-    from pyflashmm.nbglm import dispersion as D
-    from pyflashmm.nbglm.glm import _sample_classes
+    from pyflashmm._nbglm import dispersion as D
+    from pyflashmm._nbglm.glm import _sample_classes
 
     rng = np.random.default_rng(11)
     G, m, p, minmu = 30, 400, 3, 0.5
@@ -402,7 +402,7 @@ def test_duplicate_sparse_entries_are_summed_before_size_factors():
 
 def test_row_means_line_search_equals_the_dense_means():
     # group design: μ kept as row means (expanded per gene in the kernel) or as the G×m matrix
-    from pyflashmm.nbglm import dispersion as D
+    from pyflashmm._nbglm import dispersion as D
 
     rng = np.random.default_rng(14)
     Y, X = _sim(rng, m=24, G=40)

@@ -47,16 +47,16 @@ from pyflashmm._kernels.linalg import (
     cholesky_lower,
     forward_substitute,
 )
-
-# status codes (mirrored in pyflashmm.lmm.STATUS_NAMES)
-OK = 0
-BOUNDARY = 1
-MAX_ITER = 2
-ZERO_VARIANCE = 3
-NOT_POSITIVE_DEFINITE = 4
-LINE_SEARCH_FAILED = 5
-SINGULAR_INFORMATION = 6
-PD_BOUNDARY = 7
+from pyflashmm._status import (
+    BOUNDARY,
+    LINE_SEARCH_FAILED,
+    MAX_ITER,
+    NOT_POSITIVE_DEFINITE,
+    OK,
+    PD_BOUNDARY,
+    SINGULAR_INFORMATION,
+    ZERO_VARIANCE,
+)
 
 _LOG_2PI = np.log(2.0 * np.pi)
 _MAX_HALVINGS = 40

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from pyflashmm.design import r_spelling
+from pyflashmm._design import r_spelling
 
 __all__ = ["contrast_matrix"]
 
@@ -312,3 +312,75 @@ def contrast_matrix(contrasts, names) -> pd.DataFrame:
             raise ValueError(f"contrasts: contrast {label!r} has non-finite coefficients")
         mat[:, l] = vec + 0.0  # no negative zeros
     return pd.DataFrame(mat, index=pd.Index(cols), columns=pd.Index(labels))
+
+
+def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
+    """Normalise ``contrast``/``index`` to {name: p × r matrix} over the coefficients ``names``."""
+    names = list(names)
+    p = len(names)
+    if contrast is None:
+        if index is None:
+            index = list(range(p))
+        idx = [index] if isinstance(index, str | int | np.integer) else list(index)
+        out = {}
+        for i in idx:
+            j = names.index(i) if isinstance(i, str) and i in names else i
+            if isinstance(j, str) or not 0 <= int(j) < p:
+                close = _close(str(i), names)
+                raise ValueError(f"index: unknown coefficient {i!r}{close}")
+            e = np.zeros((p, 1))
+            e[int(j), 0] = 1.0
+            out[names[int(j)]] = e
+        return out
+    if index is not None:
+        raise TypeError("pass either contrast or index, not both")
+    if isinstance(contrast, pd.DataFrame):
+        mat = contrast.reindex(names)
+        if mat.isna().any().any():
+            missing = [n for n in names if n not in contrast.index]
+            raise ValueError(f"contrast: rows missing for coefficients {missing}")
+        return {str(c): mat[[c]].to_numpy(dtype=np.float64) for c in mat.columns}
+    if isinstance(contrast, np.ndarray):
+        arr = np.asarray(contrast, dtype=np.float64)
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        if arr.shape[0] != p:
+            raise ValueError(f"contrast has {arr.shape[0]} rows but the fit has p = {p}")
+        return {f"c{j}": arr[:, [j]] for j in range(arr.shape[1])}
+    if isinstance(contrast, str):
+        contrast = {contrast: contrast}
+    elif isinstance(contrast, list | tuple):
+        contrast = {str(c): c for c in contrast}
+    if not isinstance(contrast, Mapping):
+        raise TypeError(
+            "contrast must be a dict, str, list of str, ndarray or DataFrame; "
+            f"got {type(contrast).__name__}"
+        )
+    out = {}
+    for key, value in contrast.items():
+        if isinstance(value, str) or (
+            isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        ):
+            exprs = [value] if isinstance(value, str) else list(value)  # a list: a joint test
+            out[str(key)] = _parse(exprs, names, str(key))
+        else:
+            arr = np.asarray(value, dtype=np.float64)
+            arr = arr[:, None] if arr.ndim == 1 else arr
+            if arr.ndim != 2 or arr.shape[0] != p:
+                raise ValueError(f"contrast {key!r} must have p = {p} rows; got {arr.shape}")
+            out[str(key)] = arr
+    return out
+
+
+def _parse(expressions: list[str], names: list[str], label: str) -> np.ndarray:
+    """p × r matrix of the expressions (r > 1: the rows of one joint hypothesis)."""
+    if len(expressions) == 1:
+        return contrast_matrix({label: expressions[0]}, names).to_numpy(dtype=np.float64)
+    try:
+        return contrast_matrix(expressions, names).to_numpy(dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"joint contrast {label!r}: {exc}") from None
+
+
+def _close(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3)
+    return f"; close matches: {close}" if close else ""

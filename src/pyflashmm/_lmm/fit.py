@@ -26,25 +26,15 @@ import pandas as pd
 import scipy.linalg
 from tqdm.auto import tqdm
 
-from pyflashmm import _checks
+from pyflashmm import _checks, _status
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import lmm as _k
+from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
 from pyflashmm._pvalues import t_two_sided
-from pyflashmm.sumstats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
+from pyflashmm._status import STATUS_NAMES
 
-#: names of the per-gene status codes returned by the kernels, indexed by code
-STATUS_NAMES = (
-    "ok",
-    "boundary",
-    "max_iter",
-    "zero_variance",
-    "not_positive_definite",
-    "line_search_failed",
-    "singular_information",
-    "pd_boundary",
-)
 #: statuses whose estimates are NaN (no usable fit)
-_FAILED = (_k.ZERO_VARIANCE, _k.NOT_POSITIVE_DEFINITE, _k.SINGULAR_INFORMATION)
+_FAILED = (_status.ZERO_VARIANCE, _status.NOT_POSITIVE_DEFINITE, _status.SINGULAR_INFORMATION)
 _METHODS = ("REML", "ML")
 _ENGINES = ("auto", "eigen", "dense")
 
@@ -505,7 +495,9 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
                 cov[g] = v
 
     # C = σ²XᵀV⁻¹X not PD: no usable β̂ (a pd_boundary gene keeps its more telling status)
-    status = np.where((bad == 1) & (status != _k.PD_BOUNDARY), _k.NOT_POSITIVE_DEFINITE, status)
+    status = np.where(
+        (bad == 1) & (status != _status.PD_BOUNDARY), _status.NOT_POSITIVE_DEFINITE, status
+    )
     failed = np.isin(status, _FAILED)
     theta[failed] = np.nan
     score[failed] = np.nan
@@ -516,7 +508,7 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
     df = float(n_ - p)
     pval = t_two_sided(tval, df)
     se_theta = _k.inverse_information_diagonal(info)
-    converged = np.isin(status, (_k.OK, _k.BOUNDARY))
+    converged = np.isin(status, (_status.OK, _status.BOUNDARY))
     status_names = np.asarray(STATUS_NAMES, dtype=object)[status]
 
     if warn and not converged.all():

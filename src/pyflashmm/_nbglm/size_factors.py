@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pyflashmm._kernels import nb as _nb
-from pyflashmm.nbglm._util import as_counts
+from pyflashmm._nbglm._util import as_counts
 
 METHODS = ("ratio", "poscounts", "normed_sum", "iterate")
 
@@ -66,7 +66,7 @@ def size_factors_checked(Y, method: str):
             raise ValueError(f"counts: sample {int(np.argmin(tot))} has zero total count")
         return tot / np.exp(np.mean(np.log(tot)))
     if method == "iterate":
-        from pyflashmm.nbglm.glm import _size_factors_iterate
+        from pyflashmm._nbglm.glm import _size_factors_iterate
 
         return _size_factors_iterate(Y)
     if method == "ratio":

@@ -6,7 +6,7 @@ scale with a ridge λ = 1e-6 on the log2 scale (λ/ln²2 on the natural scale) a
 log2 fold changes β/ln 2.
 
 Pipeline (DESeq2 1.38, ``DESeq()`` defaults): size factors → dispersions (see
-:mod:`pyflashmm.nbglm.dispersion`) → IRLS (``_kernels.nb.fit_beta_rows``; non-converged genes are
+:mod:`pyflashmm._nbglm.dispersion`) → IRLS (``_kernels.nb.fit_beta_rows``; non-converged genes are
 refitted by L-BFGS-B on the log2 scale within [−30, 30]) → Wald z (or t with m − p df) or LRT
 χ²_{Δp} → Cook's distances D_ij = r²_ij/p · h_ij/(1−h_ij)² with
 r² = (y−μ)²/(μ + α̃μ²), α̃ a robust moment estimate → replacement of outliers (D > F_{0.99}(p,
@@ -27,11 +27,12 @@ from scipy import optimize, stats
 
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nb as _nb
-from pyflashmm.nbglm import dispersion as _disp
-from pyflashmm.nbglm._util import as_counts, p_adjust_bh, r_quantile, row_groups, trimmed_mean
-from pyflashmm.nbglm.count_block import CountBlock
-from pyflashmm.nbglm.size_factors import METHODS as SIZE_FACTOR_METHODS
-from pyflashmm.nbglm.size_factors import size_factors_checked as _size_factors_checked
+from pyflashmm._multitest import bh_adjust
+from pyflashmm._nbglm import dispersion as _disp
+from pyflashmm._nbglm._util import as_counts, r_quantile, row_groups, trimmed_mean
+from pyflashmm._nbglm.count_block import CountBlock
+from pyflashmm._nbglm.size_factors import METHODS as SIZE_FACTOR_METHODS
+from pyflashmm._nbglm.size_factors import size_factors_checked as _size_factors_checked
 
 LN2 = math.log(2.0)
 
@@ -428,7 +429,7 @@ def _independent_filtering(base_mean, pvalue, alpha):
     for k, c in enumerate(cutoffs):
         use = filt >= c
         if use.any():
-            padj[use, k] = p_adjust_bh(pvalue[use])
+            padj[use, k] = bh_adjust(pvalue[use])
     with np.errstate(invalid="ignore"):
         num_rej = np.sum(padj < alpha, axis=0)
     delta = 0.01 * (theta[-1] - theta[0])
@@ -740,7 +741,7 @@ def nbglm(counts, X, *, size_factors="ratio", fit_type="parametric", test="wald"
     if independent_filtering:
         padj, thr = _independent_filtering(bmean, pval, alpha)
     else:
-        padj = p_adjust_bh(pval)
+        padj = bh_adjust(pval)
     nconv = int(np.sum(~converged[~all_zero]))
     if nconv:
         warnings.warn(f"{nconv} genes did not converge in the GLM fit", RuntimeWarning,

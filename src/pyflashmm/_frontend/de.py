@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from pyflashmm._checks import MissingColumnError
-from pyflashmm.inference import bh_adjust, lmmtest
-from pyflashmm.lmm import lmm
-from pyflashmm.sumstats import DEFAULT_CHUNK_SIZE, summary_stats
+from pyflashmm._lmm.fit import lmm
+from pyflashmm._lmm.inference import lmmtest
+from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, summary_stats
+from pyflashmm._multitest import bh_adjust
 
 _METHODS = ("lmm", "nbglm", "pseudobulk")
 
@@ -107,7 +108,7 @@ def de(
         One row per (gene, contrast): ``variable``, ``contrast``, ``log_fc``, ``se``, ``stat``,
         ``df``, ``p_value``, ``adj_p_value``, ``method`` and method-specific extras.
     """
-    from pyflashmm.design import design
+    from pyflashmm._design import design
 
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
@@ -126,7 +127,7 @@ def de(
     if method == "nbglm":
         dsg = design(obs, fixed, None)
         return _nb_table(counts, dsg, genes, contrast, preset="single_cell", **kwargs)
-    from pyflashmm.nbglm import pseudobulk
+    from pyflashmm._pseudobulk import pseudobulk
 
     if random is None or not isinstance(random, str):
         raise ValueError("method='pseudobulk' needs random = one grouping column (e.g. 'sam')")
@@ -155,8 +156,8 @@ def _carry_constant_columns(obs: pd.DataFrame, groups: pd.DataFrame, by: list[st
 
 def _nb_table(counts, dsg, genes, contrast, **kwargs) -> pd.DataFrame:
     """Run the NB GLM once per contrast and stack the tidy tables."""
-    from pyflashmm.inference import as_contrasts
-    from pyflashmm.nbglm import nbglm
+    from pyflashmm._contrasts import as_contrasts
+    from pyflashmm._nbglm.glm import nbglm
 
     names = list(dsg.fixed_names)
     X = pd.DataFrame(dsg.X, columns=names)

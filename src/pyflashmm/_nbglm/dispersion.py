@@ -30,8 +30,8 @@ import numpy as np
 from scipy import signal, special, stats
 
 from pyflashmm._kernels import nb as _nb
-from pyflashmm.nbglm._util import mad, row_groups, trimmed_mean
-from pyflashmm.nbglm.count_block import CountBlock
+from pyflashmm._nbglm._util import mad, row_groups, trimmed_mean
+from pyflashmm._nbglm.count_block import CountBlock
 
 MIN_DISP = 1e-8
 
@@ -165,7 +165,7 @@ def fit_disp_line(Y, MU, X, log_alpha0, *, prior_mean=None, prior_var=1.0, use_p
     terms (exact: such samples have the same fitted μ, which the kernel checks). With
     :class:`RowMeans` indexed by the rows of X the classes come from its size factors (their
     μ is shared by construction) and ``sf`` is not needed. ``Y`` is a G×m array (dense or
-    sparse) or a :class:`~pyflashmm.nbglm.count_block.CountBlock`.
+    sparse) or a :class:`~pyflashmm._nbglm.count_block.CountBlock`.
     """
     Y = CountBlock.of(Y)
     G = Y.shape[0]

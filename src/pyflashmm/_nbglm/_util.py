@@ -72,24 +72,6 @@ def r_quantile(x, probs):
     return np.quantile(np.asarray(x, dtype=np.float64), probs, method="linear")
 
 
-def p_adjust_bh(p):
-    """Benjamini–Hochberg adjusted p-values; NaN stays NaN and is not counted in n."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    n = q.size
-    if n == 0:
-        return out
-    order = np.argsort(q)[::-1]
-    ranks = np.arange(n, 0, -1)
-    adj = np.minimum.accumulate(q[order] * n / ranks)
-    res = np.empty(n)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
-    return out
-
-
 _ROW_GROUPS_CACHE: dict = {}
 
 

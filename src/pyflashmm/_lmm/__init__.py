@@ -1,0 +1,1 @@
+"""The linear mixed model from summary statistics: statistics, fit, inference."""
