@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pyflashmm._contrasts import contrast_matrix
 from pyflashmm._design import Design, design
-from pyflashmm._frontend.de import de, to_rank_genes_groups
+from pyflashmm._frontend.de import LogTransformWarning, PseudoreplicationWarning, de
+from pyflashmm._frontend.rank_genes_groups import to_rank_genes_groups
 from pyflashmm._lmm.fit import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm._lmm.inference import lmmtest, lrt, random_effects, vctest
 from pyflashmm._lmm.stats import SummaryStats, summary_stats
@@ -21,7 +22,9 @@ __all__ = [
     "ConvergenceWarning",
     "Design",
     "LmmFit",
+    "LogTransformWarning",
     "NbGlmFit",
+    "PseudoreplicationWarning",
     "SimulatedData",
     "SummaryStats",
     "__version__",

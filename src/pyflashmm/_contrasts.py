@@ -334,6 +334,10 @@ def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
         return out
     if index is not None:
         raise TypeError("pass either contrast or index, not both")
+    if isinstance(contrast, Mapping | list | tuple | str) and len(contrast) == 0:
+        raise ValueError(
+            "contrast is empty: give at least one contrast, or None to test every coefficient"
+        )
     if isinstance(contrast, pd.DataFrame):
         mat = contrast.reindex(names)
         if mat.isna().any().any():

@@ -1,9 +1,13 @@
 """Pseudobulk aggregation: Y_pb[g, :] = Σ_{cells c in group g} Y[c, :].
 
-Groups are the distinct combinations of the ``by`` columns of ``obs`` (in order of first
-appearance). Backed or very large inputs are streamed over chunks of cells: sparse chunks are
-added entry by entry into the groups × genes output (never densified or converted), dense
+Groups are the distinct combinations of the ``by`` columns of the cell table (in order of
+first appearance). Backed or very large inputs are streamed over chunks of cells: sparse chunks
+are added entry by entry into the groups × genes output (never densified or converted), dense
 chunks through an indicator-matrix product. Memory beyond the output is one chunk.
+
+The group table keeps, besides the ``by`` columns, every cell-table column that is constant
+within each group (a donor's condition, age, sex, batch, …), as decoupler's pseudobulk does, so
+that a sample-level design can be built from it directly.
 """
 
 from __future__ import annotations
@@ -12,63 +16,185 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pyflashmm._checks import MissingColumnError
 from pyflashmm._kernels.aggregate import add_rows_by_group_csr
 
 
-def pseudobulk(counts, obs, by=("sam", "cls"), *, chunk_size: int = 10_000):
+def _as_frame_by(by) -> list[str]:
+    if by is None:
+        raise TypeError(
+            "by: give the column(s) that define a pseudobulk sample, e.g. by='donor_id' or "
+            "by=['donor_id', 'cell_type']"
+        )
+    cols = [by] if isinstance(by, str) else list(by)
+    if not cols or not all(isinstance(c, str) for c in cols):
+        raise TypeError(f"by must be a column name or a list of column names; got {by!r}")
+    if len(set(cols)) != len(cols):
+        raise ValueError(f"by: columns are repeated: {cols}")
+    return cols
+
+
+def group_labels(obs: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The group of every cell (0, 1, … in order of first appearance) and the first cell of
+    each group."""
+    missing = [b for b in by if b not in obs.columns]
+    if missing:
+        raise MissingColumnError(f"by: columns {missing} are not in obs (columns: "
+                                 f"{[str(c) for c in obs.columns][:20]})")  # fmt: skip
+    for b in by:
+        na = obs[b].isna().to_numpy()
+        if na.any():
+            i = int(np.flatnonzero(na)[0])
+            raise ValueError(
+                f"by: column {b!r} has missing values; first at row {i} (index label "
+                f"{obs.index[i]!r})"
+            )
+    codes = [pd.factorize(obs[b], sort=False)[0].astype(np.int64) for b in by]
+    key = codes[0]
+    for c in codes[1:]:
+        key = key * (int(c.max()) + 1) + c
+    _, first, lab = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    remap = np.empty_like(order)
+    remap[order] = np.arange(order.size)
+    return remap[lab.ravel()], first[order]
+
+
+def sample_table(obs: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """The group of every cell and the group table: the ``by`` columns and every other column
+    of ``obs`` that is constant within each group (a categorical keeps its categories)."""
+    lab, first = group_labels(obs, by)
+    table = obs.iloc[first][by].reset_index(drop=True)
+    for col in obs.columns:
+        if col in by:
+            continue
+        codes = pd.factorize(obs[col], sort=False, use_na_sentinel=False)[0]
+        if np.array_equal(codes, codes[first][lab]):
+            table[col] = obs[col].iloc[first].reset_index(drop=True)
+    return lab, table
+
+
+def varying_example(obs: pd.DataFrame, lab: np.ndarray, col: str):
+    """Two values of ``col`` that differ within one group (for messages)."""
+    codes = pd.factorize(obs[col], sort=False, use_na_sentinel=False)[0]
+    first_code = np.full(lab.max() + 1, -1)
+    first_code[lab[::-1]] = codes[::-1]
+    i = int(np.flatnonzero(codes != first_code[lab])[0])
+    j = int(np.flatnonzero(lab == lab[i])[0])
+    return obs[col].iloc[j], obs[col].iloc[i]
+
+
+def _check_chunk(block, start: int) -> None:
+    values = block.data if sp.issparse(block) else block
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"counts must hold real numbers; got dtype {values.dtype}")
+    if values.size == 0:
+        return
+    if not np.isfinite(values).all():
+        raise ValueError(f"counts contain NaN or Inf (cells {start}:{start + block.shape[0]})")
+    if values.min() < 0:
+        raise ValueError(
+            f"counts contain negative values (cells {start}:{start + block.shape[0]}): a "
+            "pseudobulk sums raw counts; pass the counts layer (layer='counts')"
+        )
+
+
+def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
+               chunk_size: int = 10_000):  # fmt: skip
     """Summed counts per group of cells and the group table.
 
     Parameters
     ----------
-    counts : array_like, scipy.sparse matrix or AnnData-backed matrix, shape (n_cells, G)
-    obs : pandas.DataFrame, n_cells rows, holding the ``by`` columns.
-    by : sequence of str
-        Grouping columns (e.g. sample and cell type).
+    data : AnnData, or array_like / scipy.sparse / backed matrix of shape (n_cells, G)
+        Counts, cells × genes. An AnnData (in memory or backed) gives ``obs`` and gene names.
+    obs : pandas.DataFrame, optional
+        One row per cell, holding the ``by`` columns (required unless ``data`` is an AnnData).
+    by : str or sequence of str
+        Grouping columns: the sample (e.g. ``"donor_id"``) and, for per-cell-type pseudobulks,
+        the cell type (``["donor_id", "cell_type"]``).
+    layer : str, optional
+        AnnData layer holding the counts (default ``X``).
+    gene_names : sequence of str, optional
+        Default: the AnnData's ``var_names``, a DataFrame's columns, or ``gene0, gene1, …``.
     chunk_size : int
         Cells per chunk when streaming.
 
     Returns
     -------
-    (numpy.ndarray of shape (n_groups, G), pandas.DataFrame)
-        Summed counts and the group table: the ``by`` columns, ``n_cells`` and ``libsize``
-        (total counts of the group).
+    counts : pandas.DataFrame, groups × genes
+        Summed counts (float64), columns = gene names, index = sample names (the ``by`` values
+        joined by ``"_"``).
+    groups : pandas.DataFrame
+        One row per group, same index: the ``by`` columns, every obs column constant within the
+        groups, ``n_cells`` and ``libsize`` (the group's total count).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Missing ``by``, columns not in ``obs``, missing values in them, negative, NaN or
+        non-numeric counts.
     """
-    if isinstance(by, str):
-        by = [by]
-    by = list(by)
-    if not isinstance(obs, pd.DataFrame):
-        raise TypeError("obs must be a pandas DataFrame")
-    missing = [b for b in by if b not in obs.columns]
-    if missing:
-        raise ValueError(f"by: columns {missing} not in obs")
-    n = counts.shape[0]
-    if len(obs) != n:
-        raise ValueError(f"obs has {len(obs)} rows, counts has {n} cells")
-    if obs[by].isna().any().any():
-        raise ValueError("by columns of obs contain missing values")
-    keys = obs[by].astype(str).agg("\x1f".join, axis=1).to_numpy() if len(by) > 1 else (
-        obs[by[0]].astype(str).to_numpy())  # fmt: skip
-    uniq, first, lab = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    remap = np.empty_like(order)
-    remap[order] = np.arange(order.size)
-    lab = remap[lab.ravel()]
-    ng = order.size
-    G = counts.shape[1]
+    from pyflashmm._frontend.inputs import open_cells
+
+    by = _as_frame_by(by)
+    if obs is None:
+        cells = open_cells(data, layer)
+    else:
+        cells = open_cells((data, obs), None)
+        if layer is not None:
+            raise ValueError("layer: only an AnnData has layers; pass the counts matrix itself")
+    try:
+        return _pseudobulk(cells, by, gene_names, chunk_size)
+    finally:
+        cells.close()
+
+
+def _pseudobulk(cells, by, gene_names, chunk_size):
+    if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    n, G = cells.shape
+    if len(cells.obs) != n:
+        raise ValueError(f"obs has {len(cells.obs)} rows, counts has {n} cells")
+    genes = cells.gene_names if gene_names is None else [str(g) for g in gene_names]
+    if len(genes) != G:
+        raise ValueError(f"gene_names has {len(genes)} entries for {G} genes")
+    lab, table = sample_table(cells.obs, by)
+    return sum_counts(cells, lab, table, by, genes, chunk_size)
+
+
+def sum_counts(cells, lab, table, by, genes, chunk_size):
+    """The summed counts of each group (groups × genes DataFrame) and the group table with
+    ``n_cells`` and ``libsize`` added, both indexed by sample name."""
+    counts = cells.counts
+    n, G = cells.shape
+    ng = len(table)
     out = np.zeros((ng, G))
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         chunk = counts[start:stop]
+        if hasattr(chunk, "compute"):
+            chunk = chunk.compute()
         if sp.issparse(chunk):
-            chunk = chunk.tocsr()
-            add_rows_by_group_csr(out, chunk.data, chunk.indices, chunk.indptr, lab[start:stop])
+            chunk = sp.csr_matrix(chunk)
+            if not chunk.has_canonical_format:
+                chunk = chunk.copy()
+                chunk.sum_duplicates()
+            _check_chunk(chunk, start)
+            data = np.ascontiguousarray(chunk.data, dtype=np.float64)
+            add_rows_by_group_csr(out, data, chunk.indices, chunk.indptr, lab[start:stop])
         else:
+            chunk = np.asarray(chunk)
+            _check_chunk(chunk, start)
             ind = sp.csr_matrix(
                 (np.ones(stop - start), (lab[start:stop], np.arange(stop - start))),
                 shape=(ng, stop - start),
             )
             out += ind @ np.asarray(chunk, dtype=np.float64)
-    table = obs.iloc[first[order]][by].reset_index(drop=True).copy()
+    table = table.copy()
     table["n_cells"] = np.bincount(lab, minlength=ng)
     table["libsize"] = out.sum(axis=1)
-    return out, table
+    names = table[by].astype(str).agg("_".join, axis=1) if len(by) > 1 else (
+        table[by[0]].astype(str))  # fmt: skip
+    index = pd.Index(names, name="sample") if names.is_unique else pd.RangeIndex(ng, name="sample")
+    table.index = index
+    return pd.DataFrame(out, index=index, columns=pd.Index(genes)), table

@@ -1,18 +1,264 @@
-"""Command line: ``pyflashmm <command> ...`` (argparse).
+"""Command line: ``pyflashmm de ...`` and ``pyflashmm simulate ...`` (argparse).
 
-Each command lives in its own module and contributes two functions: ``add_parser(subparsers)``
-registers its arguments, and the parser's ``func`` default runs it and returns an exit code.
-Errors a user can fix (a missing file, an unknown column) are one line on stderr and exit code 2.
+Errors a user can fix (a missing file, an unknown column, a bad option) are one line on stderr
+naming the option, and exit code 2; long work shows progress on stderr unless ``--quiet``.
+The validation suite is a repository tool, not part of the package: ``python -m validation``
+(``make reproduce``) in a source checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from pathlib import Path
 
-#: modules that define ``add_parser(subparsers)``, in the order ``--help`` lists them
-COMMAND_MODULES = ("pyflashmm._cli_reproduce", "pyflashmm._cli_de", "pyflashmm._cli_simulate")
+DE_EPILOG = """\
+examples:
+  # LMM on log2(1 + counts) with a donor random intercept; condition within each cell type
+  pyflashmm de pbmc.h5ad --layer counts \\
+      --fixed "~ 0 + log(n_counts) + cell_type + cell_type:condition" --random "(1|donor_id)" \\
+      --contrast "stim_in_B=cell_typeB cell:conditionstim" -o lmm.csv
+
+  # pseudobulk NB GLM (DESeq2) per cell type, donors as samples
+  pyflashmm de pbmc.h5ad --layer counts --method pseudobulk --random donor_id \\
+      --cell-type cell_type --fixed "~ condition" --contrast "stim=conditionstim" -o pb.csv
+
+  The table has one row per (gene, contrast[, cell type]): variable, contrast, [cell_type],
+  log_fc, se, stat, df, p_value, adj_p_value (BH per contrast and cell type), method, ...
+  log_fc is a log2 fold change for the NB methods and a difference of mean log2(1 + count)
+  for the LMM. A one-line summary goes to stderr.
+"""
+
+
+class _UsageError(ValueError):
+    """A command-line option that cannot be used (reported as ``error: ...``, exit code 2)."""
+
+
+def _existing_file(path: str, option: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise _UsageError(f"{option}: no such file: {p}")
+    return p
+
+
+def _output_path(path: str, option: str = "-o/--output") -> Path:
+    out = Path(path)
+    if not out.resolve().parent.is_dir():
+        raise _UsageError(f"{option}: the folder {out.resolve().parent} does not exist")
+    if out.is_dir():
+        raise _UsageError(f"{option}: {out} is a folder; give a file name")
+    return out
+
+
+# ----------------------------------------------------------------------------- pyflashmm de
+
+
+def _add_de(subparsers) -> None:
+    p = subparsers.add_parser(
+        "de",
+        help="differential expression of an .h5ad file (LMM, pseudobulk or cell-level NB GLM)",
+        description="Fit per-gene models to the counts of an .h5ad file and test contrasts.",
+        epilog=DE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="AnnData .h5ad file (read from disk in cell chunks)")
+    p.add_argument("--fixed", required=True, help='fixed-effects formula, e.g. "~ condition"')
+    p.add_argument(
+        "--random", action="append", default=None, metavar="TERM",
+        help='donor grouping: a column or lme4 terms, e.g. "(1|donor_id)" (repeatable)',
+    )  # fmt: skip
+    p.add_argument(
+        "--contrast", action="append", default=None, metavar="NAME=EXPR",
+        help='contrast to test, e.g. "stim=conditionstim" (repeatable; default: every '
+        "coefficient)",
+    )  # fmt: skip
+    p.add_argument("--method", default="lmm", choices=["lmm", "pseudobulk", "nbglm"])
+    p.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
+    p.add_argument(
+        "--cell-type", default=None, metavar="COLUMN",
+        help="pseudobulk: fit one model per cell type of this column",
+    )  # fmt: skip
+    p.add_argument(
+        "--pooled", action="store_true",
+        help="pseudobulk with --cell-type: one pooled model over cell types (pseudoreplication)",
+    )  # fmt: skip
+    p.add_argument("--transform", default="log2p1", choices=["log2p1", "log1p", "none"],
+                   help="LMM: transform of the counts (default log2p1)")  # fmt: skip
+    p.add_argument("--df", default="satterthwaite", choices=["satterthwaite", "residual",
+                   "between"], help="LMM: denominator degrees of freedom")  # fmt: skip
+    p.add_argument("--ml", action="store_true", help="LMM: fit by ML instead of REML")
+    p.add_argument(
+        "--test", default=None, choices=["wald", "lrt"],
+        help="NB methods: the test (default: lrt at cell level, wald for pseudobulk)",
+    )  # fmt: skip
+    p.add_argument("--chunk-size", type=int, default=50_000, help="cells read at a time")
+    p.add_argument("-o", "--output", required=True, help="result CSV file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=_run_de)
+
+
+def _parse_contrasts(items):
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, expr = item.partition("=")
+        name, expr = name.strip(), expr.strip()
+        if not sep or not name or not expr:
+            raise _UsageError(f"--contrast must look like NAME=EXPR; got {item!r}")
+        if name in out:
+            raise _UsageError(f"--contrast: the name {name!r} is given twice")
+        out[name] = expr
+    return out
+
+
+def summary_line(table, output) -> str:
+    """One line: rows, genes, contrasts (cell types) and the calls at FDR 0.05."""
+    n_genes = table["variable"].nunique()
+    n_contrasts = table["contrast"].nunique()
+    parts = f"{n_genes} genes × {n_contrasts} contrast{'s' if n_contrasts != 1 else ''}"
+    if "cell_type" in table.columns:
+        parts += f" × {table['cell_type'].nunique()} cell types"
+    called = table["adj_p_value"] < 0.05
+    return (
+        f"pyflashmm de: {len(table)} rows ({parts}); {int(called.sum())} at FDR 0.05 "
+        f"({table.loc[called, 'variable'].nunique()} genes) -> {output}"
+    )
+
+
+def _run_de(args) -> int:
+    path = _existing_file(args.input, "input")
+    if path.suffix.lower() != ".h5ad":
+        raise _UsageError(f"input: {str(path)!r} is not an .h5ad file")
+    out = _output_path(args.output)
+    contrasts = _parse_contrasts(args.contrast)
+    if args.chunk_size <= 0:
+        raise _UsageError(f"--chunk-size must be a positive integer; got {args.chunk_size}")
+    if args.pooled and args.cell_type is None:
+        raise _UsageError("--pooled needs --cell-type")
+    from pyflashmm._frontend.de import de
+
+    random = args.random if args.random is None or len(args.random) > 1 else args.random[0]
+    table = de(
+        path,
+        fixed=args.fixed,
+        random=random,
+        contrast=contrasts,
+        method=args.method,
+        layer=args.layer,
+        cell_type=args.cell_type,
+        per_cell_type=not args.pooled,
+        transform=None if args.transform == "none" else args.transform,
+        reml=not args.ml,
+        df=args.df,
+        test=args.test,
+        chunk_size=args.chunk_size,
+        progress=False if args.quiet else None,
+    )
+    table.to_csv(out, index=False)
+    if not args.quiet:
+        print(summary_line(table, out), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- pyflashmm simulate
+
+
+def _add_simulate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate multi-subject scRNA-seq counts (FLASHMM's simuRNAseq model)",
+        description=(
+            "Simulate NB counts with subject random effects and cluster-specific DE genes "
+            "and write them (cells x genes, sparse) with the truth to an .h5ad file. The cell "
+            "table has the simulator's columns sam (subject), cls (cluster), trt (arm), libsize."
+        ),
+    )
+    p.add_argument("-o", "--output", required=True, help="output .h5ad path")
+    p.add_argument(
+        "--reference",
+        help="reference .h5ad (cells x genes counts; obs may hold sam/cls/trt); "
+        "default: FLASHMM's synthetic reference",
+    )
+    p.add_argument("--n-genes", type=int, default=None, help="genes (required w/o reference)")
+    p.add_argument("--n-cells", type=int, default=None, help="cells (required w/o reference)")
+    p.add_argument("--n-samples", type=int, default=25, help="subjects (default 25)")
+    p.add_argument("--n-clusters", type=int, default=10, help="cell types (default 10)")
+    p.add_argument("--n-treatments", type=int, default=2, help="conditions (default 2)")
+    p.add_argument("--treatment", default=None, help="treated condition (default: last)")
+    p.add_argument("--n-de-genes", type=int, default=None, help="DE genes (default n-clusters)")
+    p.add_argument("--direction", choices=("both", "up", "down"), default="both")
+    p.add_argument("--min-beta", type=float, default=0.25, help="min |logFC| (natural log)")
+    p.add_argument("--max-beta", type=float, default=1.0, help="max |logFC| (natural log)")
+    p.add_argument("--var-random-effects", type=float, default=0.1, help="subject variance")
+    p.add_argument(
+        "--var-subject-cluster", type=float, default=0.0, help="subject x cluster variance"
+    )
+    p.add_argument("--not-nested", action="store_true", help="subjects are seen in every condition")
+    p.add_argument(
+        "--no-adjust-library-size", action="store_true", help="same library size for all cells"
+    )
+    p.add_argument("--null", action="store_true", help="no DE genes (calibration data)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (a non-negative integer)")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args) -> int:
+    from pyflashmm._simulate import simulate_rnaseq
+
+    out = _output_path(args.output)
+    if args.seed is not None and args.seed < 0:
+        raise _UsageError(f"--seed must be a non-negative integer; got {args.seed}")
+    for option in ("n_genes", "n_cells", "n_samples", "n_clusters", "n_treatments"):
+        value = getattr(args, option)
+        if value is not None and value <= 0:
+            raise _UsageError(f"--{option.replace('_', '-')} must be positive; got {value}")
+    counts = None
+    if args.reference is not None:
+        ref = _existing_file(args.reference, "--reference")
+        if ref.suffix.lower() != ".h5ad":
+            raise _UsageError(f"--reference: {str(ref)!r} is not an .h5ad file")
+        import anndata
+
+        try:
+            counts = anndata.read_h5ad(ref)
+        except OSError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise _UsageError(f"--reference: cannot read {ref} as .h5ad ({reason})") from None
+    elif args.n_genes is None or args.n_cells is None:
+        raise _UsageError("--n-genes and --n-cells are required without --reference")
+    sim = simulate_rnaseq(
+        counts,
+        n_genes=args.n_genes,
+        n_cells=args.n_cells,
+        samples_nested=not args.not_nested,
+        n_samples=args.n_samples,
+        n_clusters=args.n_clusters,
+        n_treatments=args.n_treatments,
+        treatment=args.treatment,
+        n_de_genes=args.n_de_genes,
+        adjust_library_size=not args.no_adjust_library_size,
+        direction=args.direction,
+        min_beta=args.min_beta,
+        max_beta=args.max_beta,
+        var_random_effects=args.var_random_effects,
+        var_subject_cluster=args.var_subject_cluster,
+        null=args.null,
+        rng=args.seed,
+    )
+    sim.write_h5ad(out)
+    if not args.quiet:
+        n, g = sim.counts.shape
+        print(
+            f"wrote {out}: {n} cells x {g} genes, {sim.counts.nnz} non-zeros, "
+            f"{len(sim.de_genes)} DE genes, treated arm {sim.treatment}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fast LMMs from summary statistics and NB GLMs for single-cell DE.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+    _add_de(subparsers)
+    _add_simulate(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pyflashmm``; returns the exit code (2 for errors a user can fix)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -2,55 +2,79 @@
 
 Methods
 -------
-``"lmm"``
-    FLASHMM's approach: log-transformed counts (``transform``, default log2(1 + y)), the
-    linear mixed model of :func:`pyflashmm.lmm` fitted from summary statistics streamed over
-    cell chunks, and :func:`pyflashmm.lmmtest` (Satterthwaite df by default). ``log_fc`` is on
-    the model's scale (log2(1 + count) units with the default transform).
-``"nbglm"``
-    The cell-level DESeq2-style negative-binomial GLM (:func:`pyflashmm.nbglm` with
-    ``preset="single_cell"``); ``random`` is ignored (the GLM has no random effects).
+``"lmm"`` (default)
+    FLASHMM's approach: the counts are log-transformed (``transform``, default log2(1 + y)),
+    the linear mixed model y = Xβ + Σₖ Zₖbₖ + ε of :func:`pyflashmm.lmm` is fitted per gene
+    from summary statistics streamed over cell chunks, and contrasts are tested by
+    :func:`pyflashmm.lmmtest` (Satterthwaite df by default). ``random`` names the grouping of
+    the cells (the donor): cells of one donor share its random effect.
 ``"pseudobulk"``
-    Counts summed per (``random`` grouping, cell type) with :func:`pyflashmm.pseudobulk`, then
-    DESeq2's defaults on the pseudobulk samples; the ``fixed`` formula is evaluated on the
-    group table, so its variables must be constant within groups.
+    Counts are summed per sample (the ``random`` grouping columns, e.g. the donor), and with
+    ``cell_type=`` per sample and cell type; one DESeq2-style NB GLM (:func:`pyflashmm.nbglm`
+    with DESeq2's defaults) is fitted per cell type on that type's samples, as muscat and
+    dreamlet do. ``fixed`` is evaluated on the sample table, so its variables must be constant
+    within samples.
+``"nbglm"``
+    The cell-level NB GLM (:func:`pyflashmm.nbglm` with ``preset="single_cell"``). It has no
+    random effect: the cells are treated as independent replicates.
+
+Why the cell-level NB GLM is not the default
+--------------------------------------------
+Cells of one donor are not independent: they share the donor's genotype, environment and
+sample handling. A model that treats each cell as a replicate tests a donor-level variable
+(condition, disease) with thousands of "replicates" where there are a handful of donors, and
+calls hundreds of genes without any real difference (Squair et al., Nat Commun 2021; Zimmerman
+et al., Nat Commun 2021). Use ``"pseudobulk"`` or ``"lmm"`` for donor-level variables; a
+``random`` grouping given to ``"nbglm"`` is ignored with a :class:`PseudoreplicationWarning`.
+For the same reason, one pooled pseudobulk model over (donor × cell type) samples
+(``per_cell_type=False``) treats the cell types of one donor as independent samples, and warns.
+
+Scale of ``log_fc``
+-------------------
+* ``"lmm"``: the contrast cᵀβ on the model's own scale. With ``transform="log2p1"`` it is a
+  difference of mean log2(1 + count), not a log2 fold change of mean counts (close to one only
+  for highly expressed genes); with ``"log1p"`` the same in natural logarithms; with ``None``
+  on the scale of the values.
+* ``"nbglm"`` and ``"pseudobulk"``: the log2 fold change of the NB mean (DESeq2's
+  ``log2FoldChange``).
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from pyflashmm._checks import MissingColumnError
+from pyflashmm._design import _parse_formula, design
+from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import lmmtest
 from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, summary_stats
-from pyflashmm._multitest import bh_adjust
+from pyflashmm._nbglm.glm import nbglm
+from pyflashmm._pseudobulk import sample_table, sum_counts, varying_example
 
-_METHODS = ("lmm", "nbglm", "pseudobulk")
+METHODS = ("lmm", "nbglm", "pseudobulk")
+_TRANSFORMS = (None, "log1p", "log2p1")
+
+#: the scale of ``log_fc`` per method (and LMM transform), as recorded in ``table.attrs``
+LOG_FC_SCALE = {
+    ("lmm", "log2p1"): "difference of mean log2(1 + count) (LMM model scale)",
+    ("lmm", "log1p"): "difference of mean ln(1 + count) (LMM model scale)",
+    ("lmm", None): "difference on the scale of the values (LMM model scale)",
+    "nbglm": "log2 fold change of the NB mean",
+    "pseudobulk": "log2 fold change of the NB mean (pseudobulk samples)",
+}
 
 
-def _unpack(data, layer):
-    """(counts, obs, gene names) from an AnnData (in memory or backed) or a (counts, obs) pair."""
-    if isinstance(data, tuple | list) and len(data) == 2:
-        counts, obs = data
-        if not isinstance(obs, pd.DataFrame):
-            raise TypeError(f"data: obs must be a pandas DataFrame; got {type(obs).__name__}")
-        if isinstance(counts, pd.DataFrame):
-            return counts.to_numpy(), obs, [str(c) for c in counts.columns]
-        n_genes = counts.shape[1]
-        return counts, obs, [f"gene{j}" for j in range(n_genes)]
-    if hasattr(data, "obs") and hasattr(data, "var_names"):
-        if layer is None:
-            counts = data.X
-        else:
-            if layer not in data.layers:
-                raise MissingColumnError(
-                    f"layer {layer!r} not in the AnnData (layers: {list(data.layers)})"
-                )
-            counts = data.layers[layer]
-        return counts, data.obs, [str(g) for g in data.var_names]
-    raise TypeError(f"data must be an AnnData or a (counts, obs) pair; got {type(data).__name__}")
+class PseudoreplicationWarning(UserWarning):
+    """A model treats non-independent units (cells or cell types of one donor) as replicates."""
+
+
+class LogTransformWarning(UserWarning):
+    """A log transform is about to be applied to values that are not counts."""
 
 
 def de(
@@ -61,42 +85,66 @@ def de(
     contrast=None,
     method: str = "lmm",
     layer: str | None = None,
+    cell_type: str | None = None,
+    per_cell_type: bool = True,
     transform: str | None = "log2p1",
     reml: bool = True,
     df: str = "satterthwaite",
+    test: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    cell_type: str = "cls",
     progress: bool | None = None,
     **kwargs,
 ) -> pd.DataFrame:
     """Differential expression from an AnnData (or counts + obs) to a tidy result table.
 
+    See the module docstring of ``pyflashmm._frontend.de`` (also in the README) for the
+    methods, why the cell-level NB GLM treats cells as independent, and the scale of
+    ``log_fc``.
+
     Parameters
     ----------
-    data : AnnData or (counts, obs)
-        Cells × genes counts (``X`` or ``layer``; dense or sparse; backed ``.h5ad`` is read in
-        cell chunks) and the cell table ``obs``.
+    data : AnnData, str or path, or (counts, obs)
+        Cells × genes counts and the cell table: an AnnData (in memory or opened with
+        ``backed="r"``, then read in cell chunks), a path to an ``.h5ad`` file (opened backed)
+        or ``.zarr`` store, or a pair (counts matrix or DataFrame, obs DataFrame).
     fixed : str
-        R-style fixed-effects formula, e.g. ``"~ 0 + log(libsize) + cls + cls:trt"``.
-    random : str, list or None
-        Random-effect grouping column(s) or one-sided formulas (see :func:`pyflashmm.design`).
+        R-style fixed-effects formula on the cell table (``"~ condition + cell_type"``); for
+        ``"pseudobulk"`` on the sample table.
+    random : str or list of str, optional
+        The donor (sample) grouping: a column (``"donor_id"``), lme4 terms
+        (``"(1|donor_id)"``, ``"(1|donor_id) + (1|batch)"``, ``"(1|donor_id:cell_type)"``) or a
+        list of them. Required by ``"lmm"`` and ``"pseudobulk"`` (whose samples are the
+        combinations of its grouping columns); ignored, with a warning, by ``"nbglm"``.
     contrast : dict, str, list, optional
-        What to test (see :func:`pyflashmm.lmmtest`), e.g. ``{"BvsA": "cls1:trtB"}``; default
-        every coefficient.
-    method : {"lmm", "nbglm", "pseudobulk"}
+        What to test, e.g. ``{"stim_vs_ctrl": "conditionstim"}`` or
+        ``{"avg": "(cell_typeB:conditionstim + cell_typeT:conditionstim)/2"}``; a dict value
+        that is a list of expressions is one joint test. Default: every coefficient. Every
+        contrast is tested on one fit.
+    method : {"lmm", "pseudobulk", "nbglm"}
         See the module docstring.
     layer : str, optional
-        Counts layer (default ``X``).
+        AnnData layer holding the raw counts (e.g. ``"counts"``); default ``X``.
+    cell_type : str, optional
+        ``"pseudobulk"`` only: the cell-type column. One model per cell type, on that type's
+        pseudobulk samples; the table gets a ``cell_type`` column and BH is applied per cell type
+        and contrast. Default ``None``: samples pool every cell of a donor.
+    per_cell_type : bool
+        ``"pseudobulk"`` with ``cell_type``: ``False`` fits one pooled model over the (sample ×
+        cell type) pseudobulks instead, with a :class:`PseudoreplicationWarning` (the cell types
+        of one donor are not independent samples).
     transform : {"log2p1", "log1p", None}
-        LMM only: transform of the counts.
+        ``"lmm"`` only: applied to the counts on the fly. Values that are not counts (e.g. a
+        log-normalised ``X``) give a :class:`LogTransformWarning`: pass ``layer=`` naming the
+        raw counts, or ``transform=None``.
     reml : bool
-        LMM only: REML (default) or ML.
+        ``"lmm"`` only: REML (default) or ML.
     df : {"satterthwaite", "residual", "between"}
-        LMM only: denominator degrees of freedom.
+        ``"lmm"`` only: denominator degrees of freedom (see :func:`pyflashmm.lmmtest`).
+    test : {"wald", "lrt"}, optional
+        NB methods only: default ``"lrt"`` at cell level (DESeq2's single-cell advice) and
+        ``"wald"`` for pseudobulk.
     chunk_size : int
-        Cells per chunk for the summary statistics.
-    cell_type : str
-        Pseudobulk only: the cell-type column grouped with ``random``.
+        Cells per chunk when reading counts.
     progress : bool, optional
         Progress bars over cell chunks and gene blocks (default: shown for long runs).
     **kwargs
@@ -105,109 +153,348 @@ def de(
     Returns
     -------
     pandas.DataFrame
-        One row per (gene, contrast): ``variable``, ``contrast``, ``log_fc``, ``se``, ``stat``,
-        ``df``, ``p_value``, ``adj_p_value``, ``method`` and method-specific extras.
+        One row per (gene, contrast) — and cell type for per-cell-type pseudobulk: ``variable``,
+        ``contrast``, [``cell_type``], ``log_fc``, ``se``, ``stat``, ``df``, ``p_value``,
+        ``adj_p_value`` (BH over genes, per contrast and cell type), ``method``, then
+        method-specific columns. ``table.attrs`` records the method, layer, transform, formulas,
+        reference levels and the scale of ``log_fc``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the argument, before any fitting: unknown methods or columns, empty contrasts,
+        missing groupings, counts that the method cannot use, cells without counts at cell
+        level, design variables that vary within pseudobulk samples.
+
+    Warns
+    -----
+    PseudoreplicationWarning
+        ``"nbglm"`` given a ``random`` grouping; a pooled pseudobulk model over cell types.
+    LogTransformWarning
+        ``"lmm"`` asked to log-transform non-integer values.
     """
-    from pyflashmm._design import design
+    _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
+                     chunk_size)  # fmt: skip
+    cells = open_cells(data, layer)
+    try:
+        if cells.shape[0] != len(cells.obs):
+            raise ValueError(
+                f"data: counts have {cells.shape[0]} cells but obs has {len(cells.obs)} rows"
+            )
+        obs = _drop_unused_categories(cells.obs)
+        if cell_type is not None and cell_type not in obs.columns:
+            raise MissingColumnError(
+                f"cell_type: column {cell_type!r} is not in obs (columns: "
+                f"{[str(c) for c in obs.columns][:20]})"
+            )
+        if method == "lmm":
+            table, dsg, used_test = _de_lmm(cells, obs, fixed, random, contrast, transform,
+                                            reml, df, chunk_size, progress, kwargs)  # fmt: skip
+        elif method == "nbglm":
+            table, dsg, used_test = _de_cells(cells, obs, fixed, random, contrast, test,
+                                              chunk_size, kwargs)  # fmt: skip
+        else:
+            table, dsg, used_test = _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type,
+                                                   per_cell_type, test, chunk_size,
+                                                   kwargs)  # fmt: skip
+    finally:
+        cells.close()
+    table.attrs.update(
+        {
+            "method": method,
+            "layer": layer,
+            "counts": cells.where,
+            "transform": transform if method == "lmm" else None,
+            "fixed": fixed,
+            "random": random,
+            "cell_type": cell_type,
+            "test": used_test,
+            "log_fc_scale": LOG_FC_SCALE[(method, transform) if method == "lmm" else method],
+            "reference": reference_levels(dsg),
+        }
+    )
+    return table
 
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
-    counts, obs, genes = _unpack(data, layer)
-    if counts.shape[0] != len(obs):
-        raise ValueError(f"data: counts have {counts.shape[0]} cells but obs has {len(obs)} rows")
-    if method == "lmm":
-        dsg = design(obs, fixed, random)
-        X = pd.DataFrame(dsg.X, columns=dsg.fixed_names)
-        stats = summary_stats(
-            counts, X, dsg.Z, dsg.d, transform=transform, chunk_size=chunk_size,
-            gene_names=genes, progress=progress,
-        )  # fmt: skip
-        fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
-        return lmmtest(fit, contrast, df=df)
-    if method == "nbglm":
-        dsg = design(obs, fixed, None)
-        return _nb_table(counts, dsg, genes, contrast, preset="single_cell", **kwargs)
-    from pyflashmm._pseudobulk import pseudobulk
 
-    if random is None or not isinstance(random, str):
-        raise ValueError("method='pseudobulk' needs random = one grouping column (e.g. 'sam')")
-    by = [random] if cell_type is None or cell_type == random else [random, cell_type]
-    summed, groups = pseudobulk(counts, obs, by=by)
-    groups = _carry_constant_columns(obs, groups, by)
-    dsg = design(groups, fixed, None)
-    return _nb_table(summed, dsg, genes, contrast, **kwargs)
+# ----------------------------------------------------------------------------- argument checks
 
 
-def _carry_constant_columns(obs: pd.DataFrame, groups: pd.DataFrame, by: list[str]):
-    """Add to the group table every obs column that is constant within the groups."""
-    keyed = obs.groupby(by, observed=True, sort=False)
-    out = groups.copy()
-    for col in obs.columns:
-        if col in out.columns:
+def _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
+                     chunk_size):  # fmt: skip
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if not isinstance(fixed, str):
+        raise TypeError(f"fixed must be a formula string such as '~ condition'; got {fixed!r}")
+    if isinstance(contrast, Mapping | list | tuple | str) and len(contrast) == 0:
+        raise ValueError(
+            "contrast is empty: give at least one contrast, or None to test every coefficient"
+        )
+    if cell_type is not None:
+        if not isinstance(cell_type, str):
+            raise TypeError(f"cell_type must be a column name or None; got {cell_type!r}")
+        if method != "pseudobulk":
+            raise ValueError(
+                f"cell_type: only method='pseudobulk' fits one model per cell type; with "
+                f"method={method!r} put the cell type in the formulas (e.g. fixed='~ "
+                f"{cell_type} + {cell_type}:condition')"
+            )
+    if not isinstance(per_cell_type, bool | np.bool_):
+        raise TypeError(f"per_cell_type must be True or False; got {per_cell_type!r}")
+    if transform not in _TRANSFORMS:
+        raise ValueError(f"transform must be one of {_TRANSFORMS}; got {transform!r}")
+    if test is not None:
+        if method == "lmm":
+            raise ValueError("test: only the NB methods ('nbglm', 'pseudobulk') take test=")
+        if test not in ("wald", "lrt"):
+            raise ValueError(f"test must be 'wald' or 'lrt'; got {test!r}")
+    if method == "lmm" and df not in ("satterthwaite", "residual", "between"):
+        raise ValueError(f"df must be 'satterthwaite', 'residual' or 'between'; got {df!r}")
+    if (
+        not isinstance(chunk_size, int | np.integer)
+        or isinstance(chunk_size, bool)
+        or (chunk_size <= 0)
+    ):
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+
+
+def _drop_unused_categories(obs: pd.DataFrame) -> pd.DataFrame:
+    """obs with unused categories removed (subsetting an AnnData leaves them; a design would
+    otherwise get all-zero, aliased columns for them)."""
+    cats = [c for c in obs.columns if isinstance(obs[c].dtype, pd.CategoricalDtype)]
+    unused = [c for c in cats if (obs[c].value_counts(sort=False) == 0).any()]
+    if not unused:
+        return obs
+    obs = obs.copy()
+    for c in unused:
+        obs[c] = obs[c].cat.remove_unused_categories()
+    return obs
+
+
+def grouping_columns(obs: pd.DataFrame, random, arg: str = "random") -> list[str]:
+    """The obs columns that define the random-effect groups (the samples) of ``random``."""
+    dsg = design(obs, "~ 1", random)
+    cols: list[str] = []
+    for block in dsg.spec._random_blocks:
+        columns = getattr(block, "columns", ())
+        for c in columns:
+            if c in obs.columns and c not in cols and not _is_numeric(obs[c]):
+                cols.append(c)
+    if not cols:
+        raise ValueError(f"{arg}: {random!r} names no grouping column")
+    return cols
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+
+def _check_counts(cells: CellData, method: str) -> None:
+    """Counts that an NB model can use: numbers, non-negative integers (first rows checked
+    here, before any work; the fit checks every value)."""
+    values = peek_values(cells)
+    if not values.numeric:
+        raise TypeError(f"data: the counts in {cells.where} are not numbers")
+    bad = values.negative if values.negative is not None else values.non_integer
+    if bad is not None or values.non_finite:
+        what = "NaN or Inf" if bad is None else f"values such as {bad:.6g}"
+        raise ValueError(
+            f"method={method!r} models raw counts, but {cells.where} holds {what}: it looks "
+            "normalised or log-transformed. Pass layer= naming the raw counts (e.g. "
+            "layer='counts')"
+        )
+
+
+# ----------------------------------------------------------------------------- the methods
+
+
+def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, df, chunk_size, progress,
+            kwargs):  # fmt: skip
+    if random is None:
+        raise ValueError(
+            "random: method='lmm' needs the grouping of the cells into donors (samples), e.g. "
+            "random='donor_id' or random='(1|donor_id)'"
+        )
+    dsg = design(obs, fixed, random)
+    values = peek_values(cells)
+    if not values.numeric:
+        raise TypeError(f"data: the values in {cells.where} are not numbers")
+    if transform is not None:
+        if values.negative is not None:
+            raise ValueError(
+                f"transform={transform!r} takes the logarithm of counts, but {cells.where} holds "
+                f"negative values (e.g. {values.negative:.6g}); pass layer= naming the raw "
+                "counts (e.g. layer='counts') or transform=None"
+            )
+        if values.non_integer is not None:
+            warnings.warn(
+                f"de(method='lmm'): {cells.where} holds non-integer values (e.g. "
+                f"{values.non_integer:.6g}): they look normalised or log-transformed already, "
+                f"and transform={transform!r} takes their logarithm again. Pass layer= naming "
+                "the raw counts (e.g. layer='counts'), or transform=None to model the values "
+                "as they are",
+                LogTransformWarning,
+                stacklevel=3,
+            )
+    stats = summary_stats(
+        cells.counts, dsg.X_frame(), dsg.Z, dsg.d, transform=transform, chunk_size=chunk_size,
+        gene_names=cells.gene_names, progress=progress,
+    )  # fmt: skip
+    fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
+    return lmmtest(fit, contrast, df=df), dsg, None
+
+
+def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
+    if random is not None:
+        cols = grouping_columns(obs, random)
+        warnings.warn(
+            f"de(method='nbglm'): random={random!r} is ignored: the cell-level NB GLM has no "
+            f"random effect and treats the cells of one {', '.join(map(repr, cols))} as "
+            "independent replicates, which inflates false positives for donor-level "
+            "variables (Squair et al. 2021; Zimmerman et al. 2021). Use method='pseudobulk' "
+            "(counts summed per donor) or method='lmm' (a donor random effect)",
+            PseudoreplicationWarning,
+            stacklevel=3,
+        )
+    dsg = design(obs, fixed)
+    _check_counts(cells, "nbglm")
+    totals = row_sums(cells, chunk_size)
+    empty = np.flatnonzero(totals == 0)
+    if empty.size:
+        names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
+        raise ValueError(
+            f"data: {empty.size} cells have no counts at all in {cells.where} (first: {names}): "
+            "a cell without counts has no size factor; remove them first (e.g. "
+            "sc.pp.filter_cells(adata, min_counts=1))"
+        )
+    counts = read_csr(cells, chunk_size)
+    table, used_test = _nb_fit_test(counts, dsg, contrast, cells.gene_names,
+                                    dict(kwargs, preset="single_cell", test=test))  # fmt: skip
+    return table, dsg, used_test
+
+
+def _formula_columns(fixed: str) -> list[str]:
+    return sorted(_parse_formula(fixed, "fixed")[0].required_variables)
+
+
+def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type, test,
+                   chunk_size, kwargs):  # fmt: skip
+    if random is None:
+        raise ValueError(
+            "random: method='pseudobulk' sums the counts of each sample; name the sample "
+            "grouping, e.g. random='donor_id'"
+        )
+    samples = grouping_columns(obs, random)
+    by = samples + ([cell_type] if cell_type is not None and cell_type not in samples else [])
+    per_type = cell_type is not None and per_cell_type
+    used = _formula_columns(fixed)
+    if per_type and cell_type in used:
+        raise ValueError(
+            f"fixed: {fixed!r} uses the cell-type column {cell_type!r}, but method='pseudobulk' "
+            "with cell_type= fits one model per cell type (as muscat and dreamlet do); drop it "
+            "from the formula"
+        )
+    _check_counts(cells, "pseudobulk")
+    lab, groups = sample_table(obs, by)
+    for col in used:
+        computed = col in ("n_cells", "libsize")  # columns the pseudobulk itself adds
+        if col in obs.columns and col not in groups.columns and not computed:
+            a, b = varying_example(obs, lab, col)
+            hint = (
+                f"; to test within cell types pass cell_type={col!r}"
+                if cell_type is None and not _is_numeric(obs[col])
+                else ""
+            )
+            raise ValueError(
+                f"fixed: column {col!r} varies within the pseudobulk samples (grouped by {by}): "
+                f"e.g. {a!r} and {b!r} in one sample. A pseudobulk design can use only "
+                f"sample-level variables{hint}"
+            )
+    summed, groups = sum_counts(cells, lab, groups, by, cells.gene_names, chunk_size)
+    if not per_type:
+        if cell_type is not None:
+            warnings.warn(
+                "de(method='pseudobulk', per_cell_type=False): one pooled model over the "
+                f"({', '.join(samples)} × {cell_type}) pseudobulks treats the cell types of one "
+                "donor as independent samples, although they share the donor; a donor-level "
+                "variable is then tested with too many degrees of freedom (pseudoreplication "
+                "at the donor level). Fit one model per cell type (per_cell_type=True) or use "
+                "method='lmm' with random='(1|donor) + (1|donor:cell_type)'",
+                PseudoreplicationWarning,
+                stacklevel=3,
+            )
+        dsg = design(_drop_unused_categories(groups), fixed)
+        table, used_test = _nb_fit_test(summed, dsg, contrast, None, dict(kwargs, test=test))
+        table["method"] = "pseudobulk"
+        return table, dsg, used_test
+    frames, skipped, dsg, used_test = [], [], None, None
+    present = groups[cell_type]
+    levels = (
+        [c for c in present.cat.categories if (present == c).any()]
+        if isinstance(present.dtype, pd.CategoricalDtype)
+        else list(pd.unique(present))
+    )
+    for level in levels:
+        rows = (groups[cell_type] == level).to_numpy()
+        sub = _drop_unused_categories(groups.loc[rows])
+        try:
+            dsg_t = design(sub, fixed)
+            table, test_t = _nb_fit_test(summed.loc[rows], dsg_t, contrast, None,
+                                         dict(kwargs, test=test))  # fmt: skip
+        except ValueError as exc:
+            skipped.append(f"{level!r} ({int(rows.sum())} samples: {exc})")
             continue
-        nunique = keyed[col].nunique(dropna=False)
-        if (nunique <= 1).all():
-            first = keyed[col].first()
-            out[col] = first.reindex(pd.MultiIndex.from_frame(out[by])).to_numpy()
-            if isinstance(obs[col].dtype, pd.CategoricalDtype):
-                out[col] = pd.Categorical(out[col], categories=obs[col].cat.categories)
-    return out
+        dsg, used_test = dsg_t, test_t
+        table.insert(2, "cell_type", str(level))
+        table["method"] = "pseudobulk"
+        frames.append(table)
+    if not frames:
+        raise ValueError(
+            f"cell_type: no cell type of {cell_type!r} could be fitted: " + "; ".join(skipped)
+        )
+    if skipped:
+        warnings.warn(
+            f"de(method='pseudobulk'): {len(skipped)} cell type(s) not fitted: "
+            + "; ".join(skipped),
+            UserWarning,
+            stacklevel=3,
+        )
+    return pd.concat(frames, ignore_index=True), dsg, used_test
 
 
-def _nb_table(counts, dsg, genes, contrast, **kwargs) -> pd.DataFrame:
-    """Run the NB GLM once per contrast and stack the tidy tables."""
+def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs):
+    """Fit the NB GLM once and test every contrast on that fit."""
     from pyflashmm._contrasts import as_contrasts
-    from pyflashmm._nbglm.glm import nbglm
+    from pyflashmm._multitest import bh_adjust
 
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     names = list(dsg.fixed_names)
-    X = pd.DataFrame(dsg.X, columns=names)
-    contrasts = as_contrasts(names, contrast, None if contrast is not None else [names[-1]])
-    frames = []
-    for name, Lm in contrasts.items():
-        if Lm.shape[1] != 1:
-            raise ValueError(f"contrast {name!r}: joint tests are LMM-only")
-        fit = nbglm(counts, X, contrast=Lm[:, 0], gene_names=genes, **kwargs)
+    frames, used = [], None
+    for name, Lm in as_contrasts(names, contrast).items():
+        fit = nbglm(counts, dsg.X_frame(), contrast=Lm[:, 0], gene_names=gene_names, **kwargs)
         table = fit.to_frame()
         table["contrast"] = name
         frames.append(table)
+        used = fit.test
     out = pd.concat(frames, ignore_index=True)
-    if "adj_p_value" not in out:
-        out["adj_p_value"] = out.groupby("contrast")["p_value"].transform(
-            lambda p: bh_adjust(p.to_numpy())
-        )
+    out["adj_p_value"] = out.groupby("contrast")["p_value"].transform(
+        lambda p: bh_adjust(p.to_numpy())
+    )
+    return out, used
+
+
+def reference_levels(dsg) -> dict[str, str]:
+    """The reference (dropped) level of each treatment-coded factor of the fixed design."""
+    if dsg is None:
+        return {}
+    out = {}
+    names = set()
+    for name in dsg.fixed_names:
+        names.update(name.split(":"))
+    for col, levels in dsg.spec._fixed_block.categorical_levels.items():
+        if not levels:
+            continue
+        ref = levels[0]
+        coded = [f"{col}{lv}" for lv in levels]
+        if coded[0] not in names and any(c in names for c in coded[1:]):
+            out[str(col)] = str(ref)
     return out
-
-
-def to_rank_genes_groups(table: pd.DataFrame, adata, key: str = "pyflashmm") -> None:
-    """Store a :func:`de` table in ``adata.uns[key]`` in scanpy's ``rank_genes_groups`` layout.
-
-    One group per contrast; genes sorted by |stat| within each group (``names``, ``scores``,
-    ``logfoldchanges``, ``pvals``, ``pvals_adj`` structured arrays and ``params``), the layout
-    that scanpy's ``sc.pl.rank_genes_groups*`` and ``sc.get.rank_genes_groups_df`` read (scanpy
-    is not a dependency, so this is tested against the layout, not against scanpy).
-    """
-    required = {"variable", "contrast", "log_fc", "stat", "p_value", "adj_p_value"}
-    missing = required - set(table.columns)
-    if missing:
-        raise ValueError(f"table is missing columns {sorted(missing)}")
-    contrasts = list(dict.fromkeys(table["contrast"]))
-    per = {c: table[table["contrast"] == c] for c in contrasts}
-    n = min(len(t) for t in per.values())
-    fields = {
-        "names": ("variable", "O"),
-        "scores": ("stat", "f4"),
-        "logfoldchanges": ("log_fc", "f4"),
-        "pvals": ("p_value", "f8"),
-        "pvals_adj": ("adj_p_value", "f8"),
-    }
-    result = {
-        "params": {"groupby": "contrast", "reference": "rest", "method": "pyflashmm",
-                   "use_raw": False, "layer": None, "corr_method": "benjamini-hochberg"},
-    }  # fmt: skip
-    for field, (col, dtype) in fields.items():
-        arr = np.empty(n, dtype=[(c, dtype) for c in contrasts])
-        for c, t in per.items():
-            order = np.argsort(-np.abs(t["stat"].to_numpy()), kind="stable")[:n]
-            arr[c] = t[col].to_numpy()[order]
-        result[field] = arr
-    adata.uns[key] = result
