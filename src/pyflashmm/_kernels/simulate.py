@@ -217,12 +217,6 @@ def gamma_poisson(st, mu, size):
 
 
 @njit
-def nb_prob_nonzero(mu, size):
-    """P(y > 0) for y ~ NB(mean mu, size)."""
-    return -math.expm1(-size * math.log1p(mu / size))
-
-
-@njit
 def nb_inverse(v, mu, size):
     """min{k : P(y > k) ≤ v} for y ~ NB(mu, size): inversion of the survival function."""
     logp0 = -size * math.log1p(mu / size)
@@ -930,24 +924,3 @@ def reference_stats(indptr, indices, data, n_genes, integral):
         if first < 0 and bad[ch] >= 0:
             first = bad[ch]
     return colsum, colsq, rowsum, first
-
-
-@njit
-def draw_gamma_poisson(st, shape, lam, n):
-    """Test hook: ``n`` Gamma(shape) draws and ``n`` Poisson(lam) draws from state ``st``."""
-    out_g = np.empty(n)
-    out_p = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        out_g[i] = gamma(st, shape)
-    for i in range(n):
-        out_p[i] = poisson(st, lam)
-    return out_g, out_p
-
-
-@njit
-def draw_nb_inverse(st, mu, size, n):
-    """Test hook: ``n`` draws of :func:`nb_draw` (survival inversion / Gamma–Poisson)."""
-    out = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        out[i] = nb_draw(st, mu, size)
-    return out
