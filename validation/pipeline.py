@@ -1,4 +1,4 @@
-"""``pyflashmm reproduce``: experiments → figures → paper tables → ``REPORT.md``.
+"""``python -m validation``: experiments → figures → paper tables → ``REPORT.md``.
 
 Each stage is skipped when it is up to date:
 

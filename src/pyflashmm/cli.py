@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: modules that define ``add_parser(subparsers)``, in the order ``--help`` lists them
-COMMAND_MODULES = ("pyflashmm._cli_reproduce", "pyflashmm._cli_de", "pyflashmm._cli_simulate")
+COMMAND_MODULES = ("pyflashmm._cli_de", "pyflashmm._cli_simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:
