@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q tests
 
 reproduce: $(STAMP)
-	$(VENV)/bin/pyflashmm reproduce --quick
+	$(PY) -m validation --quick
 
 paper: reproduce
 	cd paper && if command -v latexmk >/dev/null; then latexmk -pdf supplement.tex; \

@@ -10,7 +10,8 @@ Cases (issue 2):
 
 Inputs for (a)–(c) are drawn exactly from the model's sufficient statistics
 (``sufficient_stats.py``). FLASHMM (R) runs on the same statistics when ``Rscript`` can load it
-(set ``R_LIBS``); for (b) it runs on a subset of genes and its time is scaled to all genes.
+(set ``R_LIBS``), through ``validation/r_tools.py`` and its script ``validation/R/flashmm_lmm.R``;
+for (b) it runs on a subset of genes and its time is scaled to all genes.
 Times are medians of ``--repeats`` runs after one warm-up (compilation excluded).
 
 Usage: python benchmarks/bench_lmm.py [--quick] [--repeats N (5)] [--json PATH]
@@ -21,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,12 +30,12 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).parent))
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.resolve().parent))  # the repository root, for validation.r_tools
 import sufficient_stats as ss  # noqa: E402
 
 import pyflashmm as fm  # noqa: E402
-
-HERE = Path(__file__).parent
+from validation import r_tools  # noqa: E402
 
 
 def median_time(fn, repeats):
@@ -48,43 +46,6 @@ def median_time(fn, repeats):
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
-
-
-def flashmm_available() -> bool:
-    if shutil.which("Rscript") is None:
-        return False
-    ok = subprocess.run(
-        ["Rscript", "-e", "quit(status = !requireNamespace('FLASHMM', quietly = TRUE))"],
-        capture_output=True,
-    )
-    return ok.returncode == 0
-
-
-def write_flashmm_inputs(stats, d: Path, method="REML") -> None:
-    """Write ``stats`` to directory ``d`` in the layout ``flashmm_lmm.R`` reads."""
-    for name in ("XX", "ZX", "ZZ"):
-        np.ascontiguousarray(getattr(stats, name)).astype("<f8").tofile(d / f"{name}.bin")
-    np.ascontiguousarray(stats.XY.T).astype("<f8").tofile(d / "XY.bin")
-    np.ascontiguousarray(stats.ZY.T).astype("<f8").tofile(d / "ZY.bin")
-    stats.Ynorm.astype("<f8").tofile(d / "Ynorm.bin")
-    (d / "meta.txt").write_text(
-        "p q G n d method\n"
-        f"{stats.p} {stats.q} {stats.n_genes} {stats.n} "
-        f"{'-'.join(map(str, stats.d))} {method}\n"
-    )
-
-
-def run_flashmm(stats, method="REML"):
-    """FLASHMM::lmm on the same statistics: (elapsed s, theta G×(K+1), coef G×p)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        write_flashmm_inputs(stats, d, method)
-        subprocess.run(["Rscript", str(HERE / "flashmm_lmm.R"), str(d)], check=True)
-        elapsed = float((d / "flashmm_time.txt").read_text())
-        K1 = len(stats.d) + 1
-        theta = np.fromfile(d / "flashmm_theta.bin", "<f8").reshape(stats.n_genes, K1)
-        coef = np.fromfile(d / "flashmm_coef.bin", "<f8").reshape(stats.n_genes, stats.p)
-    return elapsed, theta, coef
 
 
 def lmm_case(label, stats, repeats, flashmm, flashmm_genes=None):
@@ -104,7 +65,7 @@ def lmm_case(label, stats, repeats, flashmm, flashmm_genes=None):
     }
     if flashmm:
         sub = stats if flashmm_genes is None else stats.subset_genes(slice(0, flashmm_genes))
-        elapsed, theta, coef = run_flashmm(sub)
+        elapsed, _, theta, coef = r_tools.flashmm_lmm(sub)
         scale = stats.n_genes / sub.n_genes
         row["flashmm_seconds"] = elapsed * scale
         row["flashmm_genes_timed"] = sub.n_genes
@@ -167,7 +128,7 @@ def main(argv=None):
     )  # fmt: skip
     args = parser.parse_args(argv)
     rng = np.random.default_rng(20261121)
-    flashmm = not args.no_flashmm and flashmm_available()
+    flashmm = not args.no_flashmm and r_tools.r_unavailable("FLASHMM") is None
     f = 20 if args.quick else 1
     print(
         f"pyflashmm {fm.__version__}, numba threads {numba.get_num_threads()}, "

@@ -95,23 +95,9 @@ def time_pydeseq2(Y, meta, cell_level):
     return time.perf_counter() - t
 
 
-R_SCRIPT = r"""
-suppressPackageStartupMessages({library(DESeq2); library(glmGamPoi)})
-a <- commandArgs(TRUE); cts <- t(as.matrix(read.csv(a[1], header = FALSE)))
-cd <- read.csv(a[2], stringsAsFactors = TRUE); cell <- a[3] == "1"
-nsub <- min(as.integer(a[4]), nrow(cts))
-des <- if (cell) ~cls else ~cls + trt
-storage.mode(cts) <- "integer"
-dds <- DESeqDataSetFromMatrix(cts[seq_len(nsub), , drop = FALSE], cd, des)
-t1 <- system.time({
-  if (cell) { dds <- estimateSizeFactors(dds, type = "poscounts")
-              dds <- DESeq(dds, minmu = 1e-6, minReplicatesForReplace = Inf, quiet = TRUE)
-  } else dds <- DESeq(dds, quiet = TRUE)
-})[["elapsed"]]
-mm <- model.matrix(des, cd)
-t2 <- system.time(glm_gp(cts, design = mm, size_factors = "normed_sum"))[["elapsed"]]
-cat(t1, t2, "\n")
-"""
+#: DESeq2 + glmGamPoi timing script, shared with validation/runtime.py
+R_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "validation",
+                        "R", "deseq2_glmgampoi_time.R")  # fmt: skip
 
 
 def time_r(Y, meta, cell_level, n_genes_deseq2=None):
@@ -122,9 +108,7 @@ def time_r(Y, meta, cell_level, n_genes_deseq2=None):
     with tempfile.TemporaryDirectory() as d:
         np.savetxt(os.path.join(d, "y.csv"), Y, fmt="%d", delimiter=",")
         meta.to_csv(os.path.join(d, "cd.csv"), index=False)
-        with open(os.path.join(d, "b.R"), "w") as fh:
-            fh.write(R_SCRIPT)
-        out = subprocess.run(["Rscript", os.path.join(d, "b.R"), os.path.join(d, "y.csv"),
+        out = subprocess.run(["Rscript", R_SCRIPT, os.path.join(d, "y.csv"),
                               os.path.join(d, "cd.csv"), "1" if cell_level else "0", str(nsub)],
                              capture_output=True, text=True, check=False)  # fmt: skip
         try:

@@ -3,7 +3,7 @@
 1. FLASHMM's vignette call: a synthetic reference of 1,000 genes × 10,000 cells, then
    100 genes × 100,000 cells (10 DE genes). FLASHMM's R ``simuRNAseq`` takes 2.0 s for this size
    on a 2-core machine (issue 4); when ``Rscript`` with FLASHMM is installed, it is timed here
-   too, in the same run.
+   too, in the same run (``validation/R/flashmm_simulate_time.R``).
 2. 10,000 genes × 1,000,000 cells at realistic sparsity, in a child process so that its peak
    RSS is its own. Reference: 10,000 genes × 5,000 cells, gene means log-normal
    (median 0.016 counts per cell, sd of log 1.5, capped at 50), NB size U(0.5, 3); the 10,000
@@ -34,19 +34,8 @@ import numpy as np
 
 R_SECONDS_PUBLISHED = 2.0  # FLASHMM simuRNAseq, 100 genes x 100,000 cells, 2 cores (issue 4)
 
-R_SCRIPT = r"""
-suppressMessages(library(FLASHMM))
-set.seed(2502)
-ref <- simuRNAseq(nGenes = 1000, nCells = 10000)
-t <- c()
-for (i in 1:3) {
-  t0 <- proc.time()[["elapsed"]]
-  dat <- suppressMessages(simuRNAseq(ref$counts, metadata = ref$metadata, nGenes = 100,
-    nCells = 100000, nDEgenes = 10, minbeta = 0.5, maxbeta = 1, var.randomeffects = 0.1))
-  t <- c(t, proc.time()[["elapsed"]] - t0)
-}
-cat(median(t), "\n")
-"""
+#: the R scripts run here (validation/R/): FLASHMM's simuRNAseq timing and the package probe
+R_DIR = Path(__file__).resolve().parents[1] / "validation" / "R"
 
 
 def time_r() -> float | None:
@@ -54,13 +43,12 @@ def time_r() -> float | None:
     if shutil.which("Rscript") is None:
         return None
     probe = subprocess.run(
-        ["Rscript", "-e", 'cat(requireNamespace("FLASHMM", quietly = TRUE))'],
-        capture_output=True,
-        text=True,
+        ["Rscript", str(R_DIR / "check_packages.R"), "FLASHMM"], capture_output=True, text=True
     )
-    if probe.stdout.strip() != "TRUE":
+    if probe.returncode != 0:
         return None
-    out = subprocess.run(["Rscript", "-e", R_SCRIPT], capture_output=True, text=True, check=True)
+    out = subprocess.run(["Rscript", str(R_DIR / "flashmm_simulate_time.R")], capture_output=True,
+                         text=True, check=True)  # fmt: skip
     return float(out.stdout.split()[-1])
 
 

@@ -7,5 +7,6 @@ names) and
     reads its ``INPUTS`` from ``results_dir``, writes every figure of ``OUTPUTS`` to
     ``figures_dir`` as PNG and PDF (``style.save``) and returns the files written.
 
-``style`` holds the names, the palette and the shared helpers.
+``style`` holds the names, the palette and the shared helpers; ``tables.read_table`` reads a
+results table. Nothing here imports ``validation`` (which imports ``figures`` to draw them).
 """

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures import style
-from validation.provenance import read_table
+from figures.tables import read_table
 
 INPUTS = ["agreement_summary.csv", "agreement_values.csv.gz"]
 OUTPUTS = ["fig_agreement", "fig_agreement_scatter"]

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from figures import style
-from validation.provenance import read_table
+from figures.tables import read_table
 
 INPUTS = ["calibration_pvalues.csv.gz"]
 OUTPUTS = ["fig_calibration_qq", "fig_calibration_qq_subjects"]

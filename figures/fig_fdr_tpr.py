@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from figures import style
-from validation.provenance import read_table
+from figures.tables import read_table
 
 INPUTS = ["power_curves.csv.gz", "power_summary.csv"]
 OUTPUTS = ["fig_fdr_tpr"]

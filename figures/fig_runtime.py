@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures import style
-from validation.provenance import read_table
+from figures.tables import read_table
 
 INPUTS = ["runtime.csv"]
 OUTPUTS = ["fig_runtime"]

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures import style
-from validation.provenance import read_table
+from figures.tables import read_table
 
 INPUTS = ["calibration_type1.csv"]
 OUTPUTS = ["fig_type1", "fig_type1_alpha001"]

@@ -19,21 +19,14 @@ from pyflashmm._lmm.inference import (
 )
 from pyflashmm._multitest import bh_adjust
 from tests import oracle
-from tests.test_lme4_reference import DATA as DATA_ROOT
-from tests.test_lme4_reference import SCENARIOS, load, reference, singular_genes
+from validation.lme4_reference import DATA as DATA_ROOT
+from validation.lme4_reference import SCENARIOS, fit_scenario, load, reference, singular_genes
 
 #: lmerTest differentiates its deviance numerically (numDeriv, Richardson) at lme4's optimum,
 #: which itself is accurate to ~1e-7 (see test_lme4_reference): the issue asks for 1e-4
 RTOL_LMERTEST = 1e-4
 #: analytic derivatives against central differences (step 1e-5 relative): O(h²) truncation
 RTOL_FD = 1e-6
-
-
-def fit_scenario(scenario, method):
-    s = load(scenario)
-    X = pd.DataFrame(s["X"], columns=s["x_names"])
-    return fm.lmmfit(s["Y"], X, s["Z"], s["d"], method=method, tol=1e-10, max_iter=200,
-                     warn=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -1,8 +1,9 @@
 """pyflashmm's LMM against lme4 1.1.31 (REML and ML, K = 1 and K = 2).
 
 Fixtures: ``tests/data/lme4-1.1.31/<scenario>/`` written by ``make_fixtures.R`` (see the README
-there). lme4 was run with bobyqa and ``rhoend = 1e-12``, so it stops only at the floating-point
-flatness of its deviance (see below); pyflashmm is run with ``tol = 1e-10`` on the score.
+there), loaded by ``validation/lme4_reference.py`` (shared with the agreement experiment). lme4 was
+run with bobyqa and ``rhoend = 1e-12``, so it stops only at the floating-point flatness of its
+deviance (see below); pyflashmm is run with ``tol = 1e-10`` on the score.
 
 Tolerance: every quantity must agree to ``RTOL = 1e-6`` relative, |a − b| ≤ RTOL · scale, with
 ``scale`` chosen per quantity (see the comment at ``RTOL``) so that a value near 0 is judged on
@@ -22,20 +23,13 @@ genes are compared with ``nonneg=True`` (lme4's semantics).
 
 from __future__ import annotations
 
-import functools
-import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-import pyflashmm as fm
+from validation.lme4_reference import SCENARIOS, load, pyfit, reference, singular_genes
 
-DATA = Path(__file__).parent / "data" / "lme4-1.1.31"
-SCENARIOS = ("k1", "k2_crossed", "k2_nested", "between")
 METHODS = ("REML", "ML")
-TOL = 1e-10  # pyflashmm's convergence tolerance (max |score|) for the reference fits
 RTOL = 1e-6  # the agreement the issue asks for
 # Scale of the relative comparison, per quantity:
 #   coef   max(|β̂|, se): a coefficient near 0 is judged against its own standard error, the
@@ -48,96 +42,6 @@ RTOL = 1e-6  # the agreement the issue asks for
 #   ranef  σ (residual SD): BLUPs are on the scale of y; singular components give BLUPs of 0.
 # ours must not be worse than lme4's optimum by more than this (relative to |ℓ|)
 LL_SLACK = 1e-8
-
-
-@functools.cache
-def load(scenario: str):
-    """Data, design and lme4's results of one scenario."""
-    root = DATA / scenario
-    spec = pd.read_csv(root / "spec.csv").iloc[0]
-    data = pd.read_csv(root / "data.csv.gz")
-    genes = spec["genes"].split(";")
-    Y = data[genes].to_numpy(dtype=np.float64)
-    if spec["transform"] == "log2p1":
-        Y = np.log2(1.0 + Y)
-    X, x_names = model_matrix(data, spec["fixed"])
-    random = spec["random"].split(";")
-    Z, d, z_levels = indicators(data, random)
-    ref = {name: pd.read_csv(root / f"{name}.csv") for name in ("fixef", "theta", "fit", "ranef")}
-    return {
-        "genes": genes,
-        "Y": Y,
-        "X": X,
-        "x_names": x_names,
-        "Z": Z,
-        "d": d,
-        "random": random,
-        "z_levels": z_levels,
-        **ref,
-    }
-
-
-def model_matrix(data: pd.DataFrame, rhs: str):
-    """R's ``model.matrix`` for the terms used here: intercept, numeric columns, ``log(col)``,
-    and factors with treatment contrasts (levels sorted, first level dropped, named
-    ``<column><level>``) — the column order of R's design matrix."""
-    cols, names = [np.ones(len(data))], ["(Intercept)"]
-    for term in rhs.removeprefix("~").strip().split(" + "):
-        m = re.fullmatch(r"log\((\w+)\)", term)
-        if m:
-            cols.append(np.log(data[m.group(1)].to_numpy(dtype=np.float64)))
-            names.append(term)
-        elif pd.api.types.is_numeric_dtype(data[term]):
-            cols.append(data[term].to_numpy(dtype=np.float64))
-            names.append(term)
-        else:
-            levels = sorted(data[term].unique())
-            for level in levels[1:]:
-                cols.append((data[term] == level).to_numpy(dtype=np.float64))
-                names.append(f"{term}{level}")
-    return np.column_stack(cols), names
-
-
-def indicators(data: pd.DataFrame, random: list[str]):
-    """Dense Z: one block of indicator columns per random term (``a`` or ``a:b``), in the order
-    of ``random``; within a block the observed levels, sorted (lme4's level order)."""
-    blocks, d, levels = [], [], []
-    for term in random:
-        group = data[term.split(":")].astype(str).agg(":".join, axis=1).to_numpy()
-        lv = np.array(sorted(set(group)))
-        blocks.append((group[:, None] == lv[None, :]).astype(np.float64))
-        d.append(len(lv))
-        levels.append(lv)
-    return np.hstack(blocks), np.array(d), levels
-
-
-def reference(ref, method: str, gene: str):
-    fx = ref["fixef"].query("method == @method and gene == @gene")
-    th = ref["theta"].query("method == @method and gene == @gene")
-    fit = ref["fit"].query("method == @method and gene == @gene").iloc[0]
-    return fx, th, fit
-
-
-def singular_genes(scenario: str) -> list[str]:
-    fit = load(scenario)["fit"]
-    return sorted(set(fit.loc[fit["isSingular"], "gene"]))
-
-
-@functools.cache
-def pyfit(scenario: str, method: str, nonneg: bool, genes: tuple[str, ...]):
-    s = load(scenario)
-    cols = [s["genes"].index(g) for g in genes]
-    return fm.lmmfit(
-        s["Y"][:, cols],
-        s["X"],
-        s["Z"],
-        s["d"],
-        method=method,
-        tol=TOL,
-        nonneg=nonneg,
-        max_iter=200,
-        warn=False,
-    )
 
 
 def rel_err(ours, ref, scale):

@@ -1,4 +1,4 @@
-"""The validation suite: one module per experiment, run by ``pyflashmm reproduce``.
+"""The validation suite: one module per experiment, run by ``python -m validation``.
 
 Each experiment module (``agreement``, ``calibration``, ``power``, ``runtime``) defines
 

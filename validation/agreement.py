@@ -16,21 +16,20 @@ the floor per quantity
 * everything else (``se``, ``loglik``, ``df``, ``dispersion``, ``size_factors``, …): none
   (|ref|, which is positive for these quantities).
 
-**lmm_vs_statsmodels.** Data simulated over a grid of designs (config): K = 1 (a random
-intercept per subject) or K = 2 (subject and subject:cluster, nested: statsmodels'
-``re_formula="1"`` plus ``vc_formula={"cls": "0 + C(cls)"}`` within subject groups); REML or
-ML; subjects × cells; balanced (equal cells per subject) or unbalanced (log-normal subject
-sizes). Fixed effects: intercept, a cell-level covariate ``x`` and a between-subject treatment.
-Genes alternate between Gaussian responses and log(1 + NB counts). statsmodels' default
-optimiser stops about 1e-4 short of the optimum, so, as in ``tests/test_lmm.py``, it is refitted
-with BFGS at ``gtol = 1e-10`` (``tests.test_lmm.SM_FIT``) from its default start (where that run
-does not converge, as happens for K = 2 with many subjects, from the end point of statsmodels'
-default fit), and statsmodels' own ``loglike`` is also evaluated at our estimates (quantity
-``loglik_at_ours``: the same function at the same point, so this isolates the implementations
-from the optimisers). Only genes that both fits report as converged are compared. pyflashmm's
-default lets variance components go negative, which statsmodels cannot represent: genes whose
-unconstrained fit has a component ≤ 0 are refitted with ``nonneg=True`` (statsmodels' parameter
-space). Quantities:
+**lmm_vs_statsmodels.** Data simulated over a grid of designs (config): K = 1 (a random intercept
+per subject) or K = 2 (subject and subject:cluster, nested: statsmodels' ``re_formula="1"`` plus
+``vc_formula={"cls": "0 + C(cls)"}`` within subject groups); REML or ML; subjects × cells; balanced
+(equal cells per subject) or unbalanced (log-normal subject sizes). Fixed effects: intercept, a
+cell-level covariate ``x`` and a between-subject treatment. Genes alternate between Gaussian
+responses and log(1 + NB counts). statsmodels' default optimiser stops about 1e-4 short of the
+optimum, so, as in ``tests/test_lmm.py``, it is refitted with BFGS at ``gtol = 1e-10``
+(:data:`SM_FIT`, which those tests import) from its default start (where that run does not converge,
+as happens for K = 2 with many subjects, from the end point of statsmodels' default fit), and
+statsmodels' own ``loglike`` is also evaluated at our estimates (quantity ``loglik_at_ours``: the
+same function at the same point, so this isolates the implementations from the optimisers). Only
+genes that both fits report as converged are compared. pyflashmm's default lets variance components
+go negative, which statsmodels cannot represent: genes whose unconstrained fit has a component ≤ 0
+are refitted with ``nonneg=True`` (statsmodels' parameter space). Quantities:
 
 * ``beta``, ``theta`` (σₖ², then σ²), ``loglik`` (both optima);
 * ``se``: our SEs, sqrt diag σ²(XᵀV⁻¹X)⁻¹ at our θ̂, against the same formula evaluated by
@@ -48,18 +47,18 @@ space). Quantities:
   variances.
 
 **lmm_vs_lme4 / lmm_vs_lmertest.** The committed fixtures of ``tests/data/lme4-1.1.31/``
-(loaded by ``tests.test_lme4_reference``): ``beta``, ``se``, ``theta``, ``loglik`` against
-lme4 1.1.31; ``df`` (Satterthwaite), ``p_value`` and ``t`` of every coefficient against
-lmerTest 3.1.3. Singular lme4 fits (a component at 0) are compared with ``nonneg=True``, as in
-the tests, and are left out of the lmerTest rows (lmerTest's df there are those of a boundary
-fit).
+(loaded by :mod:`validation.lme4_reference`, which the tests use too): ``beta``, ``se``,
+``theta``, ``loglik`` against lme4 1.1.31; ``df`` (Satterthwaite), ``p_value`` and ``t`` of
+every coefficient against lmerTest 3.1.3. Singular lme4 fits (a component at 0) are compared
+with ``nonneg=True``, as in the tests, and are left out of the lmerTest rows (lmerTest's df
+there are those of a boundary fit).
 
 **nbglm_vs_deseq2.** The committed fixtures of ``tests/data/deseq2-1.38.3/`` (loaded by
-``tests/nbglm/conftest.py``): ``size_factors``, ``log2_fold_change``, ``lfc_se``,
-``dispersion`` (final, MAP), ``p_value`` and ``adj_p_value`` of every gene, NAs dropped. All
-genes are kept, including those of ``flat_dispersion`` where DESeq2's local (locfit) trend is
-extrapolated beyond the fitted base means, which pyflashmm extrapolates linearly (the one
-known gap, see the README).
+:mod:`validation.deseq2_reference`, which the tests use too): ``size_factors``,
+``log2_fold_change``, ``lfc_se``, ``dispersion`` (final, MAP), ``p_value`` and ``adj_p_value``
+of every gene, NAs dropped. All genes are kept, including those of ``flat_dispersion`` where
+DESeq2's local (locfit) trend is extrapolated beyond the fitted base means, which pyflashmm
+extrapolates linearly (the one known gap, see the README).
 """
 
 from __future__ import annotations
@@ -75,25 +74,22 @@ from scipy import stats as sps
 from statsmodels.regression.mixed_linear_model import MixedLMParams
 
 import pyflashmm as fm
+from validation import deseq2_reference, lme4_reference
 from validation.differences import AgreementTables, PairedValues
 from validation.parallel import map_replicates, replicate_seeds
 from validation.provenance import write_table
 
 NAME = "agreement"
-SOURCES = ("differences", "parallel", "provenance")
-#: files and folders outside validation/ that the results depend on (part of the stamp)
-DATA = (
-    "tests/data/lme4-1.1.31",
-    "tests/data/deseq2-1.38.3",
-    "tests/test_lmm.py",
-    "tests/test_inference.py",
-    "tests/test_lme4_reference.py",
-    "tests/nbglm/conftest.py",
-)
+SOURCES = ("differences", "parallel", "provenance", "lme4_reference", "deseq2_reference")
+#: folders outside validation/ that the results depend on (part of the stamp)
+DATA = ("tests/data/lme4-1.1.31", "tests/data/deseq2-1.38.3")
 #: p-values below this are judged on the absolute scale 1e-10
 P_FLOOR = 1e-10
 #: pyflashmm's convergence tolerance (max |score|) and iteration cap for the reference fits
-TOL, MAX_ITER = 1e-10, 200
+TOL, MAX_ITER = lme4_reference.TOL, lme4_reference.MAX_ITER
+#: statsmodels MixedLM refit: its default optimiser stops about 1e-4 short of the optimum; BFGS
+#: at gtol 1e-10 reaches it to ~1e-9 (``tests/test_lmm.py`` compares with the same setting)
+SM_FIT = {"method": "bfgs", "gtol": 1e-10, "maxiter": 1000}
 #: fixed effects and variance components of the simulated genes
 BETA = (1.0, 0.3, 0.2)
 VAR_SUBJECT, VAR_NESTED = 0.3, 0.15
@@ -191,8 +187,6 @@ def _z_p(beta, se):
 
 def statsmodels_design(task) -> AgreementTables:
     """Compare one design (a task: design dict, genes, seed) with statsmodels MixedLM."""
-    from tests.test_lmm import SM_FIT
-
     d, n_genes, seed = task
     rng = np.random.default_rng(seed)
     obs, X, Z, dd, Y = simulate_design(rng, d, n_genes)
@@ -239,21 +233,18 @@ def statsmodels_design(task) -> AgreementTables:
 # ---------------------------------------------------------------- lme4 / lmerTest fixtures
 def lme4_fixtures(scenarios, tables: AgreementTables) -> None:
     """Our fits against the committed lme4 and lmerTest reference fits."""
-    from tests.test_inference import fit_scenario
-    from tests.test_lme4_reference import load, pyfit, reference, singular_genes
-
     for scenario in scenarios:
-        s = load(scenario)
+        s = lme4_reference.load(scenario)
         sizes = s["Z"][:, : s["d"][0]].sum(axis=0)
         for method in ("REML", "ML"):
-            fit = fit_scenario(scenario, method)
+            fit = lme4_reference.fit_scenario(scenario, method)
             table = fm.lmmtest(fit)
-            singular = set(singular_genes(scenario))
+            singular = set(lme4_reference.singular_genes(scenario))
             lme4, lmertest = PairedValues(), PairedValues()
             for j, gene in enumerate(s["genes"]):
-                fx, th, ref = reference(s, method, gene)
+                fx, th, ref = lme4_reference.reference(s, method, gene)
                 if gene in singular:
-                    g_fit, gj = pyfit(scenario, method, True, (gene,)), 0
+                    g_fit, gj = lme4_reference.pyfit(scenario, method, True, (gene,)), 0
                 else:
                     g_fit, gj = fit, j
                 v, b, se = th["vcov"].to_numpy(), fx["estimate"].to_numpy(), fx["se"].to_numpy()
@@ -278,10 +269,8 @@ def lme4_fixtures(scenarios, tables: AgreementTables) -> None:
 # ---------------------------------------------------------------- DESeq2 fixtures
 def deseq2_fixtures(scenarios, tables: AgreementTables) -> None:
     """nbglm against the committed DESeq2 1.38.3 results."""
-    from tests.nbglm.conftest import load_scenario
-
     for name in scenarios:
-        s = load_scenario(name)
+        s = deseq2_reference.load_scenario(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             f = fm.nbglm(s["Y"], s["X"], **s["nbglm_args"])

@@ -1,11 +1,11 @@
-"""``pyflashmm reproduce``: experiments → figures → paper tables → ``REPORT.md``.
+"""``python -m validation``: experiments → figures → paper tables → ``REPORT.md``.
 
 Each stage is skipped when it is up to date:
 
 * an experiment when ``<results>/<name>.meta.json`` records the same stamp, a digest of its
   config variant, its own code (the module and its ``SOURCES``) and pyflashmm's source;
-* a figure when ``<figures>/.stamps.json`` records the digest of its script, the style and
-  its input tables;
+* a figure when ``<figures>/.stamps.json`` records the digest of its script, the shared
+  ``figures/style.py`` and ``figures/tables.py`` and its input tables;
 * the paper tables and the report are cheap and always rewritten.
 """
 
@@ -116,14 +116,14 @@ def make_figures(paths: OutputPaths, *, force: bool, quiet: bool) -> list[Path]:
     stamps_path = paths.figures / ".stamps.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.exists() else {}
     written = []
-    style = FIGURES_DIR / "style.py"
+    shared = (FIGURES_DIR / "style.py", FIGURES_DIR / "tables.py")
     for mod in _figure_modules():
         name = mod.__name__.rsplit(".", 1)[-1]
         inputs = [paths.results / t for t in mod.INPUTS]
         if not all(t.exists() for t in inputs):
             _log(f"[figures] {name}: input tables missing, skipped", quiet)
             continue
-        stamp = digest(Path(mod.__file__), style, *inputs)
+        stamp = digest(Path(mod.__file__), *shared, *inputs)
         outs = [paths.figures / f"{o}.{ext}" for o in mod.OUTPUTS for ext in ("png", "pdf")]
         if not force and stamps.get(name) == stamp and all(o.exists() for o in outs):
             continue

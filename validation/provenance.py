@@ -1,7 +1,8 @@
 """Where a result came from: seed, package version and git revision on every table row.
 
 Tables are CSV (``.csv``, or ``.csv.gz`` for long per-gene tables) so that they diff, load
-anywhere and need no extra dependency.
+anywhere and need no extra dependency; :func:`figures.tables.read_table` reads them (the figures
+and the report read tables through it, never through this module).
 """
 
 from __future__ import annotations
@@ -49,11 +50,6 @@ def write_table(df: pd.DataFrame, path: Path, *, seed: int | None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, float_format="%.10g")
     return path
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a table written by :func:`write_table` (``.csv`` or ``.csv.gz``)."""
-    return pd.read_csv(path)
 
 
 def digest(*parts) -> str:

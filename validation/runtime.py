@@ -12,12 +12,13 @@ treatment arms, ``n_clusters`` cell types). Tools and what is timed:
   :func:`pyflashmm.nbglm` with ``~ cls + trt`` (DESeq2's defaults);
 * ``statsmodels_mixedlm``: ``MixedLM(...).fit(reml=True)`` (default optimiser) of the same LMM
   on ``statsmodels_genes`` genes, scaled linearly to all genes (genes are fitted one by one);
-* ``flashmm``: ``FLASHMM::lmm`` on the same summary statistics (``benchmarks/flashmm_lmm.R``),
+* ``flashmm``: ``FLASHMM::lmm`` on the same summary statistics (``validation/R/flashmm_lmm.R``),
   on at most ``flashmm_max_genes`` genes, scaled linearly;
-* ``lme4``: ``lme4::lmer`` of the same LMM (``validation/lme4_time.R``) on ``lme4_genes``
+* ``lme4``: ``lme4::lmer`` of the same LMM (``validation/R/lme4_time.R``) on ``lme4_genes``
   genes, scaled linearly;
 * ``deseq2``, ``glmgampoi``: ``DESeq()`` (on at most ``deseq2_max_genes`` genes, scaled) and
-  ``glm_gp()`` on the same pseudobulk counts (the script of ``benchmarks/bench_nbglm.py``).
+  ``glm_gp()`` on the same pseudobulk counts (``validation/R/deseq2_glmgampoi_time.R``, the
+  script ``benchmarks/bench_nbglm.py`` runs too).
 
 Python tools: median of ``repeats`` calls after a warm-up call (Numba's compilation
 excluded), except statsmodels (one timed pass over its genes, no warm-up: nothing to
@@ -43,17 +44,12 @@ import statsmodels.api as sm
 import pyflashmm as fm
 from validation import r_tools
 from validation.measure import measure_call
-from validation.provenance import write_table
+from validation.provenance import REPO_ROOT, write_table
 
 NAME = "runtime"
 SOURCES = ("measure", "r_tools", "provenance")
-#: files outside validation/ that the results depend on (part of the stamp)
-DATA = (
-    "validation/lme4_time.R",
-    "benchmarks/flashmm_lmm.R",
-    "benchmarks/bench_lmm.py",
-    "benchmarks/bench_nbglm.py",
-)
+#: other files that the results depend on (part of the stamp): the R scripts it runs
+DATA = tuple(str(p.relative_to(REPO_ROOT)) for p in r_tools.SCRIPTS.values())
 
 
 def environment(config: dict) -> dict:
@@ -150,11 +146,11 @@ def measure_point(point: dict, cfg: dict, seed: np.random.SeedSequence,
     r_note = "peak = whole R process; R start-up and input reading not timed"
     if r_skip["flashmm"] is None:
         sub = min(int(cfg["flashmm_max_genes"]), G)
-        t, m = r_tools.flashmm_lmm(stats.subset_genes(slice(0, sub)) if sub < G else stats)
+        res = r_tools.flashmm_lmm(stats.subset_genes(slice(0, sub)) if sub < G else stats)
         row(
             "flashmm",
-            t * G / sub,
-            m,
+            res.seconds * G / sub,
+            res.peak_mem_mb,
             1,
             f"lmm() on the same summary statistics, {sub} genes scaled to {G}; {r_note}",
         )

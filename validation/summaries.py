@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from figures.tables import read_table
 from validation.metrics import wilson_interval
-from validation.provenance import read_table
 
 #: runtime comparisons: (pyflashmm tools summed, anchor tool, what is compared)
 SPEEDUPS = (

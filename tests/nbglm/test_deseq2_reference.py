@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, load_scenario
 
 from pyflashmm import nbglm, size_factors
+from validation.deseq2_reference import DATA, load_scenario
 
 TOL_SF = 1e-10
 TOL_LFC = 1e-5

@@ -4,12 +4,14 @@ report are produced, parse and hold what the contract (validation/README.md) say
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from pyflashmm.cli import main
+from validation.__main__ import main
 from validation.config import load_config
 from validation.methods import METHODS
 from validation.pipeline import EXPERIMENTS, _figure_modules
@@ -19,7 +21,7 @@ from validation.schema import PROVENANCE, TABLES
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    argv = ["reproduce", "--tiny", "--out", str(out), "--workers", "1", "--quiet"]
+    argv = ["--tiny", "--out", str(out), "--workers", "1", "--quiet"]
     assert main(argv) == 0
     return out
 
@@ -91,7 +93,7 @@ def test_latex_tables_and_report(tiny_run):
 
 def test_second_run_skips_what_is_up_to_date(tiny_run, capsys):
     metas = {p.name: p.read_text() for p in (tiny_run / "results").glob("*.meta.json")}
-    argv = ["reproduce", "--tiny", "--out", str(tiny_run), "--workers", "1"]
+    argv = ["--tiny", "--out", str(tiny_run), "--workers", "1"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("up to date") == len(EXPERIMENTS)
@@ -99,9 +101,10 @@ def test_second_run_skips_what_is_up_to_date(tiny_run, capsys):
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path, capsys):
-    argv = ["reproduce", "--tiny", "--out", str(tmp_path), "--only", "calibraton"]
+    argv = ["--tiny", "--out", str(tmp_path), "--only", "calibraton"]
     assert main(argv) == 2
-    assert "calibraton" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibraton" in err and len(err.strip().splitlines()) == 1
 
 
 def test_supplement_uses_only_generated_figures_and_tables(tiny_run):
@@ -118,8 +121,27 @@ def test_supplement_uses_only_generated_figures_and_tables(tiny_run):
 
 
 def test_tiny_needs_an_output_folder(capsys):
-    assert main(["reproduce", "--tiny"]) == 2
-    assert "--out" in capsys.readouterr().err
+    assert main(["--tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m validation: error:") and "--out" in err
+
+
+def test_command_line_help_and_usage_errors():
+    """``python -m validation`` from the repository root: help with examples, exit code 2 with
+    one line on stderr for a bad option value, argparse's usage error for an unknown option."""
+    from validation.provenance import REPO_ROOT
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "validation", *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    ok = run("--help")
+    assert ok.returncode == 0 and "examples:" in ok.stdout and "--quick" in ok.stdout
+    bad = run("--tiny", "--workers", "0", "--out", "unused")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == "python -m validation: error: --workers must be >= 1, got 0"
+    unknown = run("--demo")
+    assert unknown.returncode == 2 and "unrecognized arguments: --demo" in unknown.stderr
 
 
 def test_results_do_not_depend_on_the_number_of_workers(tmp_path):

@@ -1,13 +1,18 @@
-"""Loaders for the DESeq2 reference fixtures (tests/data/deseq2-1.38.3)."""
+"""The committed DESeq2 1.38.3 reference results (``tests/data/deseq2-1.38.3/``).
+
+Loaders shared by the tests (``tests/nbglm/test_deseq2_reference.py``) and the agreement
+experiment (:mod:`validation.agreement`). The fixtures and the R script that wrote them
+(``make_fixtures.R``) stay next to each other in ``tests/data``; see the README there.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "deseq2-1.38.3"
+from validation.provenance import REPO_ROOT
+
+DATA = REPO_ROOT / "tests" / "data" / "deseq2-1.38.3"
 
 #: DESeq() arguments of a scenario besides the design and the test (see make_fixtures.R), as
 #: nbglm arguments, and the size-factor method they imply
@@ -16,6 +21,7 @@ SIZE_FACTOR_METHOD = {"single_cell": "poscounts"}
 
 
 def load_scenario(name):
+    """Counts (samples × genes), design, DESeq2's results and the matching nbglm arguments."""
     d = DATA / name
     cts = pd.read_csv(d / "counts.csv.gz", index_col=0)
     X = pd.read_csv(d / "design.csv")

@@ -7,7 +7,8 @@
 # dispersions (size) and zero fractions of both outputs, and writes them to
 # validation/results/compare_flashmm_simulator.csv.
 #
-# Usage: Rscript validation/compare_flashmm_simulator.R [python executable]
+# Usage: Rscript validation/R/compare_flashmm_simulator.R [python executable]
+# (from the repository root: the output path above is relative to it)
 
 args <- commandArgs(trailingOnly = TRUE)
 python <- if (length(args) >= 1) args[1] else "python"

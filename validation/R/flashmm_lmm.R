@@ -1,4 +1,6 @@
-# Time FLASHMM::lmm on summary statistics written by bench_lmm.py (float64 little-endian files).
+# Time FLASHMM::lmm on summary statistics written by validation/r_tools.py
+# (write_flashmm_inputs: float64 little-endian files), for benchmarks/bench_lmm.py and
+# validation/runtime.py.
 # Usage: Rscript flashmm_lmm.R DIR   (FLASHMM must be installed; R_LIBS may point to it)
 # Writes DIR/flashmm_time.txt (elapsed seconds), DIR/flashmm_theta.bin, DIR/flashmm_coef.bin.
 args <- commandArgs(trailingOnly = TRUE)
