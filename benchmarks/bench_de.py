@@ -72,14 +72,20 @@ def cases():
     }
     return {
         "lmm": (
-            {"fixed": "~ 0 + log(n_counts) + cell_type + cell_type:condition",
-             "random": "(1|donor_id)"},  # fmt: skip
+            {
+                "fixed": "~ 0 + log(n_counts) + cell_type + cell_type:condition",
+                "random": "(1|donor_id)",
+            },  # fmt: skip
             dict(list(within.items())[:1]),
             within,
         ),
         "pseudobulk": (
-            {"method": "pseudobulk", "fixed": "~ condition + batch", "random": "donor_id",
-             "cell_type": "cell_type"},  # fmt: skip
+            {
+                "method": "pseudobulk",
+                "fixed": "~ condition + batch",
+                "random": "donor_id",
+                "cell_type": "cell_type",
+            },  # fmt: skip
             {"stim": "conditionstim"},
             nb_five,
         ),
