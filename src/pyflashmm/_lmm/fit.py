@@ -19,7 +19,7 @@ which equals ``lme4::logLik`` and statsmodels' ``llf`` (FLASHMM's REML value add
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -82,6 +82,10 @@ class LmmFit:
     stats : SummaryStats
         The statistics the fit came from (a reference, not a copy); inference that needs more
         than β̂ and Cov(β̂) (Satterthwaite df, BLUPs) reads them.
+
+    The fit also keeps, privately, the decompositions it was computed from (Cholesky of XᵀX,
+    eigen-decompositions of ZᵀRZ and ZᵀZ, …), so that :func:`lmmtest` and
+    :func:`random_effects` reuse them instead of rebuilding them for every call.
     """
 
     coef: np.ndarray
@@ -106,6 +110,7 @@ class LmmFit:
     theta_names: list[str]
     gene_names: list[str]
     stats: SummaryStats | None = None
+    _prepared: _Prepared | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_genes(self) -> int:
@@ -244,6 +249,8 @@ class _Problem:
     """Quantities shared by all genes after residualising on X (see the kernels' notation).
 
     ``W`` is G × q: ZᵀRy rotated by the eigenvectors of S (eigen path) or ZᵀRy itself (dense).
+    Eigen path (K = 1): S = U diag(λ) Uᵀ, ZZ = Q diag(μ) Qᵀ. Dense path: ``Ws`` = S^{1/2},
+    ``Wz`` = ZZ^{1/2}, ``blocks`` maps each of the q columns to its block.
     """
 
     K: int
@@ -276,7 +283,7 @@ class _Problem:
         ZRy = s.ZY - s.ZX @ AXY  # q × G
         S = s.ZZ - s.ZX @ scipy.linalg.cho_solve(chol, s.ZX.T)
         S = 0.5 * (S + S.T)
-        ZZ = 0.5 * (s.ZZ + s.ZZ.T)
+        ZZ = _sym(s.ZZ)
         start = 0
         for k, qk in enumerate(s.d):
             block = slice(start, start + int(qk))
@@ -292,18 +299,38 @@ class _Problem:
         ll_const = n_eff * np.log(2 * np.pi) + (logdet_XX if reml else 0.0)
         common = {"K": K, "reml": reml, "eigen": eigen, "n_eff": n_eff, "ll_const": ll_const}
         if eigen:
-            lam, U = np.linalg.eigh(S)
-            lam = np.clip(lam, 0.0, None)
-            mu, Q = np.linalg.eigh(ZZ)
-            mu = np.clip(mu, 0.0, None)
-            return cls(
-                **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T @ U), S=S, lam=lam, mu=mu,
-                mu_t=np.ascontiguousarray(lam if reml else mu), mu_max=float(mu.max()), Q=Q,
-            )  # fmt: skip
+            return cls._eigen_path(common, yRy, ZRy, S, ZZ)
         return cls(
             **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T), S=np.ascontiguousarray(S),
-            Ws=_psd_sqrt(S), Wz=_psd_sqrt(ZZ), blocks=np.repeat(np.arange(K), s.d).astype(np.int64),
+            Ws=_psd_sqrt(S), Wz=_psd_sqrt(ZZ), blocks=_block_of_columns(s.d),
         )  # fmt: skip
+
+    @classmethod
+    def _eigen_path(cls, common: dict, yRy, ZRy, S, ZZ) -> _Problem:
+        """The K = 1 problem from the residualised pieces: eigen-decompositions of S and ZZ."""
+        lam, U = np.linalg.eigh(S)
+        lam = np.clip(lam, 0.0, None)
+        mu, Q = np.linalg.eigh(ZZ)
+        mu = np.clip(mu, 0.0, None)
+        return cls(
+            **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T @ U), S=S, lam=lam, mu=mu,
+            mu_t=np.ascontiguousarray(lam if common["reml"] else mu), mu_max=float(mu.max()), Q=Q,
+        )  # fmt: skip
+
+    def as_eigen(self, s: SummaryStats) -> _Problem:
+        """This problem on the eigen path (K = 1); a dense one is converted without redoing the
+        Cholesky of XX: ZᵀRy is its ``W`` transposed back to the q × G layout :meth:`build`
+        multiplies by U, so the result is bitwise that of ``build(s, method, "eigen")``."""
+        if self.eigen:
+            return self
+        if self.K != 1:
+            raise ValueError(f"the eigen path needs one random-effect block (K = 1); K = {self.K}")
+        common = {
+            "K": self.K, "reml": self.reml, "eigen": True, "n_eff": self.n_eff,
+            "ll_const": self.ll_const,
+        }  # fmt: skip
+        ZRy = np.ascontiguousarray(self.W.T)
+        return self._eigen_path(common, self.yRy, ZRy, self.S, _sym(s.ZZ))
 
     def evaluate(self, theta: np.ndarray):
         """(loglik, score, information) at θ (G × (K+1)) for every gene."""
@@ -316,6 +343,68 @@ class _Problem:
             theta, self.W, self.yRy, self.S, self.Ws, self.Wz, self.blocks, self.K, self.reml,
             self.n_eff, self.ll_const,
         )  # fmt: skip
+
+
+def _sym(A: np.ndarray) -> np.ndarray:
+    return 0.5 * (A + A.T)
+
+
+def _block_of_columns(d) -> np.ndarray:
+    """The block index of each of the q random-effect columns."""
+    return np.repeat(np.arange(len(d)), d).astype(np.int64)
+
+
+class _Prepared:
+    """The problem a fit was computed from, kept so that inference never rebuilds it.
+
+    Inference needs, besides what the fit built: the eigen path for K = 1 (when the fit used
+    ``engine="dense"``), ZZ^{1/2} and the column blocks (BLUPs, and K ≥ 2 Satterthwaite; the
+    eigen path has ZZ's eigen-decomposition instead) and QᵀZX. Each is computed on first use,
+    from the pieces already here, with the operations :meth:`_Problem.build` would use, and kept.
+    The object is mutable only as a cache; it belongs to one (statistics, method) pair.
+    """
+
+    __slots__ = ("stats", "method", "problem", "_eigen", "_Wz", "_ZXq")
+
+    def __init__(self, stats: SummaryStats, method: str, problem: _Problem):
+        self.stats = stats
+        self.method = method
+        self.problem = problem
+        self._eigen: _Problem | None = problem if problem.eigen else None
+        self._Wz: np.ndarray | None = problem.Wz
+        self._ZXq: np.ndarray | None = None
+
+    @property
+    def K(self) -> int:
+        return self.problem.K
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """Block index of each random-effect column (q,)."""
+        if self.problem.blocks is not None:
+            return self.problem.blocks
+        return _block_of_columns(self.stats.d)
+
+    def inference_problem(self) -> _Problem:
+        """The problem ``engine="auto"`` builds: the eigen path for K = 1, else the dense one."""
+        if self.K == 1:
+            if self._eigen is None:
+                self._eigen = self.problem.as_eigen(self.stats)
+            return self._eigen
+        return self.problem
+
+    def Wz(self) -> np.ndarray:
+        """ZZ^{1/2}, from ZZ's eigen-decomposition when the fit has it (as :func:`_psd_sqrt`)."""
+        if self._Wz is None:
+            e = self.inference_problem()
+            self._Wz = np.ascontiguousarray((e.Q * np.sqrt(e.mu)) @ e.Q.T)
+        return self._Wz
+
+    def ZXq(self) -> np.ndarray:
+        """QᵀZX for K = 1 (ZZ = Q diag(μ) Qᵀ), C-contiguous."""
+        if self._ZXq is None:
+            self._ZXq = np.ascontiguousarray(self.inference_problem().Q.T @ self.stats.ZX)
+        return self._ZXq
 
 
 _GENE_BLOCK = 2048  # genes per block in the fixed-effects step (bounds its temporaries)
@@ -544,7 +633,19 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
         theta_names=_theta_names(s),
         gene_names=list(s.gene_names),
         stats=s,
+        _prepared=_Prepared(s, method, prob),
     )
+
+
+def prepared(fit: LmmFit) -> _Prepared:
+    """The problem ``fit`` was computed from: the one it kept, or (for a fit that kept none,
+    or whose ``stats`` or ``method`` were replaced since) one built afresh."""
+    p = fit._prepared
+    if p is not None and p.stats is fit.stats and p.method == fit.method:
+        return p
+    if fit.stats is None:
+        raise ValueError("fit: this LmmFit carries no summary statistics (fit.stats is None)")
+    return _Prepared(fit.stats, fit.method, _Problem.build(fit.stats, fit.method, "auto"))
 
 
 def _theta_names(s: SummaryStats) -> list[str]:

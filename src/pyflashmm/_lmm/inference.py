@@ -33,8 +33,9 @@ from scipy import stats as sps
 
 from pyflashmm import _checks
 from pyflashmm._contrasts import as_contrasts
+from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import inference as _ki
-from pyflashmm._lmm.fit import LmmFit, _Problem
+from pyflashmm._lmm.fit import LmmFit, _Prepared, _Problem, prepared
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
 
@@ -54,9 +55,12 @@ def _require_stats(fit: LmmFit):
 
 
 def observed_information(fit: LmmFit) -> np.ndarray:
-    """J = −∂²ℓ/∂θ∂θᵀ at θ̂ per gene (G × (K+1) × (K+1)), from the summary statistics."""
-    s = _require_stats(fit)
-    prob = _Problem.build(s, fit.method, "auto")
+    """J = −∂²ℓ/∂θ∂θᵀ at θ̂ per gene (G × (K+1) × (K+1)), from the summary statistics.
+
+    J = Q − I with Qᵢⱼ = yᵀPVᵢPVⱼPy and I the expected information kept by the fit.
+    """
+    _require_stats(fit)
+    prob = prepared(fit).inference_problem()
     theta = np.ascontiguousarray(fit.theta)
     if prob.eigen:
         Q = _ki.quadratic_terms_k1(theta, prob.W, prob.yRy, prob.lam)
@@ -68,17 +72,15 @@ def observed_information(fit: LmmFit) -> np.ndarray:
 def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
     """∂(cᵀCov(β̂)c)/∂θ for w = Cov(β̂)c given as ``Wc`` (G × L × p); returns G × L × (K+1)."""
     s = _require_stats(fit)
+    prep = prepared(fit)
     theta = np.ascontiguousarray(fit.theta)
     if len(s.d) == 1:
-        mu, Qm = np.linalg.eigh(0.5 * (s.ZZ + s.ZZ.T))
-        mu = np.clip(mu, 0.0, None)
-        ZXq = Qm.T @ s.ZX
-        return _ki.cov_gradient_k1(theta, mu, np.ascontiguousarray(ZXq), s.XX, Wc)
-    prob = _Problem.build(s, fit.method, "dense")
+        mu = prep.inference_problem().mu
+        return _ki.cov_gradient_k1(theta, mu, prep.ZXq(), s.XX, Wc)
     return _ki.cov_gradient_general(
         theta,
-        prob.Wz,
-        prob.blocks,
+        prep.Wz(),
+        prep.blocks,
         np.ascontiguousarray(s.ZX),
         np.ascontiguousarray(s.ZZ),
         s.XX,
@@ -142,6 +144,7 @@ def _between_df(fit: LmmFit, Lm: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+@numba_parallel_only
 def lmmtest(
     fit: LmmFit,
     contrast=None,
@@ -356,6 +359,7 @@ def lrt(fit0: LmmFit, fit1: LmmFit, *, boundary: bool = True) -> pd.DataFrame:
     )
 
 
+@numba_parallel_only
 def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
     """BLUPs of the random effects per gene: b̂ = H(ZᵀY − ZᵀXβ̂), H = (I + D·ZᵀZ)⁻¹D.
 
@@ -364,10 +368,12 @@ def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
     s = stats if stats is not None else _require_stats(fit)
     if s.n_genes != fit.n_genes or s.p != fit.coef.shape[1]:
         raise ValueError("stats do not match the fit (genes or fixed effects differ)")
-    blocks = np.repeat(np.arange(len(s.d)), s.d).astype(np.int64)
-    Wz = _Problem.build(s, fit.method, "dense").Wz
+    if s is fit.stats:
+        prep = prepared(fit)
+    else:  # other statistics of the same genes: their own problem
+        prep = _Prepared(s, fit.method, _Problem.build(s, fit.method, "dense"))
     b = _ki.blups(
-        np.ascontiguousarray(fit.theta), blocks, Wz, np.ascontiguousarray(s.ZY.T),
+        np.ascontiguousarray(fit.theta), prep.blocks, prep.Wz(), np.ascontiguousarray(s.ZY.T),
         np.ascontiguousarray(s.ZX), np.nan_to_num(fit.coef),
     )  # fmt: skip
     b[~np.isfinite(fit.coef).all(axis=1)] = np.nan
