@@ -7,8 +7,8 @@ Model, for each gene (Y's column) y ∈ ℝⁿ:
 K random-effect blocks of sizes d = (q₁, …, q_K), Z = [Z₁ … Z_K] (n × q). The variance components
 θ = (σ₁², …, σ_K², σ²) — residual variance last, FLASHMM's order — are estimated by REML or ML with
 Fisher scoring on the summary statistics XᵀX, XᵀY, ZᵀX, ZᵀY, ZᵀZ, Σy², n (see
-:mod:`pyflashmm.sumstats`), so the cost does not grow with the number of cells. The maths of the
-score, the expected information and the likelihood is in :mod:`pyflashmm._kernels.lmm`.
+:func:`pyflashmm.summary_stats`), so the cost does not grow with the number of cells. The maths
+of the score, the expected information and the likelihood is in :mod:`pyflashmm._kernels.lmm`.
 
 Given θ̂, β̂ = (XᵀV⁻¹X)⁻¹XᵀV⁻¹y and Cov(β̂) = (XᵀV⁻¹X)⁻¹ with V = σ²(I + Z D Zᵀ), D = diag(σₖ²/σ²).
 Tests use t = β̂/se with df = n − p (FLASHMM's choice). ``loglik`` is the log-likelihood (ML) or
@@ -27,6 +27,7 @@ import scipy.linalg
 from tqdm.auto import tqdm
 
 from pyflashmm import _checks, _status
+from pyflashmm._design import Design
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import lmm as _k
 from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
@@ -78,7 +79,9 @@ class LmmFit:
     n, d : int, ndarray
         Number of cells and random-effect block sizes.
     fixed_names, theta_names, gene_names : list of str
-        Names of the coefficients, of the variance components (last ``"residual"``), of genes.
+        Names of the coefficients, of the variance components and of the genes. The variance
+        components are named after the random-effect blocks (``["donor_id", "batch",
+        "residual"]``), or ``var1, …, varK, residual`` when the statistics carry no block labels.
     stats : SummaryStats
         The statistics the fit came from (a reference, not a copy); inference that needs more
         than β̂ and Cov(β̂) (Satterthwaite df, BLUPs) reads them.
@@ -649,15 +652,17 @@ def prepared(fit: LmmFit) -> _Prepared:
 
 
 def _theta_names(s: SummaryStats) -> list[str]:
-    K = len(s.d)
-    names = [f"var{k + 1}" for k in range(K)]
-    return names + ["residual"]
+    """The block labels then ``"residual"``; ``var1, …`` when the statistics carry no labels
+    (FLASHMM-style matrices)."""
+    if s.random_blocks:
+        return [*s.random_blocks, "residual"]
+    return [f"var{k + 1}" for k in range(len(s.d))] + ["residual"]
 
 
 def lmmfit(
     Y,
     X,
-    Z,
+    Z=None,
     d=None,
     *,
     transform: str | None = None,
@@ -665,8 +670,13 @@ def lmmfit(
     gene_names=None,
     **kwargs,
 ) -> LmmFit:
-    """:func:`summary_stats` then :func:`lmm`; ``kwargs`` go to :func:`lmm`."""
-    if hasattr(X, "shape") and len(X.shape) == 2 and X.shape[0] > 0:  # rank first, before Y
+    """:func:`summary_stats` then :func:`lmm`; ``kwargs`` go to :func:`lmm`.
+
+    ``X`` may be a :class:`~pyflashmm.Design` (then without ``Z`` and ``d``), as for
+    :func:`summary_stats`.
+    """
+    if not isinstance(X, Design) and hasattr(X, "shape") and len(X.shape) == 2 and X.shape[0] > 0:
+        # the rank first, before the pass over Y (a Design was checked when it was built)
         Xd = _checks.as_float_matrix("X", X)
         names = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else None
         _checks.check_full_rank(Xd.T @ Xd, _checks.check_names("X", names, Xd.shape[1], "x"))

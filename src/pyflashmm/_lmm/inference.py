@@ -1,6 +1,6 @@
 """Inference on LMM fits: contrasts with calibrated degrees of freedom, variance components, BLUPs.
 
-Notation (as in :mod:`pyflashmm.lmm`): θ = (σ₁², …, σ_K², σ²), V = Σₖ θₖ Vₖ with Vₖ = ZₖZₖᵀ and
+Notation (as in :mod:`pyflashmm._lmm.fit`): θ = (σ₁², …, σ_K², σ²), V = Σₖ θₖ Vₖ with Vₖ = ZₖZₖᵀ and
 V₀ = I (the residual), Cov(β̂) = (XᵀV⁻¹X)⁻¹, P the REML projection, ℓ the log-likelihood (ML) or
 REML criterion.
 
@@ -34,7 +34,7 @@ from scipy import stats as sps
 from pyflashmm import _checks
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._jit import numba_parallel_only
-from pyflashmm._kernels import inference as _ki
+from pyflashmm._kernels import lmm_inference as _ki
 from pyflashmm._lmm.fit import LmmFit, _Prepared, _Problem, prepared
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
@@ -361,9 +361,24 @@ def lrt(fit0: LmmFit, fit1: LmmFit, *, boundary: bool = True) -> pd.DataFrame:
 
 @numba_parallel_only
 def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
-    """BLUPs of the random effects per gene: b̂ = H(ZᵀY − ZᵀXβ̂), H = (I + D·ZᵀZ)⁻¹D.
+    """BLUPs of the random effects per gene: b̂ = H(ZᵀY − ZᵀXβ̂), H = (I + D·ZᵀZ)⁻¹D,
+    D = diag(σₖ²/σ²) over the columns of each block.
 
-    Returns a genes × q DataFrame (columns = the random-effect names of the statistics).
+    Parameters
+    ----------
+    fit : LmmFit
+    stats : SummaryStats, optional
+        Statistics of the same genes and design to use instead of ``fit.stats``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Genes × q (rows: gene names). Columns are the level labels of the random effects: for
+        one block, an Index of its levels named after the block (``columns.name ==
+        "donor_id"``); for several, a MultiIndex (block, level), so that
+        ``random_effects(fit)["batch"]`` selects one block. Statistics without labels (from
+        bare matrices) give the names of Z's columns (``donor_idD01``, or ``z0, z1, …``).
+        Genes without a fit are NaN.
     """
     s = stats if stats is not None else _require_stats(fit)
     if s.n_genes != fit.n_genes or s.p != fit.coef.shape[1]:
@@ -377,5 +392,14 @@ def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
         np.ascontiguousarray(s.ZX), np.nan_to_num(fit.coef),
     )  # fmt: skip
     b[~np.isfinite(fit.coef).all(axis=1)] = np.nan
-    return pd.DataFrame(b, index=fit.gene_names, columns=_checks.check_names(
-        "random_names", s.random_names or None, s.q, "z"))  # fmt: skip
+    return pd.DataFrame(b, index=fit.gene_names, columns=_random_columns(s))
+
+
+def _random_columns(s) -> pd.Index:
+    """Column labels of the BLUPs: (block, level) labels when the statistics carry them."""
+    if s.random_blocks and s.random_levels:
+        if len(s.random_blocks) == 1:
+            return pd.Index(s.random_levels, name=s.random_blocks[0])
+        block = np.repeat(np.asarray(s.random_blocks, dtype=object), s.d)
+        return pd.MultiIndex.from_arrays([block, s.random_levels], names=["block", "level"])
+    return pd.Index(_checks.check_names("random_names", s.random_names or None, s.q, "z"))
