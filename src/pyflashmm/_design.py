@@ -204,17 +204,37 @@ def _parse_formula(formula: str, arg: str):
     text = formula.strip()
     if not text.startswith("~"):
         raise ValueError(f"{arg} must be a one-sided formula starting with '~'; got {formula!r}")
+    if _has_random_bar(text):  # formulaic would read a multi-part formula, or fail
+        raise ValueError(
+            f"{arg}: formula {formula!r} contains '|': random-effect terms such as "
+            "'(1 | donor_id)' go in random"
+        )
     try:
         f = Formula(text)
         f_written = Formula(text, _ordering="none")
     except (FormulaicError, ValueError, TypeError) as e:  # formulaic's messages carry colours
         msg = re.sub(r"\x1b\[[0-9;]*m|[⧛⧚]", "", str(e)).strip()
         raise ValueError(f"{arg}: cannot parse formula {formula!r}: {msg}") from None
-    if not hasattr(f, "required_variables"):  # '|' makes a multi-part formula
-        hint = " (random-effect terms such as '(1 | donor_id)' go in random)"
-        hint = hint if arg == "fixed" else ""
-        raise ValueError(f"{arg}: formula {formula!r} has several parts ('|'){hint}")
+    if not hasattr(f, "required_variables"):  # pragma: no cover - a multi-part formula
+        raise ValueError(f"{arg}: formula {formula!r} has several parts")
     return f, f_written
+
+
+def _has_random_bar(text: str) -> bool:
+    """A '|' at the top level or in plain parentheses (``~ x | g``, ``~ x + (1 | g)``), not in
+    a function call (``~ I(a | b)``)."""
+    stack: list[bool] = []  # per open parenthesis: is it a call?
+    prev = ""
+    for ch in text:
+        if ch == "(":
+            stack.append(prev.isalnum() or prev in "_.)")
+        elif ch == ")" and stack:
+            stack.pop()
+        elif ch == "|" and not any(stack):
+            return True
+        if not ch.isspace():
+            prev = ch
+    return False
 
 
 def _formula_label(f_written) -> str:
@@ -373,8 +393,10 @@ class _FormulaBlock:
         _check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
         try:
-            with np.errstate(all="ignore"):  # non-finite values are reported by matrix()
-                mm = f.get_model_matrix(_logical_as_factor(obs[columns]), na_action="raise")
+            # NaN in the used columns is reported above and values the formula makes non-finite
+            # (NaN included: "raise" would not say where) by matrix(), with their row
+            with np.errstate(all="ignore"):
+                mm = f.get_model_matrix(_logical_as_factor(obs[columns]), na_action="ignore")
         except FormulaicError as e:  # e.g. an unknown function: not a crash deep in formulaic
             msg = re.sub(r"\x1b\[[0-9;]*m|[⧛⧚]", "", str(e)).strip()
             raise ValueError(f"{arg}: cannot evaluate {where}: {msg}") from None
@@ -433,7 +455,7 @@ class _FormulaBlock:
             warnings.simplefilter("error", DataMismatchWarning)
             mm = self.model_spec.get_model_matrix(
                 _logical_as_factor(obs[list(self.columns)]),
-                na_action="raise",
+                na_action="ignore",
                 output="sparse" if sparse else "pandas",
             )
         if sparse:
