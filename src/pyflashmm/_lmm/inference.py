@@ -54,13 +54,14 @@ def _require_stats(fit: LmmFit):
     return fit.stats
 
 
-def observed_information(fit: LmmFit) -> np.ndarray:
+def observed_information(fit: LmmFit, prep: _Prepared | None = None) -> np.ndarray:
     """J = −∂²ℓ/∂θ∂θᵀ at θ̂ per gene (G × (K+1) × (K+1)), from the summary statistics.
 
     J = Q − I with Qᵢⱼ = yᵀPVᵢPVⱼPy and I the expected information kept by the fit.
+    ``prep``: the fit's prepared problem (default: the one it kept).
     """
     _require_stats(fit)
-    prob = prepared(fit).inference_problem()
+    prob = (prep or prepared(fit)).inference_problem()
     theta = np.ascontiguousarray(fit.theta)
     if prob.eigen:
         Q = _ki.quadratic_terms_k1(theta, prob.W, prob.yRy, prob.lam)
@@ -69,10 +70,10 @@ def observed_information(fit: LmmFit) -> np.ndarray:
     return Q - fit.fim_theta
 
 
-def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
+def _cov_gradient(fit: LmmFit, Wc: np.ndarray, prep: _Prepared | None = None) -> np.ndarray:
     """∂(cᵀCov(β̂)c)/∂θ for w = Cov(β̂)c given as ``Wc`` (G × L × p); returns G × L × (K+1)."""
     s = _require_stats(fit)
-    prep = prepared(fit)
+    prep = prep or prepared(fit)
     theta = np.ascontiguousarray(fit.theta)
     if len(s.d) == 1:
         mu = prep.inference_problem().mu
@@ -88,10 +89,10 @@ def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
     )
 
 
-def inverse_observed_information(fit: LmmFit) -> np.ndarray:
+def inverse_observed_information(fit: LmmFit, prep: _Prepared | None = None) -> np.ndarray:
     """A = J⁻¹ per gene (G × (K+1) × (K+1)), the asymptotic covariance of θ̂ used by
     Satterthwaite; NaN where J is not finite or singular."""
-    J = observed_information(fit)
+    J = observed_information(fit, prep)
     A = np.full_like(J, np.nan)
     good = np.isfinite(J).all(axis=(1, 2))
     good[good] = np.abs(np.linalg.det(J[good])) > 0
@@ -100,13 +101,15 @@ def inverse_observed_information(fit: LmmFit) -> np.ndarray:
     return A
 
 
-def _satterthwaite(fit: LmmFit, C: np.ndarray, A: np.ndarray) -> np.ndarray:
+def _satterthwaite(
+    fit: LmmFit, C: np.ndarray, A: np.ndarray, prep: _Prepared | None = None
+) -> np.ndarray:
     """Satterthwaite df of per-gene single-row contrasts ``C`` (G × L × p): G × L.
 
     ν = 2f²/(∇fᵀA∇f) with f = cᵀCov(β̂)c and A = J⁻¹ (see the module docstring).
     """
     Wc = np.ascontiguousarray(np.einsum("gab,glb->gla", fit.cov, C))
-    grad = _cov_gradient(fit, Wc)
+    grad = _cov_gradient(fit, Wc, prep)
     var = np.einsum("glp,glp->gl", C, Wc)
     denom = np.einsum("glk,gkm,glm->gl", grad, A, grad)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -196,12 +199,13 @@ def lmmtest(
             raise ValueError(f"contrast {name!r}: its {Lm.shape[1]} rows are linearly dependent")
     G = fit.n_genes
     method = f"lmm_{fit.method.lower()}"
-    A = inverse_observed_information(fit) if df == "satterthwaite" else None
+    prep = prepared(fit) if df == "satterthwaite" else None  # one problem for every contrast
+    A = inverse_observed_information(fit, prep) if df == "satterthwaite" else None
     single = {k: v[:, 0] for k, v in contrasts.items() if v.shape[1] == 1}
     nu_single = {}
     if single and df == "satterthwaite":
         C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
-        nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A)
+        nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A, prep)
         nu_single = {k: nu[:, j] for j, k in enumerate(single)}
     frames = []
     for name, Lm in contrasts.items():
@@ -226,7 +230,7 @@ def lmmtest(
                 pval = sps.t.cdf(stat, nu)
             log_fc = est[:, 0]
         else:
-            stat, nu_joint = _joint_test(fit, Lm, est, V, A)
+            stat, nu_joint = _joint_test(fit, Lm, est, V, A, prep)
             nu = nu_joint if nu is None else nu
             pval = sps.f.sf(stat, r, nu)
             log_fc = se = np.full(G, np.nan)
@@ -250,7 +254,7 @@ def lmmtest(
     return pd.concat(frames, ignore_index=True)
 
 
-def _joint_test(fit, Lm, est, V, A):
+def _joint_test(fit, Lm, est, V, A, prep=None):
     """F statistic of a joint contrast and, when ``A`` (J⁻¹) is given, its Satterthwaite ddf.
 
     Along the eigenvectors P of LᵀCov L (eigenvalues λₘ) the contrasts L Pₘ are independent
@@ -267,7 +271,7 @@ def _joint_test(fit, Lm, est, V, A):
     if A is None:
         return F, None
     C = np.einsum("pr,grm->gmp", Lm, np.nan_to_num(evecs))  # the r eigen-contrasts per gene
-    nus = _satterthwaite(fit, C, A)
+    nus = _satterthwaite(fit, C, A, prep)
     nus[~good] = np.nan
     return F, _fstat_ddf(nus)
 
