@@ -739,6 +739,8 @@ def _effects(lhs: str, term: str, entry: str) -> tuple[bool, list[str]]:
                 raise _term_error(term, entry, f"removing {part!r} is not supported")
             intercept = part == "1" and op != "-"
             continue
+        if "|" in part:
+            raise _term_error(term, entry, f"a '|' inside the effects {lhs!r}")
         if part not in slopes:
             slopes.append(part)
     return intercept, slopes

@@ -365,6 +365,11 @@ class _Prepared:
     eigen path has ZZ's eigen-decomposition instead) and QᵀZX. Each is computed on first use,
     from the pieces already here, with the operations :meth:`_Problem.build` would use, and kept.
     The object is mutable only as a cache; it belongs to one (statistics, method) pair.
+
+    The fit builds its problem with BLAS limited to one thread (:func:`numba_parallel_only`) and
+    the public inference functions run the same way: the last bits of an eigen-decomposition
+    of a q × q matrix (q ≳ 100) depend on the BLAS thread count, and inference must see the
+    decompositions the fit used, whatever the caller's BLAS settings.
     """
 
     __slots__ = ("stats", "method", "problem", "_eigen", "_Wz", "_ZXq")

@@ -15,6 +15,11 @@ name       shape        definition
 ``d``      K            sizes of the random-effect blocks, Σ d = q
 =========  ===========  =====================================================
 
+X, Z and d come from a :class:`~pyflashmm.Design` (``summary_stats(Y, design)``, which also
+carries the names: of the coefficients, of Z's columns, of the random-effect blocks and of their
+levels, so that the fit can name its variance components and BLUPs) or are given as matrices
+(``summary_stats(Y, X, Z, d)``, FLASHMM's call).
+
 Every statistic is a sum over cells, so the statistics of disjoint cell chunks add up:
 ``summary_stats(Y[a]) + summary_stats(Y[b]) == summary_stats(Y[a ∪ b])``. Y is read chunk by chunk
 (``chunk_size`` cells at a time) and sparse Y is never densified; the extra memory is
