@@ -7,6 +7,8 @@ Cases (issue 2):
   (d) summary statistics of a sparse CSR matrix with 10⁸ stored values, as a ratio to one plain
       pass over the same data: Σ log1p(y)² per gene, the faster of NumPy (log1p over the values,
       bincount over their gene indices) and scipy (``Y.log1p().power(2).sum(0)``).
+  (e) inference on the fits of (a) and (c): ``lmmtest`` with Satterthwaite df for three contrasts
+      (one coefficient, an average of two, a joint 2-df test) and ``random_effects`` (BLUPs).
 
 Inputs for (a)–(c) are drawn exactly from the model's sufficient statistics
 (``sufficient_stats.py``). FLASHMM (R) runs on the same statistics when ``Rscript`` can load it
@@ -81,6 +83,22 @@ def lmm_case(label, stats, repeats, flashmm, flashmm_genes=None):
     return row
 
 
+#: contrasts of the vignette design's cls:trtB coefficients (x11, x12, ...)
+INFERENCE_CONTRASTS = {"c1": "x11", "avg": "(x11 + x12)/2", "joint": ["x11", "x12"]}
+
+
+def inference_case(label, stats, repeats):
+    """Median times of lmmtest (Satterthwaite, three contrasts) and random_effects on one fit."""
+    fit = fm.lmm(stats, warn=False)
+    return {
+        "case": f"(e) inference, {label}",
+        "genes": stats.n_genes,
+        "K": len(stats.d),
+        "lmmtest_seconds": median_time(lambda: fm.lmmtest(fit, INFERENCE_CONTRASTS), repeats),
+        "random_effects_seconds": median_time(lambda: fm.random_effects(fit), repeats),
+    }
+
+
 def random_csr(rng, n, G, per_row):
     """n × G CSR count matrix with ``per_row`` stored values per row (sorted, may repeat)."""
     indices = np.sort(rng.integers(0, G, (n, per_row), dtype=np.int32), axis=1).ravel()
@@ -138,13 +156,16 @@ def main(argv=None):
     X, Z, d = ss.vignette_design(rng, 100_000 // f)
     stats = ss.simulate_stats(rng, X, Z, d, 10_000 // f, theta=(0.1, 1.0))
     rows.append(lmm_case("(a) vignette K=1", stats, args.repeats, flashmm))
+    inference = [inference_case("vignette K=1", stats, args.repeats)]
     X, Z, d = ss.tb_design(rng, 500_000 // f)
     stats = ss.simulate_stats(rng, X, Z, d, 11_596 // f, theta=(0.1, 1.0))
     rows.append(lmm_case("(b) TB atlas K=1", stats, args.repeats, flashmm, flashmm_genes=300 // f))
     X, Z, d = ss.vignette_design(rng, 100_000 // f, extra_factors=(8,))
     stats = ss.simulate_stats(rng, X, Z, d, 10_000 // f, theta=(0.1, 0.05, 1.0))
     rows.append(lmm_case("(c) crossed K=2", stats, args.repeats, flashmm))
+    inference.append(inference_case("crossed K=2", stats, args.repeats))
     rows.append(sumstats_case(rng, 1_000_000 // f, 10_000 // (f // 4 or 1), 100, args.repeats))
+    rows.extend(inference)
     for row in rows:
         print(json.dumps(row))
     print()
@@ -169,6 +190,11 @@ def main(argv=None):
         f"{r['scipy_sum_sq_seconds']:.2f} s); scipy's Y.log1p().T @ X alone: "
         f"{r['scipy_XtY_only_seconds']:.2f} s"
     )
+    for r in rows[4:]:
+        print(
+            f"{r['case']:28s} {r['genes']:7d} genes: lmmtest (Satterthwaite, 3 contrasts) "
+            f"{r['lmmtest_seconds']:.3f} s, random_effects {r['random_effects_seconds']:.3f} s"
+        )
     if args.json is None and not args.quick:
         args.json = HERE / "results" / "bench_lmm.json"
     if args.json:

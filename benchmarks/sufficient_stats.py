@@ -58,7 +58,8 @@ def simulate_stats(rng, X, Z, d, n_genes, theta=(0.1, 1.0), batch=2000) -> Summa
     r = int(keep.sum())
     root = evecs[:, keep] * np.sqrt(evals[keep])  # WW = root rootᵀ on its range
     pinv_root = evecs[:, keep] / np.sqrt(evals[keep])
-    XX, ZX, ZZ = WW[:p, :p], WW[p:, :p], WW[p:, p:]
+    # contiguous copies, as summary_stats returns them (the kernels expect C order)
+    XX, ZX, ZZ = (np.ascontiguousarray(a) for a in (WW[:p, :p], WW[p:, :p], WW[p:, p:]))
     XY = np.empty((p, n_genes))
     ZY = np.empty((q, n_genes))
     Ynorm = np.empty(n_genes)

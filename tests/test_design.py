@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,239 @@ def test_logical_columns_coded_as_r_factors():
     des = design(obs, "~ x:flag")
     assert des.fixed_names == ["(Intercept)", "x:flagFALSE", "x:flagTRUE"]
     np.testing.assert_array_equal(des.apply(obs.iloc[[1]]).X, [[1.0, 2.0, 0.0]])
+
+
+# ------------------------------------------------------------- lme4 random terms and labels
+
+
+def cell_table(rng, n: int = 600, n_donors: int = 8) -> pd.DataFrame:
+    """A cell table as AnnData's obs holds it: categorical donor, cell type, condition, batch."""
+    donors = [f"D{i:02d}" for i in range(1, n_donors + 1)]
+    cell_types = ["CD4 T", "B cell", "NK"]
+    donor = np.concatenate([donors, rng.choice(donors, n - n_donors)])  # every donor present
+    cell_type = np.concatenate(
+        [np.resize(cell_types, n_donors), rng.choice(cell_types, n - n_donors)]
+    )
+    arm = {d: ("ctrl" if i % 2 else "stim") for i, d in enumerate(donors)}  # donors in arms
+    batch = {d: f"b{i % 3 + 1}" for i, d in enumerate(donors)}
+    return pd.DataFrame(
+        {
+            "donor_id": pd.Categorical(donor, categories=donors),
+            "cell_type": pd.Categorical(cell_type, categories=cell_types),
+            "condition": pd.Categorical([arm[d] for d in donor], categories=["ctrl", "stim"]),
+            "batch": pd.Categorical([batch[d] for d in donor], categories=["b1", "b2", "b3"]),
+            "time": rng.uniform(0.0, 3.0, n),
+            "libsize": rng.integers(500, 20_000, n).astype(float),
+        },
+        index=pd.Index([f"cell_{i:04d}" for i in range(n)], name="barcode"),
+    )
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return cell_table(np.random.default_rng(7))
+
+
+CELL_FIXED = "~ 0 + cell_type + cell_type:condition"
+
+
+def assert_same_design(a, b):
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(a.Z.toarray(), b.Z.toarray())
+    np.testing.assert_array_equal(a.d, b.d)
+    for attr in ("fixed_names", "random_names", "random_blocks", "random_levels"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+
+
+@pytest.mark.parametrize(
+    ("lme4", "existing"),
+    [
+        ("(1|donor_id)", "donor_id"),
+        ("(1 | donor_id)", "donor_id"),
+        (" ( 1|donor_id ) ", "donor_id"),
+        ("~ (1 | donor_id)", "donor_id"),
+        ("~ 1 | donor_id", "donor_id"),  # nlme's spelling
+        ("((1 | donor_id))", "donor_id"),
+        ("(1 | `donor_id`)", "donor_id"),
+        ("(1 | donor_id:cell_type)", "donor_id:cell_type"),
+        ("(1|donor_id) + (1|batch)", ["donor_id", "batch"]),
+        (["(1 | donor_id)", "(1 | batch)"], ["donor_id", "batch"]),
+        (["(1 | donor_id)", "batch"], ["donor_id", "batch"]),
+        ("(1 | donor_id/cell_type)", ["donor_id", "donor_id:cell_type"]),  # lme4 expands a/b
+        ("(0 + time | donor_id)", "~ 0 + donor_id:time"),
+        ("(-1 + time | donor_id)", "~ 0 + donor_id:time"),
+        ("(time - 1 | donor_id)", "~ 0 + donor_id:time"),
+        ("~ 0 + time | donor_id", "~ 0 + donor_id:time"),
+        ("(1 + time || donor_id)", ["donor_id", "~ 0 + donor_id:time"]),
+        ("(time || donor_id)", ["donor_id", "~ 0 + donor_id:time"]),
+        ("(1 | donor_id) + (0 + time | donor_id)", ["donor_id", "~ 0 + donor_id:time"]),
+        ("(0 + log(libsize) | donor_id)", "~ 0 + donor_id:log(libsize)"),
+    ],
+)
+def test_lme4_terms_equal_the_existing_syntax(cells, lme4, existing):
+    assert_same_design(design(cells, CELL_FIXED, lme4), design(cells, CELL_FIXED, existing))
+
+
+def test_block_and_level_labels(cells):
+    des = design(cells, CELL_FIXED, "(1 | donor_id/cell_type) + (1 + time || batch)")
+    assert des.random_blocks == ["donor_id", "donor_id:cell_type", "batch", "batch:time"]
+    assert des.d.tolist() == [8, len(cells.groupby(["donor_id", "cell_type"], observed=True)), 3, 3]
+    q1, q2 = des.d[0], des.d[0] + des.d[1]
+    assert des.random_levels[:q1] == [f"D{i:02d}" for i in range(1, 9)]
+    assert des.random_names[:2] == ["donor_idD01", "donor_idD02"]
+    # interaction levels: the donor varies fastest, as R's names
+    assert des.random_levels[q1 : q1 + 2] == ["D01:CD4 T", "D02:CD4 T"]
+    assert des.random_names[q1] == "donor_idD01:cell_typeCD4 T"
+    assert des.random_levels[q2:] == ["b1", "b2", "b3"] * 2
+    assert des.random_names[-1] == "batchb3:time"
+    # the slope block holds time on its level's cells
+    Zs = des.Z.toarray()[:, -3:]
+    np.testing.assert_array_equal(Zs.sum(axis=1), cells["time"].to_numpy())
+    # the spec carries the labels, and chunks keep them
+    assert des.spec.random_blocks == des.random_blocks
+    assert des.spec.random_levels == des.random_levels
+    chunk = des.apply(cells.iloc[:50])
+    assert chunk.random_blocks == des.random_blocks and chunk.random_levels == des.random_levels
+    np.testing.assert_array_equal(chunk.Z.toarray(), des.Z.toarray()[:50])
+
+
+def test_labels_of_the_existing_syntax(obs):
+    des = design(obs, VIGNETTE, random=["sam", "sam:cls", "~ 0 + sam:time"])
+    assert des.random_blocks == ["sam", "sam:cls", "sam:time"]
+    levels = sorted(obs.sam.unique())
+    assert des.random_levels[: len(levels)] == levels
+    assert des.random_levels[-len(levels) :] == levels  # "samA1:time" → level "A1"
+    assert des.spec.random == ("sam", "sam:cls", "~ 0 + sam:time")  # the entries as given
+    # a formula whose columns are not told apart by their levels keeps the R names
+    des = design(obs, VIGNETTE, random="~ 0 + time")
+    assert des.random_levels == ["time"] and des.random_blocks == ["time"]
+
+
+_SUPPORTED = r"supported: a grouping column"
+
+
+@pytest.mark.parametrize(
+    ("random", "match"),
+    [
+        (
+            "(1 + time | donor_id)",
+            r"term '\(1 \+ time \| donor_id\)': correlated random effects"
+            r".*\(1 \+ time \|\| donor_id\)",
+        ),
+        ("(time | donor_id)", r"term '\(time \| donor_id\)': correlated"),
+        ("(0 + time + libsize | donor_id)", r"term '\(0 \+ time \+ libsize \| donor_id\)': corr"),
+        (
+            "(0 + cell_type | donor_id)",
+            r"term '\(0 \+ cell_type \| donor_id\)': a random slope needs one numeric variable "
+            r"and 'cell_type' is categorical.*\(1 \| donor_id:cell_type\)",
+        ),
+        ("(1 | )", r"term '\(1 \| \)': empty grouping"),
+        ("(1 | donor_id/)", r"term '\(1 \| donor_id/\)': empty grouping"),
+        ("(1 | donor_id:)", r"term '\(1 \| donor_id:\)': empty grouping"),
+        ("( | donor_id)", r"term '\( \| donor_id\)': empty left-hand side"),
+        ("(0 | donor_id)", r"term '\(0 \| donor_id\)': no random effect"),
+        (
+            "(1 | donor_id) + condition",
+            r"term 'condition' in '\(1 \| donor_id\) \+ condition': "
+            r"not a random-effect term \(fixed effects belong in `fixed`",
+        ),
+        ("~ condition + (1 | donor_id)", r"term 'condition' in .*: not a random-effect term"),
+        ("(1 | donor_id) - 1", r"term '- 1' in .*: not a random-effect term"),
+        ("(1 | donor_id + batch)", r"the grouping 'donor_id \+ batch' is not a column"),
+        ("(1 | donor_id * batch)", r"the grouping 'donor_id \* batch' is not a column"),
+        ("(1 | donor_id", r"term '\(1 \| donor_id': unbalanced"),
+        ("(1 ||| donor_id)", r"expected one '\|' \(or '\|\|'\)"),
+        ("(1 | donor_id:donor_id)", r"repeats a column"),
+        ("donor_id + batch", r"term 'donor_id \+ batch': not a column of obs"),
+        ("", r"term '': empty term"),
+    ],
+)
+def test_unsupported_random_terms_name_the_term(cells, random, match):
+    with pytest.raises(ValueError, match=match) as err:
+        design(cells, CELL_FIXED, random)
+    assert not isinstance(err.value, KeyError) or "not in obs" in str(err.value)
+    assert "supported:" in str(err.value)
+
+
+def test_random_term_errors_for_data(cells):
+    with pytest.raises(
+        KeyError,
+        match=r"random: column 'donr_id' used in random term "
+        r"'\(1 \| donr_id\)' is not in obs; close matches: \['donor_id'\]",
+    ):
+        design(cells, CELL_FIXED, "(1 | donr_id)")
+    with pytest.raises(
+        ValueError,
+        match=r"the block 'donor_id' is given twice \('donor_id' and "
+        r"'\(1 \| donor_id\)'\)",
+    ):
+        design(cells, CELL_FIXED, ["donor_id", "(1 | donor_id)"])
+    # a '|' in the fixed formula is a multi-part formula: named, not an AttributeError
+    with pytest.raises(ValueError, match=r"fixed: formula .* contains '\|'.*go in random"):
+        design(cells, "~ condition + (1 | donor_id)")
+    with pytest.raises(ValueError, match=r"fixed: cannot evaluate formula '~ time.real'"):
+        design(cells, "~ time.real")
+
+
+def test_random_parsing_raises_only_value_type_or_key_errors():
+    """Whatever the string, parsing ``random`` fails with a message, never a crash."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    obs = cell_table(np.random.default_rng(1), n=60, n_donors=4)
+    pieces = st.sampled_from(
+        ["(", ")", "|", "||", "~", "+", "-", "*", "/", ":", "0", "1", " ", "`", "donor_id",
+         "batch", "time", "cell_type", "log(time)", "x", "(1|donor_id)", "(0 + time|batch)"]
+    )  # fmt: skip
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(st.lists(pieces, max_size=8).map("".join))
+    def check(random):
+        try:
+            des = design(obs, "~ condition", random)
+        except (ValueError, TypeError) as e:
+            assert str(e)
+        except KeyError as e:
+            assert "not in obs" in str(e)
+        else:
+            assert des.Z.shape == (len(obs), des.d.sum())
+            assert len(des.random_blocks) == len(des.d)
+            assert len(des.random_levels) == len(des.random_names) == des.Z.shape[1]
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("fixed", "random", "column", "kind", "hint"),
+    [
+        ("~ log(libsize) + condition", None, "log(libsize)", "-inf", "log of 0?"),
+        ("~ condition + log(time - 5)", None, "log(time - 5)", "NaN", "log or sqrt of a negative"),
+        ("~ condition + I(1 / (time - time))", None, "I(1 / (time - time))", "inf", "a division"),
+        (CELL_FIXED, "(0 + log(libsize) | donor_id)", "log(libsize)", "-inf", "log of 0?"),
+    ],
+)
+def test_nonfinite_covariate_is_named(cells, fixed, random, column, kind, hint):
+    df = cells.copy()
+    df.loc["cell_0003", "libsize"] = 0.0
+    arg = "fixed" if random is None else "random"
+    row = 3 if "libsize" in column else 0
+    match = (
+        rf"{arg}: column '{re.escape(column)}' of .* is {re.escape(kind)} at row {row} \(index "
+        rf"label 'cell_000{row}'; {re.escape(hint)}"
+    )
+    with pytest.raises(ValueError, match=match):
+        design(df, fixed, random)
+
+
+def test_nonfinite_covariate_in_a_chunk_is_named(cells):
+    des = design(cells, "~ log(libsize) + condition", "(1 | donor_id)")
+    chunk = cells.iloc[10:20].copy()
+    chunk.loc["cell_0015", "libsize"] = 0.0
+    with pytest.raises(
+        ValueError,
+        match=r"'log\(libsize\)' .* -inf at row 5 \(index label "
+        r"'cell_0015'; log of 0\?\)",
+    ):
+        des.apply(chunk)
+    # a genuinely aliased column is still the rank check's
+    with pytest.raises(ValueError, match=r"not of full column rank.*'I\(2 \* time\)'"):
+        design(cells, "~ time + I(2 * time)")

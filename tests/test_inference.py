@@ -257,3 +257,88 @@ def test_contrasts_and_joint_f_tests_match_lmertest_contest(scenario):
                                    err_msg=msg)  # fmt: skip
         checked += 1
     assert checked >= 5
+
+
+# ---------------------------------------------------------------- labels and the kept problem
+
+
+def test_random_effects_columns_are_the_level_labels(rng):
+    from tests.test_lmm import design_case
+
+    des, Y = design_case(rng, "(1 | donor_id)")
+    fit = fm.lmmfit(Y, des, warn=False)
+    b = random_effects(fit)
+    assert list(b.columns) == [f"D{i:02d}" for i in range(1, 9)]
+    assert b.columns.name == "donor_id" and list(b.index) == fit.gene_names
+    bare = fm.lmmfit(Y, des.X, des.Z, des.d, warn=False)  # bare matrices: positional names
+    np.testing.assert_array_equal(random_effects(bare).to_numpy(), b.to_numpy())
+    assert list(random_effects(bare).columns) == [f"z{j}" for j in range(8)]
+    assert vctest(fit)["component"].unique().tolist() == ["donor_id"]
+
+    des, Y = design_case(rng, "(1 | donor_id) + (1 | batch)")
+    fit = fm.lmmfit(Y, des, warn=False)
+    b = random_effects(fit)
+    assert isinstance(b.columns, pd.MultiIndex) and b.columns.names == ["block", "level"]
+    assert list(b["batch"].columns) == ["b1", "b2", "b3"]
+    assert b["donor_id"].shape == (Y.shape[1], 8)
+    np.testing.assert_array_equal(b["batch"].to_numpy(), b.to_numpy()[:, 8:])
+    assert vctest(fit)["component"].unique().tolist() == ["donor_id", "batch"]
+    bare = fm.lmmfit(Y, des.X, des.Z, des.d, warn=False)
+    np.testing.assert_array_equal(random_effects(bare).to_numpy(), b.to_numpy())
+
+
+@pytest.mark.parametrize(("sizes", "engine"), [((9,), "auto"), ((9,), "dense"), ((6, 4), "auto")])
+def test_inference_reuses_the_fitted_problem(rng, monkeypatch, sizes, engine):
+    """lmmtest and random_effects reuse the decompositions the fit kept: no rebuild."""
+    from pyflashmm._lmm import fit as fit_module
+
+    X, Z, d = oracle.random_design(rng, 200, 3, sizes)
+    Y = oracle.simulate_y(rng, X, Z, d, (0.5, 0.3, 1.0)[-(len(d) + 1) :], 3)
+    fit = fm.lmmfit(Y, X, Z, d, engine=engine)
+    builds = []
+    original = fit_module._Problem.build.__func__
+    monkeypatch.setattr(
+        fit_module._Problem, "build",
+        classmethod(lambda cls, *a, **k: builds.append(a) or original(cls, *a, **k)),
+    )  # fmt: skip
+    c = {"x1": "x1", "diff": "x1 - x2", "joint": ["x1", "x2"]}
+    first = lmmtest(fit, c)
+    again = lmmtest(fit, c)
+    lmmtest(fit, c, df="between")
+    b1 = random_effects(fit)
+    b2 = random_effects(fit)
+    assert builds == []
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(b1, b2)
+    # a fit whose statistics were replaced builds its own problem
+    import dataclasses
+
+    other = dataclasses.replace(fit, stats=fm.summary_stats(Y * 2.0, X, Z, d))
+    lmmtest(other, c)
+    assert len(builds) == 1
+
+
+def test_kept_problem_is_the_one_inference_built_before(rng):
+    """The problem kept by a fit, and what inference derives from it, is bitwise what
+    ``_Problem.build`` gives for the path inference uses."""
+    from threadpoolctl import threadpool_limits
+
+    from pyflashmm._lmm.fit import _Problem, _psd_sqrt, prepared
+
+    X, Z, d = oracle.random_design(rng, 300, 3, (11,))
+    Y = oracle.simulate_y(rng, X, Z, d, (0.4, 1.0), 5)
+    for method in ("REML", "ML"):
+        s = fm.summary_stats(Y, X, Z, d)
+        with threadpool_limits(1, user_api="blas"):  # the fit's BLAS setting
+            eigen = _Problem.build(s, method, "eigen")
+            dense = _Problem.build(s, method, "dense")
+            from_dense = prepared(fm.lmm(s, method=method, engine="dense"))
+            from_eigen = prepared(fm.lmm(s, method=method))
+            for prep in (from_dense, from_eigen):
+                got = prep.inference_problem()
+                for name in ("W", "yRy", "S", "lam", "mu", "mu_t", "Q"):
+                    np.testing.assert_array_equal(getattr(got, name), getattr(eigen, name))
+                assert got.ll_const == eigen.ll_const and got.mu_max == eigen.mu_max
+                np.testing.assert_array_equal(prep.Wz(), dense.Wz)
+                np.testing.assert_array_equal(prep.Wz(), _psd_sqrt(0.5 * (s.ZZ + s.ZZ.T)))
+                np.testing.assert_array_equal(prep.ZXq(), eigen.Q.T @ s.ZX)

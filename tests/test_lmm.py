@@ -284,3 +284,49 @@ def test_positional_call_accepts_n_from_an_npz(rng, tmp_path):
     np.testing.assert_array_equal(fit.coef, fm.lmm(s).coef)
     with pytest.raises(TypeError, match="n must be a number"):
         fm.lmm(s.XX, s.XY, s.ZX, s.ZY, s.ZZ, s.Ynorm, "300", None)
+
+
+# ------------------------------------------------------------------- names from a Design
+
+
+def design_case(rng, random, G=4):
+    """A realistic cell table, its Design and responses drawn from the model."""
+    from tests.test_design import cell_table
+
+    obs = cell_table(rng, n=500)
+    des = fm.design(obs, "~ 0 + cell_type + cell_type:condition", random)
+    Z = des.Z.toarray()
+    Y = oracle.simulate_y(rng, des.X, Z, des.d, (0.3,) * len(des.d) + (1.0,), G)
+    return des, Y
+
+
+@pytest.mark.parametrize(
+    ("random", "names"),
+    [
+        ("(1 | donor_id)", ["donor_id", "residual"]),
+        ("(1 | donor_id) + (1 | batch)", ["donor_id", "batch", "residual"]),
+        ("(1 | donor_id/cell_type)", ["donor_id", "donor_id:cell_type", "residual"]),
+        ("(1 + time || donor_id)", ["donor_id", "donor_id:time", "residual"]),
+    ],
+)
+def test_theta_names_are_the_block_labels(rng, random, names):
+    des, Y = design_case(rng, random)
+    fit = fm.lmmfit(Y, des, warn=False)
+    assert fit.theta_names == names
+    frame = fit.theta_frame()
+    assert list(frame.columns[: 2 * len(names)]) == names + [f"se_{nm}" for nm in names]
+    np.testing.assert_array_equal(frame[names[0]], fit.theta[:, 0])
+    # the same statistics without labels: same numbers, positional names
+    bare = fm.lmm(fm.summary_stats(Y, des.X, des.Z, des.d), warn=False)
+    np.testing.assert_array_equal(bare.theta, fit.theta)
+    np.testing.assert_array_equal(bare.coef, fit.coef)
+    assert bare.theta_names == [f"var{k + 1}" for k in range(len(des.d))] + ["residual"]
+    assert fit.fixed_names == des.fixed_names
+
+
+def test_status_codes_come_from_one_table():
+    from pyflashmm import _status
+
+    assert fm.STATUS_NAMES is _status.STATUS_NAMES
+    for code, name in enumerate(_status.STATUS_NAMES):
+        assert getattr(_status, name.upper()) == code

@@ -191,3 +191,101 @@ def test_sparse_and_extension_dtype_dataframes(rng):
     np.testing.assert_allclose(s2.XY, oracle(Y, X, Z, None)["XY"], rtol=1e-12)
     with pytest.raises(TypeError, match="Y must hold real numbers"):
         fm.summary_stats(pd.DataFrame({"a": ["x"] * 150}), X, Z)
+
+
+# ------------------------------------------------------------------ a Design in place of X
+
+
+@pytest.fixture
+def cells_and_counts(rng):
+    from tests.test_design import cell_table
+
+    obs = cell_table(rng, n=400)
+    Y = sp.random(400, 12, density=0.3, format="csr", random_state=rng, dtype=np.float64)
+    Y.data = np.round(Y.data * 20) + 1
+    return obs, Y
+
+
+@pytest.mark.parametrize(
+    "random", ["(1 | donor_id)", "(1 | donor_id) + (1 | batch)", "(1 + time || donor_id)"]
+)
+def test_design_gives_the_explicit_call_and_its_names(cells_and_counts, random):
+    obs, Y = cells_and_counts
+    des = fm.design(obs, "~ 0 + cell_type + cell_type:condition", random)
+    ours = fm.summary_stats(Y, des, transform="log1p")
+    explicit = fm.summary_stats(Y, des.X_frame(), des.Z, des.d, transform="log1p")
+    for name in ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm", "d"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(explicit, name))
+    assert ours.n == explicit.n
+    assert ours.fixed_names == des.fixed_names == explicit.fixed_names
+    assert ours.random_names == des.random_names  # the explicit call has no names for sparse Z
+    assert ours.random_blocks == des.random_blocks and ours.random_levels == des.random_levels
+    assert explicit.random_blocks == [] and explicit.random_levels == []
+    assert ours.fixed_names[:2] == ["cell_typeCD4 T", "cell_typeB cell"]
+    # a dense one-pass input and chunks give the same statistics from the Design
+    dense = fm.summary_stats(Y.toarray(), des, transform="log1p", chunk_size=97)
+    np.testing.assert_allclose(dense.XY, ours.XY, rtol=1e-12)
+    assert dense.random_levels == ours.random_levels
+
+
+def test_design_with_z_or_without_z_is_a_type_error(cells_and_counts):
+    obs, Y = cells_and_counts
+    des = fm.design(obs, "~ condition", "(1 | donor_id)")
+    with pytest.raises(TypeError, match="pass a Design alone .* not both"):
+        fm.summary_stats(Y, des, des.Z)
+    with pytest.raises(TypeError, match="pass a Design alone"):
+        fm.summary_stats(Y, des, d=des.d)
+    with pytest.raises(TypeError, match="needs the random-effects design Z"):
+        fm.summary_stats(Y, des.X)
+    with pytest.raises(ValueError, match="the design has 400 cells .* Y has 399"):
+        fm.summary_stats(Y[:399], des)
+    with pytest.raises(ValueError, match="Z has no columns"):
+        fm.summary_stats(Y, fm.design(obs, "~ condition"))
+
+
+def test_labels_survive_add_subset_save_and_load(cells_and_counts, tmp_path):
+    obs, Y = cells_and_counts
+    des = fm.design(obs, "~ condition", "(1 | donor_id) + (1 | donor_id:cell_type)")
+    whole = fm.summary_stats(Y, des)
+    a = fm.summary_stats(Y[:150], des.apply(obs.iloc[:150]))
+    b = fm.summary_stats(Y[150:], des.apply(obs.iloc[150:]))
+    merged = a + b
+    sub = whole.subset_genes([0, 3])
+    whole.save(tmp_path / "s.npz")
+    back = SummaryStats.load(tmp_path / "s.npz")
+    for s in (merged, sub, back):
+        assert s.random_blocks == ["donor_id", "donor_id:cell_type"]
+        assert s.random_levels == des.random_levels and s.random_names == des.random_names
+    np.testing.assert_allclose(merged.ZY, whole.ZY, rtol=1e-12)
+    with pytest.raises(ValueError, match="different random_blocks"):
+        whole + SummaryStats(**{**_fields(whole), "random_blocks": ["a", "b"]})
+
+
+def _fields(s):
+    from dataclasses import fields
+
+    return {f.name: getattr(s, f.name) for f in fields(s)}
+
+
+def test_files_written_before_the_labels_still_load(rng, tmp_path):
+    Y, X, Z = counts_data(rng, G=3)
+    s = fm.summary_stats(Y, X, Z)
+    old = {k: v for k, v in _fields(s).items() if k not in ("random_blocks", "random_levels")}
+    old["n"] = np.int64(s.n)
+    old["transform"] = np.array("")
+    for k in ("fixed_names", "random_names", "gene_names"):
+        old[k] = np.array(old[k], dtype=str)
+    np.savez(tmp_path / "old.npz", **old)  # the layout save() wrote before
+    back = SummaryStats.load(tmp_path / "old.npz")
+    assert back.random_blocks == [] and back.random_levels == []
+    np.testing.assert_array_equal(back.ZY, s.ZY)
+    assert fm.lmm(back).theta_names == ["var1", "residual"]
+
+
+def test_label_lengths_are_checked(rng):
+    Y, X, Z = counts_data(rng, G=3)
+    s = _fields(fm.summary_stats(Y, X, Z))
+    with pytest.raises(ValueError, match="random_blocks has 2 labels but d has 1 blocks"):
+        SummaryStats(**{**s, "random_blocks": ["a", "b"]})
+    with pytest.raises(ValueError, match="random_levels has 1 labels but Z has 7 columns"):
+        SummaryStats(**{**s, "random_levels": ["a"]})

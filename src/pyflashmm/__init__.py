@@ -7,13 +7,14 @@ from pyflashmm._contrasts import contrast_matrix
 from pyflashmm._design import Design, design
 from pyflashmm._frontend.de import LogTransformWarning, PseudoreplicationWarning, de
 from pyflashmm._frontend.rank_genes_groups import to_rank_genes_groups
-from pyflashmm._lmm.fit import STATUS_NAMES, ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
+from pyflashmm._lmm.fit import ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm._lmm.inference import lmmtest, lrt, random_effects, vctest
 from pyflashmm._lmm.stats import SummaryStats, summary_stats
 from pyflashmm._nbglm.glm import NbGlmFit, nbglm
 from pyflashmm._nbglm.size_factors import size_factors
 from pyflashmm._pseudobulk import pseudobulk
 from pyflashmm._simulate import SimulatedData, simulate_rnaseq
+from pyflashmm._status import STATUS_NAMES
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """Design matrices of a linear mixed model from a cell table and R-style formulas.
 
-Model (notation of :mod:`pyflashmm.sumstats`)::
+Model (notation of :func:`pyflashmm.summary_stats`)::
 
     y = X β + Z b + ε,   b = (b_1, …, b_K),  b_k ~ N(0, θ_k I_{d_k}),  ε ~ N(0, σ² I_n)
 
@@ -31,19 +31,50 @@ Column names come in two spellings:
 
 Random effects
 --------------
-``random`` is ``None``, one entry or a list of entries; each entry makes one block of Z (one
-variance component):
+``random`` is ``None``, one entry or a list of entries; each entry makes one or more blocks of Z
+(one variance component each). Two syntaxes:
 
-* ``"sam"`` — a grouping column: one indicator column per level (R's ``model.matrix(~ 0 +
-  as.factor(sam))``). Names ``samA1`` (column name pasted to the level, as R).
-* ``"sam:cls"`` — the interaction of grouping columns (nested factors): one indicator per
-  combination *present in the data* (lme4's ``(1 | sam:cls)``), first column varying fastest, as
-  R's ``model.matrix(~ 0 + sam:cls)`` without its all-zero columns. Names ``samA1:cls1``.
-  Crossed factors are two entries, ``["sam", "batch"]``.
-* ``"~ 0 + sam:time"`` — a one-sided formula: its model matrix (coded as for ``fixed``) is one
-  block, e.g. an uncorrelated random slope of ``time`` per subject. Names as ``fixed_names``
-  (``samA1:time``). A random formula with an intercept is an error (``~ sam`` would put a column
-  of ones in Z; write ``~ 0 + sam``).
+Grouping columns and formulas (one block per entry):
+
+* ``"donor_id"`` — a grouping column: one indicator column per level (R's ``model.matrix(~ 0 +
+  as.factor(donor_id))``). Names ``donor_idD01`` (column name pasted to the level, as R).
+* ``"donor_id:cell_type"`` — the interaction of grouping columns (nested factors): one indicator
+  per combination *present in the data* (lme4's ``(1 | donor_id:cell_type)``), first column
+  varying fastest, as R's ``model.matrix(~ 0 + donor_id:cell_type)`` without its all-zero
+  columns. Names ``donor_idD01:cell_typeB cell``. Crossed factors are two entries,
+  ``["donor_id", "batch"]``.
+* ``"~ 0 + donor_id:time"`` — a one-sided formula: its model matrix (coded as for ``fixed``) is
+  one block, e.g. an uncorrelated random slope of ``time`` per donor. Names as ``fixed_names``
+  (``donor_idD01:time``). A random formula with an intercept is an error (``~ donor_id`` would
+  put a column of ones in Z; write ``~ 0 + donor_id``).
+
+lme4 terms (one block per grouping and effect); ``+`` joins terms, a leading ``~`` and spaces
+anywhere are optional, and nlme's ``"~ 1 | donor_id"`` is ``(1 | donor_id)``:
+
+* ``(1 | donor_id)`` — the block of ``"donor_id"``; ``(1 | donor_id:cell_type)`` that of
+  ``"donor_id:cell_type"``; ``(1 | donor_id) + (1 | batch)`` two crossed blocks;
+* ``(1 | donor_id/cell_type)`` — nesting, expanded as lme4 does to ``(1 | donor_id) +
+  (1 | donor_id:cell_type)``;
+* ``(0 + time | donor_id)`` — a random slope of the numeric ``time`` per donor, uncorrelated with
+  anything: the block of ``"~ 0 + donor_id:time"`` (same columns and names), built over the
+  observed levels of the grouping;
+* ``(1 + time || donor_id)`` — lme4's double bar: an intercept block and a slope block, each with
+  its own variance and no correlation (``(1 | donor_id) + (0 + time | donor_id)``).
+
+Not supported (a ValueError names the term): correlated effects, ``(1 + time | donor_id)``,
+``(time | donor_id)`` or ``(0 + time + dose | donor_id)`` (one variance per block is all the
+summary-statistics fit estimates; use ``||``); a categorical slope ``(0 + cell_type | donor_id)``
+(lme4 gives the cell types a correlation matrix; ``(1 | donor_id:cell_type)`` is the
+one-variance version); a fixed-effect term inside ``random``.
+
+Every block has a label (``Design.random_blocks``, used for the variance components
+``LmmFit.theta_names`` and to group the BLUPs of :func:`random_effects`): the grouping for an
+intercept (``"donor_id"``, ``"donor_id:cell_type"``), the grouping and the slope variable for a
+slope (``"donor_id:time"``, as the equivalent formula ``"~ 0 + donor_id:time"``), the formula's
+terms for a formula (``"~ 0 + a:x"`` → ``"a:x"``). Every column of Z has a level label
+(``Design.random_levels``): the level of the grouping (``"D01"``, ``"D01:CD4 T"``); for a formula
+column, the levels of its categorical variables (``"D01"`` for ``donor_idD01:time``), or its R
+name when that does not identify the column within its block.
 
 Chunks
 ------
@@ -56,8 +87,11 @@ Errors
 ------
 Unknown columns (``KeyError`` listing close matches), NaN in a used column (``ValueError`` naming
 the column and the first row), unused categories of a Categorical in use (``ValueError`` naming
-them: R would keep them as all-zero, aliased columns), aliased fixed columns (``ValueError`` naming
-them) and, in :meth:`DesignSpec.apply`, levels not seen when the design was built.
+them: R would keep them as all-zero, aliased columns), values that are not finite once the
+formula is applied (``log(libsize)`` of a 0: a ``ValueError`` naming the column, the value and the
+first row, rather than a misleading rank error), aliased fixed columns (``ValueError`` naming
+them), random terms that are not supported (``ValueError`` naming the term and listing the
+supported forms) and, in :meth:`DesignSpec.apply`, levels not seen when the design was built.
 """
 
 from __future__ import annotations
@@ -163,20 +197,49 @@ def _level_str(v) -> str:
 
 def _parse_formula(formula: str, arg: str):
     from formulaic import Formula
-    from formulaic.errors import FormulaSyntaxError
+    from formulaic.errors import FormulaicError
 
     if not isinstance(formula, str):
         raise TypeError(f"{arg} must be a formula string such as '~ 0 + cls'; got {formula!r}")
     text = formula.strip()
     if not text.startswith("~"):
         raise ValueError(f"{arg} must be a one-sided formula starting with '~'; got {formula!r}")
+    if _has_random_bar(text):  # formulaic would read a multi-part formula, or fail
+        raise ValueError(
+            f"{arg}: formula {formula!r} contains '|': random-effect terms such as "
+            "'(1 | donor_id)' go in random"
+        )
     try:
         f = Formula(text)
         f_written = Formula(text, _ordering="none")
-    except FormulaSyntaxError as e:
+    except (FormulaicError, ValueError, TypeError) as e:  # formulaic's messages carry colours
         msg = re.sub(r"\x1b\[[0-9;]*m|[⧛⧚]", "", str(e)).strip()
         raise ValueError(f"{arg}: cannot parse formula {formula!r}: {msg}") from None
+    if not hasattr(f, "required_variables"):  # pragma: no cover - a multi-part formula
+        raise ValueError(f"{arg}: formula {formula!r} has several parts")
     return f, f_written
+
+
+def _has_random_bar(text: str) -> bool:
+    """A '|' at the top level or in plain parentheses (``~ x | g``, ``~ x + (1 | g)``), not in
+    a function call (``~ I(a | b)``)."""
+    stack: list[bool] = []  # per open parenthesis: is it a call?
+    prev = ""
+    for ch in text:
+        if ch == "(":
+            stack.append(prev.isalnum() or prev in "_.)")
+        elif ch == ")" and stack:
+            stack.pop()
+        elif ch == "|" and not any(stack):
+            return True
+        if not ch.isspace():
+            prev = ch
+    return False
+
+
+def _formula_label(f_written) -> str:
+    """A formula's terms as written, without the intercept: ``"~ 0 + a:x"`` → ``"a:x"``."""
+    return " + ".join(str(t) for t in f_written if str(t) != "1")
 
 
 def _variable_order(f_written) -> dict[str, int]:
@@ -202,9 +265,11 @@ def r_spelling(name: str) -> str:
 
 
 def _term_layout(structure, encoder_state, rank):
-    """Permutation (formulaic → R order) and R names for the columns of one encoded term."""
+    """Permutation (formulaic → R order), R names and level labels (the levels of the categorical
+    variables, ``""`` for a numeric-only column) of the columns of one encoded term."""
     f_names: list[str] = []
     r_names: list[str] = []
+    levels_out: list[str] = []
     perm: list[int] = []
     offset = 0
     for st in structure.scoped_terms:
@@ -212,24 +277,27 @@ def _term_layout(structure, encoder_state, rank):
         if not factors:  # the intercept
             f_names.append("Intercept")
             r_names.append("(Intercept)")
+            levels_out.append("")
             perm.append(offset)
             offset += 1
             continue
-        labels_f, labels_r = [], []
+        labels_f, labels_r, labels_l = [], [], []
         for sf in factors:
             key = str(sf.factor)
             kind, state = encoder_state.get(key, (None, {}))
             if getattr(kind, "value", None) == "categorical":
                 levels = list(state["categories"])
                 if sf.reduced:
-                    labels_f.append([f"{key}[T.{lv}]" for lv in levels[1:]])
-                    labels_r.append([f"{key}{_level_str(lv)}" for lv in levels[1:]])
+                    levels = levels[1:]
+                    labels_f.append([f"{key}[T.{lv}]" for lv in levels])
                 else:
                     labels_f.append([f"{key}[{lv}]" for lv in levels])
-                    labels_r.append([f"{key}{_level_str(lv)}" for lv in levels])
+                labels_r.append([f"{key}{_level_str(lv)}" for lv in levels])
+                labels_l.append([_level_str(lv) for lv in levels])
             else:
                 labels_f.append([key])
                 labels_r.append([key])
+                labels_l.append([""])
         # formulaic: first factor varies fastest
         f_lab = [
             tuple(reversed(t))
@@ -242,6 +310,7 @@ def _term_layout(structure, encoder_state, rank):
             actual = list(structure.columns[offset:])
             f_names.extend(actual)
             r_names.extend(r_spelling(c) for c in actual)
+            levels_out.extend(r_spelling(c) for c in actual)
             perm.extend(range(offset, offset + len(actual)))
             offset += len(actual)
             break
@@ -258,8 +327,42 @@ def _term_layout(structure, encoder_state, rank):
             perm.append(k)
             f_names.append(structure.columns[k])
             r_names.append(":".join(labels_r[j][t_f[j]] for j in order))
+            levels_out.append(":".join(lv for j in order if (lv := labels_l[j][t_f[j]])))
         offset += n_cols
-    return perm, f_names, r_names
+    return perm, f_names, r_names, levels_out
+
+
+_NONFINITE_HINTS = {
+    "-inf": "log of 0?",
+    "inf": "a division by 0 or an overflow?",
+    "NaN": "log or sqrt of a negative number, 0/0, or 0 × inf in an interaction?",
+}
+
+
+def _check_finite_values(M, obs: pd.DataFrame, names, arg: str, where: str) -> None:
+    """ValueError naming the column, the value (-inf/inf/NaN) and the first cell of a design
+    matrix that is not finite (e.g. ``log(libsize)`` of a 0), before it reaches the rank check,
+    which would otherwise report the column as aliased."""
+    if sp.issparse(M):
+        if np.isfinite(M.data).all():
+            return
+        coo = M.tocoo()
+        bad = ~np.isfinite(coo.data)
+        rows, cols, vals = coo.row[bad], coo.col[bad], coo.data[bad]
+        first = np.lexsort((cols, rows))[0]
+        i, j, v = int(rows[first]), int(cols[first]), float(vals[first])
+    else:
+        finite = np.isfinite(M)
+        if finite.all():
+            return
+        i, j = (int(k) for k in np.argwhere(~finite)[0])  # row-major: first row, then column
+        v = float(M[i, j])
+    kind = "NaN" if np.isnan(v) else ("-inf" if v < 0 else "inf")
+    raise ValueError(
+        f"{arg}: column {names[j]!r} of {where} is {kind} at row {i} (index label "
+        f"{obs.index[i]!r}; {_NONFINITE_HINTS[kind]}); transform the variable so that it is "
+        "finite (e.g. log(x + 1)) or drop those cells"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,24 +378,38 @@ class _FormulaBlock:
     r_names: tuple[str, ...]
     f_names: tuple[str, ...]
     has_intercept: bool
+    label: str  # the terms as written, without the intercept ("donor_id:time")
+    levels: tuple[str, ...]  # level label of each column (see the module docstring)
+    where: str  # what the messages call it ("formula '~ 0 + x'", "random term '(0 + x | g)'")
 
     @classmethod
-    def build(cls, obs: pd.DataFrame, formula: str, arg: str) -> _FormulaBlock:
+    def build(cls, obs: pd.DataFrame, formula: str, arg: str, where: str = "") -> _FormulaBlock:
+        from formulaic.errors import FormulaicError
+
+        where = where or f"formula {formula!r}"
         f, f_written = _parse_formula(formula, arg)
         columns = sorted(f.required_variables)
-        _check_columns_exist(obs, columns, arg, f"formula {formula!r}")
+        _check_columns_exist(obs, columns, arg, where)
         _check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
-        mm = f.get_model_matrix(_logical_as_factor(obs[columns]), na_action="raise")
+        try:
+            # NaN in the used columns is reported above and values the formula makes non-finite
+            # (NaN included: "raise" would not say where) by matrix(), with their row
+            with np.errstate(all="ignore"):
+                mm = f.get_model_matrix(_logical_as_factor(obs[columns]), na_action="ignore")
+        except FormulaicError as e:  # e.g. an unknown function: not a crash deep in formulaic
+            msg = re.sub(r"\x1b\[[0-9;]*m|[⧛⧚]", "", str(e)).strip()
+            raise ValueError(f"{arg}: cannot evaluate {where}: {msg}") from None
         spec = mm.model_spec
         rank = _variable_order(f_written)
-        perm, f_names, r_names = [], [], []
+        perm, f_names, r_names, lv_names = [], [], [], []
         offset = 0
         for structure in spec.structure:
-            p, fn, rn = _term_layout(structure, spec.encoder_state, rank)
+            p, fn, rn, lv = _term_layout(structure, spec.encoder_state, rank)
             perm.extend(offset + k for k in p)
             f_names.extend(fn)
             r_names.extend(rn)
+            lv_names.extend(lv)
             offset += len(structure.columns)
         perm_arr = np.asarray(perm, dtype=np.int64)
         if sorted(perm_arr.tolist()) != list(range(mm.shape[1])):  # pragma: no cover - guard
@@ -301,6 +418,9 @@ class _FormulaBlock:
         for key, (kind, state) in spec.encoder_state.items():
             if getattr(kind, "value", None) == "categorical" and key in obs.columns:
                 levels[key] = list(state["categories"])
+        # a column's level label must identify it within the block; otherwise the R names do
+        if "" in lv_names or len(set(lv_names)) < len(lv_names):
+            lv_names = list(r_names)
         return cls(
             formula=formula,
             arg=arg,
@@ -311,7 +431,15 @@ class _FormulaBlock:
             r_names=tuple(r_names),
             f_names=tuple(f_names),
             has_intercept="Intercept" in f_names,
+            label=_formula_label(f_written),
+            levels=tuple(lv_names),
+            where=where,
         )
+
+    @property
+    def is_numeric(self) -> bool:
+        """No categorical variable in the formula."""
+        return not self.categorical_levels
 
     def matrix(self, obs: pd.DataFrame, sparse: bool = False):
         from formulaic.errors import DataMismatchWarning
@@ -319,20 +447,23 @@ class _FormulaBlock:
         if len(obs) == 0:
             n_col = len(self.perm)
             return sp.csr_matrix((0, n_col)) if sparse else np.zeros((0, n_col))
-        _check_columns_exist(obs, self.columns, self.arg, f"formula {self.formula!r}")
+        _check_columns_exist(obs, self.columns, self.arg, self.where)
         _check_no_nan(obs, self.columns, self.arg)
         for col, levels in self.categorical_levels.items():
             _check_known_levels(obs, col, levels, self.arg)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(all="ignore"):  # non-finite: see below
             warnings.simplefilter("error", DataMismatchWarning)
             mm = self.model_spec.get_model_matrix(
                 _logical_as_factor(obs[list(self.columns)]),
-                na_action="raise",
+                na_action="ignore",
                 output="sparse" if sparse else "pandas",
             )
         if sparse:
-            return sp.csr_matrix(mm.tocsc()[:, self.perm], dtype=np.float64)
-        return np.ascontiguousarray(np.asarray(mm, dtype=np.float64)[:, self.perm])
+            M = sp.csr_matrix(mm.tocsc()[:, self.perm], dtype=np.float64)
+        else:
+            M = np.ascontiguousarray(np.asarray(mm, dtype=np.float64)[:, self.perm])
+        _check_finite_values(M, obs, self.r_names, self.arg, self.where)
+        return M
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,12 +475,14 @@ class _FormulaBlock:
 class _GroupBlock:
     """Indicator columns of the (observed) levels of one grouping column or interaction."""
 
-    label: str
+    label: str  # the grouping, "donor_id" or "donor_id:cell_type"
     arg: str
     columns: tuple[str, ...]
     levels: tuple[tuple, ...]  # levels of each column
     keys: np.ndarray  # mixed-radix keys of the observed combinations (sorted)
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # R names, "donor_idD01:cell_typeB cell"
+    level_labels: tuple[str, ...]  # "D01:B cell"
+    where: str  # what the messages call it: "random term '(1 | donor_id)'"
 
     @staticmethod
     def _levels_of(s: pd.Series) -> list:
@@ -362,23 +495,32 @@ class _GroupBlock:
             return sorted(vals.tolist(), key=str)
 
     @classmethod
-    def build(cls, obs: pd.DataFrame, label: str, arg: str) -> _GroupBlock:
-        columns = tuple(c.strip() for c in label.split(":"))
-        _check_columns_exist(obs, columns, arg, f"random term {label!r}")
+    def build(
+        cls, obs: pd.DataFrame, columns: tuple[str, ...], arg: str, where: str
+    ) -> _GroupBlock:
+        _check_columns_exist(obs, columns, arg, where)
         _check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
+        label = ":".join(columns)
         levels = tuple(tuple(cls._levels_of(obs[c])) for c in columns)
-        self = cls(label, arg, columns, levels, np.zeros(0, dtype=np.int64), ())
+        empty = np.zeros(0, dtype=np.int64)
+        self = cls(label, arg, columns, levels, empty, (), (), where)
         keys = np.unique(self._keys(obs))
         radix = [len(lv) for lv in levels]
-        names = []
+        names, labels = [], []
         for k in keys.tolist():
-            parts = []
+            parts, lvs = [], []
             for c, lv, r in zip(columns, levels, radix, strict=True):
-                parts.append(f"{c}{_level_str(lv[k % r])}")
+                lvs.append(_level_str(lv[k % r]))
+                parts.append(f"{c}{lvs[-1]}")
                 k //= r
             names.append(":".join(parts))
-        return cls(label, arg, columns, levels, keys, tuple(names))
+            labels.append(":".join(lvs))
+        return cls(label, arg, columns, levels, keys, tuple(names), tuple(labels), where)
+
+    @property
+    def r_names(self) -> tuple[str, ...]:
+        return self.names
 
     def _keys(self, obs: pd.DataFrame) -> np.ndarray:
         key = np.zeros(len(obs), dtype=np.int64)
@@ -394,7 +536,7 @@ class _GroupBlock:
         n, q = len(obs), len(self.keys)
         if n == 0:
             return sp.csr_matrix((0, q))
-        _check_columns_exist(obs, self.columns, self.arg, f"random term {self.label!r}")
+        _check_columns_exist(obs, self.columns, self.arg, self.where)
         _check_no_nan(obs, self.columns, self.arg)
         keys = self._keys(obs)
         col = np.searchsorted(self.keys, keys)
@@ -411,6 +553,272 @@ class _GroupBlock:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class _SlopeBlock:
+    """An uncorrelated random slope, lme4's ``(0 + x | g)``: column j of Z is x on the cells of
+    level j of the grouping g and 0 elsewhere, one column per observed level of g.
+
+    For a single grouping column it is the block of the formula ``"~ 0 + g:x"`` (same values,
+    names and order); for an interaction grouping it keeps, as ``(1 | a:b)`` does, only the
+    combinations present in the data.
+    """
+
+    group: _GroupBlock
+    slope: _FormulaBlock  # "~ 0 + x": exactly one numeric column
+
+    @classmethod
+    def build(cls, obs: pd.DataFrame, term: _RandomTerm) -> _SlopeBlock:
+        group = _GroupBlock.build(obs, term.columns, "random", term.where)
+        block = _FormulaBlock.build(obs, f"~ 0 + {term.slope}", "random", term.where)
+        if not block.is_numeric or len(block.perm) != 1:
+            g = ":".join(term.columns)
+            kind = "is categorical" if not block.is_numeric else "makes several columns"
+            raise _term_error(
+                term.text, term.entry,
+                f"a random slope needs one numeric variable and {term.slope!r} {kind} (lme4 "
+                "would give its columns a correlation matrix); a random effect per level of "
+                f"{term.slope} within {g}, with one variance, is (1 | {g}:{term.slope})",
+            )  # fmt: skip
+        return cls(group, block)
+
+    @property
+    def label(self) -> str:
+        return f"{self.group.label}:{self.slope.r_names[0]}"
+
+    @property
+    def r_names(self) -> tuple[str, ...]:
+        return tuple(f"{nm}:{self.slope.r_names[0]}" for nm in self.group.names)
+
+    @property
+    def level_labels(self) -> tuple[str, ...]:
+        return self.group.level_labels
+
+    def matrix(self, obs: pd.DataFrame) -> sp.csr_matrix:
+        Z = self.group.matrix(obs)  # one stored 1 per row, rows in order
+        if len(obs) == 0:
+            return Z
+        Z.data = self.slope.matrix(obs)[:, 0].copy()
+        Z.eliminate_zeros()
+        return Z
+
+
+def _block_width(b) -> int:
+    return len(b.perm) if isinstance(b, _FormulaBlock) else len(b.level_labels)
+
+
+def _block_levels(b) -> tuple[str, ...]:
+    return b.levels if isinstance(b, _FormulaBlock) else b.level_labels
+
+
+def _block_matrix(b, obs: pd.DataFrame) -> sp.csr_matrix:
+    return b.matrix(obs, sparse=True) if isinstance(b, _FormulaBlock) else b.matrix(obs)
+
+
+# --------------------------------------------------------------------------------------------
+# random terms: the grouping / formula syntax and lme4's (1 | g) syntax
+# --------------------------------------------------------------------------------------------
+
+_SUPPORTED = (
+    "supported: a grouping column 'donor_id' or (1 | donor_id); an interaction "
+    "'donor_id:cell_type' or (1 | donor_id:cell_type); nesting (1 | donor_id/cell_type); "
+    "crossed terms joined by '+', (1 | donor_id) + (1 | batch); an uncorrelated random slope of "
+    "a numeric variable, (0 + time | donor_id) or, with the intercept, (1 + time || donor_id); "
+    "a one-sided formula '~ 0 + donor_id:time' (one block)"
+)
+#: characters that cannot appear in an unquoted grouping column of an lme4 term
+_GROUPING_OPERATORS = set("()+-*^|~%=,")
+
+
+@dataclass(frozen=True)
+class _RandomTerm:
+    """One block of Z as parsed from ``random``, before it meets the data."""
+
+    kind: str  # "group", "slope" or "formula"
+    text: str  # the term as the user wrote it, for messages: "(1 | donor_id)"
+    entry: str  # the entry of ``random`` it comes from
+    columns: tuple[str, ...] = ()  # the grouping (group, slope)
+    slope: str = ""  # the slope expression (slope)
+    formula: str = ""  # the one-sided formula (formula)
+
+    @property
+    def where(self) -> str:
+        return f"random term {self.text!r}"
+
+
+def _term_error(term: str, entry: str, why: str) -> ValueError:
+    within = f" in {entry!r}" if term.strip() != entry.strip() else ""
+    return ValueError(f"random: term {term!r}{within}: {why}; {_SUPPORTED}")
+
+
+def _split_top_level(text: str, entry: str, ops: str) -> list[tuple[str, str]]:
+    """Split ``text`` at the characters ``ops`` outside parentheses and backticks.
+
+    Returns ``[(operator before the part, part)]``, the first with operator ``""``.
+    """
+    parts: list[tuple[str, str]] = []
+    depth, quoted, op, start = 0, False, "", 0
+    for i, ch in enumerate(text):
+        if ch == "`":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise _term_error(entry, entry, "unbalanced parentheses")
+        elif depth == 0 and ch in ops:
+            parts.append((op, text[start:i].strip()))
+            op, start = ch, i + 1
+    if depth != 0 or quoted:
+        raise _term_error(entry, entry, "unbalanced parentheses or backticks")
+    parts.append((op, text[start:].strip()))
+    return parts
+
+
+def _strip_parens(text: str) -> str:
+    """``((1 | g))`` → ``1 | g``: remove parentheses that enclose the whole text."""
+    text = text.strip()
+    while text.startswith("(") and text.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(text):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and i < len(text) - 1:
+                return text  # "(a) + (b)": the first parenthesis closes early
+        text = text[1:-1].strip()
+    return text
+
+
+def _grouping_columns(part: str, term: str, entry: str) -> tuple[str, ...]:
+    """``"donor_id:cell_type"`` → ``("donor_id", "cell_type")``; backticks quote a name."""
+    cols = []
+    for _, tok in _split_top_level(part, entry, ":"):
+        if len(tok) >= 2 and tok[0] == tok[-1] == "`":
+            tok = tok[1:-1]
+        elif set(tok) & (_GROUPING_OPERATORS | {"`"}):
+            raise _term_error(
+                term, entry, f"the grouping {part!r} is not a column or an interaction of columns"
+            )
+        if not tok:
+            raise _term_error(term, entry, "empty grouping (a column name is missing)")
+        cols.append(tok)
+    if len(set(cols)) < len(cols):
+        raise _term_error(term, entry, f"the grouping {part!r} repeats a column")
+    return tuple(cols)
+
+
+def _groupings(grouping: str, term: str, entry: str) -> list[tuple[str, ...]]:
+    """The groupings of ``g``: ``a/b/c`` expands, as in lme4, to ``a``, ``a:b``, ``a:b:c``."""
+    if not grouping:
+        raise _term_error(term, entry, "empty grouping (nothing after '|')")
+    out: list[tuple[str, ...]] = []
+    prefix: tuple[str, ...] = ()
+    for _, part in _split_top_level(grouping, entry, "/"):
+        if not part:
+            raise _term_error(term, entry, "empty grouping in a nesting 'a/b'")
+        prefix = prefix + _grouping_columns(part, term, entry)
+        out.append(prefix)
+    return out
+
+
+def _effects(lhs: str, term: str, entry: str) -> tuple[bool, list[str]]:
+    """(intercept, slopes) of the left-hand side of ``lhs | g``, as R reads ``1 + x``, ``0 + x``,
+    ``x - 1``."""
+    if not lhs:
+        raise _term_error(term, entry, "empty left-hand side (write (1 | g) for an intercept)")
+    intercept, slopes = True, []
+    for k, (op, part) in enumerate(_split_top_level(lhs, entry, "+-")):
+        if not part:
+            if k == 0:  # a leading sign: "-1 + x", "+ x"
+                continue
+            raise _term_error(term, entry, "an empty term in the left-hand side")
+        if part in ("0", "1") or op == "-":
+            if op == "-" and part != "1":
+                raise _term_error(term, entry, f"removing {part!r} is not supported")
+            intercept = part == "1" and op != "-"
+            continue
+        if "|" in part:
+            raise _term_error(term, entry, f"a '|' inside the effects {lhs!r}")
+        if part not in slopes:
+            slopes.append(part)
+    return intercept, slopes
+
+
+def _bar_term(text: str, term: str, entry: str) -> list[_RandomTerm]:
+    """The blocks of one ``lhs | g`` or ``lhs || g`` term."""
+    bars = [(op, part) for op, part in _split_top_level(text, entry, "|")]
+    if len(bars) == 3 and bars[1][1] == "":  # "lhs || g"
+        double, lhs, grouping = True, bars[0][1], bars[2][1]
+    elif len(bars) == 2:
+        double, lhs, grouping = False, bars[0][1], bars[1][1]
+    else:
+        raise _term_error(term, entry, "expected one '|' (or '||') between effects and grouping")
+    intercept, slopes = _effects(lhs, term, entry)
+    groupings = _groupings(grouping, term, entry)
+    if not intercept and not slopes:
+        raise _term_error(term, entry, "no random effect (the left-hand side removes everything)")
+    if not double and (len(slopes) > 1 or (intercept and slopes)):
+        raise _term_error(
+            term, entry,
+            "correlated random effects (lme4 estimates their covariance matrix) are not "
+            f"supported; uncorrelated ones are ({lhs} || {grouping})",
+        )  # fmt: skip
+    out = []
+    for cols in groupings:
+        if intercept:
+            out.append(_RandomTerm("group", term, entry, columns=cols))
+        out.extend(_RandomTerm("slope", term, entry, columns=cols, slope=x) for x in slopes)
+    return out
+
+
+def _random_terms(entry: str) -> list[_RandomTerm]:
+    """Parse one entry of ``random`` into its blocks (see the module docstring)."""
+    text = entry.strip()
+    if not text:
+        raise _term_error(entry, entry, "empty term")
+    if "|" not in text:
+        if text.startswith("~"):
+            return [_RandomTerm("formula", entry, entry, formula=text)]
+        columns = tuple(c.strip() for c in text.split(":"))
+        return [_RandomTerm("group", entry, entry, columns=columns)]
+    body = text[1:].strip() if text.startswith("~") else text
+    if len(_split_top_level(body, entry, "|")) > 1:  # nlme's "~ 1 | g": one unparenthesised term
+        return _bar_term(body, entry, entry)
+    out = []
+    for op, part in _split_top_level(body, entry, "+-"):
+        inner = _strip_parens(part)
+        if op == "-" or not part.startswith("(") or len(_split_top_level(inner, entry, "|")) < 2:
+            shown = f"{op} {part}".strip() if op == "-" else part
+            raise _term_error(
+                shown, entry,
+                "not a random-effect term (fixed effects belong in `fixed`; a random intercept "
+                "per level of a column is (1 | column))",
+            )  # fmt: skip
+        out.extend(_bar_term(inner, part, entry))
+    return out
+
+
+def _build_block(obs: pd.DataFrame, term: _RandomTerm):
+    if term.kind == "formula":
+        b = _FormulaBlock.build(obs, term.formula, "random", term.where)
+        if b.has_intercept:
+            raise ValueError(
+                f"random formula {term.formula!r} has an intercept (a column of ones in Z); write "
+                f"'~ 0 + ...' (e.g. '~ 0 + donor_id' for a random intercept per donor_id)"
+            )
+        if len(b.perm) == 0:
+            raise ValueError(f"random formula {term.formula!r} has no columns")
+        return b
+    if term.kind == "slope":
+        return _SlopeBlock.build(obs, term)
+    missing = [c for c in term.columns if c not in obs.columns]
+    if any(set(c) & _GROUPING_OPERATORS for c in missing):  # "donor_id + batch"
+        raise _term_error(term.text, term.entry, "not a column of obs or an interaction a:b")
+    return _GroupBlock.build(obs, term.columns, "random", term.where)
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
@@ -425,13 +833,25 @@ class DesignSpec:
     fixed : str
         The fixed-effects formula.
     random : tuple of str
-        One entry per random-effect block (grouping term or formula), in the order of Z's blocks.
+        The entries of ``random`` as given (one entry may hold several lme4 terms, hence
+        several blocks).
+    fixed_names, formulaic_names : list of str
+        Names of the columns of X (R's and formulaic's spelling).
+    random_names : list of str
+        R-style names of the columns of Z (``donor_idD01``).
+    random_blocks : list of str
+        The label of each of the K blocks of Z (``donor_id``, ``donor_id:cell_type``,
+        ``donor_id:time``).
+    random_levels : list of str
+        The level label of each column of Z within its block (``D01``, ``D01:CD4 T``).
+    d : numpy.ndarray
+        Block widths (K,).
     """
 
     fixed: str
     random: tuple[str, ...]
     _fixed_block: _FormulaBlock
-    _random_blocks: tuple  # of _FormulaBlock | _GroupBlock
+    _random_blocks: tuple  # of _FormulaBlock | _GroupBlock | _SlopeBlock
 
     @property
     def fixed_names(self) -> list[str]:
@@ -443,20 +863,19 @@ class DesignSpec:
 
     @property
     def random_names(self) -> list[str]:
-        out: list[str] = []
-        for b in self._random_blocks:
-            out.extend(b.r_names if isinstance(b, _FormulaBlock) else b.names)
-        return out
+        return [name for b in self._random_blocks for name in b.r_names]
+
+    @property
+    def random_blocks(self) -> list[str]:
+        return [b.label for b in self._random_blocks]
+
+    @property
+    def random_levels(self) -> list[str]:
+        return [lv for b in self._random_blocks for lv in _block_levels(b)]
 
     @property
     def d(self) -> np.ndarray:
-        return np.array(
-            [
-                len(b.perm) if isinstance(b, _FormulaBlock) else len(b.keys)
-                for b in self._random_blocks
-            ],
-            dtype=np.int64,
-        )
+        return np.array([_block_width(b) for b in self._random_blocks], dtype=np.int64)
 
     def apply(self, obs) -> Design:
         """X, Z and d for the cells of ``obs`` (e.g. a chunk), with the columns of the full design.
@@ -473,13 +892,7 @@ class DesignSpec:
         """
         obs = _check_obs(obs)
         X = self._fixed_block.matrix(obs)
-        Z = _hstack(
-            [
-                b.matrix(obs, sparse=True) if isinstance(b, _FormulaBlock) else b.matrix(obs)
-                for b in self._random_blocks
-            ],
-            len(obs),
-        )
+        Z = _hstack([_block_matrix(b, obs) for b in self._random_blocks], len(obs))
         return Design(
             X=X,
             Z=Z,
@@ -487,7 +900,8 @@ class DesignSpec:
             fixed_names=self.fixed_names,
             formulaic_names=self.formulaic_names,
             random_names=self.random_names,
-            random_blocks=list(self.random),
+            random_blocks=self.random_blocks,
+            random_levels=self.random_levels,
             spec=self,
         )
 
@@ -502,23 +916,32 @@ def _hstack(blocks, n: int) -> sp.csr_matrix:
 class Design:
     """Design matrices of an LMM (see the module docstring for conventions).
 
+    Pass it whole to :func:`pyflashmm.summary_stats` (``summary_stats(Y, design)``) so that the
+    names of the coefficients, of the variance components and of the random effects reach the
+    fit.
+
     Attributes
     ----------
     X : numpy.ndarray
         Fixed-effects design, dense float64, n × p, columns in R's ``model.matrix`` order.
     Z : scipy.sparse.csr_matrix
-        Random-effects design, float64, n × q: the blocks of ``random`` side by side.
+        Random-effects design, float64, n × q: the K blocks side by side.
     d : numpy.ndarray
         Block widths (K,), int64, ``d.sum() == q`` (empty when there is no random effect).
     fixed_names : list of str
-        R's ``model.matrix`` names of the columns of X (``log(libsize)``, ``cls1:trtB``).
+        R's ``model.matrix`` names of the columns of X (``log(libsize)``, ``cell_typeB cell``).
     formulaic_names : list of str
-        formulaic's names of the same columns (``cls[1]:trt[T.B]``).
+        formulaic's names of the same columns (``cell_type[T.B cell]``).
     random_names : list of str
-        Names of the columns of Z, R-style: ``samA1`` for grouping column ``sam``,
-        ``samA1:cls1`` for ``"sam:cls"``, ``samA1:time`` for ``"~ 0 + sam:time"``.
+        Names of the columns of Z, R-style: ``donor_idD01`` for ``"donor_id"`` or
+        ``(1 | donor_id)``, ``donor_idD01:cell_typeB cell`` for ``"donor_id:cell_type"``,
+        ``donor_idD01:time`` for ``"~ 0 + donor_id:time"`` or ``(0 + time | donor_id)``.
     random_blocks : list of str
-        The ``random`` entry behind each block (length K).
+        The label of each block (length K): ``donor_id``, ``donor_id:cell_type``,
+        ``donor_id:time`` (see the module docstring).
+    random_levels : list of str
+        The level label of each column of Z within its block (length q): ``D01``,
+        ``D01:B cell``.
     spec : DesignSpec
         Reusable spec: ``spec.apply(obs_chunk)`` (or ``design.apply``) rebuilds X and Z.
     """
@@ -530,6 +953,7 @@ class Design:
     formulaic_names: list[str]
     random_names: list[str]
     random_blocks: list[str]
+    random_levels: list[str]
     spec: DesignSpec
 
     @property
@@ -556,7 +980,8 @@ def _random_entries(random) -> list[str]:
         for r in out:
             if not isinstance(r, str):
                 raise TypeError(
-                    f"random must hold strings (column names, 'a:b' or '~ ...' formulas); got {r!r}"
+                    "random must hold strings (column names, 'a:b', '(1 | g)' terms or "
+                    f"'~ ...' formulas); got {r!r}"
                 )
         return out
     raise TypeError(
@@ -567,59 +992,62 @@ def _random_entries(random) -> list[str]:
 def design(obs, fixed, random=None) -> Design:
     """Build X, Z and d from a cell table and R-style formulas.
 
+    The model is y = Xβ + Σₖ Zₖbₖ + ε with bₖ ~ N(0, σₖ² I) independent across the K blocks of
+    Z = [Z₁ … Z_K] and ε ~ N(0, σ² I): each block of ``random`` has one variance σₖ².
+
     Parameters
     ----------
     obs : pandas.DataFrame
         One row per cell (e.g. ``adata.obs``).
     fixed : str
-        One-sided fixed-effects formula, e.g. ``"~ 0 + log(libsize) + cls + cls:trt"``. Coded as
-        R's ``model.matrix`` (treatment contrasts, first level as reference, R's column order);
-        see the module docstring for level order.
+        One-sided fixed-effects formula, e.g. ``"~ 0 + log(libsize) + cell_type +
+        cell_type:condition"``. Coded as R's ``model.matrix`` (treatment contrasts, first level
+        as reference, R's column order); see the module docstring for level order.
     random : str or list of str, optional
-        One entry per random-effect block (variance component): a grouping column (``"sam"``), an
-        interaction of grouping columns (``"sam:cls"``, nested; observed combinations only), or a
-        one-sided formula (``"~ 0 + sam:time"``, its columns form one block). ``None``: no Z
-        (q = 0).
+        The random-effect blocks. Each entry is a grouping column (``"donor_id"``), an
+        interaction of grouping columns (``"donor_id:cell_type"``, nested; observed
+        combinations only), a one-sided formula (``"~ 0 + donor_id:time"``, its columns form one
+        block), or lme4 terms: ``"(1 | donor_id)"``, ``"(1 | donor_id) + (1 | batch)"``
+        (two blocks), ``"(1 | donor_id/cell_type)"``, ``"(0 + time | donor_id)"``,
+        ``"(1 + time || donor_id)"`` (two uncorrelated blocks), nlme's ``"~ 1 | donor_id"``.
+        ``None``: no Z (q = 0).
 
     Returns
     -------
     Design
-        ``X``, sparse ``Z``, ``d``, names and a reusable ``spec``.
+        ``X``, sparse ``Z``, ``d``, names, block and level labels and a reusable ``spec``.
 
     Raises
     ------
     KeyError
         A formula or ``random`` uses a column that is not in ``obs`` (close matches listed).
     ValueError
-        NaN in a used column, unused categories of a Categorical in use, aliased columns of X,
-        a random formula with an intercept, a formula that does not parse.
+        NaN in a used column, a value that is not finite after the formula (``log`` of 0),
+        unused categories of a Categorical in use, aliased columns of X, a random formula with
+        an intercept, a formula that does not parse, an unsupported random term (correlated
+        effects, a categorical slope, a fixed term in ``random``), a block given twice.
 
     Examples
     --------
-    >>> des = design(obs, "~ 0 + log(libsize) + cls + cls:trt", random="sam")  # doctest: +SKIP
-    >>> des.fixed_names[:2]  # doctest: +SKIP
-    ['log(libsize)', 'cls1']
+    >>> des = design(obs, "~ 0 + cell_type", random="(1 | donor_id)")  # doctest: +SKIP
+    >>> des.random_blocks, des.random_levels[:2]  # doctest: +SKIP
+    (['donor_id'], ['D01', 'D02'])
     >>> chunk = des.apply(obs.iloc[:1000])  # doctest: +SKIP
     """
     obs = _check_obs(obs)
     if len(obs) == 0:
         raise ValueError("obs has no rows")
-    fixed_block = _FormulaBlock.build(obs, fixed, "fixed")
     entries = _random_entries(random)
-    blocks = []
-    for entry in entries:
-        if entry.strip().startswith("~"):
-            b = _FormulaBlock.build(obs, entry, "random")
-            if b.has_intercept:
-                raise ValueError(
-                    f"random formula {entry!r} has an intercept (a column of ones in Z); write "
-                    f"'~ 0 + ...' (e.g. '~ 0 + sam' for a random intercept per sam)"
-                )
-            if len(b.perm) == 0:
-                raise ValueError(f"random formula {entry!r} has no columns")
-        else:
-            b = _GroupBlock.build(obs, entry, "random")
-        blocks.append(b)
+    terms = [t for entry in entries for t in _random_terms(entry)]  # syntax first, then data
+    fixed_block = _FormulaBlock.build(obs, fixed, "fixed")
+    blocks = [_build_block(obs, t) for t in terms]
+    labels = [b.label for b in blocks]
+    for k, label in enumerate(labels):
+        if label in labels[:k]:
+            raise ValueError(
+                f"random: the block {label!r} is given twice ({terms[labels.index(label)].text!r}"
+                f" and {terms[k].text!r}); its variance would not be identifiable"
+            )
     spec = DesignSpec(fixed, tuple(entries), fixed_block, tuple(blocks))
     des = spec.apply(obs)
     if des.X.shape[1]:

@@ -7,8 +7,8 @@ Model, for each gene (Y's column) y ∈ ℝⁿ:
 K random-effect blocks of sizes d = (q₁, …, q_K), Z = [Z₁ … Z_K] (n × q). The variance components
 θ = (σ₁², …, σ_K², σ²) — residual variance last, FLASHMM's order — are estimated by REML or ML with
 Fisher scoring on the summary statistics XᵀX, XᵀY, ZᵀX, ZᵀY, ZᵀZ, Σy², n (see
-:mod:`pyflashmm.sumstats`), so the cost does not grow with the number of cells. The maths of the
-score, the expected information and the likelihood is in :mod:`pyflashmm._kernels.lmm`.
+:func:`pyflashmm.summary_stats`), so the cost does not grow with the number of cells. The maths
+of the score, the expected information and the likelihood is in :mod:`pyflashmm._kernels.lmm`.
 
 Given θ̂, β̂ = (XᵀV⁻¹X)⁻¹XᵀV⁻¹y and Cov(β̂) = (XᵀV⁻¹X)⁻¹ with V = σ²(I + Z D Zᵀ), D = diag(σₖ²/σ²).
 Tests use t = β̂/se with df = n − p (FLASHMM's choice). ``loglik`` is the log-likelihood (ML) or
@@ -19,7 +19,7 @@ which equals ``lme4::logLik`` and statsmodels' ``llf`` (FLASHMM's REML value add
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ import scipy.linalg
 from tqdm.auto import tqdm
 
 from pyflashmm import _checks, _status
+from pyflashmm._design import Design
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import lmm as _k
 from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, SummaryStats, summary_stats
@@ -78,10 +79,16 @@ class LmmFit:
     n, d : int, ndarray
         Number of cells and random-effect block sizes.
     fixed_names, theta_names, gene_names : list of str
-        Names of the coefficients, of the variance components (last ``"residual"``), of genes.
+        Names of the coefficients, of the variance components and of the genes. The variance
+        components are named after the random-effect blocks (``["donor_id", "batch",
+        "residual"]``), or ``var1, …, varK, residual`` when the statistics carry no block labels.
     stats : SummaryStats
         The statistics the fit came from (a reference, not a copy); inference that needs more
         than β̂ and Cov(β̂) (Satterthwaite df, BLUPs) reads them.
+
+    The fit also keeps, privately, the decompositions it was computed from (Cholesky of XᵀX,
+    eigen-decompositions of ZᵀRZ and ZᵀZ, …), so that :func:`lmmtest` and
+    :func:`random_effects` reuse them instead of rebuilding them for every call.
     """
 
     coef: np.ndarray
@@ -106,6 +113,7 @@ class LmmFit:
     theta_names: list[str]
     gene_names: list[str]
     stats: SummaryStats | None = None
+    _prepared: _Prepared | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_genes(self) -> int:
@@ -244,6 +252,8 @@ class _Problem:
     """Quantities shared by all genes after residualising on X (see the kernels' notation).
 
     ``W`` is G × q: ZᵀRy rotated by the eigenvectors of S (eigen path) or ZᵀRy itself (dense).
+    Eigen path (K = 1): S = U diag(λ) Uᵀ, ZZ = Q diag(μ) Qᵀ. Dense path: ``Ws`` = S^{1/2},
+    ``Wz`` = ZZ^{1/2}, ``blocks`` maps each of the q columns to its block.
     """
 
     K: int
@@ -276,7 +286,7 @@ class _Problem:
         ZRy = s.ZY - s.ZX @ AXY  # q × G
         S = s.ZZ - s.ZX @ scipy.linalg.cho_solve(chol, s.ZX.T)
         S = 0.5 * (S + S.T)
-        ZZ = 0.5 * (s.ZZ + s.ZZ.T)
+        ZZ = _sym(s.ZZ)
         start = 0
         for k, qk in enumerate(s.d):
             block = slice(start, start + int(qk))
@@ -292,18 +302,38 @@ class _Problem:
         ll_const = n_eff * np.log(2 * np.pi) + (logdet_XX if reml else 0.0)
         common = {"K": K, "reml": reml, "eigen": eigen, "n_eff": n_eff, "ll_const": ll_const}
         if eigen:
-            lam, U = np.linalg.eigh(S)
-            lam = np.clip(lam, 0.0, None)
-            mu, Q = np.linalg.eigh(ZZ)
-            mu = np.clip(mu, 0.0, None)
-            return cls(
-                **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T @ U), S=S, lam=lam, mu=mu,
-                mu_t=np.ascontiguousarray(lam if reml else mu), mu_max=float(mu.max()), Q=Q,
-            )  # fmt: skip
+            return cls._eigen_path(common, yRy, ZRy, S, ZZ)
         return cls(
             **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T), S=np.ascontiguousarray(S),
-            Ws=_psd_sqrt(S), Wz=_psd_sqrt(ZZ), blocks=np.repeat(np.arange(K), s.d).astype(np.int64),
+            Ws=_psd_sqrt(S), Wz=_psd_sqrt(ZZ), blocks=_block_of_columns(s.d),
         )  # fmt: skip
+
+    @classmethod
+    def _eigen_path(cls, common: dict, yRy, ZRy, S, ZZ) -> _Problem:
+        """The K = 1 problem from the residualised pieces: eigen-decompositions of S and ZZ."""
+        lam, U = np.linalg.eigh(S)
+        lam = np.clip(lam, 0.0, None)
+        mu, Q = np.linalg.eigh(ZZ)
+        mu = np.clip(mu, 0.0, None)
+        return cls(
+            **common, yRy=yRy, W=np.ascontiguousarray(ZRy.T @ U), S=S, lam=lam, mu=mu,
+            mu_t=np.ascontiguousarray(lam if common["reml"] else mu), mu_max=float(mu.max()), Q=Q,
+        )  # fmt: skip
+
+    def as_eigen(self, s: SummaryStats) -> _Problem:
+        """This problem on the eigen path (K = 1); a dense one is converted without redoing the
+        Cholesky of XX: ZᵀRy is its ``W`` transposed back to the q × G layout :meth:`build`
+        multiplies by U, so the result is bitwise that of ``build(s, method, "eigen")``."""
+        if self.eigen:
+            return self
+        if self.K != 1:
+            raise ValueError(f"the eigen path needs one random-effect block (K = 1); K = {self.K}")
+        common = {
+            "K": self.K, "reml": self.reml, "eigen": True, "n_eff": self.n_eff,
+            "ll_const": self.ll_const,
+        }  # fmt: skip
+        ZRy = np.ascontiguousarray(self.W.T)
+        return self._eigen_path(common, self.yRy, ZRy, self.S, _sym(s.ZZ))
 
     def evaluate(self, theta: np.ndarray):
         """(loglik, score, information) at θ (G × (K+1)) for every gene."""
@@ -316,6 +346,73 @@ class _Problem:
             theta, self.W, self.yRy, self.S, self.Ws, self.Wz, self.blocks, self.K, self.reml,
             self.n_eff, self.ll_const,
         )  # fmt: skip
+
+
+def _sym(A: np.ndarray) -> np.ndarray:
+    return 0.5 * (A + A.T)
+
+
+def _block_of_columns(d) -> np.ndarray:
+    """The block index of each of the q random-effect columns."""
+    return np.repeat(np.arange(len(d)), d).astype(np.int64)
+
+
+class _Prepared:
+    """The problem a fit was computed from, kept so that inference never rebuilds it.
+
+    Inference needs, besides what the fit built: the eigen path for K = 1 (when the fit used
+    ``engine="dense"``), ZZ^{1/2} and the column blocks (BLUPs, and K ≥ 2 Satterthwaite; the
+    eigen path has ZZ's eigen-decomposition instead) and QᵀZX. Each is computed on first use,
+    from the pieces already here, with the operations :meth:`_Problem.build` would use, and kept.
+    The object is mutable only as a cache; it belongs to one (statistics, method) pair.
+
+    The fit builds its problem with BLAS limited to one thread (:func:`numba_parallel_only`) and
+    the public inference functions run the same way: the last bits of an eigen-decomposition
+    of a q × q matrix (q ≳ 100) depend on the BLAS thread count, and inference must see the
+    decompositions the fit used, whatever the caller's BLAS settings.
+    """
+
+    __slots__ = ("stats", "method", "problem", "_eigen", "_Wz", "_ZXq")
+
+    def __init__(self, stats: SummaryStats, method: str, problem: _Problem):
+        self.stats = stats
+        self.method = method
+        self.problem = problem
+        self._eigen: _Problem | None = problem if problem.eigen else None
+        self._Wz: np.ndarray | None = problem.Wz
+        self._ZXq: np.ndarray | None = None
+
+    @property
+    def K(self) -> int:
+        return self.problem.K
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """Block index of each random-effect column (q,)."""
+        if self.problem.blocks is not None:
+            return self.problem.blocks
+        return _block_of_columns(self.stats.d)
+
+    def inference_problem(self) -> _Problem:
+        """The problem ``engine="auto"`` builds: the eigen path for K = 1, else the dense one."""
+        if self.K == 1:
+            if self._eigen is None:
+                self._eigen = self.problem.as_eigen(self.stats)
+            return self._eigen
+        return self.problem
+
+    def Wz(self) -> np.ndarray:
+        """ZZ^{1/2}, from ZZ's eigen-decomposition when the fit has it (as :func:`_psd_sqrt`)."""
+        if self._Wz is None:
+            e = self.inference_problem()
+            self._Wz = np.ascontiguousarray((e.Q * np.sqrt(e.mu)) @ e.Q.T)
+        return self._Wz
+
+    def ZXq(self) -> np.ndarray:
+        """QᵀZX for K = 1 (ZZ = Q diag(μ) Qᵀ), C-contiguous."""
+        if self._ZXq is None:
+            self._ZXq = np.ascontiguousarray(self.inference_problem().Q.T @ self.stats.ZX)
+        return self._ZXq
 
 
 _GENE_BLOCK = 2048  # genes per block in the fixed-effects step (bounds its temporaries)
@@ -544,19 +641,33 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
         theta_names=_theta_names(s),
         gene_names=list(s.gene_names),
         stats=s,
+        _prepared=_Prepared(s, method, prob),
     )
 
 
+def prepared(fit: LmmFit) -> _Prepared:
+    """The problem ``fit`` was computed from: the one it kept, or (for a fit that kept none,
+    or whose ``stats`` or ``method`` were replaced since) one built afresh."""
+    p = fit._prepared
+    if p is not None and p.stats is fit.stats and p.method == fit.method:
+        return p
+    if fit.stats is None:
+        raise ValueError("fit: this LmmFit carries no summary statistics (fit.stats is None)")
+    return _Prepared(fit.stats, fit.method, _Problem.build(fit.stats, fit.method, "auto"))
+
+
 def _theta_names(s: SummaryStats) -> list[str]:
-    K = len(s.d)
-    names = [f"var{k + 1}" for k in range(K)]
-    return names + ["residual"]
+    """The block labels then ``"residual"``; ``var1, …`` when the statistics carry no labels
+    (FLASHMM-style matrices)."""
+    if s.random_blocks:
+        return [*s.random_blocks, "residual"]
+    return [f"var{k + 1}" for k in range(len(s.d))] + ["residual"]
 
 
 def lmmfit(
     Y,
     X,
-    Z,
+    Z=None,
     d=None,
     *,
     transform: str | None = None,
@@ -564,8 +675,13 @@ def lmmfit(
     gene_names=None,
     **kwargs,
 ) -> LmmFit:
-    """:func:`summary_stats` then :func:`lmm`; ``kwargs`` go to :func:`lmm`."""
-    if hasattr(X, "shape") and len(X.shape) == 2 and X.shape[0] > 0:  # rank first, before Y
+    """:func:`summary_stats` then :func:`lmm`; ``kwargs`` go to :func:`lmm`.
+
+    ``X`` may be a :class:`~pyflashmm.Design` (then without ``Z`` and ``d``), as for
+    :func:`summary_stats`.
+    """
+    if not isinstance(X, Design) and hasattr(X, "shape") and len(X.shape) == 2 and X.shape[0] > 0:
+        # the rank first, before the pass over Y (a Design was checked when it was built)
         Xd = _checks.as_float_matrix("X", X)
         names = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else None
         _checks.check_full_rank(Xd.T @ Xd, _checks.check_names("X", names, Xd.shape[1], "x"))

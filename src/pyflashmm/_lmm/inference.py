@@ -1,6 +1,6 @@
 """Inference on LMM fits: contrasts with calibrated degrees of freedom, variance components, BLUPs.
 
-Notation (as in :mod:`pyflashmm.lmm`): θ = (σ₁², …, σ_K², σ²), V = Σₖ θₖ Vₖ with Vₖ = ZₖZₖᵀ and
+Notation (as in :mod:`pyflashmm._lmm.fit`): θ = (σ₁², …, σ_K², σ²), V = Σₖ θₖ Vₖ with Vₖ = ZₖZₖᵀ and
 V₀ = I (the residual), Cov(β̂) = (XᵀV⁻¹X)⁻¹, P the REML projection, ℓ the log-likelihood (ML) or
 REML criterion.
 
@@ -33,8 +33,9 @@ from scipy import stats as sps
 
 from pyflashmm import _checks
 from pyflashmm._contrasts import as_contrasts
-from pyflashmm._kernels import inference as _ki
-from pyflashmm._lmm.fit import LmmFit, _Problem
+from pyflashmm._jit import numba_parallel_only
+from pyflashmm._kernels import lmm_inference as _ki
+from pyflashmm._lmm.fit import LmmFit, _Prepared, _Problem, prepared
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
 
@@ -53,10 +54,14 @@ def _require_stats(fit: LmmFit):
     return fit.stats
 
 
-def observed_information(fit: LmmFit) -> np.ndarray:
-    """J = −∂²ℓ/∂θ∂θᵀ at θ̂ per gene (G × (K+1) × (K+1)), from the summary statistics."""
-    s = _require_stats(fit)
-    prob = _Problem.build(s, fit.method, "auto")
+def observed_information(fit: LmmFit, prep: _Prepared | None = None) -> np.ndarray:
+    """J = −∂²ℓ/∂θ∂θᵀ at θ̂ per gene (G × (K+1) × (K+1)), from the summary statistics.
+
+    J = Q − I with Qᵢⱼ = yᵀPVᵢPVⱼPy and I the expected information kept by the fit.
+    ``prep``: the fit's prepared problem (default: the one it kept).
+    """
+    _require_stats(fit)
+    prob = (prep or prepared(fit)).inference_problem()
     theta = np.ascontiguousarray(fit.theta)
     if prob.eigen:
         Q = _ki.quadratic_terms_k1(theta, prob.W, prob.yRy, prob.lam)
@@ -65,20 +70,18 @@ def observed_information(fit: LmmFit) -> np.ndarray:
     return Q - fit.fim_theta
 
 
-def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
+def _cov_gradient(fit: LmmFit, Wc: np.ndarray, prep: _Prepared | None = None) -> np.ndarray:
     """∂(cᵀCov(β̂)c)/∂θ for w = Cov(β̂)c given as ``Wc`` (G × L × p); returns G × L × (K+1)."""
     s = _require_stats(fit)
+    prep = prep or prepared(fit)
     theta = np.ascontiguousarray(fit.theta)
     if len(s.d) == 1:
-        mu, Qm = np.linalg.eigh(0.5 * (s.ZZ + s.ZZ.T))
-        mu = np.clip(mu, 0.0, None)
-        ZXq = Qm.T @ s.ZX
-        return _ki.cov_gradient_k1(theta, mu, np.ascontiguousarray(ZXq), s.XX, Wc)
-    prob = _Problem.build(s, fit.method, "dense")
+        mu = prep.inference_problem().mu
+        return _ki.cov_gradient_k1(theta, mu, prep.ZXq(), s.XX, Wc)
     return _ki.cov_gradient_general(
         theta,
-        prob.Wz,
-        prob.blocks,
+        prep.Wz(),
+        prep.blocks,
         np.ascontiguousarray(s.ZX),
         np.ascontiguousarray(s.ZZ),
         s.XX,
@@ -86,10 +89,10 @@ def _cov_gradient(fit: LmmFit, Wc: np.ndarray) -> np.ndarray:
     )
 
 
-def inverse_observed_information(fit: LmmFit) -> np.ndarray:
+def inverse_observed_information(fit: LmmFit, prep: _Prepared | None = None) -> np.ndarray:
     """A = J⁻¹ per gene (G × (K+1) × (K+1)), the asymptotic covariance of θ̂ used by
     Satterthwaite; NaN where J is not finite or singular."""
-    J = observed_information(fit)
+    J = observed_information(fit, prep)
     A = np.full_like(J, np.nan)
     good = np.isfinite(J).all(axis=(1, 2))
     good[good] = np.abs(np.linalg.det(J[good])) > 0
@@ -98,13 +101,15 @@ def inverse_observed_information(fit: LmmFit) -> np.ndarray:
     return A
 
 
-def _satterthwaite(fit: LmmFit, C: np.ndarray, A: np.ndarray) -> np.ndarray:
+def _satterthwaite(
+    fit: LmmFit, C: np.ndarray, A: np.ndarray, prep: _Prepared | None = None
+) -> np.ndarray:
     """Satterthwaite df of per-gene single-row contrasts ``C`` (G × L × p): G × L.
 
     ν = 2f²/(∇fᵀA∇f) with f = cᵀCov(β̂)c and A = J⁻¹ (see the module docstring).
     """
     Wc = np.ascontiguousarray(np.einsum("gab,glb->gla", fit.cov, C))
-    grad = _cov_gradient(fit, Wc)
+    grad = _cov_gradient(fit, Wc, prep)
     var = np.einsum("glp,glp->gl", C, Wc)
     denom = np.einsum("glk,gkm,glm->gl", grad, A, grad)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -142,6 +147,7 @@ def _between_df(fit: LmmFit, Lm: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+@numba_parallel_only
 def lmmtest(
     fit: LmmFit,
     contrast=None,
@@ -193,12 +199,13 @@ def lmmtest(
             raise ValueError(f"contrast {name!r}: its {Lm.shape[1]} rows are linearly dependent")
     G = fit.n_genes
     method = f"lmm_{fit.method.lower()}"
-    A = inverse_observed_information(fit) if df == "satterthwaite" else None
+    prep = prepared(fit) if df == "satterthwaite" else None  # one problem for every contrast
+    A = inverse_observed_information(fit, prep) if df == "satterthwaite" else None
     single = {k: v[:, 0] for k, v in contrasts.items() if v.shape[1] == 1}
     nu_single = {}
     if single and df == "satterthwaite":
         C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
-        nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A)
+        nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A, prep)
         nu_single = {k: nu[:, j] for j, k in enumerate(single)}
     frames = []
     for name, Lm in contrasts.items():
@@ -223,7 +230,7 @@ def lmmtest(
                 pval = sps.t.cdf(stat, nu)
             log_fc = est[:, 0]
         else:
-            stat, nu_joint = _joint_test(fit, Lm, est, V, A)
+            stat, nu_joint = _joint_test(fit, Lm, est, V, A, prep)
             nu = nu_joint if nu is None else nu
             pval = sps.f.sf(stat, r, nu)
             log_fc = se = np.full(G, np.nan)
@@ -247,7 +254,7 @@ def lmmtest(
     return pd.concat(frames, ignore_index=True)
 
 
-def _joint_test(fit, Lm, est, V, A):
+def _joint_test(fit, Lm, est, V, A, prep=None):
     """F statistic of a joint contrast and, when ``A`` (J⁻¹) is given, its Satterthwaite ddf.
 
     Along the eigenvectors P of LᵀCov L (eigenvalues λₘ) the contrasts L Pₘ are independent
@@ -264,7 +271,7 @@ def _joint_test(fit, Lm, est, V, A):
     if A is None:
         return F, None
     C = np.einsum("pr,grm->gmp", Lm, np.nan_to_num(evecs))  # the r eigen-contrasts per gene
-    nus = _satterthwaite(fit, C, A)
+    nus = _satterthwaite(fit, C, A, prep)
     nus[~good] = np.nan
     return F, _fstat_ddf(nus)
 
@@ -356,20 +363,47 @@ def lrt(fit0: LmmFit, fit1: LmmFit, *, boundary: bool = True) -> pd.DataFrame:
     )
 
 
+@numba_parallel_only
 def random_effects(fit: LmmFit, stats=None) -> pd.DataFrame:
-    """BLUPs of the random effects per gene: b̂ = H(ZᵀY − ZᵀXβ̂), H = (I + D·ZᵀZ)⁻¹D.
+    """BLUPs of the random effects per gene: b̂ = H(ZᵀY − ZᵀXβ̂), H = (I + D·ZᵀZ)⁻¹D,
+    D = diag(σₖ²/σ²) over the columns of each block.
 
-    Returns a genes × q DataFrame (columns = the random-effect names of the statistics).
+    Parameters
+    ----------
+    fit : LmmFit
+    stats : SummaryStats, optional
+        Statistics of the same genes and design to use instead of ``fit.stats``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Genes × q (rows: gene names). Columns are the level labels of the random effects: for
+        one block, an Index of its levels named after the block (``columns.name ==
+        "donor_id"``); for several, a MultiIndex (block, level), so that
+        ``random_effects(fit)["batch"]`` selects one block. Statistics without labels (from
+        bare matrices) give the names of Z's columns (``donor_idD01``, or ``z0, z1, …``).
+        Genes without a fit are NaN.
     """
     s = stats if stats is not None else _require_stats(fit)
     if s.n_genes != fit.n_genes or s.p != fit.coef.shape[1]:
         raise ValueError("stats do not match the fit (genes or fixed effects differ)")
-    blocks = np.repeat(np.arange(len(s.d)), s.d).astype(np.int64)
-    Wz = _Problem.build(s, fit.method, "dense").Wz
+    if s is fit.stats:
+        prep = prepared(fit)
+    else:  # other statistics of the same genes: their own problem
+        prep = _Prepared(s, fit.method, _Problem.build(s, fit.method, "dense"))
     b = _ki.blups(
-        np.ascontiguousarray(fit.theta), blocks, Wz, np.ascontiguousarray(s.ZY.T),
+        np.ascontiguousarray(fit.theta), prep.blocks, prep.Wz(), np.ascontiguousarray(s.ZY.T),
         np.ascontiguousarray(s.ZX), np.nan_to_num(fit.coef),
     )  # fmt: skip
     b[~np.isfinite(fit.coef).all(axis=1)] = np.nan
-    return pd.DataFrame(b, index=fit.gene_names, columns=_checks.check_names(
-        "random_names", s.random_names or None, s.q, "z"))  # fmt: skip
+    return pd.DataFrame(b, index=fit.gene_names, columns=_random_columns(s))
+
+
+def _random_columns(s) -> pd.Index:
+    """Column labels of the BLUPs: (block, level) labels when the statistics carry them."""
+    if s.random_blocks and s.random_levels:
+        if len(s.random_blocks) == 1:
+            return pd.Index(s.random_levels, name=s.random_blocks[0])
+        block = np.repeat(np.asarray(s.random_blocks, dtype=object), s.d)
+        return pd.MultiIndex.from_arrays([block, s.random_levels], names=["block", "level"])
+    return pd.Index(_checks.check_names("random_names", s.random_names or None, s.q, "z"))

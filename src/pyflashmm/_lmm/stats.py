@@ -15,6 +15,11 @@ name       shape        definition
 ``d``      K            sizes of the random-effect blocks, Σ d = q
 =========  ===========  =====================================================
 
+X, Z and d come from a :class:`~pyflashmm.Design` (``summary_stats(Y, design)``, which also
+carries the names: of the coefficients, of Z's columns, of the random-effect blocks and of their
+levels, so that the fit can name its variance components and BLUPs) or are given as matrices
+(``summary_stats(Y, X, Z, d)``, FLASHMM's call).
+
 Every statistic is a sum over cells, so the statistics of disjoint cell chunks add up:
 ``summary_stats(Y[a]) + summary_stats(Y[b]) == summary_stats(Y[a ∪ b])``. Y is read chunk by chunk
 (``chunk_size`` cells at a time) and sparse Y is never densified; the extra memory is
@@ -32,6 +37,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from pyflashmm import _checks
+from pyflashmm._design import Design
 from pyflashmm._kernels import sumstats as _k
 
 #: default number of cells per chunk
@@ -56,9 +62,15 @@ class SummaryStats:
     d : numpy.ndarray
         Random-effect block sizes (K,), ``d.sum() == q``.
     fixed_names, random_names, gene_names : list of str
-        Names of the columns of X, of Z and of the genes.
+        Names of the columns of X, of Z (R-style, ``donor_idD01``) and of the genes.
     transform : str or None
         The transform that was applied to Y (``None``, ``"log1p"``, ``"log2p1"``).
+    random_blocks : list of str
+        The label of each random-effect block (K entries: ``"donor_id"``,
+        ``"donor_id:cell_type"``), or empty when unknown (statistics from bare matrices).
+    random_levels : list of str
+        The level label of each column of Z within its block (q entries: ``"D01"``,
+        ``"D01:CD4 T"``), or empty when unknown.
     """
 
     XX: np.ndarray
@@ -73,6 +85,20 @@ class SummaryStats:
     random_names: list[str] = field(default_factory=list)
     gene_names: list[str] = field(default_factory=list)
     transform: str | None = None
+    random_blocks: list[str] = field(default_factory=list)
+    random_levels: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        K = len(np.atleast_1d(self.d))
+        q = self.ZZ.shape[0] if np.ndim(self.ZZ) == 2 else None
+        if self.random_blocks and len(self.random_blocks) != K:
+            raise ValueError(
+                f"random_blocks has {len(self.random_blocks)} labels but d has {K} blocks"
+            )
+        if self.random_levels and q is not None and len(self.random_levels) != q:
+            raise ValueError(
+                f"random_levels has {len(self.random_levels)} labels but Z has {q} columns"
+            )
 
     @property
     def n_genes(self) -> int:
@@ -90,7 +116,10 @@ class SummaryStats:
         """Merge the statistics of two disjoint sets of cells (same genes, same design columns)."""
         if not isinstance(other, SummaryStats):
             return NotImplemented
-        for attr in ("fixed_names", "random_names", "gene_names", "transform"):
+        for attr in (
+            "fixed_names", "random_names", "gene_names", "transform", "random_blocks",
+            "random_levels",
+        ):  # fmt: skip
             if getattr(self, attr) != getattr(other, attr):
                 raise ValueError(f"cannot add SummaryStats with different {attr}")
         if not np.array_equal(self.d, other.d):
@@ -108,6 +137,8 @@ class SummaryStats:
             random_names=list(self.random_names),
             gene_names=list(self.gene_names),
             transform=self.transform,
+            random_blocks=list(self.random_blocks),
+            random_levels=list(self.random_levels),
         )
 
     def subset_genes(self, index) -> SummaryStats:
@@ -126,6 +157,8 @@ class SummaryStats:
             random_names=self.random_names,
             gene_names=[self.gene_names[i] for i in idx],
             transform=self.transform,
+            random_blocks=self.random_blocks,
+            random_levels=self.random_levels,
         )
 
     def save(self, path) -> None:
@@ -144,13 +177,20 @@ class SummaryStats:
             random_names=np.array(self.random_names, dtype=str),
             gene_names=np.array(self.gene_names, dtype=str),
             transform=np.array("" if self.transform is None else self.transform),
+            random_blocks=np.array(self.random_blocks, dtype=str),
+            random_levels=np.array(self.random_levels, dtype=str),
         )
 
     @classmethod
     def load(cls, path) -> SummaryStats:
-        """Read statistics written by :meth:`save`."""
+        """Read statistics written by :meth:`save` (files written before the block and level
+        labels were stored load without them)."""
         with np.load(path, allow_pickle=False) as z:
             transform = str(z["transform"]) or None
+            labels = {
+                key: z[key].tolist() if key in z.files else []
+                for key in ("random_blocks", "random_levels")
+            }
             return cls(
                 XX=z["XX"],
                 XY=z["XY"],
@@ -164,6 +204,7 @@ class SummaryStats:
                 random_names=z["random_names"].tolist(),
                 gene_names=z["gene_names"].tolist(),
                 transform=transform,
+                **labels,
             )
 
 
@@ -185,7 +226,7 @@ def _cell_bounds(n: int, G: int, P: int) -> np.ndarray:
     return np.linspace(0, n, n_blocks + 1).round().astype(np.int64)
 
 
-def _finish(Xd, Zs, WYt, Ynorm, n, d, fixed_names, random_names, gene_names, transform):
+def _finish(Xd, Zs, WYt, Ynorm, n, d, names: _Names, gene_names, transform):
     """Assemble :class:`SummaryStats` from the accumulators and the designs."""
     p = Xd.shape[1]
     return SummaryStats(
@@ -197,11 +238,64 @@ def _finish(Xd, Zs, WYt, Ynorm, n, d, fixed_names, random_names, gene_names, tra
         Ynorm=Ynorm,
         n=n,
         d=d,
-        fixed_names=fixed_names,
-        random_names=random_names,
+        fixed_names=names.fixed,
+        random_names=names.random,
         gene_names=gene_names,
         transform=transform,
+        random_blocks=names.blocks,
+        random_levels=names.levels,
     )
+
+
+@dataclass(frozen=True)
+class _Names:
+    """The names the statistics carry: of the columns of X and Z, of the blocks, of the levels."""
+
+    fixed: list[str]
+    random: list[str]
+    blocks: list[str] = field(default_factory=list)
+    levels: list[str] = field(default_factory=list)
+
+
+def _designs(X, Z, d, n: int):
+    """(dense X, CSR Z with sorted indices, d, names) from a Design or from X, Z and d."""
+    if isinstance(X, Design):
+        if Z is not None or d is not None:
+            raise TypeError(
+                "summary_stats: pass a Design alone (it holds X, Z and d) or X, Z and d, not "
+                "both; got a Design and Z or d"
+            )
+        if X.n != n:
+            raise ValueError(f"the design has {X.n} cells (rows) but Y has {n}")
+        names = _Names(
+            list(X.fixed_names), list(X.random_names), list(X.random_blocks), list(X.random_levels)
+        )
+        X, Z, d = X.X, X.Z, X.d
+    else:
+        if Z is None:
+            raise TypeError(
+                "summary_stats needs the random-effects design Z (and d), or a Design in place of X"
+            )
+        names = None
+    fixed_names = _names_from(X, np.shape(X)[1] if np.ndim(X) == 2 else 1, "x")
+    Xd = _checks.as_float_matrix("X", X, n_rows=n)
+    if sp.issparse(Z):
+        Zs = sp.csr_matrix(Z, dtype=np.float64)
+        _checks.check_numeric_dtype("Z", Z.dtype)
+        if Zs.shape[0] != n:
+            raise ValueError(f"Z has {Zs.shape[0]} rows but Y has {n} cells (rows)")
+        _checks.check_finite("Z", Zs)
+        random_names = _checks.default_names("z", Zs.shape[1])
+    else:
+        random_names = _names_from(Z, np.shape(Z)[1] if np.ndim(Z) == 2 else 1, "z")
+        Zs = sp.csr_matrix(_checks.as_float_matrix("Z", Z, n_rows=n))
+    Zs.sort_indices()
+    if Zs.shape[1] == 0:
+        raise ValueError("Z has no columns: the mixed model needs at least one random effect")
+    d_arr = _checks.check_block_sizes(d, Zs.shape[1])
+    if names is None:
+        names = _Names(fixed_names, random_names)
+    return Xd, Zs, d_arr, names
 
 
 def _names_from(obj, k: int, prefix: str) -> list[str]:
@@ -275,7 +369,7 @@ def _check_transform(transform, Y) -> int:
 def summary_stats(
     Y,
     X,
-    Z,
+    Z=None,
     d=None,
     *,
     transform: str | None = None,
@@ -285,16 +379,22 @@ def summary_stats(
 ) -> SummaryStats:
     """Compute the LMM summary statistics of Y in one pass over cell chunks.
 
+    XX = XᵀX, XY = XᵀY, ZX = ZᵀX, ZY = ZᵀY, ZZ = ZᵀZ and Ynorm = Σ_cells y² (per gene), with Y
+    transformed on the fly; every one is a sum over cells.
+
     Parameters
     ----------
     Y : array-like, cells × genes (n × G)
         ndarray, pandas DataFrame, ``scipy.sparse`` CSR/CSC (never densified), or any object
         with ``shape`` whose row slices ``Y[a:b]`` give one of those (backed AnnData ``X``,
         h5py-backed sparse datasets, dask arrays).
-    X : array-like, n × p
-        Fixed-effects design (dense; a DataFrame's columns name the coefficients).
+    X : Design or array-like, n × p
+        A :class:`~pyflashmm.Design` (then ``Z`` and ``d`` are omitted: X, Z, d, the names of
+        the coefficients and random effects, and the block and level labels all come from it),
+        or the fixed-effects design (dense; a DataFrame's columns name the coefficients).
     Z : array-like, n × q
-        Random-effects design, dense or sparse (indicator columns).
+        Random-effects design, dense or sparse (indicator columns); required unless ``X`` is a
+        Design.
     d : sequence of int, optional
         Sizes of the K random-effect blocks (``sum(d) == q``); default one block ``[q]``.
     transform : {None, "log1p", "log2p1"}
@@ -309,6 +409,22 @@ def summary_stats(
     Returns
     -------
     SummaryStats
+
+    Raises
+    ------
+    TypeError
+        A Design together with ``Z`` or ``d``; no ``Z`` without a Design; Y not a 2-D matrix
+        of real numbers.
+    ValueError
+        Shapes that do not match, NaN/Inf in Y, X or Z, a transform of values ≤ −1.
+
+    Examples
+    --------
+    >>> des = design(adata.obs, "~ 0 + cell_type + cell_type:condition",
+    ...              random="(1 | donor_id)")  # doctest: +SKIP
+    >>> stats = summary_stats(adata.X, des, transform="log1p")  # doctest: +SKIP
+    >>> stats.random_blocks  # doctest: +SKIP
+    ['donor_id']
     """
     if isinstance(Y, pd.DataFrame):
         gene_names = gene_names if gene_names is not None else list(map(str, Y.columns))
@@ -318,23 +434,8 @@ def summary_stats(
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     code = _check_transform(transform, Y)
     table = _k.transform_table(code)
-    fixed_names = _names_from(X, np.shape(X)[1] if np.ndim(X) == 2 else 1, "x")
-    Xd = _checks.as_float_matrix("X", X, n_rows=n)
-    if sp.issparse(Z):
-        Zs = sp.csr_matrix(Z, dtype=np.float64)
-        _checks.check_numeric_dtype("Z", Z.dtype)
-        if Zs.shape[0] != n:
-            raise ValueError(f"Z has {Zs.shape[0]} rows but Y has {n} cells (rows)")
-        _checks.check_finite("Z", Zs)
-        random_names = _checks.default_names("z", Zs.shape[1])
-    else:
-        random_names = _names_from(Z, np.shape(Z)[1] if np.ndim(Z) == 2 else 1, "z")
-        Zs = sp.csr_matrix(_checks.as_float_matrix("Z", Z, n_rows=n))
-    Zs.sort_indices()
+    Xd, Zs, d_arr, names = _designs(X, Z, d, n)
     q = Zs.shape[1]
-    if q == 0:
-        raise ValueError("Z has no columns: the mixed model needs at least one random effect")
-    d_arr = _checks.check_block_sizes(d, q)
     gene_names = _checks.check_names("gene_names", gene_names, G, "gene")
     if n == 0:
         raise ValueError("Y has no cells (rows)")
@@ -361,17 +462,13 @@ def summary_stats(
             Y.indptr, Y.indices, Y.data, _cell_bounds(n, G, p + q), w_indptr, w_indices, w_data,
             code, table, WYt, Ynorm,
         )  # fmt: skip
-        return _finish(
-            Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
-        )
+        return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
     if sp.issparse(Y) and Y.format == "csc":
         # column-major data in memory: one pass over genes, no row slicing (no copy)
         _k.accumulate_csc(
             Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, table, WYt, Ynorm
         )
-        return _finish(
-            Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform
-        )
+        return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
     n_chunks = math.ceil(n / chunk_size)
     show = n_chunks > 4 if progress is None else bool(progress)
     chunks = range(0, n, chunk_size)
@@ -399,4 +496,4 @@ def summary_stats(
         else:
             _k.accumulate_dense(block, bounds, wi, wj, wv, code, table, WYt, Ynorm)
 
-    return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, fixed_names, random_names, gene_names, transform)
+    return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)

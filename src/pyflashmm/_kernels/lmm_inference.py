@@ -1,6 +1,15 @@
-"""Numba kernels for inference: the quadratic part of the observed information of θ, the
-gradient of cᵀCov(β̂)c in θ, and BLUPs (notation of :mod:`pyflashmm.inference` and
-:mod:`pyflashmm._kernels.lmm`)."""
+"""Numba kernels for LMM inference: the quadratic part of the observed information of θ, the
+gradient of cᵀCov(β̂)c in θ, and BLUPs (notation of :mod:`pyflashmm._lmm.inference` and
+:mod:`pyflashmm._kernels.lmm`).
+
+Per gene, with θ = (σ₁², …, σ_K², σ²), D = diag(σₖ²/σ²) over the q columns of Z and
+V = σ²(I + Z D Zᵀ):
+
+* Qᵢⱼ = yᵀPVᵢPVⱼPy (V₀ = I), the part of the observed information J = Q − I that the expected
+  information I lacks;
+* ∂(cᵀCov(β̂)c)/∂θᵢ = wᵀXᵀV⁻¹VᵢV⁻¹Xw with w = Cov(β̂)c (Satterthwaite's ∇f);
+* b̂ = (I + D·ZᵀZ)⁻¹D(ZᵀY − ZᵀXβ̂), the BLUPs.
+"""
 
 from __future__ import annotations
 
