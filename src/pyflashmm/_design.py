@@ -989,6 +989,16 @@ def _random_entries(random) -> list[str]:
     )
 
 
+def random_groupings(random) -> list[tuple[str, tuple[str, ...]]]:
+    """The terms of ``random`` and their grouping columns, parsed without the data.
+
+    Returns ``[(kind, columns)]`` per block: ``kind`` is ``"group"`` (a random intercept per
+    level of ``columns``), ``"slope"`` (a slope per level) or ``"formula"`` (a one-sided formula,
+    no grouping: ``columns`` is empty). Raises the errors of :func:`design` for bad terms.
+    """
+    return [(t.kind, t.columns) for e in _random_entries(random) for t in _random_terms(e)]
+
+
 def design(obs, fixed, random=None) -> Design:
     """Build X, Z and d from a cell table and R-style formulas.
 

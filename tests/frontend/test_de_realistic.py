@@ -440,3 +440,42 @@ def test_sparse_input_is_never_densified_by_pseudobulk(pbmc):
     counts, _ = fm.pseudobulk(adata.layers["counts"], adata.obs, by=["donor_id", "cell_type"])
     assert counts.shape == (8 * 4, adata.n_vars)
     assert counts.index[0] == f"{adata.obs['donor_id'].iloc[0]}_{adata.obs['cell_type'].iloc[0]}"
+
+
+# ------------------------------------------------------------------------------ names and syntax
+
+
+def test_names_survive_from_anndata_to_every_table(pbmc):
+    adata = pbmc[0]
+    dsg = fm.design(adata.obs, "~ condition", random="(1|donor_id)")
+    stats = fm.summary_stats(adata.layers["counts"], dsg, transform="log2p1",
+                             gene_names=adata.var_names)  # fmt: skip
+    fit = fm.lmm(stats)
+    assert fit.theta_names == ["donor_id", "residual"]
+    assert list(fit.gene_names) == list(adata.var_names)
+    blups = fm.random_effects(fit)
+    assert list(blups.columns) == list(adata.obs["donor_id"].cat.categories)
+    assert blups.columns.name == "donor_id" and list(blups.index) == list(adata.var_names)
+    crossed_dsg = fm.design(adata.obs, "~ condition", "(1|donor_id) + (1|batch)")
+    with warnings.catch_warnings():  # two batches: some genes end at pd_boundary
+        warnings.simplefilter("ignore", fm.ConvergenceWarning)
+        crossed = fm.lmm(fm.summary_stats(adata.layers["counts"], crossed_dsg, transform="log2p1"))
+    assert crossed.theta_names == ["donor_id", "batch", "residual"]
+    assert list(fm.random_effects(crossed)["batch"].columns) == ["b1", "b2"]
+    assert set(fm.vctest(crossed)["component"]) == {"donor_id", "batch"}
+
+
+def test_lme4_syntax_in_de_and_unsupported_terms_named(pbmc):
+    adata = pbmc[0]
+    kw = {"layer": "counts", "fixed": "~ condition", "contrast": "conditionstim"}
+    plain = fm.de(adata, random="donor_id", **kw)
+    lme4 = fm.de(adata, random="(1|donor_id)", **kw)
+    nlme = fm.de(adata, random="~ 1 | donor_id", **kw)
+    pd.testing.assert_frame_equal(plain, lme4.assign())
+    np.testing.assert_array_equal(plain["p_value"], nlme["p_value"])
+    pb = fm.de(adata, random="(1|donor_id)", method="pseudobulk", **kw)
+    assert len(pb) == adata.n_vars
+    with pytest.raises(ValueError, match=r"'\(1 \+ n_counts \| donor_id\)'.*correlated"):
+        fm.de(adata, random="(1 + n_counts | donor_id)", **kw)
+    with pytest.raises(ValueError, match="pseudobulk.*sample grouping"):
+        fm.de(adata, random="(0 + n_counts | donor_id)", method="pseudobulk", **kw)

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from pyflashmm._checks import MissingColumnError
-from pyflashmm._design import _parse_formula, design
+from pyflashmm._design import _parse_formula, design, random_groupings
 from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import lmmtest
@@ -270,17 +270,19 @@ def _drop_unused_categories(obs: pd.DataFrame) -> pd.DataFrame:
     return obs
 
 
-def grouping_columns(obs: pd.DataFrame, random, arg: str = "random") -> list[str]:
-    """The obs columns that define the random-effect groups (the samples) of ``random``."""
-    dsg = design(obs, "~ 1", random)
+def grouping_columns(random, method: str) -> list[str]:
+    """The columns whose combinations are the samples (donors) of ``random``."""
     cols: list[str] = []
-    for block in dsg.spec._random_blocks:
-        columns = getattr(block, "columns", ())
-        for c in columns:
-            if c in obs.columns and c not in cols and not _is_numeric(obs[c]):
-                cols.append(c)
+    for kind, columns in random_groupings(random):
+        if kind != "group" and method == "pseudobulk":
+            raise ValueError(
+                f"random: {random!r} has a random slope or formula; method='pseudobulk' sums the "
+                "counts of each sample and needs only the sample grouping, e.g. "
+                "random='donor_id' or '(1|donor_id)'"
+            )
+        cols.extend(c for c in columns if c not in cols)
     if not cols:
-        raise ValueError(f"{arg}: {random!r} names no grouping column")
+        raise ValueError(f"random: {random!r} names no grouping column")
     return cols
 
 
@@ -335,17 +337,15 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, df, chunk_size
                 LogTransformWarning,
                 stacklevel=3,
             )
-    stats = summary_stats(
-        cells.counts, dsg.X_frame(), dsg.Z, dsg.d, transform=transform, chunk_size=chunk_size,
-        gene_names=cells.gene_names, progress=progress,
-    )  # fmt: skip
+    stats = summary_stats(cells.counts, dsg, transform=transform, chunk_size=chunk_size,
+                          gene_names=cells.gene_names, progress=progress)  # fmt: skip
     fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
     return lmmtest(fit, contrast, df=df), dsg, None
 
 
 def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
     if random is not None:
-        cols = grouping_columns(obs, random)
+        cols = grouping_columns(random, "nbglm")
         warnings.warn(
             f"de(method='nbglm'): random={random!r} is ignored: the cell-level NB GLM has no "
             f"random effect and treats the cells of one {', '.join(map(repr, cols))} as "
@@ -383,7 +383,7 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
             "random: method='pseudobulk' sums the counts of each sample; name the sample "
             "grouping, e.g. random='donor_id'"
         )
-    samples = grouping_columns(obs, random)
+    samples = grouping_columns(random, "pseudobulk")
     by = samples + ([cell_type] if cell_type is not None and cell_type not in samples else [])
     per_type = cell_type is not None and per_cell_type
     used = _formula_columns(fixed)
