@@ -157,7 +157,7 @@ def _carry_constant_columns(obs: pd.DataFrame, groups: pd.DataFrame, by: list[st
 def _nb_table(counts, dsg, genes, contrast, **kwargs) -> pd.DataFrame:
     """Run the NB GLM once per contrast and stack the tidy tables."""
     from pyflashmm._contrasts import as_contrasts
-    from pyflashmm._nbglm.glm import nbglm
+    from pyflashmm._nbglm.fit import nbglm
 
     names = list(dsg.fixed_names)
     X = pd.DataFrame(dsg.X, columns=names)
