@@ -10,6 +10,7 @@ from nbsim import two_group
 from scipy import stats
 
 from pyflashmm._kernels import nb_irls as K
+from pyflashmm._kernels.nb_density import nb_logpdf
 from pyflashmm._nbglm.count_block import CountBlock
 from pyflashmm._nbglm.layout import design_layout, sample_classes
 
@@ -93,14 +94,32 @@ def test_intercept_fit_matches_numpy(rng):
     np.testing.assert_allclose(xtwx, w.sum(axis=1), rtol=1e-13)
 
 
-def test_nb_loglik_matches_scipy(rng):
-    Y = rng.negative_binomial(2, 0.3, (10, 30)).astype(float)
-    sf = rng.uniform(0.5, 2.0, 30)
-    lab = rng.integers(0, 3, 30)
-    row_mu = np.exp(rng.normal(1, 1, (10, 3)))
-    alpha = rng.uniform(0.05, 1.0, 10)
-    got = K.nb_loglik(CountBlock.from_dense(Y).csr, sf, lab, row_mu, alpha)
+def test_nb_loglik_matches_scipy_and_the_per_sample_sum(rng):
+    # the per-class and per-count caches change the work, not a bit of the result: the sum of
+    # nb_logpdf over the samples in order (tiny α, non-integer and huge counts, a zero mean)
+    m, G = 60, 12
+    X = np.eye(3)[np.r_[0, 1, 2, rng.integers(0, 3, m - 3)]]
+    lay = design_layout(X)
+    sf = rng.choice([0.5, 0.8, 1.3], m)
+    Y = rng.negative_binomial(2, 0.3, (G, m)).astype(float)
+    Y[0, :3] = [2.5, 1e6, 7.0]
+    row_mu = np.exp(rng.normal(1, 1, (G, 3)))
+    row_mu[1, 0] = 0.0
+    alpha = rng.uniform(0.05, 1.0, G)
+    alpha[2] = 1e-7
+    lab = lay.rows.lab
+    for classes in (sample_classes(sf, lay), sample_classes(sf, lay, shared=False)):
+        got = K.nb_loglik(CountBlock.from_dense(Y).csr, classes, row_mu, alpha)
+        for g in range(G):
+            ref = 0.0
+            for j in range(m):
+                ref += nb_logpdf(Y[g, j], sf[j] * row_mu[g, lab[j]], alpha[g])
+            assert got[g] == ref or (np.isnan(ref) and np.isnan(got[g]))
+    ok = np.arange(G) > 1
     mu = sf * row_mu[:, lab]
     r = 1 / alpha[:, None]
     ref = stats.nbinom.logpmf(Y, r, r / (r + mu)).sum(axis=1)
-    np.testing.assert_allclose(got, ref, rtol=1e-11)
+    np.testing.assert_allclose(
+        got[ok & (np.arange(G) != 2)], ref[ok & (np.arange(G) != 2)], rtol=1e-11
+    )
+    assert got[1] == -np.inf  # a zero mean under a positive count

@@ -33,13 +33,8 @@ import numpy as np
 
 from pyflashmm._jit import njit, prange
 from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
-from pyflashmm._kernels.nb_density import lgamma_sum, nb_logpdf, xtwx_rows
-from pyflashmm._kernels.nb_layout import (
-    gene_nonzeros,
-    gene_row,
-    survival_counts,
-    table_of_nonzeros,
-)
+from pyflashmm._kernels.nb_density import lgamma_sum, xtwx_rows
+from pyflashmm._kernels.nb_layout import gene_nonzeros, survival_counts, table_of_nonzeros
 from pyflashmm._kernels.vecmath import log1p_recip, log_vec
 
 
@@ -459,17 +454,84 @@ def design_row_means(Xr, beta):
     return out
 
 
+@njit
+def _nonzero_term(y, mu, r, alpha, lgr, d, tail, lg_r, lg_1):
+    """ln f(y; μ, α) for y > 0 with the per-gene and per-class parts given: ln Γ(r) ``lgr``,
+    d = ln μ − ln(r + μ), tail = r ln(1 − μ/(r + μ)), and ln Γ(y + r), ln Γ(y + 1) (``lg_r``,
+    ``lg_1``); the same operations, in the same order, as ``nb_density.nb_logpdf``."""
+    if mu <= 0.0:
+        return -np.inf
+    if r > 1e4 and y < 64.0 and y == math.floor(y):
+        acc = 0.0
+        k = 0.0
+        while k < y:
+            acc += math.log1p((k - mu) / (r + mu))
+            k += 1.0
+        return acc + y * math.log(mu) - lg_1 + tail
+    return lg_r - lgr - lg_1 + y * d + tail
+
+
 @njit(parallel=True)
-def nb_loglik(counts, sf, lab, row_mu, alpha):
-    """Σ_j ln f(y_gj; μ_gj, α_g) for every gene g (G), with μ_gj = s_j·row_mu[g, lab_j]."""
+def nb_loglik(counts, classes, row_mu, alpha):
+    """Σ_j ln f(y_gj; μ_gj, α_g) for every gene g (G), μ_gj = s_j·row_mu[g, lab_j], summed over
+    the samples in order.
+
+    The result is that of summing ``nb_density.nb_logpdf`` sample by sample, bit for bit; the
+    work is not: the parts that depend only on μ (the same for all samples of a class, see
+    ``nb_layout.SampleClasses``) are computed once per class, ln Γ(r) once per gene and
+    ln Γ(y + r), ln Γ(y + 1) once per distinct small integer count.
+    """
     G = counts.indptr.shape[0] - 1
     m = counts.m
+    nc = classes.sf.shape[0]
+    cls = classes.cls
+    indptr = counts.indptr
+    indices = counts.indices
+    data = counts.data
     out = np.empty(G)
     for g in prange(G):
-        y = np.empty(m)
-        gene_row(counts, g, y)
+        al = alpha[g]
+        r = 1.0 / al
+        lgr = math.lgamma(r)
+        muc = np.empty(nc)
+        tail = np.empty(nc)
+        d = np.full(nc, np.nan)  # ln μ − ln(r + μ), made when a class has a non-zero count
+        for c in range(nc):
+            mu = classes.sf[c] * row_mu[g, classes.row[c]]
+            muc[c] = mu
+            tail[c] = 0.0 if mu <= 0.0 else r * math.log1p(-mu / (r + mu))
+        p0 = indptr[g]
+        p1 = indptr[g + 1]
+        vmax = 0.0
+        for k in range(p0, p1):
+            vmax = max(vmax, data[k])
+        n_tab = int(vmax) + 1 if vmax <= 4.0 * (p1 - p0) + 64.0 else 0
+        lg_r = np.full(n_tab, np.nan)  # ln Γ(v + r) and ln Γ(v + 1) of integer counts v
+        lg_1 = np.full(n_tab, np.nan)
         s = 0.0
+        k = p0
+        nxt = indices[k] if k < p1 else m
         for j in range(m):
-            s += nb_logpdf(y[j], sf[j] * row_mu[g, lab[j]], alpha[g])
+            c = cls[j]
+            if j != nxt:
+                s += tail[c]
+                continue
+            y = data[k]
+            k += 1
+            nxt = indices[k] if k < p1 else m
+            mu = muc[c]
+            if mu > 0.0 and np.isnan(d[c]):
+                d[c] = math.log(mu) - math.log(r + mu)
+            if n_tab > 0 and y == math.floor(y):  # then y ≤ v_max: a small integer
+                v = int(y)
+                if np.isnan(lg_r[v]):
+                    lg_r[v] = math.lgamma(y + r)
+                    lg_1[v] = math.lgamma(y + 1.0)
+                a_r = lg_r[v]
+                a_1 = lg_1[v]
+            else:
+                a_r = math.lgamma(y + r)
+                a_1 = math.lgamma(y + 1.0)
+            s += _nonzero_term(y, mu, r, al, lgr, d[c], tail[c], a_r, a_1)
         out[g] = s
     return out

@@ -36,6 +36,7 @@ from scipy import stats
 from pyflashmm import _status
 from pyflashmm._checks import check_full_rank
 from pyflashmm._jit import numba_parallel_only
+from pyflashmm._kernels.nb_layout import SampleClasses
 from pyflashmm._nbglm import inference as _inference
 from pyflashmm._nbglm._util import as_counts, trimmed_mean
 from pyflashmm._nbglm.cooks import REFIT_MINMU, CooksSummary, cooks_block
@@ -65,6 +66,8 @@ class NbGlmData:
         one).
     layout : DesignLayout
         The design's distinct rows (reused by every test).
+    classes : SampleClasses
+        Samples sharing a size factor and a design row.
     minmu : float
         Floor of the fitted means used by the fit (``REFIT_MINMU`` for refitted genes).
     fallback : ndarray of bool, G
@@ -77,6 +80,7 @@ class NbGlmData:
 
     counts: object
     layout: DesignLayout
+    classes: SampleClasses
     minmu: float
     fallback: np.ndarray
     refit_genes: np.ndarray
@@ -640,6 +644,7 @@ def _fit(inputs: _Inputs, sf, opts: _Options) -> NbGlmFit:
     data = NbGlmData(
         counts=inputs.Yt,
         layout=layout,
+        classes=classes,
         minmu=opts.minmu,
         fallback=arrays.fallback,
         refit_genes=rep.refit_genes if rep else np.zeros(0, np.int64),

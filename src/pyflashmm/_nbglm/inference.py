@@ -140,7 +140,14 @@ def _full_loglik_block(fit: NbGlmFit, idx, blk, minmu):
     d = fit.data
     row_mu = row_means_of(d.layout, fit.coef[idx], d.fallback[idx])
     return loglik(
-        blk, fit.size_factors, d.layout, row_mu, d.fallback[idx], fit.dispersion[idx], minmu=minmu
+        blk,
+        fit.size_factors,
+        d.layout,
+        d.classes,
+        row_mu,
+        d.fallback[idx],
+        fit.dispersion[idx],
+        minmu=minmu,
     )
 
 
@@ -171,7 +178,7 @@ def _lrt_stats(fit: NbGlmFit, designs: list) -> list:
         alpha = fit.dispersion[idx]
         for k, (lay, cls) in enumerate(zip(layouts, classes, strict=True)):
             row_mu, fallback = fit_means(blk, sf, lay, cls, alpha, minmu=minmu)
-            red = loglik(blk, sf, lay, row_mu, fallback, alpha, minmu=minmu)
+            red = loglik(blk, sf, lay, cls, row_mu, fallback, alpha, minmu=minmu)
             out[k][idx] = 2.0 * (full[idx] - red)
     return out
 

@@ -144,13 +144,14 @@ def row_means_of(layout: DesignLayout, beta, fallback) -> np.ndarray:
     return row_mu
 
 
-def loglik(blk: CountBlock, sf, layout: DesignLayout, row_mu, fallback, alpha, *, minmu):
-    """Σ_j ln f(y_ij; μ_ij, α_i) of every gene of ``blk`` with μ_ij = s_j·row_mu[i, lab_j]; for
-    the genes of the L-BFGS-B fallback μ is floored at ``minmu`` (as DESeq2 does)."""
+def loglik(blk: CountBlock, sf, layout: DesignLayout, classes, row_mu, fallback, alpha, *, minmu):
+    """Σ_j ln f(y_ij; μ_ij, α_i) of every gene of ``blk`` with μ_ij = s_j·row_mu[i, lab_j]
+    (``classes`` the sample classes of ``sf`` and ``layout``); for the genes of the L-BFGS-B
+    fallback μ is floored at ``minmu`` (as DESeq2 does)."""
     sf = np.ascontiguousarray(sf, dtype=np.float64)
     alpha = np.ascontiguousarray(alpha, dtype=np.float64)
+    ll = _ki.nb_loglik(blk.csr, classes, np.ascontiguousarray(row_mu), alpha)
     lab = layout.rows.lab
-    ll = _ki.nb_loglik(blk.csr, sf, lab, np.ascontiguousarray(row_mu), alpha)
     for i in np.flatnonzero(fallback):
         y = blk.rows(i)[0]
         mf = np.maximum(sf * row_mu[i][lab], minmu)
