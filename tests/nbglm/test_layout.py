@@ -33,6 +33,25 @@ def test_design_layout_rows_labels_and_start(rng):
     assert empty.n_rows == 1 and empty.start is None
 
 
+def test_layout_of_a_reduced_design_from_the_full_layout(rng):
+    # columns dropped or X·N: the distinct rows found among the full layout's rows are those
+    # found among the samples, labels included
+    import scipy.linalg
+
+    m = 60
+    X = np.column_stack(
+        [np.ones(m), np.eye(4)[rng.integers(0, 4, m)][:, 1:], rng.integers(0, 2, m)]
+    )
+    lay = design_layout(X)
+    N = scipy.linalg.null_space(np.array([[0.0, 1.0, -1.0, 0.0, 0.0]]))
+    for X0 in (np.delete(X, 1, axis=1), np.delete(X, [1, 2], axis=1), X @ N):
+        a, b = design_layout(X0, coarsens=lay), design_layout(X0)
+        for x, y in zip(a.rows, b.rows, strict=True):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(a.row_size, b.row_size)
+        np.testing.assert_array_equal(a.start, b.start)
+
+
 def test_sample_classes_are_the_sorted_distinct_row_size_factor_pairs():
     rng = np.random.default_rng(8)
     X = np.eye(3)[rng.integers(0, 3, 200)]

@@ -160,12 +160,14 @@ def full_loglik(fit: NbGlmFit) -> np.ndarray:
     return out
 
 
-def _lrt_stats(fit: NbGlmFit, designs: list) -> list:
+def _lrt_stats(fit: NbGlmFit, designs: list, derived: bool) -> list:
     """2(ℓ_full − ℓ_reduced) of every gene for each reduced design (one pass over the gene
-    blocks; each reduced design's layout and sample classes made once)."""
+    blocks; each reduced design's layout and sample classes made once, from the fit's layout
+    when the designs are ``derived`` from X)."""
     G = fit.base_mean.size
     sf = fit.size_factors
-    layouts = [design_layout(X0) for X0 in designs]
+    parent = fit.data.layout if derived else None
+    layouts = [design_layout(X0, coarsens=parent) for X0 in designs]
     classes = [sample_classes(sf, lay) for lay in layouts]
     full = fit.loglik
     need_full = full is None
@@ -215,15 +217,20 @@ def independent_filter(base_mean, pvalue, alpha):
     return padj[:, j], float(cutoffs[j])
 
 
+def _estimate(fit: NbGlmFit, c):
+    """cᵀβ̂ and √(cᵀΣc) of every gene (natural-log scale)."""
+    est = fit.coef @ c
+    se = np.sqrt(np.maximum(np.einsum("i,gij,j->g", c, fit.cov, c), 0.0))
+    return est, se
+
+
 def _wald(fit: NbGlmFit, L, use_t):
     """(natural-log estimate, its standard error, statistic, p-value, df) of contrast L."""
     beta, sigma = fit.coef, fit.cov
     m, p = fit.X.shape
     r = L.shape[1]
     if r == 1:
-        c = np.ascontiguousarray(L[:, 0])
-        est = beta @ c
-        se = np.sqrt(np.maximum(np.einsum("i,gij,j->g", c, sigma, c), 0.0))
+        est, se = _estimate(fit, np.ascontiguousarray(L[:, 0]))
         with np.errstate(invalid="ignore", divide="ignore"):
             stat = est / se
         if use_t:
@@ -285,12 +292,18 @@ def test_contrasts(
                 keys[key] = len(designs)
                 designs.append(X0)
             key_of[name] = (keys[key], p - X0.shape[1])
-        stats_ = _lrt_stats(fit, designs)
+        stats_ = _lrt_stats(fit, designs, derived=reduced is None)
         lrt = {name: (stats_[k], dfk) for name, (k, dfk) in key_of.items()}
     out = {}
+    G = fit.base_mean.size
     for name, L in contrasts.items():
-        est, se, stat, pval, df = _wald(fit, L, use_t)
-        if test == "lrt":
+        if test == "wald":
+            est, se, stat, pval, df = _wald(fit, L, use_t)
+        else:
+            # the log fold change of a single contrast from the full fit, as DESeq2 reports it
+            est, se = np.full(G, np.nan), np.full(G, np.nan)
+            if L.shape[1] == 1:
+                est, se = _estimate(fit, np.ascontiguousarray(L[:, 0]))
             stat, dfk = lrt[name]
             stat = stat.copy()
             pval = stats.chi2.sf(stat, dfk)
@@ -368,25 +381,21 @@ def nbglm_test(
         independent_filtering=independent_filtering,
     )
     G = fit.base_mean.size
-    frames = []
-    for name, t in res.items():
-        frames.append(
-            pd.DataFrame(
-                {
-                    "variable": list(fit.gene_names),
-                    "contrast": [name] * G,
-                    "log_fc": t.log_fc,
-                    "se": t.se,
-                    "stat": t.stat,
-                    "df": np.full(G, t.df),
-                    "p_value": t.p_value,
-                    "adj_p_value": t.adj_p_value,
-                    "method": ["nbglm"] * G,
-                    "base_mean": fit.base_mean,
-                    "dispersion": fit.dispersion,
-                    "converged": fit.converged,
-                    "status": fit.status,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+    K = len(res)
+    tests = list(res.values())
+    columns = {
+        "variable": np.tile(np.asarray(fit.gene_names, dtype=object), K),
+        "contrast": np.repeat(np.asarray(list(res), dtype=object), G),
+        "log_fc": np.concatenate([t.log_fc for t in tests]),
+        "se": np.concatenate([t.se for t in tests]),
+        "stat": np.concatenate([t.stat for t in tests]),
+        "df": np.repeat([t.df for t in tests], G),
+        "p_value": np.concatenate([t.p_value for t in tests]),
+        "adj_p_value": np.concatenate([t.adj_p_value for t in tests]),
+        "method": np.full(G * K, "nbglm", dtype=object),
+        "base_mean": np.tile(fit.base_mean, K),
+        "dispersion": np.tile(fit.dispersion, K),
+        "converged": np.tile(fit.converged, K),
+        "status": np.tile(fit.status, K),
+    }
+    return pd.DataFrame(columns)

@@ -85,15 +85,28 @@ def row_labels(X: np.ndarray) -> tuple[np.ndarray, int]:
     return remap[inv], order.size
 
 
-def design_layout(X) -> DesignLayout:
+def design_layout(X, *, coarsens: DesignLayout | None = None) -> DesignLayout:
     """The :class:`DesignLayout` of X (m × p, p ≥ 0).
+
+    ``coarsens``: the layout of a design whose rows determine those of X sample by sample (X
+    made from it by dropping columns or as X·N, e.g. the reduced design of a contrast); the
+    distinct rows of X are then looked for among its R rows instead of the m samples (the
+    same labels: parent rows are numbered by first appearance, so the first appearance of a
+    row of X is that of its first parent row).
 
     X keeps its memory order (a DataFrame's values are usually column-major): the NumPy
     products of the L-BFGS-B fallback depend on it in the last bit.
     """
     X = np.asarray(X, dtype=np.float64)
     m, p = X.shape
-    lab, R = row_labels(X)
+    if coarsens is None:
+        lab, R = row_labels(X)
+    else:
+        parent = coarsens.rows.lab
+        first = np.empty(coarsens.n_rows, dtype=np.int64)
+        first[parent[::-1]] = np.arange(m)[::-1]
+        lab_r, R = row_labels(X[first])
+        lab = lab_r[parent]
     lab = np.ascontiguousarray(lab, dtype=np.int64)
     Xr = np.empty((R, p))
     Xr[lab] = X
