@@ -245,7 +245,8 @@ def fit_trend(base_mean, disp_gene_est, fit_type="parametric", min_disp=MIN_DISP
         except (TrendFitError, np.linalg.LinAlgError) as exc:
             raise ValueError(
                 f"the local dispersion trend could not be fitted: {exc} ({int(use.sum())} genes "
-                "with a gene-wise dispersion above 100 × minDisp)"
+                "with a gene-wise dispersion above 100 × minDisp); fit_type='mean' fits a "
+                "constant instead"
             ) from None
         return DispersionTrend("local", local=lt)
     if fit_type == "mean":
