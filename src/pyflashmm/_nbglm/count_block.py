@@ -4,9 +4,12 @@ A block is genes × samples in CSR form (non-zero counts only, samples in increa
 within a gene), so cell-level data are densified one gene per thread at a time. The dense G×m
 array is made only on request, for the steps that need it (the linear-model start of a
 non-group design, Cook's robust variance when every design cell has fewer than 1,000
-samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The
-fallbacks take just their genes as dense rows (``rows``): the grid fallback all of its genes
-at once, the optimiser fallback one gene at a time.
+samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The grid
+fallback of the dispersions takes its genes as a block of their own (``subset``), the
+optimiser fallback of the GLM one gene at a time as a dense row (``rows``).
+
+:class:`GeneBlocks` cuts a count matrix into blocks once and keeps them between the passes of
+a fit when that is cheap.
 """
 
 from __future__ import annotations

@@ -417,7 +417,7 @@ class _BlockContext:
 
     layout: DesignLayout
     sf: np.ndarray
-    classes: object
+    classes: SampleClasses
     minmu: float
     exact: bool
     prior: _Prior
@@ -609,9 +609,9 @@ def _fit(inputs: _Inputs, sf, opts: _Options) -> NbGlmFit:
     prior = _trend_and_prior(gw, layout, opts)
     cutoff = float(stats.f.ppf(0.99, p, m - p))
     can_replace = opts.cooks and np.isfinite(opts.min_replicates_for_replace)
-    replaceable = (
-        layout.replicated(opts.min_replicates_for_replace) if can_replace else (np.zeros(m, bool))
-    )
+    replaceable = np.zeros(m, bool)
+    if can_replace:
+        replaceable = layout.replicated(opts.min_replicates_for_replace)
     ctx = _BlockContext(
         layout, sf, classes, opts.minmu, opts.exact_dispersion, prior, replaceable, cutoff
     )

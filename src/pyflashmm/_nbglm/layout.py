@@ -31,6 +31,8 @@ class DesignLayout:
         ``lab`` of every sample, the samples sorted by row and the row offsets.
     row_size : ndarray, R
         Samples per distinct row.
+    replicates : ndarray, m
+        Samples sharing each sample's design row (itself included).
     start : ndarray, p × R, or None
         The IRLS start map P: β₀ = P · (per-row sums of ln(y/s + 0.1)) is the least-squares
         fit of ln(y/s + 0.1) on X (from X = QR: P = R⁻¹ Qᵀ restricted to one sample per row,
@@ -40,6 +42,7 @@ class DesignLayout:
     X: np.ndarray
     rows: DesignRows
     row_size: np.ndarray
+    replicates: np.ndarray
     start: np.ndarray | None
 
     @property
@@ -67,7 +70,7 @@ class DesignLayout:
 
     def replicated(self, n) -> np.ndarray:
         """Samples whose design row occurs at least ``n`` times (m booleans)."""
-        return self.row_size[self.rows.lab] >= n
+        return self.replicates >= n
 
 
 def row_labels(X: np.ndarray) -> tuple[np.ndarray, int]:
@@ -121,7 +124,7 @@ def design_layout(X, *, coarsens: DesignLayout | None = None) -> DesignLayout:
         first[lab[::-1]] = np.arange(m)[::-1]
         start = np.ascontiguousarray(np.linalg.solve(r, q[first].T))
     rows = DesignRows(np.ascontiguousarray(Xr, dtype=np.float64), lab, order, off)
-    return DesignLayout(X, rows, size, start)
+    return DesignLayout(X, rows, size, size[lab], start)
 
 
 def sample_classes(sf, layout: DesignLayout, *, shared: bool = True) -> SampleClasses:
