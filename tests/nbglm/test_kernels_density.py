@@ -74,32 +74,15 @@ def test_survival_counts_fall_back_on_large_or_fractional_counts():
 
 
 @njit
-def _lp_dlp(counts, g, means_g, minmu, classes, Xr, a, prior_mean, obj):
+def _lp_dlp(counts, g, means, classes, Xr, a, prior_mean, obj):
     """lp(a) and lp'(a) of gene g as the line search evaluates them (compressed by class)."""
     m = counts.m
     n = classes.sf.shape[0]
     R, p = Xr.shape
-    emu, en, ey, im = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
-    eoff = np.empty(R + 1, dtype=np.int64)
-    vals, cnts = np.empty(m), np.empty(m)
-    ne, K, ytot = KD._compress_gene(
-        counts,
-        g,
-        means_g,
-        minmu,
-        classes,
-        emu,
-        en,
-        ey,
-        eoff,
-        vals,
-        cnts,
-        np.empty(m, dtype=np.int64),
+    ent = KD._entries(R, n)
+    tab = KD._compress_gene(
+        counts, g, means, classes, ent, np.empty(m), np.empty(m), np.empty(m, dtype=np.int64)
     )
-    for e in range(ne):
-        im[e] = 1.0 / emu[e]
-    tab = KD._gene_table(vals, cnts, K, ytot)
-    ent = KD._Entries(emu, en, ey, eoff, im)
     wk = KD._work(R, p, n)
     lp = KD._lp(a, ent, tab, Xr, prior_mean, obj, wk)
     return lp, KD._dlp(a, ent, tab, Xr, prior_mean, obj, wk)
@@ -128,11 +111,12 @@ def test_log_posterior_and_derivative_match_oracle_and_finite_differences(rng, s
     blk = CountBlock.of(np.ascontiguousarray(Y.T))
     lab = lay.rows.lab
     means = np.array([[np.mean(y[lab == q] / sf[lab == q]) for q in range(2)] for y in Y.T])
+    rm = RowMeans(means, 0.5)
     obj = KD.Objective(0.7, True, True)
     for g in range(3):
         mu = np.maximum(means[g][lab] * sf, 0.5)
         for a in (-4.0, -1.0, 0.5):
-            lp, dlp = _lp_dlp(blk.csr, g, means[g], 0.5, cls, lay.rows.Xr, a, -1.0, obj)
+            lp, dlp = _lp_dlp(blk.csr, g, rm, cls, lay.rows.Xr, a, -1.0, obj)
             ref = _lp_oracle(a, Y[:, g], mu, X, -1.0, 0.7)
             assert lp == pytest.approx(ref, rel=1e-12, abs=1e-10)
             # the sample-by-sample kernel of ``exact_dispersion``
@@ -141,8 +125,8 @@ def test_log_posterior_and_derivative_match_oracle_and_finite_differences(rng, s
             assert per == pytest.approx(ref, rel=1e-12, abs=1e-10)
             h = 1e-5
             fd = (
-                _lp_dlp(blk.csr, g, means[g], 0.5, cls, lay.rows.Xr, a + h, -1.0, obj)[0]
-                - _lp_dlp(blk.csr, g, means[g], 0.5, cls, lay.rows.Xr, a - h, -1.0, obj)[0]
+                _lp_dlp(blk.csr, g, rm, cls, lay.rows.Xr, a + h, -1.0, obj)[0]
+                - _lp_dlp(blk.csr, g, rm, cls, lay.rows.Xr, a - h, -1.0, obj)[0]
             ) / (2 * h)
             assert abs(fd - dlp) < 1e-6 * max(1, abs(dlp))
 

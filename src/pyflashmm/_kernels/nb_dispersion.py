@@ -126,23 +126,37 @@ def _work(R, p, n_entries):
 
 
 @njit
-def _compress_gene(counts, g, means_g, minmu, classes, emu, en, ey, eoff, vals, cnts, nzj):
-    """Entries of gene g, one per class: μ_c = max(means_g[row_c]·s_c, minmu) (the same for all
-    its samples by construction), n_c, Y_c (from the non-zero counts only) into (emu, en, ey),
-    row offsets into ``eoff``; the count table into (vals, cnts). Returns (entries, K, Σ y)."""
+def _entries(R, n):
+    """Work arrays for the entries of a gene (``n`` classes, R design rows)."""
+    return _Entries(np.empty(n), np.empty(n), np.empty(n), np.empty(R + 1, np.int64), np.empty(n))
+
+
+@njit
+def _compress_gene(counts, g, means, classes, ent, vals, cnts, nzj):
+    """Gene g as one entry per class (into ``ent``): μ_c = max(means[g, row_c]·s_c, minmu) (the
+    same for all its samples by construction), 1/μ_c, n_c and Y_c (from the non-zero counts
+    only), with the classes' row offsets; and its count table (in ``vals``, ``cnts``; ``nzj``
+    is scratch)."""
     n_cls = classes.sf.shape[0]
     R = classes.offsets.shape[0] - 1
+    means_g = means.means[g]
+    minmu = means.minmu
+    emu = ent.mu
+    ey = ent.y
     for c in range(n_cls):
         emu[c] = max(means_g[classes.row[c]] * classes.sf[c], minmu)
-        en[c] = classes.size[c]
+        ent.n[c] = classes.size[c]
         ey[c] = 0.0
     nnz = gene_nonzeros(counts, g, vals, nzj)
     for i in range(nnz):
         ey[classes.cls[nzj[i]]] += vals[i]
     for q in range(R + 1):
-        eoff[q] = classes.offsets[q]
+        ent.offsets[q] = classes.offsets[q]
+    for c in range(n_cls):
+        ent.inv_mu[c] = 1.0 / emu[c]
     K, ytot = table_of_nonzeros(vals, nnz, cnts)
-    return n_cls, K, ytot
+    surv = survival_counts(vals, cnts, K)
+    return _CountTable(vals, cnts, K, ytot, surv, np.empty(surv.shape[0]))
 
 
 @njit
@@ -156,7 +170,9 @@ def _log_and_weight(alpha, emu, im, ne, lc, wc):
         wc[e] = 1.0 / (im[e] + alpha)
 
 
-@njit
+# _lp and _dlp run tens of times per gene on a few hundred entries: inlined, so that their
+# bundles are not passed by value at every call
+@njit(inline="always")
 def _lp(a, ent, tab, Xr, prior_mean, obj, wk):
     """lp(a) of one compressed gene (module docstring); leaves ℓ and w of every entry in
     ``wk.lc``/``wk.wc`` (``wk.at[0]`` = a) for :func:`_dlp`."""
@@ -196,7 +212,7 @@ def _lp(a, ent, tab, Xr, prior_mean, obj, wk):
     return ll + prior + cr
 
 
-@njit
+@njit(inline="always")
 def _dlp(a, ent, tab, Xr, prior_mean, obj, wk):
     """lp'(a) of one compressed gene (module docstring); reuses the ℓ and w of :func:`_lp` at
     the same a."""
@@ -238,12 +254,6 @@ def _dlp(a, ent, tab, Xr, prior_mean, obj, wk):
     return (ll + cr) * alpha + prior
 
 
-@njit
-def _gene_table(vals, cnts, K, ytot):
-    surv = survival_counts(vals, cnts, K)
-    return _CountTable(vals, cnts, K, ytot, surv, np.empty(surv.shape[0]))
-
-
 #: genes per work chunk of ``fit_dispersion`` (its work arrays are allocated once per chunk)
 GENE_CHUNK = 8
 
@@ -272,24 +282,14 @@ def fit_dispersion(counts, means, design, classes, log_alpha0, prior_mean, obj, 
     n_chunks = (G + GENE_CHUNK - 1) // GENE_CHUNK
     for ch in prange(n_chunks):
         # work arrays of a chunk of genes (allocated once, not per gene)
-        nzj = np.empty(m, dtype=np.int64)
-        emu = np.empty(ne_max)
-        en = np.empty(ne_max)
-        ey = np.empty(ne_max)
-        eoff = np.empty(R + 1, dtype=np.int64)
-        im = np.empty(ne_max)  # 1/μ of every entry (μ is fixed during the search)
+        ent = _entries(R, ne_max)
         vals = np.empty(m)
         cnts = np.empty(m)
+        nzj = np.empty(m, dtype=np.int64)
         wk = _work(R, p, ne_max)
         for g in range(ch * GENE_CHUNK, min((ch + 1) * GENE_CHUNK, G)):
             wk.at[0] = np.nan  # no cached ℓ, w yet
-            ne, K, ytot = _compress_gene(
-                counts, g, means.means[g], means.minmu, classes, emu, en, ey, eoff, vals, cnts, nzj
-            )
-            tab = _gene_table(vals, cnts, K, ytot)
-            for e in range(ne):
-                im[e] = 1.0 / emu[e]
-            ent = _Entries(emu, en, ey, eoff, im)
+            tab = _compress_gene(counts, g, means, classes, ent, vals, cnts, nzj)
             pm = prior_mean[g]
             a = log_alpha0[g]
             lp = _lp(a, ent, tab, Xr, pm, obj, wk)
@@ -346,32 +346,11 @@ def fit_dispersion_grid(counts, means, design, classes, prior_mean, obj, grid):
     ne_max = classes.sf.shape[0]
     out = np.empty(G)
     for g in prange(G):
-        emu = np.empty(ne_max)
-        en = np.empty(ne_max)
-        ey = np.empty(ne_max)
-        eoff = np.empty(R + 1, dtype=np.int64)
-        im = np.empty(ne_max)
-        vals = np.empty(m)
-        cnts = np.empty(m)
+        ent = _entries(R, ne_max)
         wk = _work(R, p, ne_max)
-        ne, K, ytot = _compress_gene(
-            counts,
-            g,
-            means.means[g],
-            means.minmu,
-            classes,
-            emu,
-            en,
-            ey,
-            eoff,
-            vals,
-            cnts,
-            np.empty(m, dtype=np.int64),
+        tab = _compress_gene(
+            counts, g, means, classes, ent, np.empty(m), np.empty(m), np.empty(m, dtype=np.int64)
         )
-        tab = _gene_table(vals, cnts, K, ytot)
-        for e in range(ne):
-            im[e] = 1.0 / emu[e]
-        ent = _Entries(emu, en, ey, eoff, im)
         pm = prior_mean[g]
         best = -np.inf
         ahat = grid[0]

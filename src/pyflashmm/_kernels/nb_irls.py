@@ -116,8 +116,9 @@ def _gene_state(R, p, nc):
 
 
 @njit
-def _class_terms(al, r_al, logr, E, eta, classes, cst, yc, minmu, mc, wn, wzc, devc):
-    """The IRLS terms of every class c (n_c samples, count total Y_c, design row q = row_c).
+def _class_terms(al, r_al, logr, classes, cst, minmu, st):
+    """The IRLS terms of every class c (n_c samples, count total Y_c, design row q = row_c),
+    from η and exp(η) per design row in ``st``, into ``st`` (a :class:`_Gene`).
 
     μ_c = max(s_c e^{η_q}, minmu) into ``mc``; with w_c = μ_c/(1 + αμ_c) and
     z-offset ℓz_c = ln(μ_c/s_c) (η_q, or ln(minmu/s_c) when floored): n_c w_c into ``wn``,
@@ -127,6 +128,13 @@ def _class_terms(al, r_al, logr, E, eta, classes, cst, yc, minmu, mc, wn, wzc, d
     The lookups by design row come first, in a loop of their own: the second loop then has
     only selects and arithmetic, and LLVM vectorises it.
     """
+    E = st.E
+    eta = st.eta
+    yc = st.yc
+    mc = st.mc
+    wn = st.wn
+    wzc = st.wzc
+    devc = st.devc
     n = mc.shape[0]
     clab = classes.row
     csf = classes.sf
@@ -157,9 +165,14 @@ def _class_terms(al, r_al, logr, E, eta, classes, cst, yc, minmu, mc, wn, wzc, d
 
 
 @njit
-def _row_sums(coff, wn, wzc, devc, wsum, wz):
+def _row_sums(coff, st):
     """Per design row q: Σ w and Σ w z over its classes (``coff[q]``..``coff[q+1]``−1) into
-    ``wsum``/``wz``; returns the sum of the deviance terms of all classes."""
+    ``st.wsum``/``st.wz``; returns the sum of the deviance terms of all classes."""
+    wn = st.wn
+    wzc = st.wzc
+    devc = st.devc
+    wsum = st.wsum
+    wz = st.wz
     dev = 0.0
     for q in range(coff.shape[0] - 1):
         a = 0.0
@@ -242,10 +255,8 @@ def _irls_gene(counts, g, sf, design, classes, al, P, irls, cst, st):
     lg_const = lgamma_sum(r_al, K, vals, cnts, surv, tb) - lgamma_sum(1.0, K, vals, cnts, surv, tb)
     # one fused pass: mu and the per-row sums of w and w z for the next step
     _eta(Xr, beta, st.eta, st.E)
-    _class_terms(
-        al, r_al, logr, st.E, st.eta, classes, cst, yc, minmu, st.mc, st.wn, st.wzc, st.devc
-    )
-    _row_sums(classes.offsets, st.wn, st.wzc, st.devc, wsum, wz)
+    _class_terms(al, r_al, logr, classes, cst, minmu, st)
+    _row_sums(classes.offsets, st)
     dev = 0.0
     dev_old = 0.0
     n_it = 0
@@ -278,10 +289,8 @@ def _irls_gene(counts, g, sf, design, classes, al, P, irls, cst, st):
             n_it = maxit
             break
         _eta(Xr, beta, st.eta, st.E)
-        _class_terms(
-            al, r_al, logr, st.E, st.eta, classes, cst, yc, minmu, st.mc, st.wn, st.wzc, st.devc
-        )
-        dev = _row_sums(classes.offsets, st.wn, st.wzc, st.devc, wsum, wz)
+        _class_terms(al, r_al, logr, classes, cst, minmu, st)
+        dev = _row_sums(classes.offsets, st)
         dev = -2.0 * (dev + lg_const)
         conv = abs(dev - dev_old) / (abs(dev) + 0.1)
         if np.isnan(conv):
