@@ -33,6 +33,23 @@ def test_design_layout_rows_labels_and_start(rng):
     assert empty.n_rows == 1 and empty.start is None
 
 
+def test_row_labels_match_whole_row_comparison(rng):
+    # column-by-column codes give the groups of np.unique over whole rows (±0 equal, 1e-17 not)
+    from pyflashmm._nbglm.layout import row_labels
+
+    for t in range(200):
+        m, p = int(rng.integers(1, 300)), int(rng.integers(1, 5))
+        X = rng.choice([0.0, -0.0, 1.0, 2.5, 1e-17, -3.0], (m, p))
+        if t % 4 == 0:
+            X[:, -1] = rng.normal(size=m)
+        _, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
+        rank = np.empty(first.size, np.int64)
+        rank[np.argsort(first)] = np.arange(first.size)  # numbered by first appearance
+        lab, R = row_labels(X)
+        assert R == first.size
+        np.testing.assert_array_equal(lab, rank[inv.ravel()])
+
+
 def test_layout_of_a_reduced_design_from_the_full_layout(rng):
     # columns dropped or X·N: the distinct rows found among the full layout's rows are those
     # found among the samples, labels included
