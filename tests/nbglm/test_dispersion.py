@@ -23,7 +23,7 @@ def _setup(rng, m=24, G=40):
     lay = design_layout(X)
     lab = lay.rows.lab
     means = np.array([[np.mean(y[lab == r] / sf[lab == r]) for r in range(2)] for y in Y.T])
-    return CountBlock.of(np.ascontiguousarray(Y.T)), sf, lay, RowMeans(means, 0.5)
+    return CountBlock.from_dense(np.ascontiguousarray(Y.T)), sf, lay, RowMeans(means, 0.5)
 
 
 def test_line_search_over_classes_equals_sample_by_sample(rng):

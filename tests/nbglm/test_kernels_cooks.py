@@ -44,7 +44,7 @@ def test_trimmed_means_by_selection_match_sorting(rng):
     scales = np.array([1.51, 1.86, 2.04])
     off = np.cumsum([0] + [c.size for c in sets]).astype(np.int64)
     got = K.robust_var_rows(
-        CountBlock.of(Y).csr,
+        CountBlock.from_dense(Y).csr,
         sf,
         K.SampleSets(np.concatenate(sets).astype(np.int64), off, trims, scales),
     )
@@ -85,7 +85,7 @@ def test_cooks_distances_and_summaries_match_numpy():
     Y = rng.poisson(row_mu[:, lab] * sf * 1.3).astype(float)
     Y[8] = 2.0  # ties: the first largest distance counts
     fitted = FittedRows(row_mu, row_wmu, row_hat, minmu)
-    got = K.cooks_matrix(CountBlock.of(Y).csr, classes, fitted, alpha, a, float(p))
+    got = K.cooks_matrix(CountBlock.from_dense(Y).csr, classes, fitted, alpha, a, float(p))
     mu = sf * row_mu[:, lab]
     mw = np.maximum(sf * row_wmu[:, lab], minmu)
     h = mw / (1 + alpha[:, None] * mw) * row_hat[:, lab]
@@ -95,7 +95,7 @@ def test_cooks_distances_and_summaries_match_numpy():
     use = rng.random(m) < 0.7
     keep = rng.random(m) < 0.5
     mx, mx_keep, mx_all, n_above = K.cooks_summary(
-        CountBlock.of(Y).csr, classes, fitted, alpha, a, float(p), use, keep
+        CountBlock.from_dense(Y).csr, classes, fitted, alpha, a, float(p), use, keep
     )
     np.testing.assert_array_equal(mx, got[:, use].max(axis=1))
     np.testing.assert_array_equal(mx_keep, np.where(keep, got, 0.0)[:, use].max(axis=1))

@@ -108,7 +108,7 @@ def test_log_posterior_and_derivative_match_oracle_and_finite_differences(rng, s
     lay = design_layout(X)
     cls = sample_classes(sf, lay, shared=shared)
     assert (cls.sf.size < 24) == shared
-    blk = CountBlock.of(np.ascontiguousarray(Y.T))
+    blk = CountBlock.from_dense(np.ascontiguousarray(Y.T))
     lab = lay.rows.lab
     means = np.array([[np.mean(y[lab == q] / sf[lab == q]) for q in range(2)] for y in Y.T])
     rm = RowMeans(means, 0.5)

@@ -27,7 +27,7 @@ def test_fit_beta_matches_statsmodels(rng):
     assert classes.size.size == X.shape[0]  # every sample its own class: the per-sample IRLS
     irls = K.Irls(np.full(2, 1e-6 / math.log(2) ** 2), 1e-300, 1e-12, 200)
     beta, sigma, *_ = K.fit_beta(
-        CountBlock.of(Y.T).csr, sf, lay.rows, classes, alpha, lay.start, irls
+        CountBlock.from_dense(Y.T).csr, sf, lay.rows, classes, alpha, lay.start, irls
     )
     for g in range(5):
         mod = sm.GLM(
@@ -51,7 +51,7 @@ def test_fit_beta_classes_equal_per_sample(rng):
     assert shared.size.size < m and own.size.size == m
     irls = K.Irls(np.full(3, 1e-6), 1e-6, 1e-10, 100)
     alpha = np.full(6, 0.3)
-    blk = CountBlock.of(Y).csr
+    blk = CountBlock.from_dense(Y).csr
     a = K.fit_beta(blk, sf, lay.rows, shared, alpha, lay.start, irls)
     b = K.fit_beta(blk, sf, lay.rows, own, alpha, lay.start, irls)
     for x, y in zip(a, b, strict=True):
@@ -71,7 +71,7 @@ def test_means_only_fit_and_row_means_reproduce_the_full_fit(rng):
     cls = sample_classes(sf, lay)
     irls = K.Irls(np.full(3, 2e-6), 0.5, 1e-8, 100)
     alpha = rng.uniform(0.05, 2.0, 25)
-    blk = CountBlock.of(Y).csr
+    blk = CountBlock.from_dense(Y).csr
     beta, sigma, it, row_mu, _wmu, _hat = K.fit_beta(blk, sf, lay.rows, cls, alpha, lay.start, irls)
     beta2, it2, var_ok, row_mu2 = K.fit_beta_means(blk, sf, lay.rows, cls, alpha, lay.start, irls)
     np.testing.assert_array_equal(beta, beta2)

@@ -8,7 +8,8 @@ import scipy.sparse as sp
 
 from pyflashmm._kernels.aggregate import csr_rows_dense
 from pyflashmm._kernels.checks import count_problems
-from pyflashmm._nbglm.count_block import CountBlock, GeneBlocks
+from pyflashmm._nbglm._util import as_counts
+from pyflashmm._nbglm.count_block import CountBlock, GeneBlocks, gene_block, genes_by_samples
 from pyflashmm._nbglm.layout import design_layout, sample_classes
 
 
@@ -137,8 +138,9 @@ def test_count_block_forms_agree():
     np.testing.assert_array_equal(copy.dense(), Y[keep[::-1][:20]])
     dense = CountBlock.from_dense(Y)
     np.testing.assert_array_equal(dense.dense(), Y)
-    np.testing.assert_array_equal(CountBlock.of(Yt).dense(), Y)
-    for blk in (dense, CountBlock.of(Yt)):
+    whole = CountBlock.from_csr_rows(Yt, np.arange(40))
+    np.testing.assert_array_equal(whole.dense(), Y)
+    for blk in (dense, whole):
         assert (blk.data != 0).all() and blk.indices.dtype == np.int32
         assert blk.csr.m == 30
         for g in range(blk.shape[0]):
@@ -148,15 +150,15 @@ def test_count_block_forms_agree():
         np.testing.assert_array_equal(blk.rows(9), Y[[9]])
         np.testing.assert_array_equal(blk.subset([3, 8, 1]).dense(), Y[[3, 8, 1]])
     # a sparse block never keeps a dense copy
-    sparse_blk = CountBlock.of(Yt)
-    assert sparse_blk.dense() is not sparse_blk.dense()
-    # explicit zeros and duplicate entries: summed, zeros dropped, the caller's matrix unchanged
+    assert whole.dense() is not whole.dense()
+    # explicit zeros and duplicate entries, as the fit reads them (validated, then genes ×
+    # samples): summed, zeros dropped, the caller's matrix unchanged
     coo = sp.coo_matrix(([2.0, 3.0, 0.0], ([0, 0, 1], [1, 1, 2])), shape=(2, 4))
-    blk = CountBlock.of(coo)
+    blk = gene_block(genes_by_samples(as_counts(coo.T)), np.arange(2))
     np.testing.assert_array_equal(blk.dense(), [[0, 5, 0, 0], [0, 0, 0, 0]])
     assert blk.data.tolist() == [5.0]
     csr = sp.csr_matrix(([2.0, 3.0, 0.0], [1, 1, 2], [0, 2, 3]), shape=(2, 4))
-    CountBlock.of(csr)
+    gene_block(genes_by_samples(as_counts(csr.T)), np.arange(2))
     assert csr.data.tolist() == [2.0, 3.0, 0.0] and csr.indptr.tolist() == [0, 2, 3]
 
 

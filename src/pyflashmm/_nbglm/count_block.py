@@ -77,20 +77,6 @@ class CountBlock:
             Yt.shape[1],
         )
 
-    @classmethod
-    def of(cls, Y) -> CountBlock:
-        """``Y`` itself when it is a block, else a block of the dense or sparse G×m array."""
-        if isinstance(Y, CountBlock):
-            return Y
-        if sp.issparse(Y):
-            Y = sp.csr_matrix(
-                Y, dtype=np.float64, copy=True
-            )  # the caller's arrays stay as they are
-            Y.sum_duplicates()
-            Y.eliminate_zeros()
-            return cls.from_csr_rows(Y, np.arange(Y.shape[0]))
-        return cls.from_dense(Y)
-
     @property
     def shape(self) -> tuple[int, int]:
         return (self.indptr.shape[0] - 1, self.n_samples)
