@@ -4,7 +4,7 @@ Tolerances (defined once, each with its reason):
 
 * size factors 1e-10 relative: same formula, floating-point only (observed ≤ 5e-15).
 * log2 fold change 1e-5 absolute; lfcSE 1e-4 absolute; p-values 1e-2 relative above 1e-10
-  (median 1e-4); final dispersion 1e-3 relative (median 1e-5): the issue's targets. Observed
+  (median 1e-4); final dispersion 1e-3 relative (median 1e-5): the agreement targets. Observed
   agreement is ~1e-8 or better on every parametric-trend scenario, limited by DESeq2's own
   convergence tolerances (Gamma-GLM trend 1e-8, IRLS betaTol 1e-8, dispersion line search
   stopping on a gain < 1e-6).
