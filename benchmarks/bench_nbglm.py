@@ -4,9 +4,16 @@ Fit only (data generation and I/O excluded), ratios printed and written to
 ``benchmarks/results/bench_nbglm.json``:
 
 * pseudobulk 2,000 genes × 250 samples (``~ cls + trt``) and 20,000 × 250;
-* cell level 500 genes × 20,000 cells (sparse, poscounts, minmu 1e-6, Wald), ``~ grp``.
+* cell level 500 genes × 20,000 cells (sparse, poscounts, minmu 1e-6, Wald), ``~ grp``;
+* fit + 1 contrast vs fit + 5 contrasts (pyflashmm only): pseudobulk 2,000 × 250 (Wald, 5 of
+  the coefficients of ``~ cls + trt``) and cells 500 × 20,000 with ``preset="single_cell"``
+  (LRT, the 5 group coefficients of ``~ group``, 6 groups). "1" is ``nbglm(..., contrast=c1)``
+  (the fit and its test of c1); "5" is the same call followed by ``nbglm_test(fit, [c2, …,
+  c5])``. Both are timed alternately, medians over ``--repeats`` after a warm-up; the test-only
+  ratio compares ``nbglm_test`` of 5 contrasts with that of 1 on the same fit.
 
-Usage: ``python benchmarks/bench_nbglm.py [--skip-r] [--skip-big] [--skip-cells] [--repeats 3]``.
+Usage: ``python benchmarks/bench_nbglm.py [--skip-r] [--skip-big] [--skip-cells]
+[--skip-contrasts] [--repeats 3]``.
 pyflashmm: median wall and CPU (``time.process_time``) time over ``--repeats`` fits after a
 warm-up fit (JIT compilation excluded). PyDESeq2 (2 workers, ``n_cpus=2``), DESeq2 and
 glmGamPoi: one run each. At cell level DESeq2 is timed on the first ``--r-cell-genes`` genes
@@ -29,7 +36,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pyflashmm import nbglm
+from pyflashmm import nbglm, nbglm_test
 
 
 def simulate(G, m, rng, n_cls=5, cell_level=False):
@@ -73,6 +80,76 @@ def time_ours(Y, X, cell_level, repeats=3):
             walls.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
     return float(np.median(walls)), float(np.median(cpus))
+
+
+def simulate_groups(G, m, rng, n_groups, cell_level):
+    """Counts (m × G) of a one-factor design with ``n_groups`` levels and its design frame
+    (Intercept, groupB, groupC, …), cell-level (low counts) or pseudobulk-level means."""
+    grp = np.r_[np.arange(n_groups), rng.integers(0, n_groups, m - n_groups)]
+    names = [f"group{chr(ord('A') + k)}" for k in range(1, n_groups)]
+    X = pd.DataFrame(np.eye(n_groups)[grp][:, 1:], columns=names)
+    X.insert(0, "Intercept", 1.0)
+    base = np.exp(rng.normal(-1.0 if cell_level else 4.0, 1.2, G))
+    sf = np.exp(rng.normal(0, 0.4, m))
+    beta = np.where(rng.random((G, n_groups - 1)) < 0.1, rng.normal(0, 0.7, (G, n_groups - 1)), 0)
+    mu = sf[:, None] * base[None, :] * np.exp(X.to_numpy()[:, 1:] @ beta.T)
+    disp = (0.05 + 0.5 / base) * np.exp(rng.normal(0, 0.5, G))
+    Y = rng.negative_binomial(1 / disp, 1 / (1 + mu * disp)).astype(np.float64)
+    return Y, X
+
+
+def time_contrasts(data, X, contrasts, kw, repeats):
+    """Median seconds of fit + 1 contrast and fit + 5 contrasts (module docstring), timed
+    alternately, and of ``nbglm_test`` alone with 1 and with 5 contrasts."""
+    one, five, test1, test5 = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = nbglm(data, X, contrast=contrasts[0], **kw)  # warm-up / JIT
+        nbglm_test(fit, contrasts)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            nbglm(data, X, contrast=contrasts[0], **kw)
+            one.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fit = nbglm(data, X, contrast=contrasts[0], **kw)
+            nbglm_test(fit, contrasts[1:])
+            five.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            nbglm_test(fit, contrasts[:1])
+            test1.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            nbglm_test(fit, contrasts)
+            test5.append(time.perf_counter() - t)
+    return [float(np.median(v)) for v in (one, five, test1, test5)]
+
+
+def contrast_rows(repeats):
+    """The fit + 1 vs fit + 5 contrasts cases (module docstring)."""
+    rng = np.random.default_rng(2)
+    Y, X, _ = simulate(2000, 250, rng)
+    names = ["Intercept", "clsc1", "clsc2", "clsc3", "clsc4", "trtB"]
+    pb = (Y, pd.DataFrame(X, columns=names), ["trtB", "clsc1", "clsc2", "clsc3", "clsc4"], {})
+    Yc, Xc = simulate_groups(500, 20000, rng, 6, cell_level=True)
+    cells = (sp.csr_matrix(Yc), Xc, list(Xc.columns[1:]), {"preset": "single_cell"})
+    rows = []
+    for label, (data, X, contrasts, kw) in (
+        ("pseudobulk 2000 x 250, Wald", pb),
+        ("cells 500 x 20000, single_cell (LRT)", cells),
+    ):
+        one, five, test1, test5 = time_contrasts(data, X, contrasts, kw, repeats)
+        rows.append(
+            {
+                "config": label,
+                "fit_1_contrast_s": one,
+                "fit_5_contrasts_s": five,
+                "ratio_5_vs_1": five / one,
+                "test_1_s": test1,
+                "test_5_s": test5,
+                "test_ratio_5_vs_1": test5 / test1,
+            }
+        )
+        print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    return rows
 
 
 def time_pydeseq2(Y, meta, cell_level):
@@ -124,6 +201,7 @@ def main():
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-cells", action="store_true")
     ap.add_argument("--skip-pydeseq2", action="store_true")
+    ap.add_argument("--skip-contrasts", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--r-cell-genes", type=int, default=100)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
@@ -151,13 +229,17 @@ def main():
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
     df = pd.DataFrame(rows)
     print(df.to_string(index=False))
+    contrasts = [] if args.skip_contrasts else contrast_rows(args.repeats)
     if any(r["deseq2_scaled_from_genes"] for r in rows):
         print("cell level: DESeq2 timed on a gene subset and scaled linearly to 500 genes")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {"cpu_count": os.cpu_count(), "repeats": args.repeats,
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "rows": json.loads(df.to_json(orient="records"))}, fh, indent=1)
+        out = {"meta": meta, "rows": json.loads(df.to_json(orient="records"))}
+        if contrasts:
+            out["contrasts"] = contrasts
+        json.dump(out, fh, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -10,10 +10,11 @@ from pyflashmm._frontend.rank_genes_groups import to_rank_genes_groups
 from pyflashmm._lmm.fit import ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
 from pyflashmm._lmm.inference import lmmtest, lrt, random_effects, vctest
 from pyflashmm._lmm.stats import SummaryStats, summary_stats
-from pyflashmm._nbglm.glm import NbGlmFit, nbglm
-from pyflashmm._nbglm.size_factors import size_factors
+from pyflashmm._nbglm.fit import NbGlmFit, nbglm
+from pyflashmm._nbglm.inference import nbglm_test
 from pyflashmm._pseudobulk import pseudobulk
 from pyflashmm._simulate import SimulatedData, simulate_rnaseq
+from pyflashmm._size_factors import size_factors
 from pyflashmm._status import STATUS_NAMES
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "lrt",
     "loglik_score",
     "nbglm",
+    "nbglm_test",
     "pseudobulk",
     "random_effects",
     "simulate_rnaseq",

@@ -53,7 +53,8 @@ from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_c
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import lmmtest
 from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, summary_stats
-from pyflashmm._nbglm.glm import nbglm
+from pyflashmm._nbglm.fit import nbglm
+from pyflashmm._nbglm.inference import nbglm_test
 from pyflashmm._pseudobulk import sample_table, sum_counts, varying_example
 
 METHODS = ("lmm", "nbglm", "pseudobulk")
@@ -462,24 +463,10 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
 
 
 def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs):
-    """Fit the NB GLM once and test every contrast on that fit."""
-    from pyflashmm._contrasts import as_contrasts
-    from pyflashmm._multitest import bh_adjust
-
+    """Fit the NB GLM once and test every contrast on that fit; returns (table, test)."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    names = list(dsg.fixed_names)
-    frames, used = [], None
-    for name, Lm in as_contrasts(names, contrast).items():
-        fit = nbglm(counts, dsg.X_frame(), contrast=Lm[:, 0], gene_names=gene_names, **kwargs)
-        table = fit.to_frame()
-        table["contrast"] = name
-        frames.append(table)
-        used = fit.test
-    out = pd.concat(frames, ignore_index=True)
-    out["adj_p_value"] = out.groupby("contrast")["p_value"].transform(
-        lambda p: bh_adjust(p.to_numpy())
-    )
-    return out, used
+    fit = nbglm(counts, dsg.X_frame(), gene_names=gene_names, **kwargs)
+    return nbglm_test(fit, contrast), fit.test
 
 
 def reference_levels(dsg) -> dict[str, str]:

@@ -4,7 +4,7 @@
 (this Numba build has no SVML, Intel's vector maths library). :func:`log_vec` is written in
 plain arithmetic (bit operations, one division and a polynomial), so loops over arrays that use
 it compile to SIMD instructions. It is used where one logarithm per cell and per trial is
-the bulk of the work (the dispersion line search of ``_kernels.nb``).
+the bulk of the work (the dispersion line search of ``_kernels.nb_dispersion``).
 
 Method
 ------

@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from pyflashmm._checks import check_numeric_dtype
 from pyflashmm._kernels.checks import count_problems
 
 
 def as_counts(counts, *, allow_non_integer: bool = False, name: str = "counts"):
     """Validate a cells/samples × genes count matrix; return it as float64, dense or CSR.
 
-    Sparse input is kept as CSR (CSR input is not copied when it is float64 already); all
-    stored values are checked in one pass (``_kernels.checks.count_problems``).
+    Accepts a NumPy array (or nested lists), a scipy.sparse matrix or a pandas DataFrame held
+    in memory; anything else (an h5py or backed AnnData dataset, a lazy array) is a TypeError,
+    as is a non-numeric dtype (strings are not converted). Sparse input is kept as CSR (CSR
+    input is not copied when it is float64 already); all stored values are checked in one pass
+    (``_kernels.checks.count_problems``).
     """
     if sp.issparse(counts):
+        check_numeric_dtype(name, counts.dtype)
         mat = sp.csr_matrix(counts, dtype=np.float64)
         if not mat.has_canonical_format:  # duplicates summed, indices sorted (on a copy)
             mat = mat.copy()
             mat.sum_duplicates()
         data = mat.data
     else:
-        if hasattr(counts, "to_numpy"):
+        if isinstance(counts, pd.DataFrame):
             counts = counts.to_numpy()
-        mat = np.asarray(counts, dtype=np.float64)
+        elif not isinstance(counts, np.ndarray | list | tuple):
+            kind = f"{type(counts).__module__}.{type(counts).__qualname__}"
+            raise TypeError(
+                f"{name} must be a NumPy array, a scipy.sparse matrix or a pandas DataFrame "
+                f"held in memory, got {kind}; load it first (e.g. adata.to_memory() or "
+                "np.asarray(dataset[:])), or call pyflashmm.de with the backed file, which "
+                "reads it in chunks"
+            )
+        arr = np.asarray(counts)
+        check_numeric_dtype(name, arr.dtype)
+        mat = np.asarray(arr, dtype=np.float64)
         if mat.ndim != 2:
             raise ValueError(f"{name} must be 2-D (samples × genes), got shape {mat.shape}")
         data = mat
@@ -70,28 +84,3 @@ def mad(x):
 def r_quantile(x, probs):
     """R's default (type 7) quantile."""
     return np.quantile(np.asarray(x, dtype=np.float64), probs, method="linear")
-
-
-_ROW_GROUPS_CACHE: dict = {}
-
-
-def row_groups(X):
-    """Integer label of each distinct row of X (first-appearance order) and group count.
-
-    Memoised on the bytes of X (the pipeline asks for the same design many times).
-    """
-    X = np.ascontiguousarray(X)
-    key = (X.shape, X.dtype.str, hashlib.blake2b(X.tobytes(), digest_size=16).digest())
-    hit = _ROW_GROUPS_CACHE.get(key)
-    if hit is not None:
-        return hit[0].copy(), hit[1]
-    _, first, inv = np.unique(X, axis=0, return_index=True, return_inverse=True)
-    inv = inv.ravel()
-    order = np.argsort(first)
-    remap = np.empty_like(order)
-    remap[order] = np.arange(order.size)
-    lab = remap[inv]
-    if len(_ROW_GROUPS_CACHE) >= 8:
-        _ROW_GROUPS_CACHE.clear()
-    _ROW_GROUPS_CACHE[key] = (lab.copy(), order.size)
-    return lab, order.size

@@ -4,9 +4,12 @@ A block is genes × samples in CSR form (non-zero counts only, samples in increa
 within a gene), so cell-level data are densified one gene per thread at a time. The dense G×m
 array is made only on request, for the steps that need it (the linear-model start of a
 non-group design, Cook's robust variance when every design cell has fewer than 1,000
-samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The
-fallbacks take just their genes as dense rows (``rows``): the grid fallback all of its genes
-at once, the optimiser fallback one gene at a time.
+samples, ``exact_dispersion``); it is kept only by blocks made from a dense array. The grid
+fallback of the dispersions takes its genes as a block of their own (``subset``), the
+optimiser fallback of the GLM one gene at a time as a dense row (``rows``).
+
+:class:`GeneBlocks` cuts a count matrix into blocks once and keeps them between the passes of
+a fit when that is cheap.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from pyflashmm._kernels import nb as _nb
 from pyflashmm._kernels.aggregate import csr_rows_dense
+from pyflashmm._kernels.nb_layout import CountsCSR, dense_to_csr
 
 
 class CountBlock:
@@ -43,7 +46,7 @@ class CountBlock:
     def from_dense(cls, Y) -> CountBlock:
         """A block from a dense G×m array (kept as the block's dense form)."""
         Y = np.ascontiguousarray(Y, dtype=np.float64)
-        return cls(*_nb.dense_to_csr(Y), Y.shape[1], dense=Y)
+        return cls(*dense_to_csr(Y), Y.shape[1], dense=Y)
 
     @classmethod
     def from_csr_rows(cls, Yt, rows) -> CountBlock:
@@ -74,28 +77,14 @@ class CountBlock:
             Yt.shape[1],
         )
 
-    @classmethod
-    def of(cls, Y) -> CountBlock:
-        """``Y`` itself when it is a block, else a block of the dense or sparse G×m array."""
-        if isinstance(Y, CountBlock):
-            return Y
-        if sp.issparse(Y):
-            Y = sp.csr_matrix(
-                Y, dtype=np.float64, copy=True
-            )  # the caller's arrays stay as they are
-            Y.sum_duplicates()
-            Y.eliminate_zeros()
-            return cls.from_csr_rows(Y, np.arange(Y.shape[0]))
-        return cls.from_dense(Y)
-
     @property
     def shape(self) -> tuple[int, int]:
         return (self.indptr.shape[0] - 1, self.n_samples)
 
     @property
-    def csr(self) -> tuple:
-        """(indptr, indices, data, m): the leading arguments of the kernels."""
-        return self.indptr, self.indices, self.data, self.n_samples
+    def csr(self) -> CountsCSR:
+        """The counts as the kernels read them."""
+        return CountsCSR(self.indptr, self.indices, self.data, self.n_samples)
 
     def dense(self) -> np.ndarray:
         """All counts as a dense G×m array: the block's own for a block made from one, else a
@@ -123,3 +112,54 @@ class CountBlock:
             self.n_samples,
             dense=None if dense is None else np.ascontiguousarray(dense),
         )
+
+
+def genes_by_samples(Y):
+    """Counts Y (samples × genes, validated: float64 dense or canonical CSR) as genes × samples,
+    the layout gene blocks are cut from: a transposed view of a dense array, or a CSR copy
+    without explicit zeros (sorted sample indices within each gene)."""
+    if sp.issparse(Y):
+        Yt = Y.T.tocsr()
+        Yt.eliminate_zeros()
+        return Yt
+    return Y.T
+
+
+def gene_block(Yt, idx) -> CountBlock:
+    """Genes ``idx`` of ``genes_by_samples`` output as a :class:`CountBlock`."""
+    if sp.issparse(Yt):
+        return CountBlock.from_csr_rows(Yt, idx)
+    return CountBlock.from_dense(Yt[idx])
+
+
+#: dense-input gene blocks (the dense array and its CSR form, ≤ 20 bytes per count) are kept
+#: between passes up to 256 MiB in total; sparse blocks (CSR views) are always kept
+CACHE_BYTES = 2**28
+
+
+class GeneBlocks:
+    """The genes ``genes`` of Yt (``genes_by_samples``) in blocks of ``size`` genes.
+
+    Iterating yields (gene indices, :class:`CountBlock`); the blocks are made on the first
+    pass and kept for later passes when they are CSR views or small enough (``CACHE_BYTES``),
+    otherwise made again.
+    """
+
+    def __init__(self, Yt, genes, size: int):
+        self.Yt = Yt
+        self.index = [genes[k : k + size] for k in range(0, len(genes), size)]
+        self.keep = sp.issparse(Yt) or len(genes) * Yt.shape[1] * 20 <= CACHE_BYTES
+        self._kept: list = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __iter__(self):
+        for b, idx in enumerate(self.index):
+            if b < len(self._kept):
+                yield idx, self._kept[b]
+                continue
+            blk = gene_block(self.Yt, idx)
+            if self.keep:
+                self._kept.append(blk)
+            yield idx, blk
