@@ -16,13 +16,19 @@ def test_pseudobulk_matches_groupby(rng):
     obs = pd.DataFrame({"sam": rng.choice(["s1", "s2", "s3"], n), "cls": rng.choice(["a", "b"], n)})
     pb, tab = pseudobulk(sp.csr_matrix(Y), obs, by=["sam", "cls"], chunk_size=64)
     ref = pd.DataFrame(Y).groupby([obs["sam"], obs["cls"]], sort=False).sum()
+    assert (
+        list(pb.index)
+        == list(tab.index)
+        == [f"{s}_{c}" for s, c in zip(tab["sam"], tab["cls"], strict=True)]
+    )
+    assert list(pb.columns) == [f"gene{j}" for j in range(G)]
     for k, row in tab.iterrows():
-        np.testing.assert_allclose(pb[k], ref.loc[(row["sam"], row["cls"])].to_numpy())
+        np.testing.assert_allclose(pb.loc[k], ref.loc[(row["sam"], row["cls"])].to_numpy())
         assert row["n_cells"] == ((obs["sam"] == row["sam"]) & (obs["cls"] == row["cls"])).sum()
     np.testing.assert_allclose(tab["libsize"], pb.sum(axis=1))
     pb2, _ = pseudobulk(Y, obs, by=["sam", "cls"])
     np.testing.assert_allclose(pb, pb2)
-    with pytest.raises(ValueError, match="by"):
+    with pytest.raises(ValueError, match="by: columns \\['nope'\\] are not in obs"):
         pseudobulk(Y, obs, by=["nope"])
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from pyflashmm._checks import MissingColumnError
+from pyflashmm._contrasts import as_contrasts
 from pyflashmm._design import _parse_formula, design, random_groupings
 from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
@@ -424,7 +425,8 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
                 stacklevel=3,
             )
         dsg = design(_drop_unused_categories(groups), fixed)
-        table, used_test = _nb_fit_test(summed, dsg, contrast, None, dict(kwargs, test=test))
+        table, used_test = _nb_fit_test(summed, dsg, contrast, None, dict(kwargs, test=test),
+                                        "pseudobulk samples")  # fmt: skip
         table["method"] = "pseudobulk"
         return table, dsg, used_test
     frames, skipped, dsg, used_test = [], [], None, None
@@ -440,7 +442,7 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
         try:
             dsg_t = design(sub, fixed)
             table, test_t = _nb_fit_test(summed.loc[rows], dsg_t, contrast, None,
-                                         dict(kwargs, test=test))  # fmt: skip
+                                         dict(kwargs, test=test), "pseudobulk samples")  # fmt: skip
         except ValueError as exc:
             skipped.append(f"{level!r} ({int(rows.sum())} samples: {exc})")
             continue
@@ -462,11 +464,19 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
     return pd.concat(frames, ignore_index=True), dsg, used_test
 
 
-def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs):
+def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs, what="cells"):
     """Fit the NB GLM once and test every contrast on that fit; returns (table, test)."""
+    m, p = dsg.X.shape
+    if m <= p:
+        raise ValueError(
+            f"fixed: {dsg.spec.fixed!r} has {p} coefficients for {m} {what}: no residual "
+            "degrees of freedom (the NB GLM needs more samples than coefficients)"
+        )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    fit = nbglm(counts, dsg.X_frame(), gene_names=gene_names, **kwargs)
-    return nbglm_test(fit, contrast), fit.test
+    contrasts = as_contrasts(dsg.fixed_names, contrast)
+    first = dict([next(iter(contrasts.items()))])  # the fit's own test: not repeated below
+    fit = nbglm(counts, dsg.X_frame(), gene_names=gene_names, contrast=first, **kwargs)
+    return nbglm_test(fit, contrasts), fit.test
 
 
 def reference_levels(dsg) -> dict[str, str]:

@@ -76,6 +76,9 @@ class NbGlmData:
         Genes refitted after outlier replacement; ``refit_counts`` their counts then (k × m).
     block_size : int
         Genes per block.
+    lrt_stats : dict
+        LRT statistics 2(ℓ_full − ℓ_reduced) already computed, by reduced design (the default
+        test's), so that testing the same contrast again costs no refit.
     """
 
     counts: object
@@ -86,6 +89,7 @@ class NbGlmData:
     refit_genes: np.ndarray
     refit_counts: np.ndarray
     block_size: int
+    lrt_stats: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -831,6 +835,7 @@ def nbglm(
     fit = _fit(inputs, sf, opts)
     if opts.test == "lrt":
         fit = replace(fit, loglik=_inference.full_loglik(fit))
+    lrt_stats: dict = {}
     res = _inference.test_contrasts(
         fit,
         {name: L},
@@ -839,9 +844,11 @@ def nbglm(
         use_t=opts.use_t,
         alpha=opts.alpha,
         independent_filtering=opts.independent_filtering,
+        lrt_stats=lrt_stats,
     )[name]
     return replace(
         fit,
+        data=replace(fit.data, lrt_stats=lrt_stats),
         log2_fold_change=res.log_fc,
         lfc_se=res.se,
         stat=res.stat,

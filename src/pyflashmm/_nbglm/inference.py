@@ -276,24 +276,36 @@ def _apply_rules(fit: NbGlmFit, est, se, stat, pval, alpha, independent_filterin
 
 
 def test_contrasts(
-    fit: NbGlmFit, contrasts: dict, reduced, *, test, use_t, alpha, independent_filtering
+    fit: NbGlmFit,
+    contrasts: dict,
+    reduced,
+    *,
+    test,
+    use_t,
+    alpha,
+    independent_filtering,
+    lrt_stats: dict | None = None,
 ) -> dict[str, ContrastTest]:
     """Test each {name: p × r matrix} of ``contrasts`` (module docstring); ``reduced`` a checked
-    reduced design or None."""
+    reduced design or None. ``lrt_stats`` maps reduced designs to LRT statistics already
+    computed (reused, and completed with the new ones)."""
     X = fit.X
     p = X.shape[1]
     lrt = {}
     if test == "lrt":
-        designs, keys, key_of = [], {}, {}
+        known = {} if lrt_stats is None else lrt_stats
+        derived = reduced is None
+        new_designs, new_keys, key_of = [], [], {}
         for name, L in contrasts.items():
             X0 = reduced if reduced is not None else reduced_design(X, L)
-            key = (X0.shape, X0.tobytes())
-            if key not in keys:
-                keys[key] = len(designs)
-                designs.append(X0)
-            key_of[name] = (keys[key], p - X0.shape[1])
-        stats_ = _lrt_stats(fit, designs, derived=reduced is None)
-        lrt = {name: (stats_[k], dfk) for name, (k, dfk) in key_of.items()}
+            key = (derived, X0.shape, X0.tobytes())
+            if key not in known and key not in new_keys:
+                new_keys.append(key)
+                new_designs.append(X0)
+            key_of[name] = (key, p - X0.shape[1])
+        if new_designs:
+            known.update(zip(new_keys, _lrt_stats(fit, new_designs, derived=derived), strict=True))
+        lrt = {name: (known[key], dfk) for name, (key, dfk) in key_of.items()}
     out = {}
     G = fit.base_mean.size
     for name, L in contrasts.items():
@@ -379,6 +391,7 @@ def nbglm_test(
         use_t=use_t,
         alpha=alpha,
         independent_filtering=independent_filtering,
+        lrt_stats=dict(fit.data.lrt_stats),  # a copy: the fit stays as it was
     )
     G = fit.base_mean.size
     K = len(res)

@@ -229,8 +229,8 @@ def fit_trend(base_mean, disp_gene_est, fit_type="parametric", min_disp=MIN_DISP
     use = disp_gene_est > 100 * min_disp
     if not use.any():
         raise ValueError(
-            "all gene-wise dispersion estimates are within 2 orders of magnitude of the minimum "
-            "value; the trend cannot be fitted"
+            "counts: all gene-wise dispersion estimates are within 2 orders of magnitude of the "
+            "minimum value; the trend cannot be fitted"
         )
     if fit_type == "parametric":
         try:
@@ -244,9 +244,9 @@ def fit_trend(base_mean, disp_gene_est, fit_type="parametric", min_disp=MIN_DISP
             lt = LocalTrend(np.log(means), np.log(disp_gene_est[use]), means)
         except (TrendFitError, np.linalg.LinAlgError) as exc:
             raise ValueError(
-                f"the local dispersion trend could not be fitted: {exc} ({int(use.sum())} genes "
-                "with a gene-wise dispersion above 100 × minDisp); fit_type='mean' fits a "
-                "constant instead"
+                f"counts: the local dispersion trend could not be fitted: {exc} "
+                f"({int(use.sum())} genes with a gene-wise dispersion above 100 × minDisp); "
+                "fit_type='mean' fits a constant instead"
             ) from None
         return DispersionTrend("local", local=lt)
     if fit_type == "mean":
@@ -278,7 +278,7 @@ def prior_variance(disp_gene_est, disp_fit, m, p, min_disp=MIN_DISP):
     """
     above = disp_gene_est >= min_disp * 100
     if not above.any():
-        raise ValueError("no gene-wise dispersion is above 100 × minDisp")
+        raise ValueError("counts: no gene-wise dispersion is above 100 × minDisp")
     vlde = var_log_disp_ests(disp_gene_est, disp_fit, min_disp)
     df = m - p
     if 1 <= df <= 3:
