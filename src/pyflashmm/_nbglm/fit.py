@@ -79,6 +79,9 @@ class NbGlmData:
     lrt_stats : dict
         LRT statistics 2(ℓ_full − ℓ_reduced) already computed, by reduced design (the default
         test's), so that testing the same contrast again costs no refit.
+    tests : dict
+        The default test's result, by ``inference.test_key``, so that ``nbglm_test`` of the
+        same contrast and settings returns it instead of running it again.
     """
 
     counts: object
@@ -90,6 +93,7 @@ class NbGlmData:
     refit_counts: np.ndarray
     block_size: int
     lrt_stats: dict = field(default_factory=dict, repr=False)
+    tests: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -836,6 +840,7 @@ def nbglm(
     if opts.test == "lrt":
         fit = replace(fit, loglik=_inference.full_loglik(fit))
     lrt_stats: dict = {}
+    done: dict = {}
     res = _inference.test_contrasts(
         fit,
         {name: L},
@@ -845,10 +850,11 @@ def nbglm(
         alpha=opts.alpha,
         independent_filtering=opts.independent_filtering,
         lrt_stats=lrt_stats,
+        done=done,
     )[name]
     return replace(
         fit,
-        data=replace(fit.data, lrt_stats=lrt_stats),
+        data=replace(fit.data, lrt_stats=lrt_stats, tests=done),
         log2_fold_change=res.log_fc,
         lfc_se=res.se,
         stat=res.stat,

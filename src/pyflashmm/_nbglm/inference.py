@@ -34,6 +34,7 @@ from scipy import stats
 
 from pyflashmm._checks import check_full_rank
 from pyflashmm._contrasts import as_contrasts
+from pyflashmm._kernels.lowess import lowess
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._nbglm._util import r_quantile
 from pyflashmm._nbglm.cooks import REFIT_MINMU
@@ -188,33 +189,58 @@ def _lrt_stats(fit: NbGlmFit, designs: list, derived: bool) -> list:
 # ----------------------------------------------------------------------------- the tests
 
 
+def _rejections(filt, pvalue, cutoffs, alpha) -> np.ndarray:
+    """Number of genes BH rejects at ``alpha`` among those with ``filt ≥ c``, for each cutoff c.
+
+    BH rejects the i smallest of m p-values, i the largest index with p₍ᵢ₎·m/i < alpha (the
+    adjusted p-value min_{j ≥ i} p₍ⱼ₎·m/j is below alpha exactly there). The p-values are
+    sorted once; each filtered set keeps that order, and p₍ᵢ₎·m/i is computed as
+    :func:`~pyflashmm._multitest.bh_adjust` computes it, so the counts are those of the
+    adjusted p-values.
+    """
+    finite = np.isfinite(pvalue)
+    order = np.argsort(pvalue[finite], kind="stable")
+    p_sorted = pvalue[finite][order]
+    f_sorted = filt[finite][order]
+    out = np.zeros(cutoffs.size, dtype=np.int64)
+    for k, c in enumerate(cutoffs):
+        sel = p_sorted[f_sorted >= c]
+        m = sel.size
+        if m:
+            below = np.flatnonzero(sel * m / np.arange(1, m + 1) < alpha)
+            out[k] = below[-1] + 1 if below.size else 0
+    return out
+
+
 def independent_filter(base_mean, pvalue, alpha):
     """DESeq2 1.38's pvalueAdjustment: filter on the base mean, pick θ by lowess, then BH.
-    Returns (adjusted p-values, base-mean threshold)."""
-    from statsmodels.nonparametric.smoothers_lowess import lowess
+    Returns (adjusted p-values, base-mean threshold).
 
+    The number of rejections at each of 50 quantiles θ of the base mean is smoothed by R's
+    ``lowess(f = 1/5)``; θ is the first quantile whose count exceeds the smooth's maximum
+    minus the root mean square of its residuals (θ = 0 when at most 10 genes are ever
+    rejected).
+    """
     filt = base_mean
     lower = np.mean(filt == 0)
     upper = 0.95 if lower < 0.95 else 1.0
     theta = np.linspace(lower, upper, 50)
     cutoffs = r_quantile(filt, theta)
-    padj = np.full((filt.size, theta.size), np.nan)
-    for k, c in enumerate(cutoffs):
-        use = filt >= c
-        if use.any():
-            padj[use, k] = bh_adjust(pvalue[use])
-    with np.errstate(invalid="ignore"):
-        num_rej = np.sum(padj < alpha, axis=0)
-    delta = 0.01 * (theta[-1] - theta[0])
-    lo = lowess(num_rej.astype(float), theta, frac=1 / 5, it=3, delta=delta, return_sorted=False)
+    num_rej = _rejections(filt, pvalue, cutoffs, alpha)
     if num_rej.max() <= 10:
         j = 0
     else:
+        delta = 0.01 * (theta[-1] - theta[0])
+        lo = lowess(num_rej.astype(np.float64), theta, 1 / 5, 3, float(delta))
         resid = num_rej[num_rej > 0] - lo[num_rej > 0] if (num_rej != 0).any() else np.zeros(1)
         thresh = lo.max() - math.sqrt(np.mean(resid**2))
         above = np.flatnonzero(num_rej > thresh)
         j = int(above[0]) if above.size else 0
-    return padj[:, j], float(cutoffs[j])
+    use = filt >= cutoffs[j]
+    padj = np.full(filt.size, np.nan)
+    if use.any():
+        padj[use] = bh_adjust(pvalue[use])
+    return padj, float(cutoffs[j])
 
 
 def _estimate(fit: NbGlmFit, c):
@@ -275,6 +301,14 @@ def _apply_rules(fit: NbGlmFit, est, se, stat, pval, alpha, independent_filterin
     return est, se, stat, pval, padj, thr
 
 
+def test_key(L, reduced, test, use_t, alpha, independent_filtering) -> tuple:
+    """What a test's result depends on besides the fit (to recognise a test already run)."""
+    L = np.ascontiguousarray(L, dtype=np.float64)
+    red = None if reduced is None else (reduced.shape, np.ascontiguousarray(reduced).tobytes())
+    return (test, bool(use_t), float(alpha), bool(independent_filtering), L.shape, L.tobytes(),
+            red)  # fmt: skip
+
+
 def test_contrasts(
     fit: NbGlmFit,
     contrasts: dict,
@@ -285,10 +319,29 @@ def test_contrasts(
     alpha,
     independent_filtering,
     lrt_stats: dict | None = None,
+    done: dict | None = None,
 ) -> dict[str, ContrastTest]:
     """Test each {name: p × r matrix} of ``contrasts`` (module docstring); ``reduced`` a checked
     reduced design or None. ``lrt_stats`` maps reduced designs to LRT statistics already
-    computed (reused, and completed with the new ones)."""
+    computed and ``done`` :func:`test_key` to tests already run: both are reused, and
+    completed with the new ones."""
+    done = {} if done is None else done
+    keys = {
+        name: test_key(L, reduced, test, use_t, alpha, independent_filtering)
+        for name, L in contrasts.items()
+    }
+    todo = {name: L for name, L in contrasts.items() if keys[name] not in done}
+    if todo:
+        new = _run_tests(fit, todo, reduced, test=test, use_t=use_t, alpha=alpha,
+                         independent_filtering=independent_filtering,
+                         lrt_stats=lrt_stats)  # fmt: skip
+        for name, res in new.items():
+            done[keys[name]] = res
+    return {name: done[keys[name]] for name in contrasts}
+
+
+def _run_tests(fit, contrasts, reduced, *, test, use_t, alpha, independent_filtering, lrt_stats):
+    """The tests of :func:`test_contrasts` not run before."""
     X = fit.X
     p = X.shape[1]
     lrt = {}
@@ -391,7 +444,8 @@ def nbglm_test(
         use_t=use_t,
         alpha=alpha,
         independent_filtering=independent_filtering,
-        lrt_stats=dict(fit.data.lrt_stats),  # a copy: the fit stays as it was
+        lrt_stats=dict(fit.data.lrt_stats),  # copies: the fit stays as it was
+        done=dict(fit.data.tests),
     )
     G = fit.base_mean.size
     K = len(res)
