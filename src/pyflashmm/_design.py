@@ -123,7 +123,7 @@ def _check_obs(obs) -> pd.DataFrame:
     return obs
 
 
-def _check_columns_exist(obs: pd.DataFrame, columns, arg: str, what: str) -> None:
+def check_columns_exist(obs: pd.DataFrame, columns, arg: str, what: str) -> None:
     known = [str(c) for c in obs.columns]
     for col in columns:
         if col not in obs.columns:
@@ -134,7 +134,7 @@ def _check_columns_exist(obs: pd.DataFrame, columns, arg: str, what: str) -> Non
             )
 
 
-def _check_no_nan(obs: pd.DataFrame, columns, arg: str) -> None:
+def check_no_nan(obs: pd.DataFrame, columns, arg: str) -> None:
     for col in columns:
         na = obs[col].isna().to_numpy()
         if na.any():
@@ -389,8 +389,8 @@ class _FormulaBlock:
         where = where or f"formula {formula!r}"
         f, f_written = _parse_formula(formula, arg)
         columns = sorted(f.required_variables)
-        _check_columns_exist(obs, columns, arg, where)
-        _check_no_nan(obs, columns, arg)
+        check_columns_exist(obs, columns, arg, where)
+        check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
         try:
             # NaN in the used columns is reported above and values the formula makes non-finite
@@ -447,8 +447,8 @@ class _FormulaBlock:
         if len(obs) == 0:
             n_col = len(self.perm)
             return sp.csr_matrix((0, n_col)) if sparse else np.zeros((0, n_col))
-        _check_columns_exist(obs, self.columns, self.arg, self.where)
-        _check_no_nan(obs, self.columns, self.arg)
+        check_columns_exist(obs, self.columns, self.arg, self.where)
+        check_no_nan(obs, self.columns, self.arg)
         for col, levels in self.categorical_levels.items():
             _check_known_levels(obs, col, levels, self.arg)
         with warnings.catch_warnings(), np.errstate(all="ignore"):  # non-finite: see below
@@ -498,8 +498,8 @@ class _GroupBlock:
     def build(
         cls, obs: pd.DataFrame, columns: tuple[str, ...], arg: str, where: str
     ) -> _GroupBlock:
-        _check_columns_exist(obs, columns, arg, where)
-        _check_no_nan(obs, columns, arg)
+        check_columns_exist(obs, columns, arg, where)
+        check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
         label = ":".join(columns)
         levels = tuple(tuple(cls._levels_of(obs[c])) for c in columns)
@@ -536,8 +536,8 @@ class _GroupBlock:
         n, q = len(obs), len(self.keys)
         if n == 0:
             return sp.csr_matrix((0, q))
-        _check_columns_exist(obs, self.columns, self.arg, self.where)
-        _check_no_nan(obs, self.columns, self.arg)
+        check_columns_exist(obs, self.columns, self.arg, self.where)
+        check_no_nan(obs, self.columns, self.arg)
         keys = self._keys(obs)
         col = np.searchsorted(self.keys, keys)
         bad = (col >= q) | (self.keys[np.minimum(col, q - 1)] != keys)

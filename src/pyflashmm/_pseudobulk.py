@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pyflashmm._checks import MissingColumnError
+from pyflashmm._design import check_columns_exist, check_no_nan
 from pyflashmm._kernels.aggregate import add_rows_by_group_csr
 
 
@@ -37,18 +37,8 @@ def _as_frame_by(by) -> list[str]:
 def group_labels(obs: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The group of every cell (0, 1, … in order of first appearance) and the first cell of
     each group."""
-    missing = [b for b in by if b not in obs.columns]
-    if missing:
-        raise MissingColumnError(f"by: columns {missing} are not in obs (columns: "
-                                 f"{[str(c) for c in obs.columns][:20]})")  # fmt: skip
-    for b in by:
-        na = obs[b].isna().to_numpy()
-        if na.any():
-            i = int(np.flatnonzero(na)[0])
-            raise ValueError(
-                f"by: column {b!r} has missing values; first at row {i} (index label "
-                f"{obs.index[i]!r})"
-            )
+    check_columns_exist(obs, by, "by", "the pseudobulk grouping")
+    check_no_nan(obs, by, "by")
     codes = [pd.factorize(obs[b], sort=False)[0].astype(np.int64) for b in by]
     key = codes[0]
     for c in codes[1:]:

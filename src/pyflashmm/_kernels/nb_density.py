@@ -46,6 +46,30 @@ def digamma(x):
 
 
 @njit
+def small_alpha_part(y, mu, r):
+    """Σ_{k<y} ln(1 + (k − μ)/(r + μ)) + y ln μ: ln Γ(y + r) − ln Γ(r) + y ln(μ/(r + μ)) for a
+    small integer y and a large size r = 1/α, where the difference of ln Γ would cancel."""
+    acc = 0.0
+    k = 0.0
+    while k < y:
+        acc += math.log1p((k - mu) / (r + mu))
+        k += 1.0
+    return acc + y * math.log(mu)
+
+
+@njit
+def cox_reid_term(B, L):
+    """−½ ln|B| of a positive definite B (Cholesky factor written to L), −inf otherwise: the
+    Cox–Reid adjustment with B = XᵀWX."""
+    if not cholesky_lower(B, L):
+        return -np.inf
+    ld = 0.0
+    for k in range(B.shape[0]):
+        ld += 2.0 * math.log(L[k, k])
+    return -0.5 * ld
+
+
+@njit
 def nb_logpdf(y, mu, alpha):
     """ln f(y; μ, α) of the NB distribution (Var = μ + αμ²), accurate for small α."""
     r = 1.0 / alpha
@@ -55,12 +79,7 @@ def nb_logpdf(y, mu, alpha):
     if y == 0.0:
         return tail
     if r > 1e4 and y < 64.0 and y == math.floor(y):
-        acc = 0.0
-        k = 0.0
-        while k < y:
-            acc += math.log1p((k - mu) / (r + mu))
-            k += 1.0
-        return acc + y * math.log(mu) - math.lgamma(y + 1.0) + tail
+        return small_alpha_part(y, mu, r) - math.lgamma(y + 1.0) + tail
     return (
         math.lgamma(y + r)
         - math.lgamma(r)
@@ -132,12 +151,9 @@ def log_posterior(a, y, mu, X, prior_mean, prior_var, use_prior, use_cr, w, B, L
         for j in range(m):
             w[j] = 1.0 / (1.0 / mu[j] + alpha)
         xtwx(X, w, B)
-        if not cholesky_lower(B, L):
-            return -np.inf
-        ld = 0.0
-        for k in range(B.shape[0]):
-            ld += 2.0 * math.log(L[k, k])
-        cr = -0.5 * ld
+        cr = cox_reid_term(B, L)
+        if cr == -np.inf:
+            return cr
     prior = 0.0
     if use_prior:
         prior = -0.5 * (a - prior_mean) ** 2 / prior_var

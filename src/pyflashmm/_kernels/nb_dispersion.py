@@ -40,9 +40,9 @@ from typing import NamedTuple
 import numpy as np
 
 from pyflashmm._jit import njit, prange
-from pyflashmm._kernels.linalg import cholesky_lower
 from pyflashmm._kernels.nb_density import (
     cox_reid_derivative,
+    cox_reid_term,
     digamma_sum,
     lgamma_sum,
     xtwx_rows,
@@ -200,12 +200,9 @@ def _lp(a, ent, tab, Xr, prior_mean, obj, wk):
         B = wk.B
         L = wk.L
         xtwx_rows(Xr, wsum, B)
-        if not cholesky_lower(B, L):
-            return -np.inf
-        ld = 0.0
-        for k in range(B.shape[0]):
-            ld += 2.0 * math.log(L[k, k])
-        cr = -0.5 * ld
+        cr = cox_reid_term(B, L)
+        if cr == -np.inf:
+            return cr
     prior = 0.0
     if obj.use_prior:
         prior = -0.5 * (a - prior_mean) ** 2 / obj.prior_var

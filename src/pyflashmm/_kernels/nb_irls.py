@@ -33,7 +33,7 @@ import numpy as np
 
 from pyflashmm._jit import njit, prange
 from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
-from pyflashmm._kernels.nb_density import lgamma_sum, xtwx_rows
+from pyflashmm._kernels.nb_density import lgamma_sum, small_alpha_part, xtwx_rows
 from pyflashmm._kernels.nb_layout import gene_nonzeros, survival_counts, table_of_nonzeros
 from pyflashmm._kernels.vecmath import log1p_recip, log_vec
 
@@ -471,12 +471,7 @@ def _nonzero_term(y, mu, r, alpha, lgr, d, tail, lg_r, lg_1):
     if mu <= 0.0:
         return -np.inf
     if r > 1e4 and y < 64.0 and y == math.floor(y):
-        acc = 0.0
-        k = 0.0
-        while k < y:
-            acc += math.log1p((k - mu) / (r + mu))
-            k += 1.0
-        return acc + y * math.log(mu) - lg_1 + tail
+        return small_alpha_part(y, mu, r) - lg_1 + tail
     return lg_r - lgr - lg_1 + y * d + tail
 
 
