@@ -1,6 +1,6 @@
 """Benchmark the LMM fit (and the summary statistics) against FLASHMM, in one run.
 
-Cases (issue 2):
+Cases:
   (a) 10,000 genes, n = 100,000, p = 21, q = 25, K = 1 (the FLASHMM vignette's shape)
   (b) 11,596 genes, p = 62, q = 259, K = 1 (FLASHMM's tuberculosis atlas model)
   (c) K = 2: subject (25) crossed with batch (8), 10,000 genes, n = 100,000, p = 21

@@ -2,7 +2,7 @@
 
 1. FLASHMM's vignette call: a synthetic reference of 1,000 genes × 10,000 cells, then
    100 genes × 100,000 cells (10 DE genes). FLASHMM's R ``simuRNAseq`` takes 2.0 s for this size
-   on a 2-core machine (issue 4); when ``Rscript`` with FLASHMM is installed, it is timed here
+   on a 2-core machine; when ``Rscript`` with FLASHMM is installed, it is timed here
    too, in the same run (``validation/R/flashmm_simulate_time.R``).
 2. 10,000 genes × 1,000,000 cells at realistic sparsity, in a child process so that its peak
    RSS is its own. Reference: 10,000 genes × 5,000 cells, gene means log-normal
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-R_SECONDS_PUBLISHED = 2.0  # FLASHMM simuRNAseq, 100 genes x 100,000 cells, 2 cores (issue 4)
+R_SECONDS_PUBLISHED = 2.0  # FLASHMM simuRNAseq, 100 genes x 100,000 cells, 2 cores (published)
 
 #: the R scripts run here (validation/R/): FLASHMM's simuRNAseq timing and the package probe
 R_DIR = Path(__file__).resolve().parents[1] / "validation" / "R"
@@ -82,7 +82,7 @@ def bench_vignette(repeats: int) -> dict:
         "median_s_synthetic_reference_100x100000": float(np.median(synth)),
         "nnz": int(sim.counts.nnz),
         "r_seconds": r_seconds if r_seconds is not None else R_SECONDS_PUBLISHED,
-        "r_source": "timed now" if r_seconds is not None else "published (issue 4, 2 cores)",
+        "r_source": "timed now" if r_seconds is not None else "published (2 cores)",
         "speedup_vs_r": (r_seconds or R_SECONDS_PUBLISHED) / med,
     }
 

@@ -1,4 +1,4 @@
-"""Tests of the NB simulator (``pyflashmm.simulate``).
+"""Tests of the NB simulator (``pyflashmm.simulate_rnaseq``).
 
 Reference values are computed independently: NB moments from their formulas, CDFs from
 ``scipy.stats.nbinom``/``gamma``/``poisson``, method-of-moments estimates with NumPy on dense

@@ -32,7 +32,7 @@ the LMMs these are the genes whose fit did not converge, mostly ``pd_boundary`` 
 σ_b² estimates, FLASHMM's semantics) with few subjects and σ_b² = 0, where they can be a large
 share of the genes of a setting (the report gives the share per method).
 
-Variants: ``quick`` runs the whole grid of the issue (4 × 4 × 3 settings), two replicates of
+Variants: ``quick`` runs the whole grid (4 × 4 × 3 settings), two replicates of
 300 genes, all six methods (none is dropped at the largest cell counts: the cell-level GLM on
 40,000 cells × 300 genes takes about 5 s); ``full`` has 1,000 genes and 10 replicates;
 ``tiny`` two small settings for the test suite.

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from pyflashmm._checks import aliased_columns
 from pyflashmm._design import r_spelling
 
 __all__ = ["contrast_matrix"]
@@ -259,7 +260,7 @@ def contrast_matrix(contrasts, names) -> pd.DataFrame:
         parentheses (grammar in the module docstring).
     names : sequence of str or Design
         The coefficient names, in the order of the coefficients (e.g. ``design.fixed_names``, the
-        columns of X). A :class:`~pyflashmm.design.Design` supplies both spellings; with a plain
+        columns of X). A :class:`~pyflashmm.Design` supplies both spellings; with a plain
         sequence, formulaic spellings in ``contrasts`` are translated to R's.
 
     Returns
@@ -315,7 +316,22 @@ def contrast_matrix(contrasts, names) -> pd.DataFrame:
 
 
 def as_contrasts(names, contrast, index=None) -> dict[str, np.ndarray]:
-    """Normalise ``contrast``/``index`` to {name: p × r matrix} over the coefficients ``names``."""
+    """Normalise ``contrast``/``index`` to {name: p × r matrix} over the coefficients ``names``,
+    every matrix finite, non-zero and of full column rank (a joint hypothesis whose rows are
+    linearly dependent is an error), for both model families."""
+    out = _as_contrast_matrices(names, contrast, index)
+    for name, L in out.items():
+        if not np.isfinite(L).all():
+            raise ValueError(f"contrast {name!r} has non-finite coefficients")
+        if L.shape[1] == 0 or not L.any():
+            raise ValueError(f"contrast {name!r} is zero")
+        if aliased_columns(L.T @ L):
+            raise ValueError(f"contrast {name!r}: its {L.shape[1]} rows are linearly dependent")
+    return out
+
+
+def _as_contrast_matrices(names, contrast, index) -> dict[str, np.ndarray]:
+    """{name: p × r matrix} of ``contrast``/``index`` over the coefficients ``names``."""
     names = list(names)
     p = len(names)
     if contrast is None:

@@ -171,18 +171,25 @@ def _check_known_levels(chunk: pd.DataFrame, col: str, levels, arg: str) -> None
 
 
 def _logical_as_factor(frame: pd.DataFrame) -> pd.DataFrame:
-    """Boolean columns become categoricals (levels False < True present), as R codes logicals."""
-    bools = [c for c in frame.columns if frame[c].dtype == bool]
-    if not bools:
+    """Boolean columns (NumPy's or pandas' nullable ``boolean``) become categoricals (levels
+    False < True present), as R codes logicals; pandas' ``string`` columns become plain object
+    columns, as character vectors (formulaic would read them as numbers)."""
+    bools = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c].dtype)]
+    strings = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
+    if not bools and not strings:
         return frame
     frame = frame.copy()
     for c in bools:
-        present = sorted(pd.unique(frame[c].to_numpy()).tolist())
-        frame[c] = pd.Categorical(frame[c].to_numpy(), categories=present)
+        values = frame[c].to_numpy(dtype=bool)
+        present = sorted(pd.unique(values).tolist())
+        frame[c] = pd.Categorical(values, categories=present)
+    for c in strings:
+        frame[c] = frame[c].astype(object)
     return frame
 
 
-def _level_str(v) -> str:
+def level_label(v) -> str:
+    """A level as R pastes it into a column name: TRUE/FALSE, 2 for 2.0, else str."""
     if isinstance(v, (bool, np.bool_)):
         return "TRUE" if v else "FALSE"
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
@@ -218,6 +225,26 @@ def _parse_formula(formula: str, arg: str):
     if not hasattr(f, "required_variables"):  # pragma: no cover - a multi-part formula
         raise ValueError(f"{arg}: formula {formula!r} has several parts")
     return f, f_written
+
+
+_NAME = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def formula_columns(formula: str, obs: pd.DataFrame, arg: str = "fixed") -> list[str]:
+    """The columns of ``obs`` that ``formula`` uses.
+
+    formulaic's ``required_variables`` leaves out names it also knows as functions (``center``,
+    ``scale``, ``C``, ``log``, …); an obs column of that name is data here, as in R, where
+    the column wins over the function of the same name.
+    """
+    f, _ = _parse_formula(formula, arg)
+    used = set(f.required_variables)
+    for m in _NAME.finditer(formula):
+        name = m.group(1) or m.group(2)
+        called = formula[m.end() :].lstrip().startswith("(")  # log(x): the function
+        if name in obs.columns and not called:
+            used.add(name)
+    return sorted(used)
 
 
 def _has_random_bar(text: str) -> bool:
@@ -292,8 +319,8 @@ def _term_layout(structure, encoder_state, rank):
                     labels_f.append([f"{key}[T.{lv}]" for lv in levels])
                 else:
                     labels_f.append([f"{key}[{lv}]" for lv in levels])
-                labels_r.append([f"{key}{_level_str(lv)}" for lv in levels])
-                labels_l.append([_level_str(lv) for lv in levels])
+                labels_r.append([f"{key}{level_label(lv)}" for lv in levels])
+                labels_l.append([level_label(lv) for lv in levels])
             else:
                 labels_f.append([key])
                 labels_r.append([key])
@@ -388,7 +415,7 @@ class _FormulaBlock:
 
         where = where or f"formula {formula!r}"
         f, f_written = _parse_formula(formula, arg)
-        columns = sorted(f.required_variables)
+        columns = formula_columns(formula, obs, arg)
         check_columns_exist(obs, columns, arg, where)
         check_no_nan(obs, columns, arg)
         _check_no_empty_categories(obs, columns, arg)
@@ -511,7 +538,7 @@ class _GroupBlock:
         for k in keys.tolist():
             parts, lvs = [], []
             for c, lv, r in zip(columns, levels, radix, strict=True):
-                lvs.append(_level_str(lv[k % r]))
+                lvs.append(level_label(lv[k % r]))
                 parts.append(f"{c}{lvs[-1]}")
                 k //= r
             names.append(":".join(parts))

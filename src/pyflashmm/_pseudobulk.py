@@ -74,7 +74,7 @@ def varying_example(obs: pd.DataFrame, lab: np.ndarray, col: str):
     return obs[col].iloc[j], obs[col].iloc[i]
 
 
-def _check_chunk(block, start: int) -> None:
+def _check_chunk(block, start: int, allow_non_integer: bool) -> None:
     values = block.data if sp.issparse(block) else block
     if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must hold real numbers; got dtype {values.dtype}")
@@ -87,10 +87,16 @@ def _check_chunk(block, start: int) -> None:
             f"counts contain negative values (cells {start}:{start + block.shape[0]}): a "
             "pseudobulk sums raw counts; pass the counts layer (layer='counts')"
         )
+    if not allow_non_integer and values.dtype.kind == "f" and (values != np.floor(values)).any():
+        raise ValueError(
+            f"counts contain non-integer values (cells {start}:{start + block.shape[0]}): they "
+            "look normalised or log-transformed, and a pseudobulk sums raw counts; pass the "
+            "counts layer (layer='counts'), or allow_non_integer=True for estimated counts"
+        )
 
 
 def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
-               chunk_size: int = 10_000):  # fmt: skip
+               allow_non_integer: bool = False, chunk_size: int = 10_000):  # fmt: skip
     """Summed counts per group of cells and the group table.
 
     Parameters
@@ -106,6 +112,9 @@ def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
         AnnData layer holding the counts (default ``X``).
     gene_names : sequence of str, optional
         Default: the AnnData's ``var_names``, a DataFrame's columns, or ``gene0, gene1, …``.
+    allow_non_integer : bool
+        Accept non-integer values (estimated counts); by default they are an error, since
+        summing normalised or log-transformed values is not a pseudobulk.
     chunk_size : int
         Cells per chunk when streaming.
 
@@ -134,12 +143,12 @@ def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
         if layer is not None:
             raise ValueError("layer: only an AnnData has layers; pass the counts matrix itself")
     try:
-        return _pseudobulk(cells, by, gene_names, chunk_size)
+        return _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer)
     finally:
         cells.close()
 
 
-def _pseudobulk(cells, by, gene_names, chunk_size):
+def _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer=False):
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     n, G = cells.shape
@@ -149,10 +158,10 @@ def _pseudobulk(cells, by, gene_names, chunk_size):
     if len(genes) != G:
         raise ValueError(f"gene_names has {len(genes)} entries for {G} genes")
     lab, table = sample_table(cells.obs, by)
-    return sum_counts(cells, lab, table, by, genes, chunk_size)
+    return sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer)
 
 
-def sum_counts(cells, lab, table, by, genes, chunk_size):
+def sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer=False):
     """The summed counts of each group (groups × genes DataFrame) and the group table with
     ``n_cells`` and ``libsize`` added, both indexed by sample name."""
     counts = cells.counts
@@ -169,12 +178,12 @@ def sum_counts(cells, lab, table, by, genes, chunk_size):
             if not chunk.has_canonical_format:
                 chunk = chunk.copy()
                 chunk.sum_duplicates()
-            _check_chunk(chunk, start)
+            _check_chunk(chunk, start, allow_non_integer)
             data = np.ascontiguousarray(chunk.data, dtype=np.float64)
             add_rows_by_group_csr(out, data, chunk.indices, chunk.indptr, lab[start:stop])
         else:
             chunk = np.asarray(chunk)
-            _check_chunk(chunk, start)
+            _check_chunk(chunk, start, allow_non_integer)
             ind = sp.csr_matrix(
                 (np.ones(stop - start), (lab[start:stop], np.arange(stop - start))),
                 shape=(ng, stop - start),

@@ -9,7 +9,9 @@ The validation suite is a repository tool, not part of the package: ``python -m 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from pathlib import Path
 
 DE_EPILOG = """\
@@ -113,16 +115,19 @@ def _parse_contrasts(items):
 
 
 def summary_line(table, output) -> str:
-    """One line: rows, genes, contrasts (cell types) and the calls at FDR 0.05."""
+    """One line: rows, genes, contrasts (cell types) and the calls at FDR 0.05 (the intercept,
+    which every expressed gene "passes", not counted)."""
     n_genes = table["variable"].nunique()
     n_contrasts = table["contrast"].nunique()
     parts = f"{n_genes} genes × {n_contrasts} contrast{'s' if n_contrasts != 1 else ''}"
     if "cell_type" in table.columns:
         parts += f" × {table['cell_type'].nunique()} cell types"
-    called = table["adj_p_value"] < 0.05
+    tests = table[table["contrast"] != "(Intercept)"]
+    called = tests["adj_p_value"] < 0.05
+    scope = " (intercept not counted)" if len(tests) < len(table) else ""
     return (
         f"pyflashmm de: {len(table)} rows ({parts}); {int(called.sum())} at FDR 0.05 "
-        f"({table.loc[called, 'variable'].nunique()} genes) -> {output}"
+        f"({tests.loc[called, 'variable'].nunique()} genes){scope} -> {output}"
     )
 
 
@@ -204,10 +209,52 @@ def _add_simulate(subparsers) -> None:
     p.set_defaults(func=_run_simulate)
 
 
-def _run_simulate(args) -> int:
+#: simulate_rnaseq's parameters as the options that set them, for its error messages
+_SIMULATE_OPTIONS = {
+    "n_genes": "--n-genes", "n_cells": "--n-cells", "n_samples": "--n-samples",
+    "n_clusters": "--n-clusters", "n_treatments": "--n-treatments", "treatment": "--treatment",
+    "n_de_genes": "--n-de-genes", "direction": "--direction", "min_beta": "--min-beta",
+    "max_beta": "--max-beta", "var_random_effects": "--var-random-effects",
+    "var_subject_cluster": "--var-subject-cluster", "counts": "--reference",
+    "metadata": "--reference obs",
+}  # fmt: skip
+
+
+def _as_options(message: str) -> str:
+    """A simulate_rnaseq message with its parameter names spelled as the CLI options."""
+    for name, option in sorted(_SIMULATE_OPTIONS.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"\b{name}\b", option, message)
+    return message
+
+
+def _simulate(counts, args):
     from pyflashmm._simulate import simulate_rnaseq
 
+    return simulate_rnaseq(
+        counts,
+        n_genes=args.n_genes,
+        n_cells=args.n_cells,
+        samples_nested=not args.not_nested,
+        n_samples=args.n_samples,
+        n_clusters=args.n_clusters,
+        n_treatments=args.n_treatments,
+        treatment=args.treatment,
+        n_de_genes=args.n_de_genes,
+        adjust_library_size=not args.no_adjust_library_size,
+        direction=args.direction,
+        min_beta=args.min_beta,
+        max_beta=args.max_beta,
+        var_random_effects=args.var_random_effects,
+        var_subject_cluster=args.var_subject_cluster,
+        null=args.null,
+        rng=args.seed,
+    )
+
+
+def _run_simulate(args) -> int:
     out = _output_path(args.output)
+    if out.suffix.lower() != ".h5ad":
+        raise _UsageError(f"-o/--output: {str(out)!r} must end in .h5ad (an AnnData file)")
     if args.seed is not None and args.seed < 0:
         raise _UsageError(f"--seed must be a non-negative integer; got {args.seed}")
     for option in ("n_genes", "n_cells", "n_samples", "n_clusters", "n_treatments"):
@@ -228,25 +275,10 @@ def _run_simulate(args) -> int:
             raise _UsageError(f"--reference: cannot read {ref} as .h5ad ({reason})") from None
     elif args.n_genes is None or args.n_cells is None:
         raise _UsageError("--n-genes and --n-cells are required without --reference")
-    sim = simulate_rnaseq(
-        counts,
-        n_genes=args.n_genes,
-        n_cells=args.n_cells,
-        samples_nested=not args.not_nested,
-        n_samples=args.n_samples,
-        n_clusters=args.n_clusters,
-        n_treatments=args.n_treatments,
-        treatment=args.treatment,
-        n_de_genes=args.n_de_genes,
-        adjust_library_size=not args.no_adjust_library_size,
-        direction=args.direction,
-        min_beta=args.min_beta,
-        max_beta=args.max_beta,
-        var_random_effects=args.var_random_effects,
-        var_subject_cluster=args.var_subject_cluster,
-        null=args.null,
-        rng=args.seed,
-    )
+    try:
+        sim = _simulate(counts, args)
+    except (ValueError, TypeError) as exc:
+        raise _UsageError(_as_options(str(exc))) from None
     sim.write_h5ad(out)
     if not args.quiet:
         n, g = sim.counts.shape
@@ -272,16 +304,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pyflashmm``; returns the exit code (2 for errors a user can fix)."""
+    """Run ``pyflashmm``; returns the exit code (2 for errors a user can fix).
+
+    Errors and warnings are printed as one line each on stderr, prefixed by the command.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"pyflashmm {args.command}: error: {message}", file=sys.stderr)
-        return 2
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"pyflashmm {args.command}: {category.__name__}: {_one_line(message)}",
+              file=sys.stderr)  # fmt: skip
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return int(args.func(args) or 0)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"pyflashmm {args.command}: error: {_one_line(message)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

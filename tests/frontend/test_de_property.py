@@ -3,6 +3,7 @@ a ValueError/TypeError whose message names the argument at fault — never anoth
 
 from __future__ import annotations
 
+import keyword
 import re
 import warnings
 
@@ -17,9 +18,9 @@ N_GENES = 12
 #: words a message may use to name the argument at fault (de's own arguments, and the two
 #: parts of ``data``)
 ARGUMENT = re.compile(r"\b(data|counts|obs|fixed|random|contrast|layer|cell_type|method)\b")
-#: Python keywords and names formulas treat specially are not column names a user would pick
-RESERVED = {"and", "or", "not", "in", "is", "if", "for", "def", "del", "as", "log", "exp",
-            "np", "C", "I", "Q", "lambda", "none", "true", "false"}  # fmt: skip
+#: Python keywords cannot be written unquoted in a formula (formulaic parses Python); every
+#: other name, function names such as ``log``, ``center`` or ``scale`` included, is fair game
+RESERVED = set(keyword.kwlist)
 
 column_names = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True).filter(
     lambda s: s not in RESERVED

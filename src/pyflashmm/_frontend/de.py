@@ -1,43 +1,5 @@
-"""One call from counts to the tidy DE table: ``de(data, fixed=..., random=..., contrast=...)``.
-
-Methods
--------
-``"lmm"`` (default)
-    FLASHMM's approach: the counts are log-transformed (``transform``, default log2(1 + y)),
-    the linear mixed model y = Xβ + Σₖ Zₖbₖ + ε of :func:`pyflashmm.lmm` is fitted per gene
-    from summary statistics streamed over cell chunks, and contrasts are tested by
-    :func:`pyflashmm.lmmtest` (Satterthwaite df by default). ``random`` names the grouping of
-    the cells (the donor): cells of one donor share its random effect.
-``"pseudobulk"``
-    Counts are summed per sample (the ``random`` grouping columns, e.g. the donor), and with
-    ``cell_type=`` per sample and cell type; one DESeq2-style NB GLM (:func:`pyflashmm.nbglm`
-    with DESeq2's defaults) is fitted per cell type on that type's samples, as muscat and
-    dreamlet do. ``fixed`` is evaluated on the sample table, so its variables must be constant
-    within samples.
-``"nbglm"``
-    The cell-level NB GLM (:func:`pyflashmm.nbglm` with ``preset="single_cell"``). It has no
-    random effect: the cells are treated as independent replicates.
-
-Why the cell-level NB GLM is not the default
---------------------------------------------
-Cells of one donor are not independent: they share the donor's genotype, environment and
-sample handling. A model that treats each cell as a replicate tests a donor-level variable
-(condition, disease) with thousands of "replicates" where there are a handful of donors, and
-calls hundreds of genes without any real difference (Squair et al., Nat Commun 2021; Zimmerman
-et al., Nat Commun 2021). Use ``"pseudobulk"`` or ``"lmm"`` for donor-level variables; a
-``random`` grouping given to ``"nbglm"`` is ignored with a :class:`PseudoreplicationWarning`.
-For the same reason, one pooled pseudobulk model over (donor × cell type) samples
-(``per_cell_type=False``) treats the cell types of one donor as independent samples, and warns.
-
-Scale of ``log_fc``
--------------------
-* ``"lmm"``: the contrast cᵀβ on the model's own scale. With ``transform="log2p1"`` it is a
-  difference of mean log2(1 + count), not a log2 fold change of mean counts (close to one only
-  for highly expressed genes); with ``"log1p"`` the same in natural logarithms; with ``None``
-  on the scale of the values.
-* ``"nbglm"`` and ``"pseudobulk"``: the log2 fold change of the NB mean (DESeq2's
-  ``log2FoldChange``).
-"""
+"""One call from counts to the tidy DE table: :func:`de` (methods, the pseudoreplication
+warnings and the scale of ``log_fc`` are in its docstring)."""
 
 from __future__ import annotations
 
@@ -49,7 +11,7 @@ import pandas as pd
 
 from pyflashmm._checks import MissingColumnError
 from pyflashmm._contrasts import as_contrasts
-from pyflashmm._design import _parse_formula, design, random_groupings
+from pyflashmm._design import design, formula_columns, level_label, random_groupings
 from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import lmmtest
@@ -99,9 +61,40 @@ def de(
 ) -> pd.DataFrame:
     """Differential expression from an AnnData (or counts + obs) to a tidy result table.
 
-    See the module docstring of ``pyflashmm._frontend.de`` (also in the README) for the
-    methods, why the cell-level NB GLM treats cells as independent, and the scale of
-    ``log_fc``.
+    Methods:
+
+    * ``"lmm"`` (default): FLASHMM's approach. The counts are log-transformed (``transform``,
+      default log2(1 + y)), the linear mixed model y = Xβ + Σₖ Zₖbₖ + ε of
+      :func:`pyflashmm.lmm` is fitted per gene from summary statistics streamed over cell
+      chunks, and contrasts are tested by :func:`pyflashmm.lmmtest` (Satterthwaite df by
+      default). ``random`` names the grouping of the cells (the donor), whose random effect the
+      cells of one donor share.
+    * ``"pseudobulk"``: counts are summed per sample (the ``random`` grouping columns, e.g. the
+      donor), per sample and cell type with ``cell_type=``; one DESeq2-style NB GLM
+      (:func:`pyflashmm.nbglm` with DESeq2's defaults) is fitted per cell type on that type's
+      samples, as muscat and dreamlet do. ``fixed`` is evaluated on the sample table, so its
+      variables must be constant within samples.
+    * ``"nbglm"``: the cell-level NB GLM (:func:`pyflashmm.nbglm` with
+      ``preset="single_cell"``). It has no random effect: the cells are its replicates.
+
+    Cells of one donor are not independent: they share the donor's genotype, environment and
+    sample handling. A model that treats each cell as a replicate tests a donor-level variable
+    (condition, disease) with thousands of "replicates" where there are a handful of donors,
+    and calls hundreds of genes without any real difference (Squair et al., Nat Commun 2021;
+    Zimmerman et al., Nat Commun 2021). Use ``"pseudobulk"`` or ``"lmm"`` for donor-level
+    variables; a ``random`` grouping given to ``"nbglm"`` is ignored with a
+    :class:`PseudoreplicationWarning`. For the same reason a pooled pseudobulk model whose
+    samples split the donors (donor × cell type pseudobulks in one model, with
+    ``per_cell_type=False`` or a finer ``random`` grouping) warns.
+
+    The scale of ``log_fc``:
+
+    * ``"lmm"``: the contrast cᵀβ on the model's own scale. With ``transform="log2p1"`` it is
+      a difference of mean log2(1 + count), not a log2 fold change of mean counts (close to
+      one only for highly expressed genes); with ``"log1p"`` the same in natural logarithms;
+      with ``None`` on the scale of the values.
+    * ``"nbglm"`` and ``"pseudobulk"``: the log2 fold change of the NB mean (DESeq2's
+      ``log2FoldChange``).
 
     Parameters
     ----------
@@ -134,6 +127,9 @@ def de(
         ``"pseudobulk"`` with ``cell_type``: ``False`` fits one pooled model over the (sample ×
         cell type) pseudobulks instead, with a :class:`PseudoreplicationWarning` (the cell types
         of one donor are not independent samples).
+
+    ``transform``, ``reml`` and ``df`` apply to ``"lmm"`` only (the NB methods ignore them);
+    ``test`` applies to the NB methods only (an error with ``"lmm"``).
     transform : {"log2p1", "log1p", None}
         ``"lmm"`` only: applied to the counts on the fly. Values that are not counts (e.g. a
         log-normalised ``X``) give a :class:`LogTransformWarning`: pass ``layer=`` naming the
@@ -242,6 +238,8 @@ def _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transfor
             )
     if not isinstance(per_cell_type, bool | np.bool_):
         raise TypeError(f"per_cell_type must be True or False; got {per_cell_type!r}")
+    if not per_cell_type and cell_type is None:
+        raise ValueError("per_cell_type=False pools cell types: it needs cell_type=")
     if transform not in _TRANSFORMS:
         raise ValueError(f"transform must be one of {_TRANSFORMS}; got {transform!r}")
     if test is not None:
@@ -292,13 +290,16 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
 
-def _check_counts(cells: CellData, method: str) -> None:
-    """Counts that an NB model can use: numbers, non-negative integers (first rows checked
-    here, before any work; the fit checks every value)."""
+def _check_counts(cells: CellData, method: str, allow_non_integer: bool) -> None:
+    """Counts that an NB model can use: numbers, non-negative integers unless
+    ``allow_non_integer`` (first rows checked here, before any work; the fit checks every
+    value)."""
     values = peek_values(cells)
     if not values.numeric:
         raise TypeError(f"data: the counts in {cells.where} are not numbers")
-    bad = values.negative if values.negative is not None else values.non_integer
+    bad = values.negative
+    if bad is None and not allow_non_integer:
+        bad = values.non_integer
     if bad is not None or values.non_finite:
         what = "NaN or Inf" if bad is None else f"values such as {bad:.6g}"
         raise ValueError(
@@ -358,7 +359,7 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
             stacklevel=3,
         )
     dsg = design(obs, fixed)
-    _check_counts(cells, "nbglm")
+    _check_counts(cells, "nbglm", kwargs.get("allow_non_integer", False))
     totals = row_sums(cells, chunk_size)
     empty = np.flatnonzero(totals == 0)
     if empty.size:
@@ -374,10 +375,6 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
     return table, dsg, used_test
 
 
-def _formula_columns(fixed: str) -> list[str]:
-    return sorted(_parse_formula(fixed, "fixed")[0].required_variables)
-
-
 def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type, test,
                    chunk_size, kwargs):  # fmt: skip
     if random is None:
@@ -388,14 +385,14 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
     samples = grouping_columns(random, "pseudobulk")
     by = samples + ([cell_type] if cell_type is not None and cell_type not in samples else [])
     per_type = cell_type is not None and per_cell_type
-    used = _formula_columns(fixed)
+    used = formula_columns(fixed, obs)
     if per_type and cell_type in used:
         raise ValueError(
             f"fixed: {fixed!r} uses the cell-type column {cell_type!r}, but method='pseudobulk' "
             "with cell_type= fits one model per cell type (as muscat and dreamlet do); drop it "
             "from the formula"
         )
-    _check_counts(cells, "pseudobulk")
+    _check_counts(cells, "pseudobulk", kwargs.get("allow_non_integer", False))
     lab, groups = sample_table(obs, by)
     for col in used:
         computed = col in ("n_cells", "libsize")  # columns the pseudobulk itself adds
@@ -411,24 +408,31 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
                 f"e.g. {a!r} and {b!r} in one sample. A pseudobulk design can use only "
                 f"sample-level variables{hint}"
             )
-    summed, groups = sum_counts(cells, lab, groups, by, cells.gene_names, chunk_size)
+    # formula and contrasts checked once on every sample, so that a typo is reported as such
+    # and not as a failure of each cell type
+    dsg_all = design(_drop_unused_categories(groups), fixed)
+    as_contrasts(dsg_all.fixed_names, contrast)
+    sample_cols = [c for c in samples if not (per_type and c == cell_type)]
+    pooled = _pooled_over(obs, sample_cols, None if per_type else cell_type)
+    if pooled is not None:
+        donor, within = pooled
+        warnings.warn(
+            f"de(method='pseudobulk'): the samples ({' × '.join(by)}) split each {donor!r} "
+            f"into several pseudobulks ({within}), and one pooled model treats them as "
+            f"independent although they share the {donor!r}; a {donor!r}-level variable is then "
+            "tested with too many degrees of freedom (pseudoreplication). Fit one model per "
+            f"cell type (random={donor!r}, cell_type=...) or use method='lmm' with "
+            f"random='(1|{donor}) + (1|{donor}:{within})'",
+            PseudoreplicationWarning,
+            stacklevel=3,
+        )
+    summed, groups = sum_counts(cells, lab, groups, by, cells.gene_names, chunk_size,
+                                kwargs.get("allow_non_integer", False))  # fmt: skip
     if not per_type:
-        if cell_type is not None:
-            warnings.warn(
-                "de(method='pseudobulk', per_cell_type=False): one pooled model over the "
-                f"({', '.join(samples)} × {cell_type}) pseudobulks treats the cell types of one "
-                "donor as independent samples, although they share the donor; a donor-level "
-                "variable is then tested with too many degrees of freedom (pseudoreplication "
-                "at the donor level). Fit one model per cell type (per_cell_type=True) or use "
-                "method='lmm' with random='(1|donor) + (1|donor:cell_type)'",
-                PseudoreplicationWarning,
-                stacklevel=3,
-            )
-        dsg = design(_drop_unused_categories(groups), fixed)
-        table, used_test = _nb_fit_test(summed, dsg, contrast, None, dict(kwargs, test=test),
-                                        "pseudobulk samples")  # fmt: skip
+        table, used_test = _nb_fit_test(summed, dsg_all, contrast, None,
+                                        dict(kwargs, test=test), "pseudobulk samples")  # fmt: skip
         table["method"] = "pseudobulk"
-        return table, dsg, used_test
+        return table, dsg_all, used_test
     frames, skipped, dsg, used_test = [], [], None, None
     present = groups[cell_type]
     levels = (
@@ -464,6 +468,22 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
     return pd.concat(frames, ignore_index=True), dsg, used_test
 
 
+def _pooled_over(obs: pd.DataFrame, samples: list[str], cell_type: str | None):
+    """(donor column, the columns that split it) when the pseudobulk samples of one pooled
+    model — the ``samples`` grouping, and the cell type when it is pooled — are finer than
+    every grouping column, so that a donor (the finest grouping) contributes several samples
+    (its cell types, say); None otherwise."""
+    cols = samples + ([cell_type] if cell_type is not None and cell_type not in samples else [])
+    if len(cols) < 2:
+        return None
+    n_samples = len(obs[cols].drop_duplicates())
+    levels = {c: obs[c].nunique() for c in samples}
+    donor = max(samples, key=levels.get)  # the finest grouping: the unit of replication
+    if n_samples > levels[donor]:
+        return donor, " × ".join(c for c in cols if c != donor)
+    return None
+
+
 def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs, what="cells"):
     """Fit the NB GLM once and test every contrast on that fit; returns (table, test)."""
     m, p = dsg.X.shape
@@ -490,8 +510,7 @@ def reference_levels(dsg) -> dict[str, str]:
     for col, levels in dsg.spec._fixed_block.categorical_levels.items():
         if not levels:
             continue
-        ref = levels[0]
-        coded = [f"{col}{lv}" for lv in levels]
+        coded = [f"{col}{level_label(lv)}" for lv in levels]
         if coded[0] not in names and any(c in names for c in coded[1:]):
-            out[str(col)] = str(ref)
+            out[str(col)] = level_label(levels[0])
     return out

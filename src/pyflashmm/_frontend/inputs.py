@@ -87,8 +87,9 @@ def _open_path(path: Path):
 
 def _anndata_counts(adata, layer):
     """The counts of ``adata`` (X or a layer) and where they came from."""
+    backed = bool(getattr(adata, "isbacked", False))
     if layer is None:
-        if adata.X is None:
+        if (backed and "X" not in adata.file) or (not backed and adata.X is None):
             raise ValueError(
                 "data: the AnnData has no X (adata.X is None); pass layer= naming the counts "
                 f"(layers: {list(adata.layers)})"
@@ -100,13 +101,14 @@ def _anndata_counts(adata, layer):
         raise MissingColumnError(
             f"layer {layer!r} not in the AnnData (layers: {list(adata.layers)})"
         )
-    if getattr(adata, "isbacked", False):
+    if backed:  # read from the file in chunks, as X is (anndata loads backed layers whole)
         import anndata
+        import h5py
 
         stored = adata.file[f"layers/{layer}"]
-        if hasattr(stored, "attrs") and str(stored.attrs.get("encoding-type", "")).endswith(
-            "_matrix"
-        ):
+        if isinstance(stored, h5py.Dataset):
+            return stored, f"layers[{layer!r}]"
+        if str(stored.attrs.get("encoding-type", "")).endswith("_matrix"):
             return anndata.io.sparse_dataset(stored), f"layers[{layer!r}]"
     return adata.layers[layer], f"layers[{layer!r}]"
 
@@ -116,9 +118,11 @@ def open_cells(data, layer: str | None = None) -> CellData:
 
     Parameters
     ----------
-    data : AnnData, str or path-like, or (counts, obs)
+    data : AnnData, str or path-like, SimulatedData or (counts, obs)
         An AnnData (in memory or backed), a path to ``.h5ad`` (opened backed) or ``.zarr``,
-        or a pair of a cells × genes matrix (ndarray, scipy.sparse, DataFrame) and a DataFrame.
+        the result of :func:`pyflashmm.simulate_rnaseq`, or a pair of a cells × genes matrix
+        (ndarray, scipy.sparse, or a DataFrame, whose rows are matched to obs by label) and a
+        DataFrame.
     layer : str, optional
         The AnnData layer holding the counts (default ``X``).
     """
@@ -138,6 +142,11 @@ def open_cells(data, layer: str | None = None) -> CellData:
         obs = data.obs
         genes = [str(g) for g in data.var_names]
         return CellData(counts, obs, genes, where, layer, backed, close)
+    if hasattr(data, "counts") and hasattr(data, "obs") and hasattr(data, "gene_names"):
+        if layer is not None:  # a SimulatedData: its counts, cell table and gene names
+            raise ValueError("layer: simulated data have no layers")
+        return CellData(data.counts, data.obs, [str(g) for g in data.gene_names], "counts",
+                        None, False, None)  # fmt: skip
     if isinstance(data, tuple | list) and len(data) == 2:
         counts, obs = data
         if layer is not None:
@@ -145,6 +154,7 @@ def open_cells(data, layer: str | None = None) -> CellData:
         if not isinstance(obs, pd.DataFrame):
             raise TypeError(f"data: obs must be a pandas DataFrame; got {type(obs).__name__}")
         if isinstance(counts, pd.DataFrame):
+            counts = _aligned(counts, obs)
             genes = [str(c) for c in counts.columns]
             counts = counts.sparse.to_coo().tocsr() if _all_sparse(counts) else counts.to_numpy()
         else:
@@ -158,6 +168,22 @@ def open_cells(data, layer: str | None = None) -> CellData:
     raise TypeError(
         "data must be an AnnData, a path to an .h5ad file, or a (counts, obs) pair; got "
         f"{type(data).__name__}"
+    )
+
+
+def _aligned(counts: pd.DataFrame, obs: pd.DataFrame) -> pd.DataFrame:
+    """The counts' rows in the order of ``obs``: a DataFrame's rows are matched to the cells by
+    label, as pandas aligns, unless they carry no labels (a default RangeIndex)."""
+    if counts.index.equals(obs.index):
+        return counts
+    if isinstance(counts.index, pd.RangeIndex) and counts.index.equals(pd.RangeIndex(len(counts))):
+        return counts  # no cell labels: rows are taken in order
+    if len(counts) == len(obs) and counts.index.is_unique and set(counts.index) == set(obs.index):
+        return counts.loc[obs.index]
+    missing = obs.index.difference(counts.index)
+    raise ValueError(
+        "data: the rows of the counts DataFrame are not the cells of obs (its index differs; "
+        f"{len(missing)} cells of obs have no row, e.g. {list(missing[:3])})"
     )
 
 

@@ -2,8 +2,10 @@
 
 scanpy stores one group per column of structured arrays (``names``, ``scores``,
 ``logfoldchanges``, ``pvals``, ``pvals_adj``), genes sorted by score, highest first, and a
-``params`` dict; ``sc.pl.rank_genes_groups*`` and ``sc.get.rank_genes_groups_df`` read it.
-Here a group is a contrast (per cell type: ``"<cell type>: <contrast>"``).
+``params`` dict; ``sc.get.rank_genes_groups_df`` and ``sc.pl.rank_genes_groups`` read it.
+Here a group is a contrast (per cell type: ``"<cell type>: <contrast>"``), not a group of
+cells, so the plots that look the groups up in ``obs[params["groupby"]]`` (the dot plots,
+violins and heat maps of ``sc.pl.rank_genes_groups_*``) do not apply.
 
 Scores are signed test statistics: t (LMM), Wald z (NB), and for a likelihood-ratio test,
 whose χ² statistic has no sign, sign(log_fc)·√χ² (the signed root of the deviance, the z a Wald

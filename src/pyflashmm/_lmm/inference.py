@@ -126,7 +126,8 @@ def _between_columns(fit: LmmFit) -> tuple[np.ndarray, int]:
     ZX1 = s.ZX[:q1]
     proj = np.einsum("ja,jk,ka->a", ZX1, np.linalg.pinv(ZZ1), ZX1)  # ‖P_Z x‖² per column
     between = np.diag(s.XX) - proj <= 1e-10 * np.maximum(np.diag(s.XX), 1e-300)
-    rank = np.linalg.matrix_rank(s.XX[np.ix_(between, between)]) if between.any() else 0
+    sub = s.XX[np.ix_(between, between)]
+    rank = sub.shape[0] - len(_checks.aliased_columns(sub)) if between.any() else 0
     return between, int(rank)
 
 
@@ -195,8 +196,6 @@ def lmmtest(
     for name, Lm in contrasts.items():
         if Lm.shape[1] > 1 and alternative != "two-sided":
             raise ValueError(f"contrast {name!r} is a joint test: alternative must be two-sided")
-        if not np.linalg.matrix_rank(Lm) == Lm.shape[1]:
-            raise ValueError(f"contrast {name!r}: its {Lm.shape[1]} rows are linearly dependent")
     G = fit.n_genes
     method = f"lmm_{fit.method.lower()}"
     prep = prepared(fit) if df == "satterthwaite" else None  # one problem for every contrast

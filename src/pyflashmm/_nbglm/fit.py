@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from scipy import stats
 
 from pyflashmm import _status
 from pyflashmm._checks import check_full_rank
+from pyflashmm._contrasts import as_contrasts
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels.nb_layout import SampleClasses
 from pyflashmm._nbglm import inference as _inference
@@ -76,12 +78,13 @@ class NbGlmData:
         Genes refitted after outlier replacement; ``refit_counts`` their counts then (k × m).
     block_size : int
         Genes per block.
-    lrt_stats : dict
+    lrt_stats : mapping
         LRT statistics 2(ℓ_full − ℓ_reduced) already computed, by reduced design (the default
         test's), so that testing the same contrast again costs no refit.
-    tests : dict
+    tests : mapping
         The default test's result, by ``inference.test_key``, so that ``nbglm_test`` of the
-        same contrast and settings returns it instead of running it again.
+        same contrast and settings returns it instead of running it again (both mappings are
+        read-only: a test never changes the fit).
     """
 
     counts: object
@@ -716,7 +719,7 @@ def _default_contrast(contrast, coef_names) -> tuple[str, np.ndarray]:
         if vec.ndim != 1 or vec.size != p:
             raise ValueError(f"contrast has shape {vec.shape}, expected ({p},) (columns of X)")
         contrast = {"contrast": vec}
-    contrasts = _inference.parse_contrasts(coef_names, contrast)
+    contrasts = as_contrasts(list(coef_names), contrast)
     if len(contrasts) != 1:
         raise ValueError(
             f"nbglm reports one contrast, got {len(contrasts)} ({list(contrasts)}); fit once and "
@@ -854,7 +857,7 @@ def nbglm(
     )[name]
     return replace(
         fit,
-        data=replace(fit.data, lrt_stats=lrt_stats, tests=done),
+        data=replace(fit.data, lrt_stats=MappingProxyType(lrt_stats), tests=MappingProxyType(done)),
         log2_fold_change=res.log_fc,
         lfc_se=res.se,
         stat=res.stat,
