@@ -20,7 +20,15 @@ from pyflashmm._lmm.inference import (
 from pyflashmm._multitest import bh_adjust
 from tests import oracle
 from validation.lme4_reference import DATA as DATA_ROOT
-from validation.lme4_reference import SCENARIOS, fit_scenario, load, reference, singular_genes
+from validation.lme4_reference import (
+    SCENARIOS,
+    MAX_ITER,
+    TOL,
+    fit_scenario,
+    load,
+    reference,
+    singular_genes,
+)
 
 #: lmerTest differentiates its deviance numerically (numDeriv, Richardson) at lme4's optimum,
 #: which itself is accurate to ~1e-7 (see test_lme4_reference): agreement to 1e-4 is what the
@@ -53,6 +61,34 @@ def test_satterthwaite_df_and_p_match_lmertest(scenario, method):
             np.testing.assert_allclose(o["stat"], row["t"], rtol=1e-6, atol=1e-6, err_msg=term)
             checked += 1
     assert checked >= 10
+
+
+def _singular_fixture_cases():
+    return [(sc, g, m) for sc in SCENARIOS for g in singular_genes(sc) for m in ("REML", "ML")]
+
+
+@pytest.mark.parametrize(("scenario", "gene", "method"), _singular_fixture_cases())
+def test_satterthwaite_at_a_singular_fit_matches_lmertest(scenario, gene, method):
+    """At lme4's boundary (σₖ² = 0, ``nonneg=True``) lmerTest still reports a df: the component
+    held at 0 drops out of ν (see inverse_observed_information)."""
+    s = load(scenario)
+    j = s["genes"].index(gene)
+    X = pd.DataFrame(s["X"], columns=s["x_names"])
+    fit = fm.lmmfit(s["Y"][:, [j]], X, s["Z"], s["d"], method=method, tol=TOL, max_iter=MAX_ITER,
+                    nonneg=True, warn=False)  # fmt: skip
+    assert fit.status[0] == "boundary" and fit.boundary[0].any()
+    fx, _, fitrow = reference(s, method, gene)
+    if float(fitrow["min_theta"]) > 0:
+        # lme4 stopped at σₖ/σ = 2e-7, not at 0 (k2_nested g2): lmerTest then differentiates at
+        # an interior point where the df is not the boundary's
+        pytest.skip(f"lme4's fit is not exactly at 0 (min θ = {float(fitrow['min_theta']):.2g})")
+    table = lmmtest(fit).set_index("contrast")
+    for _, row in fx.iterrows():
+        o = table.loc[row["term"]]
+        np.testing.assert_allclose(o["df"], row["df"], rtol=RTOL_LMERTEST, err_msg=row["term"])
+        np.testing.assert_allclose(o["p_value"], row["p_value"], rtol=RTOL_LMERTEST,
+                                   atol=1e-300, err_msg=row["term"])  # fmt: skip
+        np.testing.assert_allclose(o["stat"], row["t"], rtol=1e-6, atol=1e-6, err_msg=row["term"])
 
 
 @pytest.mark.parametrize("method", ["REML", "ML"])

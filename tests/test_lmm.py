@@ -191,6 +191,31 @@ def test_negative_components_allowed_and_nonneg(rng):
     assert (held.loglik[neg] <= free.loglik[neg] + 1e-9 * np.abs(free.loglik[neg])).all()
 
 
+def test_refit_gives_genes_at_the_pd_edge_the_nonneg_fit(rng):
+    """nonneg="refit": FLASHMM's fit everywhere it has a maximum, lme4's where it has none."""
+    n, q = 400, 4  # few subjects and no subject effect: some maxima lie beyond the PD edge
+    X, Z, d = oracle.random_design(rng, n, 2, (q,))
+    Y = X @ rng.normal(size=(2, 200)) + rng.normal(size=(n, 200))
+    free = fm.lmmfit(Y, X, Z, warn=False)
+    held = fm.lmmfit(Y, X, Z, nonneg=True, warn=False)
+    both = fm.lmmfit(Y, X, Z, nonneg="refit", warn=False)
+    edge = ~free.converged
+    assert (free.status == "pd_boundary").any() and (both.refitted == edge).all()
+    assert both.nonneg == "refit" and both.converged.all()
+    np.testing.assert_array_equal(both.theta[~edge], free.theta[~edge])
+    np.testing.assert_array_equal(both.coef[~edge], free.coef[~edge])
+    np.testing.assert_array_equal(both.theta[edge], held.theta[edge])
+    np.testing.assert_array_equal(both.cov[edge], held.cov[edge])
+    np.testing.assert_array_equal(both.status[edge], held.status[edge])
+    assert (both.boundary[:, 0] == (both.status == "boundary")).all()
+    table = fm.lmmtest(both)
+    assert table["p_value"].notna().all()
+    lost = fm.lmmtest(free).set_index("variable").loc[np.array(free.gene_names)[edge]]
+    assert lost["p_value"].isna().any()  # what the refit repairs
+    with pytest.raises(ValueError, match="nonneg must be True, False or 'refit'"):
+        fm.lmmfit(Y, X, Z, nonneg="yes")
+
+
 def test_bad_genes_get_nan_and_one_warning(rng):
     X, Z, d, Y = fit_case(rng, G=5)
     Y[:, 1] = 0.0  # all zero

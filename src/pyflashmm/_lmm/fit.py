@@ -74,8 +74,14 @@ class LmmFit:
         One of :data:`STATUS_NAMES`.
     method : str
         "REML" or "ML".
-    nonneg : bool
-        Whether the variance components were constrained to be ≥ 0.
+    nonneg : bool or "refit"
+        The ``nonneg`` option of :func:`lmm`.
+    boundary : ndarray of bool, G × K
+        σₖ² held at its bound 0 (status ``boundary``): tests treat it as known, as lmerTest
+        does at a singular fit.
+    refitted : ndarray of bool, G
+        Genes fitted again with σₖ² ≥ 0 because the unconstrained fit had no usable maximum
+        (``nonneg="refit"``); their ``status`` is that of the refit.
     n, d : int, ndarray
         Number of cells and random-effect block sizes.
     fixed_names, theta_names, gene_names : list of str
@@ -106,7 +112,9 @@ class LmmFit:
     converged: np.ndarray
     status: np.ndarray
     method: str
-    nonneg: bool
+    nonneg: bool | str
+    boundary: np.ndarray
+    refitted: np.ndarray
     n: int
     d: np.ndarray
     fixed_names: list[str]
@@ -415,6 +423,16 @@ class _Prepared:
         return self._ZXq
 
 
+_REFIT = "refit"
+#: statuses of an unconstrained fit that ``nonneg="refit"`` fits again with σₖ² ≥ 0: every way
+#: of not converging but a degenerate gene
+_REFIT_STATUSES = (
+    _status.PD_BOUNDARY,
+    _status.NOT_POSITIVE_DEFINITE,
+    _status.MAX_ITER,
+    _status.LINE_SEARCH_FAILED,
+    _status.SINGULAR_INFORMATION,
+)
 _GENE_BLOCK = 2048  # genes per block in the fixed-effects step (bounds its temporaries)
 _FIT_BLOCK = 8192  # genes per block of the fit (the unit of the progress bar)
 
@@ -509,9 +527,14 @@ def lmm(
         Convergence when max |∂ℓ/∂θ| < tol (FLASHMM's ``epsilon``).
     theta0 : array-like, optional
         Start (K+1,) for every gene or (G, K+1); default (0, …, 0, yᵀRy/(n−p)) as FLASHMM.
-    nonneg : bool
-        Constrain σₖ² ≥ 0 (lme4's semantics). Default False: variance components may be
-        negative as long as V stays positive definite (FLASHMM's semantics).
+    nonneg : bool or "refit"
+        ``True``: constrain σₖ² ≥ 0 (lme4's semantics). ``False``: variance components may be
+        negative as long as V stays positive definite (FLASHMM's semantics); a gene whose
+        likelihood keeps rising towards the edge of that region (``pd_boundary``) or whose
+        XᵀV⁻¹X is not positive definite gets no fit. ``"refit"``: FLASHMM's semantics, and
+        every gene whose fit did not converge (but for degenerate genes, ``zero_variance``) is
+        fitted again with σₖ² ≥ 0; where that refit converges it replaces the first
+        (``LmmFit.refitted``).
     output_cov : bool
         Keep the G × p × p covariance matrices of β̂.
     engine : {"auto", "eigen", "dense"}
@@ -537,7 +560,9 @@ def lmm(
         np.isfinite(tol) and tol > 0
     ):
         raise ValueError(f"tol must be a positive number; got {tol!r}")
-    for name, flag in (("nonneg", nonneg), ("output_cov", output_cov), ("warn", warn)):
+    if not (isinstance(nonneg, bool | np.bool_) or nonneg == _REFIT):
+        raise ValueError(f"nonneg must be True, False or {_REFIT!r}; got {nonneg!r}")
+    for name, flag in (("output_cov", output_cov), ("warn", warn)):
         if not isinstance(flag, bool | np.bool_):
             raise TypeError(f"{name} must be True or False; got {flag!r}")
     _validate_stats(s)
@@ -561,7 +586,7 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
     se = np.full((G, p), np.nan)
     bad = np.zeros(G, dtype=np.int64)
     cov = np.full((G, p, p), np.nan) if output_cov else None
-    opts = (int(max_iter), float(tol), bool(nonneg), _ZERO_TOL)
+    opts = (int(max_iter), float(tol), nonneg is True or nonneg is np.True_, _ZERO_TOL)
     blocks = range(0, G, _FIT_BLOCK)
     show = len(blocks) > 2 if progress is None else bool(progress)
     for a in tqdm(blocks, disable=not show, desc="lmm", unit="block"):
@@ -595,6 +620,27 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
     status = np.where(
         (bad == 1) & (status != _status.PD_BOUNDARY), _status.NOT_POSITIVE_DEFINITE, status
     )
+    refitted = np.zeros(G, dtype=bool)
+    if nonneg == _REFIT:
+        tried = np.flatnonzero(np.isin(status, _REFIT_STATUSES))
+        if tried.size:
+            start_sub = None if theta0 is None else start[tried]
+            sub = _fit(s.subset_genes(tried), method, engine, max_iter, tol, start_sub, True,
+                       output_cov, False, False)  # fmt: skip
+            keep = sub.converged  # a refit that fails too leaves the first fit's outcome
+            idx = tried[keep]
+            refitted[idx] = True
+            theta[idx], score[idx], info[idx] = (
+                sub.theta[keep],
+                sub.dlogL[keep],
+                sub.fim_theta[keep],
+            )
+            loglik[idx], niter[idx] = sub.loglik[keep], niter[idx] + sub.niter[keep]
+            coef[idx], se[idx] = sub.coef[keep], sub.se[keep]
+            status[idx] = [STATUS_NAMES.index(name) for name in sub.status[keep]]
+            bad[idx] = 0
+            if output_cov:
+                cov[idx] = sub.cov[keep]
     failed = np.isin(status, _FAILED)
     theta[failed] = np.nan
     score[failed] = np.nan
@@ -607,6 +653,7 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
     se_theta = _k.inverse_information_diagonal(info)
     converged = np.isin(status, (_status.OK, _status.BOUNDARY))
     status_names = np.asarray(STATUS_NAMES, dtype=object)[status]
+    boundary = (theta[:, :K] == 0.0) & (status == _status.BOUNDARY)[:, None]
 
     if warn and not converged.all():
         counts = pd.Series(status_names[~converged]).value_counts()
@@ -634,7 +681,9 @@ def _fit(s, method, engine, max_iter, tol, theta0, nonneg, output_cov, warn, pro
         converged=converged,
         status=status_names,
         method=method,
-        nonneg=bool(nonneg),
+        nonneg=nonneg if nonneg == _REFIT else bool(nonneg),
+        boundary=boundary,
+        refitted=refitted,
         n=n_,
         d=np.asarray(s.d),
         fixed_names=list(s.fixed_names),

@@ -91,13 +91,28 @@ def _cov_gradient(fit: LmmFit, Wc: np.ndarray, prep: _Prepared | None = None) ->
 
 def inverse_observed_information(fit: LmmFit, prep: _Prepared | None = None) -> np.ndarray:
     """A = J⁻¹ per gene (G × (K+1) × (K+1)), the asymptotic covariance of θ̂ used by
-    Satterthwaite; NaN where J is not finite or singular."""
+    Satterthwaite; NaN where J is not finite or singular.
+
+    A component held at 0 (``fit.boundary``) is treated as known: its rows and columns of A are
+    0 and the rest is the inverse of J restricted to the free components. This is lmerTest's
+    df at a singular fit: it differentiates on the standard-deviation scale sₖ = √σₖ², where
+    at sₖ = 0 the gradient of cᵀCov(β̂)c in sₖ vanishes and the Hessian has no cross terms
+    with sₖ, so sₖ drops out of ν.
+    """
     J = observed_information(fit, prep)
+    K1 = J.shape[1]
+    free = np.ones((J.shape[0], K1), dtype=bool)
+    free[:, : fit.boundary.shape[1]] = ~fit.boundary
+    # held components: identity rows/columns in J, zeroed in A after the inverse
+    mask = free[:, :, None] & free[:, None, :]
+    eye = np.broadcast_to(np.eye(K1, dtype=bool), J.shape)
+    J = np.where(mask, J, np.where(eye, 1.0, 0.0))
     A = np.full_like(J, np.nan)
     good = np.isfinite(J).all(axis=(1, 2))
     good[good] = np.abs(np.linalg.det(J[good])) > 0
     if good.any():
         A[good] = np.linalg.inv(J[good])
+    A[~mask & good[:, None, None]] = 0.0
     return A
 
 
