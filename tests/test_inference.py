@@ -21,8 +21,8 @@ from pyflashmm._multitest import bh_adjust
 from tests import oracle
 from validation.lme4_reference import DATA as DATA_ROOT
 from validation.lme4_reference import (
-    SCENARIOS,
     MAX_ITER,
+    SCENARIOS,
     TOL,
     fit_scenario,
     load,

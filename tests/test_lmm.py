@@ -196,7 +196,7 @@ def test_refit_gives_genes_at_the_pd_edge_the_nonneg_fit(rng):
     n, q = 400, 4  # few subjects and no subject effect: some maxima lie beyond the PD edge
     X, Z, d = oracle.random_design(rng, n, 2, (q,))
     Y = X @ rng.normal(size=(2, 200)) + rng.normal(size=(n, 200))
-    free = fm.lmmfit(Y, X, Z, warn=False)
+    free = fm.lmmfit(Y, X, Z, nonneg=False, warn=False)
     held = fm.lmmfit(Y, X, Z, nonneg=True, warn=False)
     both = fm.lmmfit(Y, X, Z, nonneg="refit", warn=False)
     edge = ~free.converged

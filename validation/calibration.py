@@ -23,7 +23,8 @@ settings in grid order, replicates innermost), so results do not depend on ``wor
 Methods and outputs
 -------------------
 :func:`validation.methods.run_methods` (``methods`` in the config; all six by default) tests
-the treatment effect of every gene. ``calibration_pvalues.csv.gz`` holds every p-value;
+the treatment effect of every gene. ``calibration_pvalues.csv.gz`` holds every p-value (and
+the gene's ``status``: why a p-value is missing, or that an LMM gene was refitted);
 ``calibration_type1.csv`` pools the replicates of a setting: for α ∈ ``alpha``, n_tests = the
 finite p-values, n_rejected = #{p ≤ α}, type1_error = n_rejected/n_tests and its Wilson 95%
 interval (:func:`validation.metrics.wilson_interval`). P-values that a method could not compute
@@ -91,7 +92,7 @@ def _task(task: dict) -> pd.DataFrame:
                       gene_names=sim.gene_names)  # fmt: skip
     for k in (*KEYS, "replicate"):
         res.insert(0, k, task[k])
-    return res[[*KEYS, "replicate", "method", "gene", "p_value"]]
+    return res[[*KEYS, "replicate", "method", "gene", "p_value", "status"]]
 
 
 def type1_table(pvalues: pd.DataFrame, alphas) -> pd.DataFrame:

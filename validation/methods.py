@@ -54,6 +54,26 @@ METHODS = (
     "nbglm_pseudobulk",
     "lmm_ml",
 )
+#: LMM methods: id → (fit method, ``nonneg``, ``df``, moderated). The first three are the
+#: methods (a), (b), (f) of the six, with FLASHMM's semantics; the others are the variants
+#: compared when the default handling of boundary fits and small samples was chosen
+#: (configs ``lmm_inference.toml``): ``nonneg="refit"`` (genes without an unconstrained maximum
+#: fitted again with σₖ² ≥ 0), ``nonneg=True`` throughout, between–within df, Kenward–Roger,
+#: empirical-Bayes moderation.
+LMM_VARIANTS = {
+    "lmm_satterthwaite": ("REML", False, "satterthwaite", False),
+    "lmm_residual_df": ("REML", False, "residual", False),
+    "lmm_ml": ("ML", False, "satterthwaite", False),
+    "lmm_refit": ("REML", "refit", "satterthwaite", False),
+    "lmm_nonneg": ("REML", True, "satterthwaite", False),
+    "lmm_between": ("REML", "refit", "between", False),
+    "lmm_refit_moderated": ("REML", "refit", "satterthwaite", True),
+    "lmm_nonneg_moderated": ("REML", True, "satterthwaite", True),
+    "lmm_kr": ("REML", "refit", "kenward-roger", False),
+    "lmm_kr_moderated": ("REML", "refit", "kenward-roger", True),
+}
+#: every method id run_methods knows
+ALL_METHODS = (*METHODS, *(m for m in LMM_VARIANTS if m not in METHODS))
 COLUMNS = ["gene", "method", "log_fc", "stat", "p_value", "status"]
 
 
@@ -100,29 +120,29 @@ def _failed(genes, method, exc: Exception) -> pd.DataFrame:
 
 
 def _lmm_frames(stats_, coef, want) -> list[pd.DataFrame]:
-    """(a), (b) from one REML fit and (f) from an ML fit, as selected in ``want``."""
+    """The LMM methods of ``want`` (:data:`LMM_VARIANTS`), one fit per (method, nonneg)."""
     genes = stats_.gene_names
     out = []
     fits = {}
-    if want & {"lmm_satterthwaite", "lmm_residual_df"}:
-        fits["REML"] = fm.lmm(stats_, method="REML", warn=False)
-    if "lmm_ml" in want:
-        fits["ML"] = fm.lmm(stats_, method="ML", warn=False)
-    for method, fit_method, df in (
-        ("lmm_satterthwaite", "REML", "satterthwaite"),
-        ("lmm_residual_df", "REML", "residual"),
-        ("lmm_ml", "ML", "satterthwaite"),
-    ):
+    for method, (fit_method, nonneg, df, moderate) in LMM_VARIANTS.items():
         if method not in want:
             continue
-        fit = fits[fit_method]
+        key = (fit_method, nonneg)
+        if key not in fits:
+            fits[key] = fm.lmm(stats_, method=fit_method, nonneg=nonneg, warn=False)
+        fit = fits[key]
         try:
-            res = fm.lmmtest(fit, {"trt": coef}, df=df)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = fm.lmmtest(
+                    fit, {"trt": coef}, df=df, **({"moderate": True} if moderate else {})
+                )
         except (ValueError, np.linalg.LinAlgError) as exc:
             out.append(_failed(genes, method, exc))
             continue
         p = np.where(fit.converged, res["p_value"].to_numpy(), np.nan)
-        out.append(_frame(genes, method, res["log_fc"], res["stat"], p, fit.status))
+        status = np.where(fit.refitted, "refit_" + fit.status.astype(str), fit.status)
+        out.append(_frame(genes, method, res["log_fc"], res["stat"], p, status))
     return out
 
 
@@ -208,7 +228,7 @@ def run_methods(
     treatment : str
         The treated arm (``SimulatedData.treatment``); the other level is the reference.
     methods : sequence of str
-        A subset of :data:`METHODS` (the cell-level NB GLM is by far the slowest).
+        A subset of :data:`ALL_METHODS` (the cell-level NB GLM is by far the slowest).
     gene_names : sequence of str, optional
         Default ``gene0``, ``gene1``, …
 
@@ -220,9 +240,9 @@ def run_methods(
         gene), ``status`` (``ok`` or why not).
     """
     want = set(methods)
-    unknown = sorted(want - set(METHODS))
+    unknown = sorted(want - set(ALL_METHODS))
     if unknown or not want:
-        raise ValueError(f"methods: unknown or empty {unknown}; choose from {METHODS}")
+        raise ValueError(f"methods: unknown or empty {unknown}; choose from {ALL_METHODS}")
     if counts.shape[0] != len(obs):
         raise ValueError(f"obs has {len(obs)} rows but counts has {counts.shape[0]} cells")
     G = counts.shape[1]
@@ -235,7 +255,7 @@ def run_methods(
         raise ValueError("obs: some subject is seen in both arms; subjects must be nested")
     cls_term = " + cls" if obs["cls"].cat.categories.size > 1 else ""
     frames = {}
-    linear = want & {"lmm_satterthwaite", "lmm_residual_df", "lm", "lmm_ml"}
+    linear = want & {*LMM_VARIANTS, "lm"}
     if linear:
         dsg = fm.design(obs, f"~ log(libsize){cls_term} + trt", random="sam")
         st = fm.summary_stats(
@@ -255,4 +275,4 @@ def run_methods(
             frames["nbglm_pseudobulk"] = _nbglm_pseudobulk(counts, obs, genes, coef)
         except (ValueError, np.linalg.LinAlgError) as exc:
             frames["nbglm_pseudobulk"] = _failed(genes, "nbglm_pseudobulk", exc)
-    return pd.concat([frames[m] for m in METHODS if m in frames], ignore_index=True)[COLUMNS]
+    return pd.concat([frames[m] for m in ALL_METHODS if m in frames], ignore_index=True)[COLUMNS]

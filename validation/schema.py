@@ -19,7 +19,7 @@ TABLES = {
         "n_failed", "n_rejected", "type1_error", "ci_low", "ci_high")),
     "calibration_pvalues.csv.gz": ("calibration", (
         "var_random_effects", "n_subjects", "cells_per_subject", "replicate", "method", "gene",
-        "p_value")),
+        "p_value", "status")),
     "power_summary.csv": ("power", (
         "scope", "abs_beta", "n_subjects", "cells_per_subject", "method", "threshold", "n_de",
         "tp", "fp", "tpr", "observed_fdr", "auc")),
