@@ -156,6 +156,7 @@ def test_f_log_tail_far_out():
     for f in (0.5, 3.0, 20.0):
         np.testing.assert_allclose(_f_logsf(f, d1, 12.0), sps.f.logsf(f, d1, 12.0), rtol=1e-12)
     np.testing.assert_allclose(_f_logsf(2.0, d1, np.inf), sps.chi2.logsf(2.0 * d1, d1))
+    assert _f_logsf(np.array([np.inf]), 4.0, 6.0)[0] == -np.inf
     far = _f_logsf(np.array([1e30, 1e60, 1e200]), 4.0, 6.0)
     assert np.isfinite(far).all() and (np.diff(far) < 0).all()
     # the tail of F(4, 6) is ≈ C·f^(−3): log-slope −3

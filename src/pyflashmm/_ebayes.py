@@ -21,7 +21,9 @@ gives outlying genes a smaller, gene-specific prior df, so that their own varian
 The implementations follow the published algorithms of limma 3.54 (``fitFDist``,
 ``fitFDistRobustly``, ``squeezeVar``), including its safeguards (variances that are zero or
 tiny offset away from zero, genes without a usable variance left out of the estimate), and are
-checked against it to 1e-6 relative in ``tests/test_ebayes.py``.
+checked against it to 1e-6 relative in ``tests/test_ebayes.py``. limma 3.62 added a different
+estimator for unequal df and uses it by default (``legacy=FALSE``); this module is the earlier
+method (``legacy=TRUE`` there), the one whose moment equations are stated above.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _f_logsf(f, df1, df2):
     p = special.betainc(a, b, x)
     with np.errstate(divide="ignore"):
         out = np.log(p)
-    tiny = p < 1e-280
+    tiny = (p < 1e-280) & (x > 0)  # x = 0 (f = ∞): log P = −∞ as computed
     if np.any(tiny):  # I_x(a,b) = xᵃ(1−x)ᵇ / (a B(a,b)) · ₂F₁(a+b, 1; a+1; x), x small there
         xt, bt = x[tiny], b[tiny]
         out[tiny] = (
