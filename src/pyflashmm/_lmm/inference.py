@@ -35,6 +35,7 @@ from pyflashmm import _checks
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import lmm_inference as _ki
+from pyflashmm._lmm import moderation as _mod
 from pyflashmm._lmm.fit import LmmFit, _Prepared, _Problem, prepared
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
@@ -171,6 +172,8 @@ def lmmtest(
     index=None,
     alternative: str = "two-sided",
     df: str = "satterthwaite",
+    moderate: bool = False,
+    robust: bool = False,
 ) -> pd.DataFrame:
     """Test coefficients or contrasts of every gene; one tidy row per (gene, contrast).
 
@@ -190,6 +193,19 @@ def lmmtest(
     df : {"satterthwaite", "residual", "between"}
         Denominator degrees of freedom (see the module docstring). Default Satterthwaite:
         FLASHMM's n − p gives inflated type-I error for between-subject contrasts.
+    moderate : bool
+        Empirical-Bayes moderated t tests (limma's moderation, one prior per contrast): each
+        gene's contrast variance v̂_g = se_g² with the test's df d_g is shrunk towards a prior
+        s0² fitted to all genes, ṽ_g = (d0 s0² + d_g v̂_g)/(d0 + d_g), and t = estimate/√ṽ_g
+        on min(d0 + d_g, Σ d_g) df. The moderated variance is the contrast's own, so for a
+        between-subject contrast it is the between-subject variance σ_b² + σ²/m̄ (in a
+        balanced design exactly, times a design factor common to all genes), not the residual
+        σ²; Satterthwaite's d_g is the df of the scaled-χ² law of v̂_g that the prior's model
+        needs (see :mod:`pyflashmm._lmm.moderation`).
+        Joint (multi-row) contrasts are not moderated (a warning names them).
+    robust : bool
+        With ``moderate``: robust prior (limma's ``robust=TRUE``); genes with outlying
+        variances get a smaller prior df of their own.
 
     Returns
     -------
@@ -197,7 +213,11 @@ def lmmtest(
         ``variable`` (gene), ``contrast``, ``log_fc`` (the contrast estimate on the model's
         scale; NaN for joint tests), ``se``, ``stat`` (t, or F for joint tests), ``df``,
         ``df_num`` (1, or r), ``p_value``, ``adj_p_value`` (BH over genes, per contrast),
-        ``method``, ``converged``.
+        ``method``, ``converged``. With ``moderate``, ``se``, ``stat`` and ``df`` are the
+        moderated ones, and ``attrs["moderation"]`` holds each moderated contrast's prior as
+        columns (``pd.DataFrame(table.attrs["moderation"])``): ``contrast``, ``d0``,
+        ``s0_squared``, ``d0_summary`` ("common", or with ``robust`` "median over genes" of
+        the per-gene d0), ``n_genes`` (genes in the prior).
     """
     if not isinstance(fit, LmmFit):
         raise TypeError(f"fit must be an LmmFit; got {type(fit).__name__}")
@@ -205,6 +225,7 @@ def lmmtest(
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}")
     if df not in _DF_METHODS:
         raise ValueError(f"df must be one of {_DF_METHODS}; got {df!r}")
+    _mod.check_moderation_args(moderate, robust)
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
     contrasts = as_contrasts(fit.fixed_names, contrast, index)
@@ -221,7 +242,7 @@ def lmmtest(
         C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
         nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A, prep)
         nu_single = {k: nu[:, j] for j, k in enumerate(single)}
-    frames = []
+    frames, priors = [], []
     for name, Lm in contrasts.items():
         r = Lm.shape[1]
         est = fit.coef @ Lm  # G × r
@@ -234,6 +255,10 @@ def lmmtest(
             nu = np.full(G, _between_df(fit, Lm))
         if r == 1:
             se = np.sqrt(V[:, 0, 0])
+            if moderate:
+                mod = _mod.moderate_t(est[:, 0], V[:, 0, 0], nu, robust=robust)
+                se, nu = mod.se, mod.df
+                priors.append(_mod.prior_summary(name, mod, robust))
             with np.errstate(invalid="ignore", divide="ignore"):
                 stat = est[:, 0] / se
             if alternative == "two-sided":
@@ -265,7 +290,11 @@ def lmmtest(
                 }
             )
         )
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    if moderate:
+        _mod.warn_joint_not_moderated([k for k, v in contrasts.items() if v.shape[1] > 1])
+        table.attrs["moderation"] = _mod.prior_columns(priors)
+    return table
 
 
 def _joint_test(fit, Lm, est, V, A, prep=None):

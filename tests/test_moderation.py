@@ -1,0 +1,247 @@
+"""Empirical-Bayes moderated LMM contrast tests (lmmtest(..., moderate=True))."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize, special
+from scipy import stats as sps
+
+import pyflashmm as fm
+from pyflashmm._ebayes import squeeze_var
+from pyflashmm._lmm.inference import lmmtest
+from pyflashmm._lmm.moderation import moderate_t
+from pyflashmm._multitest import bh_adjust
+
+STIM = {"stim_vs_ctrl": "conditionstim"}  # between donors
+COLUMNS = ["variable", "contrast", "log_fc", "se", "stat", "df", "df_num", "p_value",
+           "adj_p_value", "method", "converged"]  # fmt: skip
+
+
+def _obs(rng, n_donors=24, cells=(15, 40), balanced=False):
+    """Cells of n_donors donors; condition between donors, cell type within."""
+    sizes = np.full(n_donors, 26) if balanced else rng.integers(cells[0], cells[1], n_donors)
+    donor = np.repeat(np.arange(n_donors), sizes)
+    if balanced:
+        cell_type = np.concatenate([np.repeat(["B", "T"], s // 2) for s in sizes])
+    else:
+        cell_type = rng.choice(["B", "T"], donor.size)
+    return pd.DataFrame(
+        {
+            "donor_id": [f"D{i + 1:02d}" for i in donor],
+            "condition": np.where(donor % 2 == 0, "ctrl", "stim"),
+            "cell_type": cell_type,
+        }
+    )
+
+
+def _fit(rng, obs, G=300, d0=8.0, sigma2_donor=0.3, sigma2=1.0, scale=None):
+    """Genes whose variances share a scaled inverse-χ² law (prior df d0): σ_b,g² and σ_g² are
+    sigma2_donor and sigma2 times one gene factor d0/χ²_{d0} (or ``scale``)."""
+    dsg = fm.design(obs, "~ condition + cell_type", random="(1 | donor_id)")
+    s = d0 / rng.chisquare(d0, G) if scale is None else scale
+    Z = dsg.Z.toarray()
+    q = Z.shape[1]
+    Y = (
+        dsg.X @ rng.normal(0, 0.5, (dsg.X.shape[1], G))
+        + Z @ (rng.normal(size=(q, G)) * np.sqrt(sigma2_donor * s))
+        + rng.normal(size=(len(obs), G)) * np.sqrt(sigma2 * s)
+    )
+    return fm.lmmfit(Y, dsg, gene_names=[f"GENE{g + 1}" for g in range(G)])
+
+
+@pytest.fixture(scope="module")
+def fit():
+    rng = np.random.default_rng(20260508)
+    return _fit(rng, _obs(rng))
+
+
+def _prior(table):
+    return pd.DataFrame(table.attrs["moderation"]).set_index("contrast")
+
+
+def test_moderated_table_follows_the_prior(fit):
+    plain = lmmtest(fit, STIM)
+    mod = lmmtest(fit, STIM, moderate=True)
+    assert list(mod.columns) == COLUMNS and len(mod) == len(plain)
+    prior = _prior(mod).loc["stim_vs_ctrl"]
+    assert prior["d0_summary"] == "common" and prior["n_genes"] == fit.n_genes
+    d0, s0_sq = prior["d0"], prior["s0_squared"]
+    assert np.isfinite(d0) and 2 < d0 < 30  # the genes were drawn with d0 = 8
+    d = plain["df"].to_numpy()
+    assert d.std() > 0.1  # unbalanced donors: gene-specific Satterthwaite df
+    np.testing.assert_allclose(mod["df"], d0 + d, rtol=1e-12)  # far below the cap Σ d_g
+    v = plain["se"].to_numpy() ** 2
+    np.testing.assert_allclose(mod["se"] ** 2, (d0 * s0_sq + d * v) / (d0 + d), rtol=1e-12)
+    np.testing.assert_array_equal(mod["log_fc"], plain["log_fc"])
+    np.testing.assert_allclose(mod["stat"], mod["log_fc"] / mod["se"], rtol=1e-12)
+    np.testing.assert_allclose(
+        mod["p_value"], 2 * sps.t.sf(np.abs(mod["stat"]), mod["df"]), rtol=1e-10
+    )
+    np.testing.assert_allclose(mod["adj_p_value"], bh_adjust(mod["p_value"].to_numpy()))
+    # the prior is squeeze_var's on (se², df)
+    sq = squeeze_var(v, d)
+    assert (sq.df_prior, sq.var_prior) == (d0, s0_sq)
+    greater = lmmtest(fit, STIM, moderate=True, alternative="greater")
+    np.testing.assert_allclose(greater["p_value"], sps.t.sf(mod["stat"], mod["df"]), rtol=1e-10)
+
+
+def test_one_gene_by_hand(fit):
+    """The prior by the method of moments in plain NumPy/SciPy, then one gene's test."""
+    plain = lmmtest(fit, STIM)
+    v, d = plain["se"].to_numpy() ** 2, plain["df"].to_numpy()
+    e = np.log(v) - special.digamma(d / 2) + np.log(d / 2)
+    excess = np.var(e, ddof=1) - np.mean(special.polygamma(1, d / 2))
+    half_d0 = optimize.brentq(lambda x: special.polygamma(1, x) - excess, 1e-3, 1e6, xtol=1e-14)
+    d0 = 2 * half_d0
+    s0_sq = np.exp(np.mean(e) + special.digamma(half_d0) - np.log(half_d0))
+    prior = _prior(lmmtest(fit, STIM, moderate=True)).loc["stim_vs_ctrl"]
+    np.testing.assert_allclose([prior["d0"], prior["s0_squared"]], [d0, s0_sq], rtol=1e-10)
+    g = 7
+    var_post = (d0 * s0_sq + d[g] * v[g]) / (d0 + d[g])
+    t = plain["log_fc"][g] / np.sqrt(var_post)
+    p = 2 * sps.t.sf(abs(t), d0 + d[g])
+    row = lmmtest(fit, STIM, moderate=True).iloc[g]
+    np.testing.assert_allclose([row["stat"], row["df"], row["p_value"]], [t, d0 + d[g], p],
+                               rtol=1e-9)  # fmt: skip
+
+
+def test_between_subject_variance_is_a_common_multiple(rng):
+    """Balanced design: the between-donor contrast's variance is (σ_b² + σ²/m)·u with
+    u = cᵀ(X_bᵀX_b)⁻¹c the same for every gene (1/12 + 1/12: 12 donors per arm), so
+    moderating se² is moderating σ_b² + σ²/m; and moderation is scale-equivariant."""
+    obs = _obs(rng, balanced=True)
+    fit = _fit(rng, obs, G=60)
+    m = 26
+    total = fit.theta[:, 0] + fit.theta[:, 1] / m
+    c = np.array([0.0, 1.0, 0.0])
+    v = np.einsum("a,gab,b->g", c, fit.cov, c)
+    np.testing.assert_allclose(v / total, 1 / 12 + 1 / 12, rtol=1e-8)
+    d = lmmtest(fit, STIM)["df"].to_numpy()
+    est = fit.coef @ c
+    a = moderate_t(est, v, d)
+    b = moderate_t(est, total, d)  # the between-donor total variance, same df
+    np.testing.assert_allclose(a.t * np.sqrt(1 / 6), b.t, rtol=1e-8)  # est/√(u·ṽ) vs est/√ṽ
+    np.testing.assert_allclose(a.df, b.df, rtol=1e-8)
+    np.testing.assert_allclose(a.se**2, b.se**2 / 6, rtol=1e-8)
+    assert a.prior.df_prior == pytest.approx(b.prior.df_prior, rel=1e-8)
+
+
+def test_robust_differs_where_the_outliers_are(rng):
+    """Ten genes with 25× the variance: the robust prior gives them (and few others) a small
+    prior df of their own, keeps a common one elsewhere, and its common prior is close to the
+    one fitted without the outliers, which drag the non-robust d0 down."""
+    G = 400
+    scale = 8 / rng.chisquare(8, G)
+    outliers = np.arange(0, G, 40)
+    scale[outliers] *= 25
+    fit = _fit(rng, _obs(rng), G=G, scale=scale)
+    plain = lmmtest(fit, STIM)
+    rob = lmmtest(fit, STIM, moderate=True, robust=True)
+    info = _prior(rob).loc["stim_vs_ctrl"]
+    assert info["d0_summary"] == "median over genes"
+    v, d = plain["se"].to_numpy() ** 2, plain["df"].to_numpy()
+    sq = squeeze_var(v, d, robust=True)
+    assert info["d0"] == np.median(sq.df_prior) and sq.df_prior.shape == (G,)
+    np.testing.assert_allclose(rob["df"], sq.df_prior + d, rtol=1e-12)
+    np.testing.assert_allclose(rob["se"] ** 2, sq.var_post, rtol=1e-12)
+    common = np.max(sq.df_prior)
+    shrunk = np.flatnonzero(sq.df_prior < common)
+    assert set(outliers) <= set(shrunk) and len(shrunk) < G // 5
+    assert (sq.df_prior[outliers] < 0.25 * common).all()
+    own_weight = d / (sq.df_prior + d)  # outliers keep their own variance
+    assert (own_weight[outliers] > 0.95).all()
+    non_robust = squeeze_var(v, d)
+    clean = squeeze_var(np.delete(v, outliers), np.delete(d, outliers))
+    assert abs(common - clean.df_prior) < abs(non_robust.df_prior - clean.df_prior)
+    assert sq.var_prior == pytest.approx(clean.var_prior, rel=0.03)
+
+
+def test_infinite_prior_df_uses_the_prior_variance(rng):
+    """Genes that are scaled copies of one gene (spread 0.1%): their contrast variances scatter
+    far less than their df allow, d0 = ∞, and every t uses s0² on Σ d_g df (limma's cap)."""
+    obs = _obs(rng)
+    dsg = fm.design(obs, "~ condition + cell_type", random="(1 | donor_id)")
+    base = dsg.X @ [1.0, 0.5, -0.3] + dsg.Z.toarray() @ rng.normal(0, 0.5, dsg.Z.shape[1])
+    base = base + rng.normal(size=len(obs))
+    Y = base[:, None] * (1 + 1e-3 * np.arange(50))[None, :]
+    fit = fm.lmmfit(Y, dsg)
+    plain = lmmtest(fit, STIM)
+    mod = lmmtest(fit, STIM, moderate=True)
+    prior = _prior(mod).loc["stim_vs_ctrl"]
+    assert prior["d0"] == np.inf
+    np.testing.assert_allclose(prior["s0_squared"], np.mean(plain["se"] ** 2), rtol=1e-12)
+    np.testing.assert_allclose(mod["se"] ** 2, prior["s0_squared"], rtol=1e-12)
+    np.testing.assert_allclose(mod["df"], plain["df"].sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("df", ["residual", "between"])
+def test_common_df(fit, df):
+    plain = lmmtest(fit, STIM, df=df)
+    mod = lmmtest(fit, STIM, df=df, moderate=True)
+    d0 = _prior(mod).loc["stim_vs_ctrl", "d0"]
+    assert plain["df"].nunique() == 1
+    np.testing.assert_allclose(mod["df"], d0 + plain["df"], rtol=1e-12)
+
+
+def test_joint_contrasts_warn_and_stay_unmoderated(fit):
+    spec = {"stim": "conditionstim", "both": ["conditionstim", "cell_typeT"]}
+    with pytest.warns(UserWarning, match="not moderated: 'both'") as record:
+        mod = lmmtest(fit, spec, moderate=True)
+    assert len(record) == 1 and record[0].filename == __file__
+    plain = lmmtest(fit, spec)
+    joint = mod["contrast"] == "both"
+    pd.testing.assert_frame_equal(mod[joint], plain[joint])
+    assert not np.allclose(mod.loc[~joint, "p_value"], plain.loc[~joint, "p_value"])
+    assert list(_prior(mod).index) == ["stim"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lmmtest(fit, {"stim": "conditionstim"}, moderate=True)  # no joint: no warning
+
+
+def test_genes_without_df_are_left_out(fit):
+    plain = lmmtest(fit, STIM)
+    est, v = plain["log_fc"].to_numpy(), plain["se"].to_numpy() ** 2
+    d = plain["df"].to_numpy().copy()
+    d[[3, 9]] = np.nan
+    v2 = v.copy()
+    v2[12] = np.nan
+    res = moderate_t(est, v2, d)
+    gone = [3, 9, 12]
+    assert np.isnan(res.t[gone]).all() and np.isnan(res.p_value[gone]).all()
+    keep = np.setdiff1d(np.arange(len(est)), gone)
+    assert res.used.sum() == len(keep) and np.isfinite(res.t[keep]).all()
+    ref = squeeze_var(v[keep], d[keep])
+    assert res.prior.df_prior == ref.df_prior and res.prior.var_prior == ref.var_prior
+    none = moderate_t(est[:2], v[:2], np.full(2, np.nan))
+    assert none.prior is None and np.isnan(none.t).all()
+
+
+def test_unfitted_gene_is_left_out_of_the_prior(rng):
+    obs = _obs(rng)
+    dsg = fm.design(obs, "~ condition + cell_type", random="(1 | donor_id)")
+    Y = rng.normal(size=(len(obs), 30)) + dsg.Z.toarray() @ rng.normal(0, 0.5, (24, 30))
+    Y[:, 4] = 0.0  # no variance: no fit
+    with pytest.warns(fm.ConvergenceWarning, match="zero_variance"):
+        fit = fm.lmmfit(Y, dsg)
+    mod = lmmtest(fit, STIM, moderate=True)
+    assert np.isnan(mod.loc[4, "p_value"]) and mod["p_value"].drop(4).notna().all()
+    assert _prior(mod).loc["stim_vs_ctrl", "n_genes"] == 29
+
+
+def test_bad_arguments(fit):
+    with pytest.raises(TypeError, match="moderate must be a bool"):
+        lmmtest(fit, STIM, moderate="yes")
+    with pytest.raises(TypeError, match="robust must be a bool"):
+        lmmtest(fit, STIM, moderate=True, robust=1)
+    with pytest.raises(ValueError, match="robust=True .* moderate=True"):
+        lmmtest(fit, STIM, robust=True)
+
+
+def test_moderated_tables_concatenate(fit):
+    a = lmmtest(fit, STIM, moderate=True)
+    b = lmmtest(fit, {"T": "cell_typeT"}, moderate=True)
+    both = pd.concat([a, b], ignore_index=True)  # attrs are compared by pandas: no error
+    assert len(both) == len(a) + len(b)
+    assert "moderation" not in lmmtest(fit, STIM).attrs
