@@ -14,6 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
+#: lmmtest's df methods, spelled out here so that ``--help`` needs no Numba import (a test
+#: checks that they are the same)
+LMM_DF_METHODS = ("satterthwaite", "kenward-roger", "residual", "between")
+
 DE_EPILOG = """\
 examples:
   # LMM on log2(1 + counts) with a donor random intercept; condition within each cell type
@@ -86,8 +90,12 @@ def _add_de(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--transform", default="log2p1", choices=["log2p1", "log1p", "none"],
                    help="LMM: transform of the counts (default log2p1)")  # fmt: skip
-    p.add_argument("--df", default="satterthwaite", choices=["satterthwaite", "residual",
-                   "between"], help="LMM: denominator degrees of freedom")  # fmt: skip
+    p.add_argument("--df", default="satterthwaite", choices=list(LMM_DF_METHODS),
+                   help="LMM: denominator degrees of freedom")  # fmt: skip
+    p.add_argument("--moderate", action="store_true",
+                   help="LMM: empirical-Bayes moderated tests")  # fmt: skip
+    p.add_argument("--robust", action="store_true",
+                   help="LMM with --moderate: a prior robust to outlying genes")  # fmt: skip
     p.add_argument("--ml", action="store_true", help="LMM: fit by ML instead of REML")
     p.add_argument(
         "--test", default=None, choices=["wald", "lrt"],
@@ -156,6 +164,8 @@ def _run_de(args) -> int:
         transform=None if args.transform == "none" else args.transform,
         reml=not args.ml,
         df=args.df,
+        moderate=args.moderate,
+        robust=args.robust,
         test=args.test,
         chunk_size=args.chunk_size,
         progress=False if args.quiet else None,

@@ -229,6 +229,39 @@ def test_lmm_finds_the_simulated_effects_in_their_cell_type(pbmc):
         np.testing.assert_allclose(rows["adj_p_value"], adjusted, rtol=1e-12)
 
 
+def test_lmm_small_sample_options_reach_lmmtest(pbmc):
+    """df=, moderate= and robust= are lmmtest's, on the same single fit."""
+    adata, _ = pbmc
+    kw = {"layer": "counts", "fixed": LMM_FIXED, "random": "donor_id",
+          "contrast": {"B": "cell_typeB cell:conditionstim"}}  # fmt: skip
+    plain = fm.de(adata, **kw)
+    mod = fm.de(adata, moderate=True, **kw)
+    prior = pd.DataFrame(mod.attrs["moderation"])
+    assert prior["contrast"].tolist() == ["B"] and np.isfinite(prior["s0_squared"]).all()
+    # the moderated df adds the prior's d0 to each gene's Satterthwaite df (limma's cap aside)
+    d0 = float(prior["d0"].iloc[0])
+    ok = np.isfinite(plain["df"])
+    expected = np.minimum(plain["df"][ok] + d0, plain["df"][ok].sum())
+    np.testing.assert_allclose(mod["df"][ok], expected, rtol=1e-10)
+    np.testing.assert_array_equal(mod["log_fc"], plain["log_fc"])
+    assert mod.attrs["test"] == "satterthwaite df, moderated"
+    kr = fm.de(adata, df="kenward-roger", **kw)
+    assert kr.attrs["test"] == "kenward-roger df" and np.isfinite(kr["p_value"]).all()
+    with pytest.raises(ValueError, match="kenward-roger.*REML"):
+        fm.de(adata, df="kenward-roger", reml=False, **kw)
+    with pytest.raises(ValueError, match="robust=True applies to the moderated test"):
+        fm.de(adata, robust=True, **kw)
+    with pytest.raises(TypeError, match="moderate must be a bool"):
+        fm.de(adata, moderate="yes", **kw)
+
+
+def test_cli_lists_lmmtests_df_methods():
+    from pyflashmm._lmm.inference import DF_METHODS
+    from pyflashmm.cli import LMM_DF_METHODS
+
+    assert set(LMM_DF_METHODS) == set(DF_METHODS)
+
+
 def test_lmm_needs_a_grouping(pbmc):
     with pytest.raises(ValueError, match="random: method='lmm' needs"):
         fm.de(pbmc[0], layer="counts", fixed="~ condition")
@@ -367,6 +400,14 @@ def test_cli_runs_each_method_on_a_file_and_prints_a_summary(pbmc, tmp_path, pbm
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     assert len(pd.read_csv(lmm_out)) == 60
+    mod_out = tmp_path / "lmm_mod.csv"
+    run = run_cli("de", str(pbmc_file), "--layer", "counts", "--random", "donor_id", "--fixed",
+                  "~ condition", "--contrast", "stim=conditionstim", "-o", str(mod_out),
+                  "--quiet", "--moderate", "--robust", "--df", "kenward-roger")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    moderated = pd.read_csv(mod_out)
+    assert len(moderated) == 60
+    assert not np.allclose(moderated["df"], pd.read_csv(lmm_out)["df"])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ from pyflashmm._contrasts import as_contrasts
 from pyflashmm._design import design, formula_columns, level_label, random_groupings
 from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
-from pyflashmm._lmm.inference import lmmtest
+from pyflashmm._lmm.inference import DF_METHODS, lmmtest
+from pyflashmm._lmm.moderation import check_moderation_args
 from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, summary_stats
 from pyflashmm._nbglm.fit import nbglm
 from pyflashmm._nbglm.inference import nbglm_test
@@ -54,6 +55,8 @@ def de(
     transform: str | None = "log2p1",
     reml: bool = True,
     df: str = "satterthwaite",
+    moderate: bool = False,
+    robust: bool = False,
     test: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
@@ -128,7 +131,8 @@ def de(
         cell type) pseudobulks instead, with a :class:`PseudoreplicationWarning` (the cell types
         of one donor are not independent samples).
 
-    ``transform``, ``reml`` and ``df`` apply to ``"lmm"`` only (the NB methods ignore them);
+    ``transform``, ``reml``, ``df``, ``moderate`` and ``robust`` apply to ``"lmm"`` only (the NB
+    methods ignore them);
     ``test`` applies to the NB methods only (an error with ``"lmm"``).
     transform : {"log2p1", "log1p", None}
         ``"lmm"`` only: applied to the counts on the fly. Values that are not counts (e.g. a
@@ -136,8 +140,15 @@ def de(
         raw counts, or ``transform=None``.
     reml : bool
         ``"lmm"`` only: REML (default) or ML.
-    df : {"satterthwaite", "residual", "between"}
-        ``"lmm"`` only: denominator degrees of freedom (see :func:`pyflashmm.lmmtest`).
+    df : {"satterthwaite", "kenward-roger", "residual", "between"}
+        ``"lmm"`` only: denominator degrees of freedom (see :func:`pyflashmm.lmmtest`);
+        ``"kenward-roger"`` needs ``reml=True``.
+    moderate : bool
+        ``"lmm"`` only: empirical-Bayes moderated t tests, which borrow strength across genes
+        for the contrast's variance (limma's prior, see :func:`pyflashmm.lmmtest`); most
+        useful with few donors. The prior of each contrast is in ``table.attrs["moderation"]``.
+    robust : bool
+        ``"lmm"`` with ``moderate``: a prior robust to outlying genes (limma's ``robust=TRUE``).
     test : {"wald", "lrt"}, optional
         NB methods only: default ``"lrt"`` at cell level (DESeq2's single-cell advice) and
         ``"wald"`` for pseudobulk.
@@ -173,6 +184,10 @@ def de(
     """
     _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
                      chunk_size)  # fmt: skip
+    if method == "lmm":
+        check_moderation_args(moderate, robust)
+        if df == "kenward-roger" and not reml:
+            raise ValueError("df='kenward-roger' is defined for REML fits: pass reml=True")
     cells = open_cells(data, layer)
     try:
         if cells.shape[0] != len(cells.obs):
@@ -186,8 +201,9 @@ def de(
                 f"{[str(c) for c in obs.columns][:20]})"
             )
         if method == "lmm":
+            tests = {"df": df, "moderate": moderate, "robust": robust}
             table, dsg, used_test = _de_lmm(cells, obs, fixed, random, contrast, transform,
-                                            reml, df, chunk_size, progress, kwargs)  # fmt: skip
+                                            reml, tests, chunk_size, progress, kwargs)  # fmt: skip
         elif method == "nbglm":
             table, dsg, used_test = _de_cells(cells, obs, fixed, random, contrast, test,
                                               chunk_size, kwargs)  # fmt: skip
@@ -247,8 +263,8 @@ def _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transfor
             raise ValueError("test: only the NB methods ('nbglm', 'pseudobulk') take test=")
         if test not in ("wald", "lrt"):
             raise ValueError(f"test must be 'wald' or 'lrt'; got {test!r}")
-    if method == "lmm" and df not in ("satterthwaite", "residual", "between"):
-        raise ValueError(f"df must be 'satterthwaite', 'residual' or 'between'; got {df!r}")
+    if method == "lmm" and df not in DF_METHODS:
+        raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
     if (
         not isinstance(chunk_size, int | np.integer)
         or isinstance(chunk_size, bool)
@@ -312,7 +328,7 @@ def _check_counts(cells: CellData, method: str, allow_non_integer: bool) -> None
 # ----------------------------------------------------------------------------- the methods
 
 
-def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, df, chunk_size, progress,
+def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_size, progress,
             kwargs):  # fmt: skip
     if random is None:
         raise ValueError(
@@ -343,7 +359,10 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, df, chunk_size
     stats = summary_stats(cells.counts, dsg, transform=transform, chunk_size=chunk_size,
                           gene_names=cells.gene_names, progress=progress)  # fmt: skip
     fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
-    return lmmtest(fit, contrast, df=df), dsg, None
+    used = f"{tests['df']} df" + (
+        (", moderated (robust)" if tests["robust"] else ", moderated") if tests["moderate"] else ""
+    )
+    return lmmtest(fit, contrast, **tests), dsg, used
 
 
 def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):

@@ -41,7 +41,7 @@ from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
 
 _ALTERNATIVES = ("two-sided", "less", "greater")
-_DF_METHODS = ("satterthwaite", "residual", "between")
+DF_METHODS = ("satterthwaite", "residual", "between")
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +223,8 @@ def lmmtest(
         raise TypeError(f"fit must be an LmmFit; got {type(fit).__name__}")
     if alternative not in _ALTERNATIVES:
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}")
-    if df not in _DF_METHODS:
-        raise ValueError(f"df must be one of {_DF_METHODS}; got {df!r}")
+    if df not in DF_METHODS:
+        raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
     _mod.check_moderation_args(moderate, robust)
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
