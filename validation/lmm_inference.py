@@ -8,7 +8,8 @@ variants of :data:`validation.methods.LMM_VARIANTS` named in
   6-subject grid with 4 replicates (:mod:`validation.calibration`);
 * the power experiment, DE within one cell type, 6 and 10 subjects (:mod:`validation.power`);
 
-and writes to ``validation/results/lmm_inference/`` the experiments' tables and
+and writes to ``validation/results/lmm_inference/`` the experiments' tables (not the per-gene
+p-values, which are only summarised) and
 ``lmm_inference_summary.csv``: per method, the share of non-degenerate null genes without a
 p-value, the number of settings whose Wilson 95% interval of the type-I error lies entirely
 above α (0.05, 0.01), the largest type-I error and its setting, and TPR at observed FDR ≤ 5%
@@ -87,8 +88,9 @@ def _pvalues_with_status(
         cfg["methods"] = [m for m in cfg["methods"] if m != "nbglm_pseudobulk"]
         out = RESULTS / part
         calibration.run(cfg, results_dir=out, workers=workers, progress=progress)
-        p = pd.read_csv(out / "calibration_pvalues.csv.gz", comment="#")
-        frames_p.append(p.assign(part=part))
+        pfile = out / "calibration_pvalues.csv.gz"
+        frames_p.append(pd.read_csv(pfile, comment="#").assign(part=part))
+        pfile.unlink()  # 1–2 MB per part, summarised below; rerun the script to regenerate
         frames_t.append(pd.read_csv(out / "calibration_type1.csv", comment="#").assign(part=part))
     return pd.concat(frames_p, ignore_index=True), pd.concat(frames_t, ignore_index=True)
 
