@@ -24,7 +24,8 @@ K = 1: with ZZ = Q diag(μ) Qᵀ, z_j the rows of QᵀZX and r_j = 1/(1 + γμ_j
 that basis and every matrix above is a weighted sum Σ_j c_j z_j z_jᵀ (plus a multiple of XX):
 A₁ = Σ r_j² z_j z_jᵀ/σ⁴, A₀ = (XX − Σ γ(r_j + r_j²) z_j z_jᵀ)/σ⁴ and
 Σᵢⱼ WᵢⱼQᵢⱼ = (W₀₀XX + Σ [W₁₁μ_j r_j³ + 2W₁₀r_j³ − W₀₀γ(r_j + r_j² + r_j³)] z_j z_jᵀ)/σ⁶,
-so a gene costs O(q p² + p³), linear in q as the fit.
+so a gene costs O(q p² + p³), linear in q as the fit. The p × p products are BLAS calls
+(single-threaded, one gene per Numba thread), so results do not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -36,33 +37,15 @@ from pyflashmm._kernels.lmm import gene_T
 
 
 @njit
-def _weighted_outer(Zq, c, out):
-    """out = Σ_j c_j z_j z_jᵀ over the rows z_j of ``Zq`` (symmetric; both triangles written)."""
+def _weighted_outer(ZqT, Zq, c, work, out):
+    """out = Σ_j c_j z_j z_jᵀ = Zqᵀ diag(c) Zq over the rows z_j of ``Zq`` (one BLAS product;
+    ``ZqT`` = Zqᵀ contiguous, ``work`` a q × p scratch array)."""
     q, p = Zq.shape
-    out[:, :] = 0.0
     for j in range(q):
         cj = c[j]
-        z = Zq[j]
         for a in range(p):
-            s = cj * z[a]
-            for b in range(a, p):
-                out[a, b] += s * z[b]
-    for a in range(p):
-        for b in range(a):
-            out[a, b] = out[b, a]
-
-
-@njit
-def _matmul(A, B, out):
-    """out = A B for small square matrices (plain loops: no BLAS call per gene)."""
-    p = A.shape[0]
-    m = B.shape[1]
-    out[:, :] = 0.0
-    for i in range(p):
-        for k in range(A.shape[1]):
-            a = A[i, k]
-            for j in range(m):
-                out[i, j] += a * B[k, j]
+            work[j, a] = cj * Zq[j, a]
+    np.dot(ZqT, work, out)
 
 
 @njit
@@ -70,7 +53,9 @@ def _adjustment(Phi, A, Qsum, Winv, D, Lam):
     """Dᵢ = ΦAᵢΦ and Λ = Φ(Σ WᵢⱼQᵢⱼ − Σᵢⱼ WᵢⱼAᵢΦAⱼ)Φ, written into ``D`` and ``Lam``.
 
     ``A`` is (K+1) × p × p, ``Qsum`` = Σᵢⱼ WᵢⱼQᵢⱼ (p × p), ``Winv`` = W. With Bᵢ = ΦAᵢ and
-    Sᵢ = Σⱼ WᵢⱼAⱼ (symmetric), AᵢΦSᵢ = BᵢᵀSᵢ = (SᵢBᵢ)ᵀ: 3(K+1) + 2 products of p × p matrices.
+    Sᵢ = Σⱼ WᵢⱼAⱼ (symmetric), AᵢΦSᵢ = BᵢᵀSᵢ = (SᵢBᵢ)ᵀ: 3(K+1) + 2 products of p × p matrices,
+    each one BLAS call (faster than loops from p ≈ 10 on; BLAS runs single-threaded inside the
+    parallel loop over genes, see :func:`pyflashmm._jit.numba_parallel_only`).
     """
     K1, p, _ = A.shape
     B = np.empty((K1, p, p))
@@ -78,16 +63,16 @@ def _adjustment(Phi, A, Qsum, Winv, D, Lam):
     S = np.empty((p, p))
     tmp = np.empty((p, p))
     for i in range(K1):
-        _matmul(Phi, A[i], B[i])
-        _matmul(B[i], Phi, D[i])
+        np.dot(Phi, A[i], B[i])
+        np.dot(B[i], Phi, D[i])
     for i in range(K1):
         S[:, :] = 0.0
         for j in range(K1):
             S += Winv[i, j] * A[j]
-        _matmul(S, B[i], tmp)
+        np.dot(S, B[i], tmp)
         U -= tmp.T
-    _matmul(Phi, U, tmp)
-    _matmul(tmp, Phi, Lam)
+    np.dot(Phi, U, tmp)
+    np.dot(tmp, Phi, Lam)
     for a in range(p):  # symmetric up to rounding: make it exactly so
         for b in range(a):
             v = 0.5 * (Lam[a, b] + Lam[b, a])
@@ -104,11 +89,12 @@ def _finite(a):
 
 
 @njit(parallel=True)
-def adjustment_k1(theta, Winv, mu, ZXq, XX, cov):
+def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
     """Dᵢ (G × 2 × p × p) and Λ (G × p × p) for K = 1 (the module docstring's eigen form).
 
-    ``mu``: eigenvalues of ZZ = Q diag(μ) Qᵀ; ``ZXq`` = QᵀZX; ``cov`` = Φ per gene; ``Winv`` the
-    inverse expected information. Genes with non-finite inputs or V not PD get NaN.
+    ``mu``: eigenvalues of ZZ = Q diag(μ) Qᵀ; ``ZXq`` = QᵀZX and ``ZXqT`` its transpose
+    (contiguous); ``cov`` = Φ per gene; ``Winv`` the inverse expected information. Genes with
+    non-finite inputs or V not PD get NaN.
     """
     G = theta.shape[0]
     q, p = ZXq.shape
@@ -143,9 +129,10 @@ def adjustment_k1(theta, Winv, mu, ZXq, XX, cov):
         s02 = s0 * s0
         A = np.empty((2, p, p))
         Qsum = np.empty((p, p))
-        _weighted_outer(ZXq, c1, A[0])
-        _weighted_outer(ZXq, c0, A[1])
-        _weighted_outer(ZXq, cq, Qsum)
+        work = np.empty((q, p))
+        _weighted_outer(ZXqT, ZXq, c1, work, A[0])
+        _weighted_outer(ZXqT, ZXq, c0, work, A[1])
+        _weighted_outer(ZXqT, ZXq, cq, work, Qsum)
         for a in range(p):
             for b in range(p):
                 A[0, a, b] = A[0, a, b] / s02

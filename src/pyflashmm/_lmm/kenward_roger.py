@@ -114,7 +114,8 @@ def adjustment(
     W = np.ascontiguousarray(W)
     if len(s.d) == 1 and engine == "auto":
         mu = prep.inference_problem().mu
-        return _kk.adjustment_k1(theta, W, mu, prep.ZXq(), s.XX, cov)
+        ZXq = prep.ZXq()
+        return _kk.adjustment_k1(theta, W, mu, ZXq, np.ascontiguousarray(ZXq.T), s.XX, cov)
     return _kk.adjustment_general(
         theta, W, prep.blocks, prep.Wz(), np.ascontiguousarray(s.ZX), s.XX, cov
     )
