@@ -19,6 +19,16 @@ A joint (multi-row) contrast L (p × r) gives F = (Lᵀβ̂)ᵀ(LᵀCov L)⁻¹(
 from the eigen-decomposition of LᵀCov L (Fai & Cornelius 1996, as lmerTest's ``contestMD``):
 νₘ per eigen-direction, E = Σ νₘ/(νₘ − 2), ddf = 2E/(E − r) (2 if some νₘ ≤ 2).
 
+**Kenward–Roger** (REML fits only, as pbkrtest and lmerTest's ``ddf="Kenward-Roger"``):
+the covariance of β̂ is replaced by the adjusted Φ_A = Φ + 2Λ, Φ = Cov(β̂),
+Λ = Φ[Σᵢⱼ Wᵢⱼ(Qᵢⱼ − PᵢΦPⱼ)]Φ with Pᵢ = −XᵀV⁻¹VᵢV⁻¹X, Qᵢⱼ = XᵀV⁻¹VᵢV⁻¹VⱼV⁻¹X and W the
+inverse *expected* REML information (``fit.fim_theta``). A single row c is tested by
+t = cᵀβ̂/√(cᵀΦ_Ac) on ν = 2f²/(∇fᵀW∇f) df (pbkrtest's ``Lb_ddf`` for one row: Satterthwaite's
+formula with the expected information); a joint L by the scaled F = λ(Lᵀβ̂)ᵀ(LᵀΦ_AL)⁻¹(Lᵀβ̂)/r
+on (r, ν) df, λ and ν from Kenward & Roger's moment matching (formulas in
+:mod:`pyflashmm._lmm.kenward_roger`). Pᵢ and Qᵢⱼ come from ZᵀX, ZᵀZ, XᵀX and θ (a cost per gene
+linear in q for one random-effect block, through ZᵀZ's eigen-decomposition).
+
 ``df="residual"`` is FLASHMM's n − p. ``df="between"`` is the number of levels of the first
 random-effect block minus the rank of the fixed-effect columns that are constant within those
 levels (the residual df of the subject-level regression), appropriate for between-subject
@@ -35,13 +45,14 @@ from pyflashmm import _checks
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import lmm_inference as _ki
+from pyflashmm._lmm import kenward_roger as _kr
 from pyflashmm._lmm import moderation as _mod
 from pyflashmm._lmm.fit import LmmFit, _Prepared, _Problem, prepared
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
 
 _ALTERNATIVES = ("two-sided", "less", "greater")
-DF_METHODS = ("satterthwaite", "residual", "between")
+DF_METHODS = ("satterthwaite", "kenward-roger", "residual", "between")
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,9 +201,16 @@ def lmmtest(
         Coefficients to test (identity contrasts) when ``contrast`` is None; default all.
     alternative : {"two-sided", "less", "greater"}
         For single-row contrasts.
-    df : {"satterthwaite", "residual", "between"}
+    df : {"satterthwaite", "kenward-roger", "residual", "between"}
         Denominator degrees of freedom (see the module docstring). Default Satterthwaite:
         FLASHMM's n − p gives inflated type-I error for between-subject contrasts.
+        ``"kenward-roger"`` (REML fits only; an ML fit raises ValueError) also adjusts the
+        covariance of β̂: ``se`` is √(cᵀΦ_Ac) with Φ_A = Φ + 2Λ the Kenward–Roger adjusted
+        covariance, ``stat`` t = cᵀβ̂/se on ν = 2f²/(∇fᵀW∇f) df (W the inverse expected
+        information of θ, f = cᵀΦc), and for joint tests the scaled F statistic and its
+        denominator df, as pbkrtest's ``KRmodcomp`` and lmerTest's
+        ``contest(..., ddf="Kenward-Roger")``. NaN where the adjustment is not defined
+        (failed fits, singular information, cᵀΦ_Ac ≤ 0).
     moderate : bool
         Empirical-Bayes moderated t tests (limma's moderation, one prior per contrast): each
         gene's contrast variance v̂_g = se_g² with the test's df d_g is shrunk towards a prior
@@ -211,7 +229,8 @@ def lmmtest(
     -------
     pandas.DataFrame
         ``variable`` (gene), ``contrast``, ``log_fc`` (the contrast estimate on the model's
-        scale; NaN for joint tests), ``se``, ``stat`` (t, or F for joint tests), ``df``,
+        scale; NaN for joint tests), ``se``, ``stat`` (t, or F for joint tests; Kenward–Roger's
+        scaled F with ``df="kenward-roger"``), ``df``,
         ``df_num`` (1, or r), ``p_value``, ``adj_p_value`` (BH over genes, per contrast),
         ``method``, ``converged``. With ``moderate``, ``se``, ``stat`` and ``df`` are the
         moderated ones, and ``attrs["moderation"]`` holds each moderated contrast's prior as
@@ -228,14 +247,18 @@ def lmmtest(
     _mod.check_moderation_args(moderate, robust)
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
+    if df == "kenward-roger":
+        _kr.check_fit(fit)
     contrasts = as_contrasts(fit.fixed_names, contrast, index)
     for name, Lm in contrasts.items():
         if Lm.shape[1] > 1 and alternative != "two-sided":
             raise ValueError(f"contrast {name!r} is a joint test: alternative must be two-sided")
     G = fit.n_genes
     method = f"lmm_{fit.method.lower()}"
-    prep = prepared(fit) if df == "satterthwaite" else None  # one problem for every contrast
+    # one problem for every contrast
+    prep = prepared(fit) if df in ("satterthwaite", "kenward-roger") else None
     A = inverse_observed_information(fit, prep) if df == "satterthwaite" else None
+    kr = _kr.kenward_roger(fit, contrasts, prep) if df == "kenward-roger" else None
     single = {k: v[:, 0] for k, v in contrasts.items() if v.shape[1] == 1}
     nu_single = {}
     if single and df == "satterthwaite":
@@ -246,13 +269,16 @@ def lmmtest(
     for name, Lm in contrasts.items():
         r = Lm.shape[1]
         est = fit.coef @ Lm  # G × r
-        V = np.einsum("al,gab,bm->glm", Lm, fit.cov, Lm)
-        if df == "satterthwaite":
-            nu = nu_single[name] if r == 1 else None
-        elif df == "residual":
-            nu = np.full(G, fit.df)
+        if kr is not None:  # Kenward–Roger: Lᵀ Φ_A L (adjusted covariance) and its ν
+            V, nu = kr[name].cov, kr[name].df
         else:
-            nu = np.full(G, _between_df(fit, Lm))
+            V = np.einsum("al,gab,bm->glm", Lm, fit.cov, Lm)
+            if df == "satterthwaite":
+                nu = nu_single[name] if r == 1 else None
+            elif df == "residual":
+                nu = np.full(G, fit.df)
+            else:
+                nu = np.full(G, _between_df(fit, Lm))
         if r == 1:
             se = np.sqrt(V[:, 0, 0])
             if moderate:
@@ -269,8 +295,11 @@ def lmmtest(
                 pval = sps.t.cdf(stat, nu)
             log_fc = est[:, 0]
         else:
-            stat, nu_joint = _joint_test(fit, Lm, est, V, A, prep)
-            nu = nu_joint if nu is None else nu
+            if kr is not None:
+                stat = kr[name].stat
+            else:
+                stat, nu_joint = _joint_test(fit, Lm, est, V, A, prep)
+                nu = nu_joint if nu is None else nu
             pval = sps.f.sf(stat, r, nu)
             log_fc = se = np.full(G, np.nan)
         frames.append(
