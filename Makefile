@@ -36,6 +36,7 @@ paper: reproduce
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_lmm.py
+	$(PY) benchmarks/bench_lmmtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

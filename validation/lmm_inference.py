@@ -4,8 +4,10 @@ r"""Which LMM inference should be the default? Calibration and power of the vari
 variants of :data:`validation.methods.LMM_VARIANTS` named in
 ``configs/lmm_inference.toml`` (and the pseudobulk NB GLM as the reference of power):
 
-* the calibration experiment's quick grid (σ_b² × S × m, 2 replicates of 300 null genes) and a
-  6-subject grid with 4 replicates (:mod:`validation.calibration`);
+* the calibration experiment's quick grid (σ_b² × S × m, 2 replicates of 300 null genes), a
+  6-subject grid with 4 replicates, and a confirmation grid on fresh seeds with 8 replicates
+  over the settings where a Wilson interval lay above α in the first two
+  (:mod:`validation.calibration`); the summary has a row per (method, grid);
 * the power experiment, DE within one cell type, 6 and 10 subjects (:mod:`validation.power`);
 
 and writes to ``validation/results/lmm_inference/`` the experiments' tables (not the per-gene
@@ -33,14 +35,16 @@ from validation.provenance import write_table
 ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT / "configs" / "lmm_inference.toml"
 RESULTS = ROOT / "results" / "lmm_inference"
+#: the calibration grids of the config
+PARTS = ("calibration", "calibration_6_subjects", "calibration_confirm")
 #: statuses of genes that no method can test (every value the same)
 DEGENERATE = ("zero_variance", "all_zero")
 
 
 def _calibration_summary(pvals: pd.DataFrame, type1: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for method, grp in type1.groupby("method", sort=False):
-        row = {"method": method}
+    for (part, method), grp in type1.groupby(["part", "method"], sort=False):
+        row = {"grid": part, "method": method}
         for a in (0.05, 0.01):
             t = grp[np.isclose(grp["alpha"], a)]
             worst = t.loc[t["type1_error"].idxmax()]
@@ -57,10 +61,13 @@ def _calibration_summary(pvals: pd.DataFrame, type1: pd.DataFrame) -> pd.DataFra
             row[f"pooled_type1_{tag}"] = float(pooled)
         rows.append(row)
     out = pd.DataFrame(rows)
-    p = pvals
-    testable = p[~p["status"].isin(DEGENERATE)] if "status" in p else p
-    share = testable.groupby("method", sort=False)["p_value"].apply(lambda v: v.isna().mean())
-    out["share_without_p"] = out["method"].map(share)
+    testable = pvals[~pvals["status"].isin(DEGENERATE)]
+    share = testable.groupby(["part", "method"], sort=False)["p_value"].apply(
+        lambda v: v.isna().mean()
+    )
+    out["share_without_p"] = [
+        share.get((g, m), np.nan) for g, m in zip(out["grid"], out["method"], strict=True)
+    ]
     return out
 
 
