@@ -43,7 +43,7 @@ RTOL_FD = 1e-6
 def test_satterthwaite_df_and_p_match_lmertest(scenario, method):
     s = load(scenario)
     fit = fit_scenario(scenario, method)
-    table = lmmtest(fit)  # identity contrasts, Satterthwaite
+    table = lmmtest(fit, df="satterthwaite")  # identity contrasts
     singular = set(singular_genes(scenario))
     checked = 0
     for j, gene in enumerate(s["genes"]):
@@ -82,7 +82,7 @@ def test_satterthwaite_at_a_singular_fit_matches_lmertest(scenario, gene, method
         # lme4 stopped at σₖ/σ = 2e-7, not at 0 (k2_nested g2): lmerTest then differentiates at
         # an interior point where the df is not the boundary's
         pytest.skip(f"lme4's fit is not exactly at 0 (min θ = {float(fitrow['min_theta']):.2g})")
-    table = lmmtest(fit).set_index("contrast")
+    table = lmmtest(fit, df="satterthwaite").set_index("contrast")
     for _, row in fx.iterrows():
         o = table.loc[row["term"]]
         np.testing.assert_allclose(o["df"], row["df"], rtol=RTOL_LMERTEST, err_msg=row["term"])
@@ -164,11 +164,11 @@ def test_joint_f_test(rng):
         F = b @ np.linalg.solve(V, b) / 2
         np.testing.assert_allclose(res["stat"][g], F, rtol=1e-10)
         np.testing.assert_allclose(res["p_value"][g], sps.f.sf(F, 2, 297), rtol=1e-10)
-    sat = lmmtest(fit, {"both": L})
+    sat = lmmtest(fit, {"both": L}, df="satterthwaite")
     # two within-subject directions: each with many df, so the F df are large and finite
     assert (sat["df"] > 50).all() and (sat["df_num"] == 2).all()
     # the joint machinery on one row reduces to the t test: F = t², same Satterthwaite df
-    single = lmmtest(fit, {"x1": L[:, 0]})
+    single = lmmtest(fit, {"x1": L[:, 0]}, df="satterthwaite")
     Lm = L[:, :1]
     V = np.einsum("al,gab,bm->glm", Lm, fit.cov, Lm)
     F, ddf = _joint_test(fit, Lm, fit.coef @ Lm, V, inverse_observed_information(fit))
@@ -185,7 +185,7 @@ def test_between_subject_df(rng):
     X = np.column_stack([X0, trt])
     Y = oracle.simulate_y(rng, X, Z, d, (0.4, 1.0), 5)
     fit = fm.lmmfit(Y, X, Z, d)
-    sat = lmmtest(fit, index=2)
+    sat = lmmtest(fit, index=2, df="satterthwaite")
     between = lmmtest(fit, index=2, df="between")
     assert (between["df"] == q - 2).all()  # intercept and treatment are constant within subjects
     assert ((sat["df"] > 10) & (sat["df"] < 30)).all()
@@ -281,7 +281,7 @@ def test_contrasts_and_joint_f_tests_match_lmertest_contest(scenario):
         for name, grp in mats.groupby("contrast", sort=False)
     }
     fit = fit_scenario(scenario, "REML")
-    table = lmmtest(fit, contrasts)
+    table = lmmtest(fit, contrasts, df="satterthwaite")
     checked = 0
     for _, row in ref[~ref["singular"]].iterrows():
         j = root["genes"].index(row["gene"])
@@ -341,6 +341,7 @@ def test_inference_reuses_the_fitted_problem(rng, monkeypatch, sizes, engine):
     c = {"x1": "x1", "diff": "x1 - x2", "joint": ["x1", "x2"]}
     first = lmmtest(fit, c)
     again = lmmtest(fit, c)
+    lmmtest(fit, c, df="satterthwaite")
     lmmtest(fit, c, df="between")
     b1 = random_effects(fit)
     b2 = random_effects(fit)

@@ -86,7 +86,7 @@ def _pvalues_with_status(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The calibration tasks with each gene's status kept (the experiment keeps p only)."""
     frames_p, frames_t = [], []
-    for part in ("calibration", "calibration_6_subjects"):
+    for part in PARTS:
         cfg = {
             "seed": config["seed"],
             **config["quick"][part],

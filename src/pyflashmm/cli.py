@@ -16,7 +16,7 @@ from pathlib import Path
 
 #: lmmtest's df methods, spelled out here so that ``--help`` needs no Numba import (a test
 #: checks that they are the same)
-LMM_DF_METHODS = ("satterthwaite", "kenward-roger", "residual", "between")
+LMM_DF_METHODS = ("auto", "satterthwaite", "kenward-roger", "residual", "between")
 
 DE_EPILOG = """\
 examples:
@@ -90,8 +90,9 @@ def _add_de(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--transform", default="log2p1", choices=["log2p1", "log1p", "none"],
                    help="LMM: transform of the counts (default log2p1)")  # fmt: skip
-    p.add_argument("--df", default="satterthwaite", choices=list(LMM_DF_METHODS),
-                   help="LMM: denominator degrees of freedom")  # fmt: skip
+    p.add_argument("--df", default="auto", choices=list(LMM_DF_METHODS),
+                   help="LMM: denominator degrees of freedom (auto: Kenward-Roger with REML, "
+                   "Satterthwaite with ML)")  # fmt: skip
     p.add_argument("--moderate", action="store_true",
                    help="LMM: empirical-Bayes moderated tests")  # fmt: skip
     p.add_argument("--robust", action="store_true",

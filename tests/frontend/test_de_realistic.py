@@ -238,15 +238,18 @@ def test_lmm_small_sample_options_reach_lmmtest(pbmc):
     mod = fm.de(adata, moderate=True, **kw)
     prior = pd.DataFrame(mod.attrs["moderation"])
     assert prior["contrast"].tolist() == ["B"] and np.isfinite(prior["s0_squared"]).all()
-    # the moderated df adds the prior's d0 to each gene's Satterthwaite df (limma's cap aside)
+    # the moderated df adds the prior's d0 to each gene's df (limma's cap aside)
     d0 = float(prior["d0"].iloc[0])
     ok = np.isfinite(plain["df"])
     expected = np.minimum(plain["df"][ok] + d0, plain["df"][ok].sum())
     np.testing.assert_allclose(mod["df"][ok], expected, rtol=1e-10)
     np.testing.assert_array_equal(mod["log_fc"], plain["log_fc"])
-    assert mod.attrs["test"] == "satterthwaite df, moderated"
-    kr = fm.de(adata, df="kenward-roger", **kw)
-    assert kr.attrs["test"] == "kenward-roger df" and np.isfinite(kr["p_value"]).all()
+    assert mod.attrs["test"] == "kenward-roger df, moderated"
+    sat = fm.de(adata, df="satterthwaite", **kw)
+    assert sat.attrs["test"] == "satterthwaite df" and plain.attrs["test"] == "kenward-roger df"
+    assert np.isfinite(plain["p_value"]).all() and not np.allclose(sat["df"], plain["df"])
+    ml = fm.de(adata, reml=False, **kw)
+    assert ml.attrs["test"] == "satterthwaite df"
     with pytest.raises(ValueError, match="kenward-roger.*REML"):
         fm.de(adata, df="kenward-roger", reml=False, **kw)
     with pytest.raises(ValueError, match="robust=True applies to the moderated test"):

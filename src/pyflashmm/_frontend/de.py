@@ -54,7 +54,7 @@ def de(
     per_cell_type: bool = True,
     transform: str | None = "log2p1",
     reml: bool = True,
-    df: str = "satterthwaite",
+    df: str = "auto",
     moderate: bool = False,
     robust: bool = False,
     test: str | None = None,
@@ -140,9 +140,10 @@ def de(
         raw counts, or ``transform=None``.
     reml : bool
         ``"lmm"`` only: REML (default) or ML.
-    df : {"satterthwaite", "kenward-roger", "residual", "between"}
-        ``"lmm"`` only: denominator degrees of freedom (see :func:`pyflashmm.lmmtest`);
-        ``"kenward-roger"`` needs ``reml=True``.
+    df : {"auto", "kenward-roger", "satterthwaite", "residual", "between"}
+        ``"lmm"`` only: denominator degrees of freedom (see :func:`pyflashmm.lmmtest`).
+        ``"auto"``: Kenward–Roger with REML, Satterthwaite with ML; ``"kenward-roger"``
+        needs ``reml=True``.
     moderate : bool
         ``"lmm"`` only: empirical-Bayes moderated t tests, which borrow strength across genes
         for the contrast's variance (limma's prior, see :func:`pyflashmm.lmmtest`); most
@@ -359,10 +360,11 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
     stats = summary_stats(cells.counts, dsg, transform=transform, chunk_size=chunk_size,
                           gene_names=cells.gene_names, progress=progress)  # fmt: skip
     fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
-    used = f"{tests['df']} df" + (
+    table = lmmtest(fit, contrast, **tests)
+    used = f"{table.attrs['df']} df" + (
         (", moderated (robust)" if tests["robust"] else ", moderated") if tests["moderate"] else ""
     )
-    return lmmtest(fit, contrast, **tests), dsg, used
+    return table, dsg, used
 
 
 def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
