@@ -15,15 +15,20 @@ the moderated variance
 which replaces s_g² in a t statistic with d0 + d_g df. d0 = ∞ (the log-variances scatter no
 more than sampling alone explains) means every gene shares σ² = s0², and s̃_g² = s0².
 
+With a covariate x_g (limma-trend; the gene's mean expression) the prior's scale trends with
+it: log s0²(x) is a natural cubic spline in x (up to 4 df, limma's choice), fitted by least
+squares to the bias-corrected log-variances, and d0 stays common; ``var_prior`` is then per gene.
+
 The robust variant (Phipson et al. 2016) estimates the prior from Winsorized log-variances and
 gives outlying genes a smaller, gene-specific prior df, so that their own variance counts more.
 
-The implementations follow the published algorithms of limma 3.54 (``fitFDist``,
-``fitFDistRobustly``, ``squeezeVar``), including its safeguards (variances that are zero or
-tiny offset away from zero, genes without a usable variance left out of the estimate), and are
-checked against it to 1e-6 relative in ``tests/test_ebayes.py``. limma 3.62 added a different
-estimator for unequal df and uses it by default (``legacy=FALSE``); this module is the earlier
-method (``legacy=TRUE`` there), the one whose moment equations are stated above.
+The implementations follow the published algorithms of limma 3.54 (``fitFDist`` with and
+without ``covariate``, ``fitFDistRobustly`` without it, ``squeezeVar``), including its
+safeguards (variances that are zero or tiny offset away from zero, genes without a usable
+variance left out of the estimate), and are checked against it to 1e-6 relative in
+``tests/test_ebayes.py``. limma 3.62 added a different estimator for unequal df and uses it by
+default (``legacy=FALSE``); this module is the earlier method (``legacy=TRUE`` there), the one
+whose moment equations are stated above.
 """
 
 from __future__ import annotations
