@@ -161,3 +161,107 @@ def test_f_log_tail_far_out():
     assert np.isfinite(far).all() and (np.diff(far) < 0).all()
     # the tail of F(4, 6) is ≈ C·f^(−3): log-slope −3
     np.testing.assert_allclose(np.diff(far) / np.diff(np.log([1e30, 1e60, 1e200])), -3.0)
+
+
+# --------------------------------------------------------------------------------------------
+# limma-trend: squeezeVar(..., covariate=)
+# --------------------------------------------------------------------------------------------
+
+TREND_VARIANCES = pd.read_csv(DATA / "trend_variances.csv")
+TREND_SQUEEZED = pd.read_csv(DATA / "trend_squeezevar.csv")
+TREND_PRIOR = pd.read_csv(DATA / "trend_prior.csv")
+TREND_WARNINGS = pd.read_csv(DATA / "trend_warnings.csv")
+TREND_SETS = list(dict.fromkeys(TREND_VARIANCES["set"]))
+
+
+@pytest.mark.parametrize("name", TREND_SETS)
+def test_squeeze_var_with_covariate_matches_limma(name):
+    inp = TREND_VARIANCES[TREND_VARIANCES["set"] == name]
+    ref = TREND_SQUEEZED[TREND_SQUEEZED["set"] == name]
+    prior = TREND_PRIOR[TREND_PRIOR["set"] == name].iloc[0]
+    assert (ref["gene"].to_numpy() == inp["gene"].to_numpy()).all()
+    s2, df, cov = (inp[k].to_numpy() for k in ("s2", "df", "covariate"))
+    if (TREND_WARNINGS["set"] == name).any():
+        with pytest.warns(RuntimeWarning, match="offset away from zero"):
+            res = squeeze_var(s2, df, covariate=cov)
+    else:
+        res = squeeze_var(s2, df, covariate=cov)
+    assert np.ndim(res.df_prior) == 0 and np.shape(res.var_prior) == s2.shape
+    _assert_close(res.df_prior, prior["df_prior"], "df_prior")
+    _assert_close(res.var_prior, ref["var_prior"], "var_prior")  # every gene, left-out ones too
+    known = np.isinf(df) & np.isfinite(s2)  # limma: NaN (∞/∞); ours the limit s²
+    post_ref = ref["var_post"].to_numpy().copy()
+    assert np.isnan(post_ref[known]).all()
+    post_ref[known] = s2[known]
+    _assert_close(res.var_post, post_ref, "var_post")
+    # fit_f_dist gives the same prior
+    if (TREND_WARNINGS["set"] == name).any():
+        with pytest.warns(RuntimeWarning):
+            s0_sq, d0 = fit_f_dist(np.where(df == 0, 0.0, s2), df, covariate=cov)
+    else:
+        s0_sq, d0 = fit_f_dist(s2, df, covariate=cov)
+    np.testing.assert_array_equal(s0_sq, res.var_prior)
+    assert d0 == res.df_prior
+
+
+def test_trend_fixtures_cover_the_cases():
+    """Every spline df 1…4, d0 = ∞, special values, ties, an infinite covariate, and a gene
+    outside the fitted covariate range (its prior extrapolated linearly) are in the fixtures."""
+    assert set(TREND_PRIOR["spline_df"]) == {1, 2, 3, 4}
+    assert np.isinf(TREND_PRIOR["df_prior"]).any()
+    big = TREND_VARIANCES[TREND_VARIANCES["set"] == "trend_2000"]
+    assert np.isnan(big["s2"]).sum() >= 3 and (big["s2"] == 0).sum() >= 2
+    assert np.isinf(big["df"]).sum() >= 2 and (big["df"] == 0).sum() >= 2
+    assert big["covariate"].duplicated().sum() > 100  # ties
+    usable = np.isfinite(big["s2"]) & np.isfinite(big["df"]) & (big["df"] > 0)
+    assert big["covariate"][~usable].max() > big["covariate"][usable].max()
+    assert np.isinf(TREND_VARIANCES["covariate"]).any()
+    frac = TREND_VARIANCES["df"] % 1
+    assert ((frac > 0) & np.isfinite(TREND_VARIANCES["df"])).mean() > 0.5
+
+
+def test_trend_follows_the_covariate(rng):
+    """Variances drawn around s0²(x) = 0.05 + 1.5 e^{−0.8x}: the fitted prior follows the curve
+    and the common prior df is recovered (a constant prior would inflate the scatter)."""
+    G, d0 = 20000, 8.0
+    x = rng.uniform(0, 8, G)
+    truth = 0.05 + 1.5 * np.exp(-0.8 * x)
+    df = rng.uniform(2, 60, G)
+    s2 = truth * d0 / rng.chisquare(d0, G) * rng.chisquare(df) / df
+    res = squeeze_var(s2, df, covariate=x)
+    np.testing.assert_allclose(res.var_prior, truth, rtol=0.1)
+    assert abs(res.df_prior - d0) < 1.0
+    flat = squeeze_var(s2, df)
+    assert flat.df_prior < res.df_prior / 2
+
+
+def test_trend_special_cases():
+    s2 = np.array([1.0, 2.0, 0.5, 1.5, 3.0, 0.7])
+    df = np.full(6, 5.0)
+    # one covariate value: the fit without covariate, s0² repeated per gene
+    flat = squeeze_var(s2, df)
+    same = squeeze_var(s2, df, covariate=np.full(6, 2.0))
+    np.testing.assert_allclose(same.var_prior, flat.var_prior, rtol=1e-15)
+    assert same.df_prior == flat.df_prior and np.shape(same.var_prior) == (6,)
+    # scale equivariance and invariance to an affine map of the covariate
+    x = np.array([0.3, 1.0, 2.2, 2.2, 4.0, 7.5])
+    a = squeeze_var(s2, df, covariate=x)
+    b = squeeze_var(37.25 * s2, df, covariate=-3.0 * x + 100.0)
+    np.testing.assert_allclose(b.var_prior, 37.25 * a.var_prior, rtol=1e-10)
+    np.testing.assert_allclose(b.var_post, 37.25 * a.var_post, rtol=1e-10)
+    # a single gene: its own variance, per gene
+    one = squeeze_var([2.0], 3.0, covariate=[1.0])
+    assert one.var_prior.tolist() == [2.0] and one.df_prior == 0.0
+    # one usable gene
+    s0_sq, d0 = fit_f_dist([2.0, np.nan, 1.0], [3.0, 4.0, np.inf], covariate=[1.0, 2.0, 3.0])
+    assert s0_sq.tolist() == [2.0, 2.0, 2.0] and d0 == 0.0
+
+
+def test_trend_bad_arguments():
+    s2, df = np.array([1.0, 2.0, 0.5, 1.5]), 5.0
+    with pytest.raises(ValueError, match="NaN"):
+        squeeze_var(s2, df, covariate=[1.0, np.nan, 2.0, 3.0])
+    with pytest.raises(ValueError, match="shape of s2"):
+        squeeze_var(s2, df, covariate=[1.0, 2.0])
+    with pytest.raises(ValueError, match="robust=True with a covariate"):
+        squeeze_var(s2, df, covariate=[1.0, 2.0, 3.0, 4.0], robust=True)

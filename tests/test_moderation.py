@@ -1,5 +1,6 @@
 """Empirical-Bayes moderated LMM contrast tests (lmmtest(..., moderate=True))."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -11,7 +12,7 @@ from scipy import stats as sps
 import pyflashmm as fm
 from pyflashmm._ebayes import squeeze_var
 from pyflashmm._lmm.inference import lmmtest
-from pyflashmm._lmm.moderation import moderate_t
+from pyflashmm._lmm.moderation import mean_response, moderate_t
 from pyflashmm._multitest import bh_adjust
 
 STIM = {"stim_vs_ctrl": "conditionstim"}  # between donors
@@ -246,3 +247,93 @@ def test_moderated_tables_concatenate(fit):
     both = pd.concat([a, b], ignore_index=True)  # attrs are compared by pandas: no error
     assert len(both) == len(a) + len(b)
     assert "moderation" not in lmmtest(fit, STIM).attrs
+
+
+# --------------------------------------------------------------------------------------------
+# trend=True: a prior scale that follows each gene's mean response (limma-trend)
+# --------------------------------------------------------------------------------------------
+
+
+def _trend_curve(mean):
+    """The variance factor of a gene with mean response ``mean`` (high for low means)."""
+    return 0.2 + 2.0 * np.exp(-0.7 * mean)
+
+
+@pytest.fixture(scope="module")
+def trend_data():
+    """Genes with means in [0, 6] whose variances (donor and residual alike) are
+    _trend_curve(mean) times a scaled inverse-χ² factor with d0 = 8; 8 donors."""
+    rng = np.random.default_rng(20260518)
+    obs = _obs(rng, n_donors=8)
+    G = 600
+    mean = rng.uniform(0, 6, G)
+    scale = _trend_curve(mean) * 8.0 / rng.chisquare(8.0, G)
+    dsg = fm.design(obs, "~ condition + cell_type", random="(1 | donor_id)")
+    Z = dsg.Z.toarray()
+    Y = (
+        mean
+        + Z @ (rng.normal(size=(Z.shape[1], G)) * np.sqrt(0.3 * scale))
+        + rng.normal(size=(len(obs), G)) * np.sqrt(scale)
+    )
+    return Y, fm.lmmfit(Y, dsg), mean
+
+
+def test_trend_prior_follows_the_mean(trend_data):
+    """The per-gene prior follows the curve the variances were drawn around, the prior df
+    comes back near the d0 = 8 they were drawn with (a constant prior mistakes the trend for
+    scatter between genes and gets a much smaller d0), and the table is squeeze_var's."""
+    Y, fit, mean = trend_data
+    plain = lmmtest(fit, STIM)
+    flat = _prior(lmmtest(fit, STIM, moderate=True)).loc["stim_vs_ctrl"]
+    table = lmmtest(fit, STIM, moderate=True, trend=True)
+    prior = _prior(table).loc["stim_vs_ctrl"]
+    assert bool(prior["trend"]) and not bool(flat["trend"])
+    assert 5 < prior["d0"] < 13 and flat["d0"] < 0.6 * prior["d0"]
+    v, d = plain["se"].to_numpy() ** 2, plain["df"].to_numpy()
+    ybar = Y.mean(axis=0)
+    ref = squeeze_var(v, d, covariate=ybar)
+    np.testing.assert_allclose(table["se"] ** 2, ref.var_post, rtol=1e-10)
+    np.testing.assert_allclose(table["df"], np.minimum(ref.df_prior + d, d.sum()), rtol=1e-12)
+    assert prior["d0"] == pytest.approx(ref.df_prior, rel=1e-12)
+    assert prior["s0_squared"] == pytest.approx(np.median(ref.var_prior), rel=1e-12)
+    # s0²(ȳ_g) is proportional to the curve (the design factor is common to the genes)
+    # up to the spline's fit and unbalanced donors: a spread of ~10% about a curve that
+    # itself spans a factor of 10
+    ratio = ref.var_prior / _trend_curve(mean)
+    assert np.std(np.log(ratio)) < 0.2 * np.std(np.log(_trend_curve(mean)))
+    assert np.corrcoef(np.log(ref.var_prior), np.log(_trend_curve(mean)))[0, 1] > 0.98
+
+
+def test_trend_covariate_is_the_mean_of_y():
+    """ȳ_g from the summary statistics (the donor block's rows of ZᵀY) is the mean of the
+    transformed cell-level counts; without an indicator block an intercept gives it, without
+    both it is an error."""
+    sim = fm.simulate_rnaseq(n_genes=80, n_cells=400, n_samples=6, n_clusters=2, null=True,
+                             rng=11)  # fmt: skip
+    dsg = fm.design(sim.obs, "~ trt + cls", random="(1 | sam)")
+    fit = fm.lmmfit(sim.counts, dsg, transform="log2p1")
+    direct = np.log2(1.0 + sim.counts.toarray()).mean(axis=0)
+    np.testing.assert_allclose(mean_response(fit.stats), direct, rtol=1e-12, atol=1e-14)
+    # a first block that is not an indicator block (ZᵀZ not diagonal): the intercept's XᵀY
+    s = fit.stats
+    zz = s.ZZ.copy()
+    zz[0, 1] = zz[1, 0] = 1.0
+    not_indicator = dataclasses.replace(s, ZZ=zz)
+    np.testing.assert_allclose(mean_response(not_indicator), direct, rtol=1e-12, atol=1e-14)
+    names = ["a", *s.fixed_names[1:]]
+    with pytest.raises(ValueError, match="indicator block.*intercept"):
+        mean_response(dataclasses.replace(not_indicator, fixed_names=names))
+    # the moderated test runs on these log counts, with a trend
+    table = lmmtest(fit, {"trt": "trtB"}, moderate=True, trend=True)
+    assert np.isfinite(table["p_value"]).all()
+
+
+def test_trend_bad_arguments(fit):
+    with pytest.raises(TypeError, match="trend must be a bool"):
+        lmmtest(fit, STIM, moderate=True, trend="yes")
+    with pytest.raises(ValueError, match="trend=True .* moderate=True"):
+        lmmtest(fit, STIM, trend=True)
+    with pytest.raises(ValueError, match="trend=True with robust=True"):
+        lmmtest(fit, STIM, moderate=True, robust=True, trend=True)
+    with pytest.raises(ValueError, match="summary statistics"):
+        lmmtest(dataclasses.replace(fit, stats=None), STIM, moderate=True, trend=True)

@@ -15,15 +15,20 @@ the moderated variance
 which replaces s_g² in a t statistic with d0 + d_g df. d0 = ∞ (the log-variances scatter no
 more than sampling alone explains) means every gene shares σ² = s0², and s̃_g² = s0².
 
+With a covariate x_g (limma-trend; the gene's mean expression) the prior's scale trends with
+it: log s0²(x) is a natural cubic spline in x (up to 4 df, limma's choice), fitted by least
+squares to the bias-corrected log-variances, and d0 stays common; ``var_prior`` is then per gene.
+
 The robust variant (Phipson et al. 2016) estimates the prior from Winsorized log-variances and
 gives outlying genes a smaller, gene-specific prior df, so that their own variance counts more.
 
-The implementations follow the published algorithms of limma 3.54 (``fitFDist``,
-``fitFDistRobustly``, ``squeezeVar``), including its safeguards (variances that are zero or
-tiny offset away from zero, genes without a usable variance left out of the estimate), and are
-checked against it to 1e-6 relative in ``tests/test_ebayes.py``. limma 3.62 added a different
-estimator for unequal df and uses it by default (``legacy=FALSE``); this module is the earlier
-method (``legacy=TRUE`` there), the one whose moment equations are stated above.
+The implementations follow the published algorithms of limma 3.54 (``fitFDist`` with and
+without ``covariate``, ``fitFDistRobustly`` without it, ``squeezeVar``), including its
+safeguards (variances that are zero or tiny offset away from zero, genes without a usable
+variance left out of the estimate), and are checked against it to 1e-6 relative in
+``tests/test_ebayes.py``. limma 3.62 added a different estimator for unequal df and uses it by
+default (``legacy=FALSE``); this module is the earlier method (``legacy=TRUE`` there), the one
+whose moment equations are stated above.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import interpolate, optimize, special
+from scipy import linalg as scipy_linalg
 from scipy import stats as sps
 
 __all__ = ["SqueezedVar", "fit_f_dist", "squeeze_var"]
@@ -51,15 +57,16 @@ class SqueezedVar:
     ----------
     df_prior : float or ndarray
         d0: a scalar, or one value per gene with ``robust=True`` (outliers get less).
-    var_prior : float
-        s0², the prior's scale (the typical variance).
+    var_prior : float or ndarray
+        s0², the prior's scale (the typical variance): a scalar, or one value per gene with a
+        ``covariate`` (the trend s0²(x_g)).
     var_post : ndarray
         s̃_g² = (d0 s0² + d_g s_g²)/(d0 + d_g) per gene; s0² where d0 = ∞ or d_g = 0, s_g²
         where d_g = ∞, NaN where s_g² is NaN.
     """
 
     df_prior: float | np.ndarray
-    var_prior: float
+    var_prior: float | np.ndarray
     var_post: np.ndarray
 
 
@@ -161,7 +168,75 @@ def _as_inputs(s2, df) -> tuple[np.ndarray, np.ndarray]:
     return s2, np.broadcast_to(df, s2.shape).copy()
 
 
-def fit_f_dist(s2, df1) -> tuple[float, float]:
+def _as_covariate(covariate, shape) -> np.ndarray:
+    """The covariate as floats of the variances' shape; ±∞ moved just outside the finite range
+    (to its minimum − 1 and maximum + 1; with no finite value, to ∓1), as limma does."""
+    x = np.array(covariate, dtype=np.float64)
+    if x.shape != shape:
+        raise ValueError(f"covariate must have the shape of s2 {shape}; got {x.shape}")
+    if np.isnan(x).any():
+        raise ValueError("covariate has NaN values: give every gene a covariate value")
+    fin = np.isfinite(x)
+    if not fin.all():
+        if fin.any():
+            lo, hi = x[fin].min(), x[fin].max()
+            x[x == -np.inf] = lo - 1.0
+            x[x == np.inf] = hi + 1.0
+        else:
+            x = np.sign(x)
+    return x
+
+
+class _NaturalSpline:
+    """A basis of the natural cubic splines that ``splines::ns(x, df, intercept=TRUE)`` spans.
+
+    Knots as ``ns`` places them: boundary knots at the range of ``x``, df − 2 interior knots at
+    its quantiles (R's default type 7, which is numpy's ``linear``) at probabilities
+    1/(df − 1), …, (df − 2)/(df − 1). The space is that of the cubic B-splines on these knots
+    whose second derivative vanishes at both boundary knots, continued linearly beyond them.
+    The basis here is those B-splines (on x standardised to [0, 1]) times an orthonormal basis
+    of the null space of the two boundary constraints: another basis of the same space as
+    ``ns``'s, so least-squares fitted values (and the residual variance) are the same.
+    """
+
+    def __init__(self, x: np.ndarray, df: int):
+        self.lo = float(np.min(x))
+        self.width = float(np.max(x)) - self.lo
+        if not self.width > 0:
+            raise ValueError("a spline needs at least two distinct covariate values")
+        u = (x - self.lo) / self.width
+        inner = np.quantile(u, np.linspace(0.0, 1.0, df)[1:-1])
+        knots = np.concatenate([np.zeros(4), inner, np.ones(4)])
+        nb = knots.size - 4
+        self._bs = interpolate.BSpline(knots, np.eye(nb), 3, extrapolate=False)
+        self._d1 = self._bs.derivative(1)
+        ends = np.array([0.0, 1.0])
+        self._null = scipy_linalg.null_space(self._bs.derivative(2)(ends))  # nb × df
+        self._at_ends = self._bs(ends) @ self._null  # 2 × df
+        self._slope_ends = self._d1(ends) @ self._null
+
+    def basis(self, x: np.ndarray) -> np.ndarray:
+        u = (np.asarray(x, dtype=np.float64) - self.lo) / self.width
+        out = np.empty((u.size, self._null.shape[1]))
+        left, right = u < 0.0, u > 1.0
+        inside = ~(left | right)
+        out[inside] = self._bs(u[inside]) @ self._null
+        for side, j in ((left, 0), (right, 1)):  # linear beyond the boundary knots
+            if side.any():
+                du = u[side] - float(j)
+                out[side] = self._at_ends[j] + du[:, None] * self._slope_ends[j]
+        return out
+
+
+def _spline_df(covariate_ok: np.ndarray) -> int:
+    """limma's spline df for n genes: 1 + [n ≥ 3] + [n ≥ 6] + [n ≥ 30], at most the number of
+    distinct covariate values."""
+    n = covariate_ok.size
+    df = 1 + int(n >= 3) + int(n >= 6) + int(n >= 30)
+    return min(df, np.unique(covariate_ok).size)
+
+
+def fit_f_dist(s2, df1, covariate=None) -> tuple[float | np.ndarray, float]:
     """Moment estimate of the scaled-F prior of the variances ``s2`` with df ``df1``.
 
     Under the module's model s_g²/s0² ~ F(d_g, d0). With e_g = log s_g² − ψ(d_g/2) + log(d_g/2)
@@ -169,6 +244,16 @@ def fit_f_dist(s2, df1) -> tuple[float, float]:
     log(d0/2) and Var[e_g] = ψ′(d_g/2) + ψ′(d0/2); so ψ′(d0/2) = var(e) − mean ψ′(d_g/2) and
     s0² = exp(mean e + ψ(d0/2) − log(d0/2)). When the excess variance is ≤ 0, d0 = ∞ and s0² is
     the mean variance.
+
+    With a ``covariate`` x_g (limma-trend: typically the gene's mean expression) the prior's
+    scale depends on it: log s0²(x) = h(x) − ψ(d0/2) + log(d0/2) with h a natural cubic spline
+    in x, fitted to e_g by least squares; var(e) above becomes the residual variance
+    RSS/(n − rank) of that fit. The spline has 1 + [n ≥ 3] + [n ≥ 6] + [n ≥ 30] df (n the genes
+    in the fit), at most the number of distinct covariate values, with knots as
+    ``splines::ns(x, df, intercept=TRUE)`` places them (see :class:`_NaturalSpline`); with one
+    df it is a constant (the fit without covariate). With d0 = ∞, s0²(x_g) = exp h(x_g).
+    Genes left out of the fit (below) get the spline's value at their covariate, continued
+    linearly beyond the covariate's range.
 
     Genes enter the estimate when s_g² is finite and ≥ 0 and d_g is finite and > 0 (NaN
     variances, d_g = 0 and d_g = ∞ are left out, as limma does). Zero variances would give
@@ -181,24 +266,37 @@ def fit_f_dist(s2, df1) -> tuple[float, float]:
         Variance estimates s_g².
     df1 : float or array_like, shape (G,)
         Their degrees of freedom d_g (non-integer allowed).
+    covariate : array_like, shape (G,), optional
+        x_g for a prior scale that trends with it. NaN is an error; ±∞ is moved to just
+        outside the finite values' range (minimum − 1, maximum + 1), as limma does.
 
     Returns
     -------
-    (float, float)
-        s0² (the prior's scale) and d0 (its df; may be ``inf``). With a single usable gene,
-        (its variance, 0).
+    (float or ndarray, float)
+        s0² (the prior's scale: one value per gene, shape (G,), with a ``covariate``) and d0
+        (its df; may be ``inf``). With a single usable gene, (its variance, 0).
     """
     s2, df1 = _as_inputs(s2, df1)
     if s2.size == 0:
         raise ValueError("s2 is empty")
+    cov = None if covariate is None else _as_covariate(covariate, s2.shape)
+
+    def _scale(value):  # one value per gene with a covariate
+        return float(value) if cov is None else np.full(s2.shape, float(value))
+
     if s2.size == 1:
-        return float(s2[0]), 0.0
+        return _scale(s2[0]), 0.0
     ok = np.isfinite(df1) & (df1 > 1e-15) & np.isfinite(s2) & (s2 > -1e-15)
     n_ok = int(ok.sum())
     if n_ok == 0:
         raise ValueError("no gene has a finite variance with finite positive df")
     if n_ok == 1:
-        return float(s2[ok][0]), 0.0
+        return _scale(s2[ok][0]), 0.0
+    spline = None
+    if cov is not None:
+        spline_df = _spline_df(cov[ok])
+        if spline_df >= 2:
+            spline = _NaturalSpline(cov[ok], spline_df)
     x = np.maximum(s2[ok], 0.0)
     d = df1[ok]
     med = np.median(x)
@@ -217,14 +315,23 @@ def fit_f_dist(s2, df1) -> tuple[float, float]:
         )
     x = np.maximum(x, 1e-5 * med)
     e = np.log(x) - special.digamma(d / 2.0) + np.log(d / 2.0)
-    e_mean = float(np.mean(e))
-    excess = float(np.var(e, ddof=1) - np.mean(special.polygamma(1, d / 2.0)))
+    if spline is None:
+        e_mean = float(np.mean(e))
+        e_var = float(np.var(e, ddof=1))
+    else:
+        coef, _, rank, _ = np.linalg.lstsq(spline.basis(cov[ok]), e, rcond=None)
+        resid = e - spline.basis(cov[ok]) @ coef
+        e_var = float(np.sum(resid**2) / (n_ok - rank))
+        e_mean = spline.basis(cov) @ coef  # every gene, the left-out ones too
+    excess = e_var - float(np.mean(special.polygamma(1, d / 2.0)))
     if excess > 0:
         d0 = 2.0 * trigamma_inverse(excess)
-        s0_sq = float(np.exp(e_mean + special.digamma(d0 / 2.0) - np.log(d0 / 2.0)))
+        s0_sq = np.exp(e_mean + special.digamma(d0 / 2.0) - np.log(d0 / 2.0))
     else:
         d0 = np.inf
-        s0_sq = float(np.mean(x))
+        s0_sq = float(np.mean(x)) if spline is None else np.exp(e_mean)
+    if spline is None:
+        return _scale(s0_sq), float(d0)
     return s0_sq, float(d0)
 
 
@@ -388,7 +495,8 @@ def _fit_f_dist_robustly(s2, df1, tail_p):
 def _posterior(s2, df, var_prior, df_prior) -> np.ndarray:
     """(d0 s0² + d_g s_g²)/(d0 + d_g) with the limits: s0² where d0 = ∞, s_g² where d_g = ∞."""
     df_prior = np.broadcast_to(np.asarray(df_prior, dtype=np.float64), s2.shape)
-    post = np.full(s2.shape, var_prior, dtype=np.float64)
+    var_prior = np.broadcast_to(np.asarray(var_prior, dtype=np.float64), s2.shape)
+    post = var_prior.copy()
     fin = np.isfinite(df_prior)
     with np.errstate(invalid="ignore", divide="ignore"):
         mix = (df * s2 + df_prior * var_prior) / (df + df_prior)
@@ -398,13 +506,17 @@ def _posterior(s2, df, var_prior, df_prior) -> np.ndarray:
     return post
 
 
-def squeeze_var(s2, df, *, robust: bool = False, winsor_tail_p=(0.05, 0.1)) -> SqueezedVar:
+def squeeze_var(
+    s2, df, *, covariate=None, robust: bool = False, winsor_tail_p=(0.05, 0.1)
+) -> SqueezedVar:
     """Empirical-Bayes moderation of gene-wise variances (limma's ``squeezeVar``).
 
     Model (see the module docstring): s_g² | σ_g² ~ σ_g² χ²_{d_g}/d_g and
     σ_g⁻² ~ s0⁻² χ²_{d0}/d0; the prior (s0², d0) is estimated from all genes by
     :func:`fit_f_dist` and each variance is replaced by its posterior value
-    s̃_g² = (d0 s0² + d_g s_g²)/(d0 + d_g), which has d0 + d_g df.
+    s̃_g² = (d0 s0² + d_g s_g²)/(d0 + d_g), which has d0 + d_g df. With a ``covariate`` x_g
+    the prior's scale trends with it, s0² = s0²(x_g) with log s0²(x) a natural cubic spline in
+    x (limma-trend; :func:`fit_f_dist`), and d0 stays common.
 
     Parameters
     ----------
@@ -413,16 +525,21 @@ def squeeze_var(s2, df, *, robust: bool = False, winsor_tail_p=(0.05, 0.1)) -> S
     df : float or array_like, shape (G,)
         Their degrees of freedom d_g: non-integer allowed; 0 (no information: the posterior is
         s0²) and ∞ (a known variance: left out of the prior, posterior s_g²) allowed.
+    covariate : array_like, shape (G,), optional
+        x_g for a prior scale that trends with it (``var_prior`` becomes per gene). Finite
+        values, or ±∞ (moved just outside the finite range); NaN raises ValueError.
     robust : bool
         Estimate the prior robustly and give outlying genes a smaller prior df
-        (``df_prior`` becomes a per-gene vector), as limma's ``robust=TRUE``.
+        (``df_prior`` becomes a per-gene vector), as limma's ``robust=TRUE``. Not available
+        together with ``covariate`` (ValueError): limma's robust trend fits a lowess curve,
+        which is not implemented here.
     winsor_tail_p : (float, float)
         Lower and upper tail proportions Winsorized by the robust estimate.
 
     Returns
     -------
     SqueezedVar
-        ``df_prior`` (d0), ``var_prior`` (s0²), ``var_post`` (s̃_g²).
+        ``df_prior`` (d0), ``var_prior`` (s0²; per gene with a covariate), ``var_post`` (s̃_g²).
 
     Notes
     -----
@@ -434,20 +551,30 @@ def squeeze_var(s2, df, *, robust: bool = False, winsor_tail_p=(0.05, 0.1)) -> S
     """
     if not isinstance(robust, (bool, np.bool_)):
         raise TypeError(f"robust must be a bool; got {robust!r}")
+    if robust and covariate is not None:
+        raise ValueError(
+            "robust=True with a covariate is not implemented (limma's robust trend fits a "
+            "lowess curve): use robust=False with the covariate, or robust=True without it"
+        )
     tail_p = tuple(float(t) for t in np.broadcast_to(np.asarray(winsor_tail_p, float), (2,)))
     if not all(0 <= t < 0.5 for t in tail_p):
         raise ValueError(f"winsor_tail_p must lie in [0, 0.5); got {winsor_tail_p!r}")
     s2, df = _as_inputs(s2, df)
     if s2.size == 0:
         raise ValueError("s2 is empty")
+    if covariate is not None:
+        covariate = _as_covariate(covariate, s2.shape)
     if s2.size == 1:
-        return SqueezedVar(df_prior=0.0, var_prior=float(s2[0]), var_post=s2.copy())
+        var_prior = float(s2[0]) if covariate is None else s2.copy()
+        return SqueezedVar(df_prior=0.0, var_prior=var_prior, var_post=s2.copy())
     s2 = np.where(df == 0, 0.0, s2)  # no information: the value does not matter
     if robust:
         var_prior, _, df_prior = _fit_f_dist_robustly(s2, df, tail_p)
         if np.isnan(df_prior).any():
             raise ValueError("could not estimate the prior df")
     else:
-        var_prior, df_prior = fit_f_dist(s2, df)
+        var_prior, df_prior = fit_f_dist(s2, df, covariate=covariate)
     var_post = _posterior(s2, df, var_prior, df_prior)
-    return SqueezedVar(df_prior=df_prior, var_prior=float(var_prior), var_post=var_post)
+    if covariate is None:
+        var_prior = float(var_prior)
+    return SqueezedVar(df_prior=df_prior, var_prior=var_prior, var_post=var_post)

@@ -97,6 +97,9 @@ def _add_de(subparsers) -> None:
                    help="LMM: empirical-Bayes moderated tests")  # fmt: skip
     p.add_argument("--robust", action="store_true",
                    help="LMM with --moderate: a prior robust to outlying genes")  # fmt: skip
+    p.add_argument("--trend", action="store_true",
+                   help="LMM with --moderate: a prior whose variance trends with each gene's "
+                        "mean expression (limma-trend)")  # fmt: skip
     p.add_argument("--ml", action="store_true", help="LMM: fit by ML instead of REML")
     p.add_argument(
         "--test", default=None, choices=["wald", "lrt"],
@@ -167,6 +170,7 @@ def _run_de(args) -> int:
         df=args.df,
         moderate=args.moderate,
         robust=args.robust,
+        trend=args.trend,
         test=args.test,
         chunk_size=args.chunk_size,
         progress=False if args.quiet else None,

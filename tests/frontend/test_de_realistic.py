@@ -230,7 +230,7 @@ def test_lmm_finds_the_simulated_effects_in_their_cell_type(pbmc):
 
 
 def test_lmm_small_sample_options_reach_lmmtest(pbmc):
-    """df=, moderate= and robust= are lmmtest's, on the same single fit."""
+    """df=, moderate=, robust= and trend= are lmmtest's, on the same single fit."""
     adata, _ = pbmc
     kw = {"layer": "counts", "fixed": LMM_FIXED, "random": "donor_id",
           "contrast": {"B": "cell_typeB cell:conditionstim"}}  # fmt: skip
@@ -250,6 +250,21 @@ def test_lmm_small_sample_options_reach_lmmtest(pbmc):
     assert np.isfinite(plain["p_value"]).all() and not np.allclose(sat["df"], plain["df"])
     ml = fm.de(adata, reml=False, **kw)
     assert ml.attrs["test"] == "satterthwaite df"
+    assert not prior["trend"].any()
+    # trend: the prior's scale follows each gene's mean expression, d0 stays common
+    tr = fm.de(adata, moderate=True, trend=True, **kw)
+    tr_prior = pd.DataFrame(tr.attrs["moderation"])
+    assert tr_prior["trend"].tolist() == [True] and tr.attrs["test"].endswith("moderated (trend)")
+    d0_tr = float(tr_prior["d0"].iloc[0])
+    if np.isinf(d0_tr):  # the trend explains the scatter: the prior is s0²(ȳ_g) itself
+        s0_sq = tr["se"] ** 2
+    else:
+        s0_sq = (tr["se"] ** 2 * (d0_tr + plain["df"]) - plain["df"] * plain["se"] ** 2) / d0_tr
+    assert np.ptp(s0_sq[ok]) > 1e-3 * float(np.median(s0_sq[ok]))  # per gene, not one value
+    np.testing.assert_allclose(np.median(s0_sq[ok]), tr_prior["s0_squared"].iloc[0], rtol=1e-6)
+    np.testing.assert_array_equal(tr["log_fc"], plain["log_fc"])
+    with pytest.raises(ValueError, match="trend=True applies to the moderated test"):
+        fm.de(adata, trend=True, **kw)
     with pytest.raises(ValueError, match="kenward-roger.*REML"):
         fm.de(adata, df="kenward-roger", reml=False, **kw)
     with pytest.raises(ValueError, match="robust=True applies to the moderated test"):
@@ -411,6 +426,12 @@ def test_cli_runs_each_method_on_a_file_and_prints_a_summary(pbmc, tmp_path, pbm
     moderated = pd.read_csv(mod_out)
     assert len(moderated) == 60
     assert not np.allclose(moderated["df"], pd.read_csv(lmm_out)["df"])
+    trend_out = tmp_path / "lmm_trend.csv"
+    run = run_cli("de", str(pbmc_file), "--layer", "counts", "--random", "donor_id", "--fixed",
+                  "~ condition", "--contrast", "stim=conditionstim", "-o", str(trend_out),
+                  "--quiet", "--moderate", "--trend")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert np.isfinite(pd.read_csv(trend_out)["p_value"]).all()
 
 
 @pytest.mark.parametrize(

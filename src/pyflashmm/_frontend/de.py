@@ -57,6 +57,7 @@ def de(
     df: str = "auto",
     moderate: bool = False,
     robust: bool = False,
+    trend: bool = False,
     test: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
@@ -131,8 +132,8 @@ def de(
         cell type) pseudobulks instead, with a :class:`PseudoreplicationWarning` (the cell types
         of one donor are not independent samples).
 
-    ``transform``, ``reml``, ``df``, ``moderate`` and ``robust`` apply to ``"lmm"`` only (the NB
-    methods ignore them);
+    ``transform``, ``reml``, ``df``, ``moderate``, ``robust`` and ``trend`` apply to ``"lmm"``
+    only (the NB methods ignore them);
     ``test`` applies to the NB methods only (an error with ``"lmm"``).
     transform : {"log2p1", "log1p", None}
         ``"lmm"`` only: applied to the counts on the fly. Values that are not counts (e.g. a
@@ -150,6 +151,11 @@ def de(
         useful with few donors. The prior of each contrast is in ``table.attrs["moderation"]``.
     robust : bool
         ``"lmm"`` with ``moderate``: a prior robust to outlying genes (limma's ``robust=TRUE``).
+    trend : bool
+        ``"lmm"`` with ``moderate``: a mean–variance trend in the prior (limma-trend): log s0²
+        is a natural cubic spline in each gene's mean (transformed) expression, as log-count
+        variances depend on the expression level (see :func:`pyflashmm.lmmtest`). Not with
+        ``robust``.
     test : {"wald", "lrt"}, optional
         NB methods only: default ``"lrt"`` at cell level (DESeq2's single-cell advice) and
         ``"wald"`` for pseudobulk.
@@ -186,7 +192,7 @@ def de(
     _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
                      chunk_size)  # fmt: skip
     if method == "lmm":
-        check_moderation_args(moderate, robust)
+        check_moderation_args(moderate, robust, trend)
         if df == "kenward-roger" and not reml:
             raise ValueError("df='kenward-roger' is defined for REML fits: pass reml=True")
     cells = open_cells(data, layer)
@@ -202,7 +208,7 @@ def de(
                 f"{[str(c) for c in obs.columns][:20]})"
             )
         if method == "lmm":
-            tests = {"df": df, "moderate": moderate, "robust": robust}
+            tests = {"df": df, "moderate": moderate, "robust": robust, "trend": trend}
             table, dsg, used_test = _de_lmm(cells, obs, fixed, random, contrast, transform,
                                             reml, tests, chunk_size, progress, kwargs)  # fmt: skip
         elif method == "nbglm":
@@ -361,9 +367,8 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
                           gene_names=cells.gene_names, progress=progress)  # fmt: skip
     fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
     table = lmmtest(fit, contrast, **tests)
-    used = f"{table.attrs['df']} df" + (
-        (", moderated (robust)" if tests["robust"] else ", moderated") if tests["moderate"] else ""
-    )
+    kind = " (robust)" if tests["robust"] else " (trend)" if tests["trend"] else ""
+    used = f"{table.attrs['df']} df" + (f", moderated{kind}" if tests["moderate"] else "")
     return table, dsg, used
 
 

@@ -185,6 +185,7 @@ def lmmtest(
     df: str = "auto",
     moderate: bool = False,
     robust: bool = False,
+    trend: bool = False,
 ) -> pd.DataFrame:
     """Test coefficients or contrasts of every gene; one tidy row per (gene, contrast).
 
@@ -230,6 +231,14 @@ def lmmtest(
     robust : bool
         With ``moderate``: robust prior (limma's ``robust=TRUE``); genes with outlying
         variances get a smaller prior df of their own.
+    trend : bool
+        With ``moderate``: a mean–variance trend in the prior (limma-trend). The prior scale
+        becomes a function of each gene's mean response ȳ_g = 1ᵀy_g/n (on the model's scale,
+        e.g. log counts): log s0²(ȳ) is a natural cubic spline in ȳ (up to 4 df, as limma's
+        ``squeezeVar(covariate=)``), d0 stays common, and ṽ_g = (d0 s0²(ȳ_g) + d_g v̂_g)/(d0 +
+        d_g). ȳ_g is computed from the summary statistics: from the first random-effect block
+        when it is a random intercept (an indicator block), otherwise from an intercept column
+        of X; ValueError when there is neither, and with ``robust=True`` (not implemented).
 
     Returns
     -------
@@ -241,8 +250,9 @@ def lmmtest(
         ``method``, ``converged``. With ``moderate``, ``se``, ``stat`` and ``df`` are the
         moderated ones, and ``attrs["moderation"]`` holds each moderated contrast's prior as
         columns (``pd.DataFrame(table.attrs["moderation"])``): ``contrast``, ``d0``,
-        ``s0_squared``, ``d0_summary`` ("common", or with ``robust`` "median over genes" of
-        the per-gene d0), ``n_genes`` (genes in the prior).
+        ``s0_squared`` (with ``trend`` the median over genes of s0²(ȳ_g)), ``d0_summary``
+        ("common", or with ``robust`` "median over genes" of the per-gene d0), ``trend``,
+        ``n_genes`` (genes in the prior).
     """
     if not isinstance(fit, LmmFit):
         raise TypeError(f"fit must be an LmmFit; got {type(fit).__name__}")
@@ -250,7 +260,7 @@ def lmmtest(
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}")
     if df not in DF_METHODS:
         raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
-    _mod.check_moderation_args(moderate, robust)
+    _mod.check_moderation_args(moderate, robust, trend)
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
     if df == "auto":
@@ -273,6 +283,7 @@ def lmmtest(
         C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
         nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A, prep)
         nu_single = {k: nu[:, j] for j, k in enumerate(single)}
+    ybar = _mod.mean_response(fit.stats) if trend else None  # the trend's covariate
     frames, priors = [], []
     for name, Lm in contrasts.items():
         r = Lm.shape[1]
@@ -290,9 +301,9 @@ def lmmtest(
         if r == 1:
             se = np.sqrt(V[:, 0, 0])
             if moderate:
-                mod = _mod.moderate_t(est[:, 0], V[:, 0, 0], nu, robust=robust)
+                mod = _mod.moderate_t(est[:, 0], V[:, 0, 0], nu, robust=robust, covariate=ybar)
                 se, nu = mod.se, mod.df
-                priors.append(_mod.prior_summary(name, mod, robust))
+                priors.append(_mod.prior_summary(name, mod, robust, trend))
             with np.errstate(invalid="ignore", divide="ignore"):
                 stat = est[:, 0] / se
             if alternative == "two-sided":
