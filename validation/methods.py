@@ -54,23 +54,34 @@ METHODS = (
     "nbglm_pseudobulk",
     "lmm_ml",
 )
-#: LMM methods: id → (fit method, ``nonneg``, ``df``, moderated). The first three are the
+#: LMM methods: id → (fit method, ``nonneg``, ``df``, moderation: None, the constant prior,
+#: limma's robust prior, or the prior that trends with the mean response). The first three are the
 #: methods (a), (b), (f) of the six, with FLASHMM's semantics; the others are the variants
 #: compared when the default handling of boundary fits and small samples was chosen
 #: (configs ``lmm_inference.toml``): ``nonneg="refit"`` (genes without an unconstrained maximum
 #: fitted again with σₖ² ≥ 0), ``nonneg=True`` throughout, between–within df, Kenward–Roger,
-#: empirical-Bayes moderation.
+#: empirical-Bayes moderation (constant, robust, trended prior).
 LMM_VARIANTS = {
-    "lmm_satterthwaite": ("REML", False, "satterthwaite", False),
-    "lmm_residual_df": ("REML", False, "residual", False),
-    "lmm_ml": ("ML", False, "satterthwaite", False),
-    "lmm_refit": ("REML", "refit", "satterthwaite", False),
-    "lmm_nonneg": ("REML", True, "satterthwaite", False),
-    "lmm_between": ("REML", "refit", "between", False),
-    "lmm_refit_moderated": ("REML", "refit", "satterthwaite", True),
-    "lmm_nonneg_moderated": ("REML", True, "satterthwaite", True),
-    "lmm_kr": ("REML", "refit", "kenward-roger", False),
-    "lmm_kr_moderated": ("REML", "refit", "kenward-roger", True),
+    "lmm_satterthwaite": ("REML", False, "satterthwaite", None),
+    "lmm_residual_df": ("REML", False, "residual", None),
+    "lmm_ml": ("ML", False, "satterthwaite", None),
+    "lmm_refit": ("REML", "refit", "satterthwaite", None),
+    "lmm_nonneg": ("REML", True, "satterthwaite", None),
+    "lmm_between": ("REML", "refit", "between", None),
+    "lmm_kr": ("REML", "refit", "kenward-roger", None),
+    "lmm_refit_moderated": ("REML", "refit", "satterthwaite", "constant"),
+    "lmm_nonneg_moderated": ("REML", True, "satterthwaite", "constant"),
+    "lmm_kr_moderated": ("REML", "refit", "kenward-roger", "constant"),
+    "lmm_kr_robust": ("REML", "refit", "kenward-roger", "robust"),
+    "lmm_refit_trend": ("REML", "refit", "satterthwaite", "trend"),
+    "lmm_kr_trend": ("REML", "refit", "kenward-roger", "trend"),
+}
+#: lmmtest's moderation arguments for the last field of LMM_VARIANTS
+_MODERATION = {
+    None: {},
+    "constant": {"moderate": True},
+    "robust": {"moderate": True, "robust": True},
+    "trend": {"moderate": True, "trend": True},
 }
 #: every method id run_methods knows
 ALL_METHODS = (*METHODS, *(m for m in LMM_VARIANTS if m not in METHODS))
@@ -134,9 +145,7 @@ def _lmm_frames(stats_, coef, want) -> list[pd.DataFrame]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                res = fm.lmmtest(
-                    fit, {"trt": coef}, df=df, **({"moderate": True} if moderate else {})
-                )
+                res = fm.lmmtest(fit, {"trt": coef}, df=df, **_MODERATION[moderate])
         except (ValueError, np.linalg.LinAlgError) as exc:
             out.append(_failed(genes, method, exc))
             continue

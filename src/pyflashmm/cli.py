@@ -97,9 +97,9 @@ def _add_de(subparsers) -> None:
                    help="LMM: empirical-Bayes moderated tests")  # fmt: skip
     p.add_argument("--robust", action="store_true",
                    help="LMM with --moderate: a prior robust to outlying genes")  # fmt: skip
-    p.add_argument("--trend", action="store_true",
-                   help="LMM with --moderate: a prior whose variance trends with each gene's "
-                        "mean expression (limma-trend)")  # fmt: skip
+    p.add_argument("--no-trend", dest="trend", action="store_false", default=None,
+                   help="LMM with --moderate: a constant prior (default: its variance trends "
+                        "with each gene's mean expression, limma-trend)")  # fmt: skip
     p.add_argument("--ml", action="store_true", help="LMM: fit by ML instead of REML")
     p.add_argument(
         "--test", default=None, choices=["wald", "lrt"],

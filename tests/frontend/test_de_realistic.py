@@ -235,7 +235,7 @@ def test_lmm_small_sample_options_reach_lmmtest(pbmc):
     kw = {"layer": "counts", "fixed": LMM_FIXED, "random": "donor_id",
           "contrast": {"B": "cell_typeB cell:conditionstim"}}  # fmt: skip
     plain = fm.de(adata, **kw)
-    mod = fm.de(adata, moderate=True, **kw)
+    mod = fm.de(adata, moderate=True, trend=False, **kw)
     prior = pd.DataFrame(mod.attrs["moderation"])
     assert prior["contrast"].tolist() == ["B"] and np.isfinite(prior["s0_squared"]).all()
     # the moderated df adds the prior's d0 to each gene's df (limma's cap aside)
@@ -252,7 +252,7 @@ def test_lmm_small_sample_options_reach_lmmtest(pbmc):
     assert ml.attrs["test"] == "satterthwaite df"
     assert not prior["trend"].any()
     # trend: the prior's scale follows each gene's mean expression, d0 stays common
-    tr = fm.de(adata, moderate=True, trend=True, **kw)
+    tr = fm.de(adata, moderate=True, **kw)  # the trend is de()'s default when moderating
     tr_prior = pd.DataFrame(tr.attrs["moderation"])
     assert tr_prior["trend"].tolist() == [True] and tr.attrs["test"].endswith("moderated (trend)")
     d0_tr = float(tr_prior["d0"].iloc[0])
@@ -429,9 +429,16 @@ def test_cli_runs_each_method_on_a_file_and_prints_a_summary(pbmc, tmp_path, pbm
     trend_out = tmp_path / "lmm_trend.csv"
     run = run_cli("de", str(pbmc_file), "--layer", "counts", "--random", "donor_id", "--fixed",
                   "~ condition", "--contrast", "stim=conditionstim", "-o", str(trend_out),
-                  "--quiet", "--moderate", "--trend")  # fmt: skip
+                  "--quiet", "--moderate")  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert np.isfinite(pd.read_csv(trend_out)["p_value"]).all()
+    trended = pd.read_csv(trend_out)
+    assert np.isfinite(trended["p_value"]).all()
+    flat_out = tmp_path / "lmm_flat.csv"
+    run = run_cli("de", str(pbmc_file), "--layer", "counts", "--random", "donor_id", "--fixed",
+                  "~ condition", "--contrast", "stim=conditionstim", "-o", str(flat_out),
+                  "--quiet", "--moderate", "--no-trend")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not np.allclose(pd.read_csv(flat_out)["se"], trended["se"])
 
 
 @pytest.mark.parametrize(

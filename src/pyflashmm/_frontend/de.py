@@ -57,7 +57,7 @@ def de(
     df: str = "auto",
     moderate: bool = False,
     robust: bool = False,
-    trend: bool = False,
+    trend: bool | None = None,
     test: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
@@ -151,11 +151,13 @@ def de(
         useful with few donors. The prior of each contrast is in ``table.attrs["moderation"]``.
     robust : bool
         ``"lmm"`` with ``moderate``: a prior robust to outlying genes (limma's ``robust=TRUE``).
-    trend : bool
+    trend : bool, optional
         ``"lmm"`` with ``moderate``: a mean–variance trend in the prior (limma-trend): log s0²
         is a natural cubic spline in each gene's mean (transformed) expression, as log-count
         variances depend on the expression level (see :func:`pyflashmm.lmmtest`). Not with
-        ``robust``.
+        ``robust``. Default: on when ``moderate`` is (and ``robust`` is not). In the calibration
+        experiment the trended prior kept the type-I error at α in the confirmation grid,
+        where the constant prior exceeded it (``validation/lmm_inference.py``).
     test : {"wald", "lrt"}, optional
         NB methods only: default ``"lrt"`` at cell level (DESeq2's single-cell advice) and
         ``"wald"`` for pseudobulk.
@@ -192,6 +194,8 @@ def de(
     _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
                      chunk_size)  # fmt: skip
     if method == "lmm":
+        if trend is None:
+            trend = bool(moderate) and not robust
         check_moderation_args(moderate, robust, trend)
         if df == "kenward-roger" and not reml:
             raise ValueError("df='kenward-roger' is defined for REML fits: pass reml=True")
