@@ -46,6 +46,7 @@ VARIANTS = [
     Variant("satterthwaite, moderated", {"moderate": True}),
     Variant("satterthwaite, robust", {"moderate": True, "robust": True}),
     Variant("kenward-roger, moderated", {"df": "kenward-roger", "moderate": True}),
+    Variant("kenward-roger, trend", {"df": "kenward-roger", "moderate": True, "trend": True}),
 ]
 
 
