@@ -64,7 +64,7 @@ def _prior(table):
 
 def test_moderated_table_follows_the_prior(fit):
     plain = lmmtest(fit, STIM, df="satterthwaite")
-    mod = lmmtest(fit, STIM, df="satterthwaite", moderate=True)
+    mod = lmmtest(fit, STIM, df="satterthwaite", moderate=True, trend=False)
     assert list(mod.columns) == COLUMNS and len(mod) == len(plain)
     prior = _prior(mod).loc["stim_vs_ctrl"]
     assert prior["d0_summary"] == "common" and prior["n_genes"] == fit.n_genes
@@ -84,7 +84,9 @@ def test_moderated_table_follows_the_prior(fit):
     # the prior is squeeze_var's on (se², df)
     sq = squeeze_var(v, d)
     assert (sq.df_prior, sq.var_prior) == (d0, s0_sq)
-    greater = lmmtest(fit, STIM, df="satterthwaite", moderate=True, alternative="greater")
+    greater = lmmtest(
+        fit, STIM, df="satterthwaite", moderate=True, trend=False, alternative="greater"
+    )
     np.testing.assert_allclose(greater["p_value"], sps.t.sf(mod["stat"], mod["df"]), rtol=1e-10)
 
 
@@ -97,13 +99,13 @@ def test_one_gene_by_hand(fit):
     half_d0 = optimize.brentq(lambda x: special.polygamma(1, x) - excess, 1e-3, 1e6, xtol=1e-14)
     d0 = 2 * half_d0
     s0_sq = np.exp(np.mean(e) + special.digamma(half_d0) - np.log(half_d0))
-    prior = _prior(lmmtest(fit, STIM, moderate=True)).loc["stim_vs_ctrl"]
+    prior = _prior(lmmtest(fit, STIM, moderate=True, trend=False)).loc["stim_vs_ctrl"]
     np.testing.assert_allclose([prior["d0"], prior["s0_squared"]], [d0, s0_sq], rtol=1e-10)
     g = 7
     var_post = (d0 * s0_sq + d[g] * v[g]) / (d0 + d[g])
     t = plain["log_fc"][g] / np.sqrt(var_post)
     p = 2 * sps.t.sf(abs(t), d0 + d[g])
-    row = lmmtest(fit, STIM, moderate=True).iloc[g]
+    row = lmmtest(fit, STIM, moderate=True, trend=False).iloc[g]
     np.testing.assert_allclose([row["stat"], row["df"], row["p_value"]], [t, d0 + d[g], p],
                                rtol=1e-9)  # fmt: skip
 
@@ -139,7 +141,7 @@ def test_robust_differs_where_the_outliers_are(rng):
     scale[outliers] *= 25
     fit = _fit(rng, _obs(rng), G=G, scale=scale)
     plain = lmmtest(fit, STIM)
-    rob = lmmtest(fit, STIM, moderate=True, robust=True)
+    rob = lmmtest(fit, STIM, moderate=True, trend=False, robust=True)
     info = _prior(rob).loc["stim_vs_ctrl"]
     assert info["d0_summary"] == "median over genes"
     v, d = plain["se"].to_numpy() ** 2, plain["df"].to_numpy()
@@ -170,7 +172,7 @@ def test_infinite_prior_df_uses_the_prior_variance(rng):
     Y = base[:, None] * (1 + 1e-3 * np.arange(50))[None, :]
     fit = fm.lmmfit(Y, dsg)
     plain = lmmtest(fit, STIM)
-    mod = lmmtest(fit, STIM, moderate=True)
+    mod = lmmtest(fit, STIM, moderate=True, trend=False)
     prior = _prior(mod).loc["stim_vs_ctrl"]
     assert prior["d0"] == np.inf
     np.testing.assert_allclose(prior["s0_squared"], np.mean(plain["se"] ** 2), rtol=1e-12)
@@ -181,7 +183,7 @@ def test_infinite_prior_df_uses_the_prior_variance(rng):
 @pytest.mark.parametrize("df", ["residual", "between"])
 def test_common_df(fit, df):
     plain = lmmtest(fit, STIM, df=df)
-    mod = lmmtest(fit, STIM, df=df, moderate=True)
+    mod = lmmtest(fit, STIM, df=df, moderate=True, trend=False)
     d0 = _prior(mod).loc["stim_vs_ctrl", "d0"]
     assert plain["df"].nunique() == 1
     np.testing.assert_allclose(mod["df"], d0 + plain["df"], rtol=1e-12)
@@ -190,7 +192,7 @@ def test_common_df(fit, df):
 def test_joint_contrasts_warn_and_stay_unmoderated(fit):
     spec = {"stim": "conditionstim", "both": ["conditionstim", "cell_typeT"]}
     with pytest.warns(UserWarning, match="not moderated: 'both'") as record:
-        mod = lmmtest(fit, spec, moderate=True)
+        mod = lmmtest(fit, spec, moderate=True, trend=False)
     assert len(record) == 1 and record[0].filename == __file__
     plain = lmmtest(fit, spec)
     joint = mod["contrast"] == "both"
@@ -199,7 +201,7 @@ def test_joint_contrasts_warn_and_stay_unmoderated(fit):
     assert list(_prior(mod).index) == ["stim"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        lmmtest(fit, {"stim": "conditionstim"}, moderate=True)  # no joint: no warning
+        lmmtest(fit, {"stim": "conditionstim"}, moderate=True, trend=False)  # no joint: no warning
 
 
 def test_genes_without_df_are_left_out(fit):
@@ -227,7 +229,7 @@ def test_unfitted_gene_is_left_out_of_the_prior(rng):
     Y[:, 4] = 0.0  # no variance: no fit
     with pytest.warns(fm.ConvergenceWarning, match="zero_variance"):
         fit = fm.lmmfit(Y, dsg)
-    mod = lmmtest(fit, STIM, moderate=True)
+    mod = lmmtest(fit, STIM, moderate=True, trend=False)
     assert np.isnan(mod.loc[4, "p_value"]) and mod["p_value"].drop(4).notna().all()
     assert _prior(mod).loc["stim_vs_ctrl", "n_genes"] == 29
 
@@ -236,14 +238,14 @@ def test_bad_arguments(fit):
     with pytest.raises(TypeError, match="moderate must be a bool"):
         lmmtest(fit, STIM, moderate="yes")
     with pytest.raises(TypeError, match="robust must be a bool"):
-        lmmtest(fit, STIM, moderate=True, robust=1)
+        lmmtest(fit, STIM, moderate=True, trend=False, robust=1)
     with pytest.raises(ValueError, match="robust=True .* moderate=True"):
         lmmtest(fit, STIM, robust=True)
 
 
 def test_moderated_tables_concatenate(fit):
-    a = lmmtest(fit, STIM, moderate=True)
-    b = lmmtest(fit, {"T": "cell_typeT"}, moderate=True)
+    a = lmmtest(fit, STIM, moderate=True, trend=False)
+    b = lmmtest(fit, {"T": "cell_typeT"}, moderate=True, trend=False)
     both = pd.concat([a, b], ignore_index=True)  # attrs are compared by pandas: no error
     assert len(both) == len(a) + len(b)
     assert "moderation" not in lmmtest(fit, STIM).attrs
@@ -284,7 +286,7 @@ def test_trend_prior_follows_the_mean(trend_data):
     scatter between genes and gets a much smaller d0), and the table is squeeze_var's."""
     Y, fit, mean = trend_data
     plain = lmmtest(fit, STIM)
-    flat = _prior(lmmtest(fit, STIM, moderate=True)).loc["stim_vs_ctrl"]
+    flat = _prior(lmmtest(fit, STIM, moderate=True, trend=False)).loc["stim_vs_ctrl"]
     table = lmmtest(fit, STIM, moderate=True, trend=True)
     prior = _prior(table).loc["stim_vs_ctrl"]
     assert bool(prior["trend"]) and not bool(flat["trend"])

@@ -65,6 +65,9 @@ LMM_VARIANTS = {
     "lmm_satterthwaite": ("REML", False, "satterthwaite", None),
     "lmm_residual_df": ("REML", False, "residual", None),
     "lmm_ml": ("ML", False, "satterthwaite", None),
+    "lmm_ml_refit": ("ML", "refit", "satterthwaite", None),
+    "lmm_ml_expected": ("ML", "refit", "satterthwaite-expected", None),
+    "lmm_refit_expected": ("REML", "refit", "satterthwaite-expected", None),
     "lmm_refit": ("REML", "refit", "satterthwaite", None),
     "lmm_nonneg": ("REML", True, "satterthwaite", None),
     "lmm_between": ("REML", "refit", "between", None),
@@ -79,7 +82,7 @@ LMM_VARIANTS = {
 #: lmmtest's moderation arguments for the last field of LMM_VARIANTS
 _MODERATION = {
     None: {},
-    "constant": {"moderate": True},
+    "constant": {"moderate": True, "trend": False},
     "robust": {"moderate": True, "robust": True},
     "trend": {"moderate": True, "trend": True},
 }

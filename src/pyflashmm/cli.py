@@ -176,9 +176,25 @@ def _run_de(args) -> int:
         progress=False if args.quiet else None,
     )
     table.to_csv(out, index=False)
+    prior = _write_moderation_prior(table, out)
     if not args.quiet:
         print(summary_line(table, out), file=sys.stderr)
+        if prior is not None:
+            print(f"pyflashmm de: the moderation prior (d0, s0²) per contrast -> {prior}",
+                  file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _write_moderation_prior(table, out: Path):
+    """With --moderate, the prior of each contrast (``table.attrs["moderation"]``) goes to a
+    companion CSV beside the result, ``<name>.moderation.csv``: the CSV keeps no attrs."""
+    if "moderation" not in table.attrs:
+        return None
+    import pandas as pd
+
+    path = out.with_name(out.stem + ".moderation.csv")
+    pd.DataFrame(table.attrs["moderation"]).to_csv(path, index=False)
+    return path
 
 
 # ----------------------------------------------------------------------------- pyflashmm simulate

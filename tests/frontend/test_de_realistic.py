@@ -433,6 +433,9 @@ def test_cli_runs_each_method_on_a_file_and_prints_a_summary(pbmc, tmp_path, pbm
     assert run.returncode == 0, run.stderr
     trended = pd.read_csv(trend_out)
     assert np.isfinite(trended["p_value"]).all()
+    prior = pd.read_csv(trend_out.with_name("lmm_trend.moderation.csv"))
+    assert prior["contrast"].tolist() == ["stim"] and prior["trend"].tolist() == [True]
+    assert prior["d0"].iloc[0] > 0 and prior["s0_squared"].iloc[0] > 0
     flat_out = tmp_path / "lmm_flat.csv"
     run = run_cli("de", str(pbmc_file), "--layer", "counts", "--random", "donor_id", "--fixed",
                   "~ condition", "--contrast", "stim=conditionstim", "-o", str(flat_out),

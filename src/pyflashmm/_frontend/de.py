@@ -155,9 +155,8 @@ def de(
         ``"lmm"`` with ``moderate``: a mean–variance trend in the prior (limma-trend): log s0²
         is a natural cubic spline in each gene's mean (transformed) expression, as log-count
         variances depend on the expression level (see :func:`pyflashmm.lmmtest`). Not with
-        ``robust``. Default: on when ``moderate`` is (and ``robust`` is not). In the calibration
-        experiment the trended prior kept the type-I error at α in the confirmation grid,
-        where the constant prior exceeded it (``validation/lmm_inference.py``).
+        ``robust``. Default: :func:`pyflashmm.lmmtest`'s (on when ``moderate`` is and
+        ``robust`` is not).
     test : {"wald", "lrt"}, optional
         NB methods only: default ``"lrt"`` at cell level (DESeq2's single-cell advice) and
         ``"wald"`` for pseudobulk.
@@ -194,9 +193,8 @@ def de(
     _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
                      chunk_size)  # fmt: skip
     if method == "lmm":
-        if trend is None:
-            trend = bool(moderate) and not robust
-        check_moderation_args(moderate, robust, trend)
+        # trend=None is lmmtest's default, decided on the fit; the types are checked now
+        check_moderation_args(moderate, robust, False if trend is None else trend)
         if df == "kenward-roger" and not reml:
             raise ValueError("df='kenward-roger' is defined for REML fits: pass reml=True")
     cells = open_cells(data, layer)
@@ -371,7 +369,8 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
                           gene_names=cells.gene_names, progress=progress)  # fmt: skip
     fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
     table = lmmtest(fit, contrast, **tests)
-    kind = " (robust)" if tests["robust"] else " (trend)" if tests["trend"] else ""
+    trended = any(table.attrs.get("moderation", {}).get("trend", []))
+    kind = " (robust)" if tests["robust"] else " (trend)" if trended else ""
     used = f"{table.attrs['df']} df" + (f", moderated{kind}" if tests["moderate"] else "")
     return table, dsg, used
 

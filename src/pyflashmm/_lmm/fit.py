@@ -538,7 +538,7 @@ def lmm(
         every gene whose fit did not converge (but for degenerate genes, ``zero_variance``) is
         fitted again with σₖ² ≥ 0 (with at least 200 iterations); where that refit converges
         it replaces the first (``LmmFit.refitted``). ``"refit"`` is the default: in the
-        calibration experiment (``validation/lmm_inference.py``) it leaves at most 0.04% of
+        calibration experiment (``validation/lmm_inference.py``) it leaves at most 0.03% of
         the null genes without a p-value in any grid (FLASHMM's semantics: 2.4–6.5%), with
         type-I errors like FLASHMM's where both have one, and fewer settings above α than
         ``nonneg=True``.

@@ -48,11 +48,21 @@ from pyflashmm._kernels import lmm_inference as _ki
 from pyflashmm._lmm import kenward_roger as _kr
 from pyflashmm._lmm import moderation as _mod
 from pyflashmm._lmm.fit import LmmFit, _Prepared, _Problem, prepared
+from pyflashmm._lmm.information import batched_inverse, inverse_expected_information
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._pvalues import t_two_sided
 
 _ALTERNATIVES = ("two-sided", "less", "greater")
-DF_METHODS = ("auto", "satterthwaite", "kenward-roger", "residual", "between")
+DF_METHODS = (
+    "auto",
+    "satterthwaite",
+    "satterthwaite-expected",
+    "kenward-roger",
+    "residual",
+    "between",
+)
+#: df methods built on Satterthwaite's formula ν = 2f²/(∇fᵀA∇f), by the A they use
+_SATTERTHWAITE = ("satterthwaite", "satterthwaite-expected")
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,12 +129,8 @@ def inverse_observed_information(fit: LmmFit, prep: _Prepared | None = None) -> 
     mask = free[:, :, None] & free[:, None, :]
     eye = np.broadcast_to(np.eye(K1, dtype=bool), J.shape)
     J = np.where(mask, J, np.where(eye, 1.0, 0.0))
-    A = np.full_like(J, np.nan)
-    good = np.isfinite(J).all(axis=(1, 2))
-    good[good] = np.abs(np.linalg.det(J[good])) > 0
-    if good.any():
-        A[good] = np.linalg.inv(J[good])
-    A[~mask & good[:, None, None]] = 0.0
+    A = batched_inverse(J)
+    A[~mask & np.isfinite(A).all(axis=(1, 2))[:, None, None]] = 0.0
     return A
 
 
@@ -185,7 +191,7 @@ def lmmtest(
     df: str = "auto",
     moderate: bool = False,
     robust: bool = False,
-    trend: bool = False,
+    trend: bool | None = None,
 ) -> pd.DataFrame:
     """Test coefficients or contrasts of every gene; one tidy row per (gene, contrast).
 
@@ -202,15 +208,21 @@ def lmmtest(
         Coefficients to test (identity contrasts) when ``contrast`` is None; default all.
     alternative : {"two-sided", "less", "greater"}
         For single-row contrasts.
-    df : {"auto", "kenward-roger", "satterthwaite", "residual", "between"}
+    df : {"auto", "kenward-roger", "satterthwaite", "satterthwaite-expected", "residual", \
+"between"}
         Denominator degrees of freedom (see the module docstring); ``table.attrs["df"]`` says
         which was used. ``"auto"`` (default): Kenward–Roger for REML fits, Satterthwaite for
-        ML fits. Chosen on the calibration experiment (``validation/lmm_inference.py``): on
-        fresh seeds, 8 replicates of 300 null genes in each of 18 settings (3–20 subjects per
-        arm), Kenward–Roger (with ``lmm``'s default ``nonneg="refit"``) had no setting whose
-        Wilson interval of the type-I error lay above α = 0.05 or 0.01; Satterthwaite had
-        one (at 0.05). FLASHMM's n − p gives inflated type-I error for between-subject
-        contrasts.
+        ML fits. Chosen on the calibration experiment (``validation/lmm_inference.py``, 96
+        null settings with 6–40 donors): with ``lmm``'s default ``nonneg="refit"``,
+        Kenward–Roger had no setting whose Wilson interval of the type-I error lay above
+        α = 0.05, and 5 above α = 0.01 (σ_b² = 0 with 1,000 cells per donor, where negative
+        σ_b² estimates shrink the between-donor SE: 2.1% with 6 donors); Satterthwaite had 2
+        and 11. ML fits underestimate the donor variance with few donors, and every df method
+        over-rejects on them (pooled 7–11% at α = 0.05): test on REML fits. FLASHMM's n − p
+        gives inflated type-I error for between-subject contrasts. ``"satterthwaite"`` is
+        lmerTest's (the inverse *observed* information of θ); ``"satterthwaite-expected"``
+        uses the inverse *expected* information, the df Kenward–Roger uses, without its
+        covariance adjustment, and for ML fits too.
         ``"kenward-roger"`` (REML fits only; an ML fit raises ValueError) also adjusts the
         covariance of β̂: ``se`` is √(cᵀΦ_Ac) with Φ_A = Φ + 2Λ the Kenward–Roger adjusted
         covariance, ``stat`` t = cᵀβ̂/se on ν = 2f²/(∇fᵀW∇f) df (W the inverse expected
@@ -231,8 +243,13 @@ def lmmtest(
     robust : bool
         With ``moderate``: robust prior (limma's ``robust=TRUE``); genes with outlying
         variances get a smaller prior df of their own.
-    trend : bool
-        With ``moderate``: a mean–variance trend in the prior (limma-trend). The prior scale
+    trend : bool, optional
+        With ``moderate``: a mean–variance trend in the prior (limma-trend). Default (None):
+        on when ``moderate`` is, ``robust`` is not, and ȳ_g can be computed (see below); a
+        constant prior otherwise (``trend=False`` is limma's plain ``squeezeVar``). In the
+        calibration experiment the constant prior's Wilson interval lay above α in 3–9
+        settings per grid, the trended prior's in 0–2 (``validation/lmm_inference.py``): on
+        log counts a gene's variance depends on its expression. The prior scale
         becomes a function of each gene's mean response ȳ_g = 1ᵀy_g/n (on the model's scale,
         e.g. log counts): log s0²(ȳ) is a natural cubic spline in ȳ (up to 4 df, as limma's
         ``squeezeVar(covariate=)``), d0 stays common, and ṽ_g = (d0 s0²(ȳ_g) + d_g v̂_g)/(d0 +
@@ -260,6 +277,8 @@ def lmmtest(
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}")
     if df not in DF_METHODS:
         raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
+    if trend is None:
+        trend = bool(moderate) and not robust and _mod.has_mean_response(fit.stats)
     _mod.check_moderation_args(moderate, robust, trend)
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
@@ -274,12 +293,17 @@ def lmmtest(
     G = fit.n_genes
     method = f"lmm_{fit.method.lower()}"
     # one problem for every contrast
-    prep = prepared(fit) if df in ("satterthwaite", "kenward-roger") else None
-    A = inverse_observed_information(fit, prep) if df == "satterthwaite" else None
+    prep = prepared(fit) if df in (*_SATTERTHWAITE, "kenward-roger") else None
+    if df == "satterthwaite":
+        A = inverse_observed_information(fit, prep)
+    elif df == "satterthwaite-expected":
+        A = inverse_expected_information(fit)
+    else:
+        A = None
     kr = _kr.kenward_roger(fit, contrasts, prep) if df == "kenward-roger" else None
     single = {k: v[:, 0] for k, v in contrasts.items() if v.shape[1] == 1}
     nu_single = {}
-    if single and df == "satterthwaite":
+    if single and df in _SATTERTHWAITE:
         C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
         nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A, prep)
         nu_single = {k: nu[:, j] for j, k in enumerate(single)}
@@ -292,7 +316,7 @@ def lmmtest(
             V, nu = kr[name].cov, kr[name].df
         else:
             V = np.einsum("al,gab,bm->glm", Lm, fit.cov, Lm)
-            if df == "satterthwaite":
+            if df in _SATTERTHWAITE:
                 nu = nu_single[name] if r == 1 else None
             elif df == "residual":
                 nu = np.full(G, fit.df)

@@ -53,6 +53,7 @@ import numpy as np
 
 from pyflashmm._kernels import kenward_roger as _kk
 from pyflashmm._lmm.fit import LmmFit, _Prepared, prepared
+from pyflashmm._lmm.information import batched_inverse, inverse_expected_information
 
 #: genes per block (bounds the G × (K+1) × p × p temporaries: 1024 genes, K = 2, p = 62 take
 #: 95 MB)
@@ -81,18 +82,6 @@ def check_fit(fit: LmmFit) -> None:
         )
     if fit.stats is None:
         raise ValueError("fit: this LmmFit carries no summary statistics (fit.stats is None)")
-
-
-def inverse_expected_information(fit: LmmFit) -> np.ndarray:
-    """W = I⁻¹ per gene (G × (K+1) × (K+1)) from the fit's expected REML information; NaN
-    where it is not finite or singular."""
-    info = fit.fim_theta
-    W = np.full_like(info, np.nan)
-    good = np.isfinite(info).all(axis=(1, 2))
-    good[good] = np.abs(np.linalg.det(info[good])) > 0
-    if good.any():
-        W[good] = np.linalg.inv(info[good])
-    return W
 
 
 def adjustment(
@@ -141,29 +130,19 @@ def kr_ddf(A1: np.ndarray, A2: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarr
     return nu, scale
 
 
-def _batched_inv(M: np.ndarray) -> np.ndarray:
-    """Inverses of a stack of small matrices; NaN where one is not finite or singular."""
-    out = np.full_like(M, np.nan)
-    good = np.isfinite(M).all(axis=(-2, -1))
-    good[good] = np.abs(np.linalg.det(M[good])) > 0
-    if good.any():
-        out[good] = np.linalg.inv(M[good])
-    return out
-
-
 def _joint(Lm, beta, cov, D, Lam, W):
     """Scaled F, ν and LᵀΦ_AL of one joint contrast ``Lm`` (p × r) for a block of genes."""
     r = Lm.shape[1]
     S = np.einsum("ar,gab,bs->grs", Lm, cov, Lm)
     SA = S + 2.0 * np.einsum("ar,gab,bs->grs", Lm, Lam, Lm)
     M = np.einsum("ar,giab,bs->girs", Lm, D, Lm)  # L Dᵢ Lᵀ (= −LΦPᵢΦLᵀ)
-    SiM = np.einsum("grs,gist->girt", _batched_inv(S), M)  # S⁻¹LDᵢLᵀ: same traces as ±uᵢ
+    SiM = np.einsum("grs,gist->girt", batched_inverse(S), M)  # S⁻¹LDᵢLᵀ: same traces as ±uᵢ
     tr = np.einsum("girr->gi", SiM)
     A1 = np.einsum("gi,gij,gj->g", tr, W, tr)
     A2 = np.einsum("gij,girs,gjsr->g", W, SiM, SiM)
     nu, scale = kr_ddf(A1, A2, r)
     est = beta @ Lm
-    wald = np.einsum("gr,grs,gs->g", est, _batched_inv(SA), est)
+    wald = np.einsum("gr,grs,gs->g", est, batched_inverse(SA), est)
     F = scale * wald / r
     # Φ_A need not be positive definite far from a regular optimum (e.g. V almost singular
     # at the edge of the PD region): no test there

@@ -105,15 +105,26 @@ def check_moderation_args(moderate, robust, trend=False) -> None:
         )
 
 
+def has_mean_response(stats) -> bool:
+    """Whether :func:`mean_response` can compute ȳ_g from ``stats``."""
+    try:
+        mean_response(stats)
+    except ValueError:
+        return False
+    return True
+
+
 def mean_response(stats) -> np.ndarray:
     """Each gene's mean response ȳ_g = 1ᵀy_g/n, from the summary statistics alone.
 
-    * The first random-effect block, when it is an indicator matrix Z₁ (a random intercept
-      per level: each cell in exactly one level): its columns sum to the ones vector, so
-      1ᵀy_g = 1ᵀZ₁ᵀy_g, the sum of that block's rows of ZᵀY. Recognised by its ZᵀZ sub-block,
-      which is then diagonal with the level sizes (non-negative integers) summing to n.
-    * Otherwise an intercept column of X (named ``(Intercept)``, with squared norm n): its row
-      of XᵀY is 1ᵀy_g.
+    * An intercept column of X (named ``(Intercept)``, with squared norm n): its row of XᵀY
+      is 1ᵀy_g.
+    * Otherwise the first random-effect block, when it is an indicator matrix Z₁ (a random
+      intercept per level: each cell in exactly one level): its columns sum to the ones
+      vector, so 1ᵀy_g = 1ᵀZ₁ᵀy_g, the sum of that block's rows of ZᵀY. Recognised by its ZᵀZ
+      sub-block, which is then diagonal with the level sizes (non-negative integers) summing
+      to n. A first block that is a random slope of a ±1 covariate passes the same test; put
+      a random intercept first (as ``de()`` does for its grouping) in such a design.
 
     Parameters
     ----------
@@ -133,6 +144,11 @@ def mean_response(stats) -> np.ndarray:
     if stats is None:
         raise ValueError("trend=True needs the fit's summary statistics (fit.stats is None)")
     n = float(stats.n)
+    names = list(stats.fixed_names)
+    if "(Intercept)" in names:
+        i = names.index("(Intercept)")
+        if abs(float(np.asarray(stats.XX)[i, i]) - n) <= 1e-8 * max(n, 1.0):
+            return np.asarray(stats.XY)[i] / n
     d = np.atleast_1d(stats.d)
     if d.size and d[0] > 0:
         q1 = int(d[0])
@@ -147,11 +163,6 @@ def mean_response(stats) -> np.ndarray:
             and abs(sizes.sum() - n) <= tol
         ):
             return np.asarray(stats.ZY)[:q1].sum(axis=0) / n
-    names = list(stats.fixed_names)
-    if "(Intercept)" in names:
-        i = names.index("(Intercept)")
-        if abs(float(np.asarray(stats.XX)[i, i]) - n) <= 1e-8 * max(n, 1.0):
-            return np.asarray(stats.XY)[i] / n
     raise ValueError(
         "trend=True needs each gene's mean response 1ᵀy/n from the summary statistics: the "
         "first random-effect block must be a random intercept (an indicator block), or X must "
