@@ -16,7 +16,14 @@ from pathlib import Path
 
 #: lmmtest's df methods, spelled out here so that ``--help`` needs no Numba import (a test
 #: checks that they are the same)
-LMM_DF_METHODS = ("auto", "satterthwaite", "kenward-roger", "residual", "between")
+LMM_DF_METHODS = (
+    "auto",
+    "satterthwaite",
+    "satterthwaite-expected",
+    "kenward-roger",
+    "residual",
+    "between",
+)
 
 DE_EPILOG = """\
 examples:
