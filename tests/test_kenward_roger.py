@@ -10,6 +10,15 @@ components are accurate to ~1e-7 (its bobyqa stopping rule, see tests/data/lme4-
 and the KR quantities are smooth functions of them, so 1e-4 leaves a wide margin. Observed maxima
 (``max_relative_differences``, all scenarios) when these tests were written: SE 3.2e-7, t 3.2e-7,
 df of t 1.8e-7, p of t 1.9e-6, F 1.5e-7, ddf of F 1.5e-9, p of F 8.2e-7.
+
+Singular fits (``SINGULAR_SCENARIOS``: every gene has one variance component that lme4 puts at
+exactly 0): pyflashmm fits them with ``nonneg=True`` (status ``boundary``). KR keeps the zero
+component in W, as pbkrtest; Satterthwaite treats it as known, as lmerTest (fixtures
+``contrasts_satterthwaite.csv``). Observed maxima, KR (k1_6_singular / k2_crossed_singular): SE
+7e-15 / 2.3e-7, df of t 8e-15 / 2.5e-8, t 8e-15 / 2.3e-7, p of t 4.3e-13 / 5.7e-7, F 7e-15 /
+6.7e-9, ddf of F 4.9e-15 / 4.1e-11, p of F 2.6e-14 / 3.8e-8; Satterthwaite: df of t 3.9e-11 /
+7.1e-7, t 3.9e-15 / 2.3e-7, p of t 9.8e-10 / 1.6e-6, F 3.3e-15 / 6.6e-9, ddf of F 3.2e-11 /
+3.7e-8, p of F 5.5e-11 / 2.1e-7 (K = 1 at θ = 0 is exact: β and σ² are closed-form there).
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from validation.provenance import REPO_ROOT
 
 DATA = REPO_ROOT / "tests" / "data" / "pbkrtest-0.5.2"
 SCENARIOS = ("k1_4_balanced", "k1_10_unbalanced", "k1_40_balanced", "k2_nested", "k2_crossed")
+#: every gene singular in lme4 (one component exactly 0); fitted here with nonneg=True
+SINGULAR_SCENARIOS = ("k1_6_singular", "k2_crossed_singular")
 RTOL_KR = 1e-4
 #: the fits against lme4, as tests/test_lme4_reference.py
 RTOL_FIT = 1e-6
@@ -64,22 +75,25 @@ def load(scenario: str):
 
 
 @functools.cache
-def fit_and_test(scenario: str):
+def fit_and_test(scenario: str, df: str = "kenward-roger"):
+    """pyflashmm's fits of a scenario (``nonneg=True`` for the singular ones) and its tests of
+    the scenario's contrasts with ``df``."""
     s = load(scenario)
     fit = fm.lmmfit(s["Y"], s["X"], s["Z"], s["d"], gene_names=s["genes"], tol=1e-10,
-                    max_iter=200, warn=False)  # fmt: skip
-    return fit, lmmtest(fit, s["matrices"], df="kenward-roger")
+                    max_iter=200, nonneg=scenario in SINGULAR_SCENARIOS, warn=False)  # fmt: skip
+    return fit, lmmtest(fit, s["matrices"], df=df)
 
 
 def rel(a, b):
     return np.abs(np.asarray(a, dtype=float) - b) / np.abs(b)
 
 
-def max_relative_differences(scenario: str) -> dict[str, float]:
-    """Max relative difference of each KR quantity against pbkrtest over the scenario."""
+def max_relative_differences(scenario: str, df: str = "kenward-roger") -> dict[str, float]:
+    """Max relative difference of each KR (pbkrtest) or Satterthwaite (lmerTest, singular
+    scenarios) quantity over the scenario."""
     s = load(scenario)
-    _, table = fit_and_test(scenario)
-    ref = s["contrasts"]
+    _, table = fit_and_test(scenario, df)
+    ref = s["contrasts"] if df == "kenward-roger" else satterthwaite_reference(scenario)
     merged = ref.merge(
         table.rename(columns={"variable": "gene"}), on=["gene", "contrast"], validate="1:1"
     )
@@ -95,13 +109,27 @@ def max_relative_differences(scenario: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+def satterthwaite_reference(scenario: str) -> pd.DataFrame:
+    """lmerTest's Satterthwaite tests of the scenario's contrasts (singular scenarios)."""
+    return pd.read_csv(DATA / scenario / "contrasts_satterthwaite.csv")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS + SINGULAR_SCENARIOS)
 def test_fits_match_lme4(scenario):
     """The REML fits coincide with lme4's (the precondition of the KR comparison)."""
     s = load(scenario)
-    assert not s["fit"]["isSingular"].any()  # every gene is compared (README: none singular)
     fit, table = fit_and_test(scenario)
     assert fit.converged.all()
+    if scenario in SINGULAR_SCENARIOS:
+        # every gene on lme4's boundary, exactly, and ours held at 0 in the same component
+        assert s["fit"]["isSingular"].all() and (s["fit"]["min_theta"] == 0).all()
+        assert (fit.status == "boundary").all()
+        zero = np.stack([s["theta"].query("gene == @g")["vcov"].to_numpy()[:-1] == 0
+                         for g in s["genes"]])  # fmt: skip
+        np.testing.assert_array_equal(fit.boundary, zero)
+        assert (fit.theta[:, :-1][zero] == 0).all()
+    else:
+        assert not s["fit"]["isSingular"].any()  # every gene is compared (README: none singular)
     for j, gene in enumerate(s["genes"]):
         v = s["theta"].query("gene == @gene")["vcov"].to_numpy()
         scale = np.maximum(np.abs(v), v[-1])
@@ -116,7 +144,7 @@ def test_fits_match_lme4(scenario):
     assert err.max() < RTOL_FIT
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", SCENARIOS + SINGULAR_SCENARIOS)
 def test_kenward_roger_matches_pbkrtest(scenario):
     """t tests (SE from Φ_A, Lb_ddf df) and 2-df F tests (scaled F, ddf) against lmerTest's
     contest1D / contestMD with ddf="Kenward-Roger"."""
@@ -140,6 +168,45 @@ def test_kenward_roger_matches_pbkrtest(scenario):
         checked[row["type"]] += 1
     assert checked["t"] >= 20 and checked["F"] >= 5
     assert max(max_relative_differences(scenario).values()) < RTOL_KR
+
+
+@pytest.mark.parametrize("scenario", SINGULAR_SCENARIOS)
+def test_satterthwaite_at_singular_fits_matches_lmertest(scenario):
+    """At lme4's boundary (one σₖ² exactly 0; K = 1 and crossed K = 2) lmerTest's Satterthwaite
+    t and F tests (contest1D / contestMD): the component held at 0 is treated as known and drops
+    out of ν, unlike KR, which keeps it in W."""
+    _, table = fit_and_test(scenario, "satterthwaite")
+    ours = table.set_index(["variable", "contrast"])
+    checked = {"t": 0, "F": 0}
+    for _, row in satterthwaite_reference(scenario).iterrows():
+        o = ours.loc[(row["gene"], row["contrast"])]
+        msg = f"{scenario} {row['gene']} {row['contrast']}"
+        if row["type"] == "t":
+            np.testing.assert_allclose(o["se"], row["se"], rtol=RTOL_KR, err_msg=msg)
+            np.testing.assert_allclose(o["df"], row["df"], rtol=RTOL_KR, err_msg=msg)
+            np.testing.assert_allclose(o["stat"], row["t"], rtol=1e-6, err_msg=msg)
+            assert o["df_num"] == 1
+        else:
+            np.testing.assert_allclose(o["stat"], row["F"], rtol=1e-6, err_msg=msg)
+            np.testing.assert_allclose(o["df"], row["ddf"], rtol=RTOL_KR, err_msg=msg)
+            assert o["df_num"] == row["ndf"] == 2
+        np.testing.assert_allclose(o["p_value"], row["p_value"], rtol=RTOL_KR, err_msg=msg)
+        checked[row["type"]] += 1
+    assert checked["t"] == 20 and checked["F"] == 5
+    assert max(max_relative_differences(scenario, "satterthwaite").values()) < RTOL_KR
+
+
+def test_singular_fits_kenward_roger_keeps_the_zero_component():
+    """KR and Satterthwaite differ at a singular fit: with the subject variance at 0 the
+    between-subject treatment gets Satterthwaite's residual-like df (the zero component is
+    known) but a KR df of the order of the number of subjects (it stays in W)."""
+    s = load("k2_crossed_singular")
+    sat = satterthwaite_reference("k2_crossed_singular").set_index(["gene", "contrast"])
+    krt = s["contrasts"].set_index(["gene", "contrast"])
+    sam_zero = s["theta"].query("component == 'var1' and vcov == 0")["gene"]
+    assert len(sam_zero) == 3
+    for g in sam_zero:
+        assert sat.loc[(g, "trtstim"), "df"] > 100 > 10 > krt.loc[(g, "trtstim"), "df"]
 
 
 def test_between_subject_df_with_four_subjects():

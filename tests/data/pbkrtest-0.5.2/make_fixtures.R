@@ -16,6 +16,8 @@
 #                               (from vcov), df, t, p_value  -- lmerTest::contest1D(ddf = "Kenward-Roger")
 #                            F: F (KR-scaled), ndf, ddf, p_value, F_scaling, F_unscaled
 #                               -- lmerTest::contestMD(ddf = "Kenward-Roger"), i.e. pbkrtest::KRmodcomp
+#   contrasts_satterthwaite.csv  (singular scenarios) the same contrasts with lmerTest's
+#                          Satterthwaite df: t: estimate, se, df, t, p_value; F: F, ndf, ddf, p_value
 # Numbers are written with 17 significant digits (exact round trip of doubles); the data are
 # rounded before fitting so that the CSV holds exactly the values R saw.
 
@@ -52,6 +54,18 @@ write_csv <- function(df, path) {
   }
 }
 
+# An lme4 optimizer (lmerControl(optimizer = )): minqa::bobyqa over the relative SDs θ with
+# those marked in `zero` held at 0 -- lme4's REML fit on the boundary face θₖ = 0.
+bobyqa_at_zero <- function(zero) {
+  function(fn, par, lower, upper, control) {
+    full <- function(p) fn(replace(numeric(length(zero)), !zero, p))
+    res <- minqa::bobyqa(par[!zero], full, lower = lower[!zero], upper = upper[!zero],
+                         control = control)
+    list(par = replace(numeric(length(zero)), !zero, res$par), fval = res$fval,
+         feval = res$feval, convergence = res$ierr, message = res$msg)
+  }
+}
+
 # Any warning or message of lme4, lmerTest or pbkrtest (e.g. lmerTest's fall-back to
 # Satterthwaite when KR fails) is recorded; a KR fall-back stops the script.
 quietly <- function(expr, msgs) {
@@ -69,13 +83,20 @@ quietly <- function(expr, msgs) {
 }
 
 # contrasts: named list of matrices with one column per coefficient of model.matrix; one row:
-# a t test (contest1D), several rows: a joint F test (contestMD).
-fit_scenario <- function(name, data, genes, rhs_fixed, random, contrasts) {
+# a t test (contest1D), several rows: a joint F test (contestMD). satterthwaite = TRUE also
+# writes lmerTest's Satterthwaite tests of the same contrasts (contrasts_satterthwaite.csv).
+#
+# singular = TRUE: a gene whose fit stops with a relative SD θₖ in (0, 1e-6) (bobyqa's iterates
+# approach the bound 0 without always landing on it) is refitted with those θₖ held at 0 and
+# bobyqa over the others (bobyqa_at_zero); fit.csv's messages say so.
+fit_scenario <- function(name, data, genes, rhs_fixed, random, contrasts, satterthwaite = FALSE,
+                         singular = FALSE) {
   dir <- file.path(out_root, name)
   dir.create(dir, showWarnings = FALSE)
   fit_rows <- list()
   theta_rows <- list()
   con_rows <- list()
+  sat_rows <- list()
   for (g in genes) {
     form <- as.formula(sprintf(
       "%s ~ %s + %s", g, rhs_fixed, paste(sprintf("(1 | %s)", random), collapse = " + ")
@@ -83,6 +104,19 @@ fit_scenario <- function(name, data, genes, rhs_fixed, random, contrasts) {
     msgs <- new.env()
     msgs$text <- character(0)
     fit <- quietly(lmerTest::lmer(form, data = data, REML = TRUE, control = ctrl), msgs)
+    if (singular) {
+      th <- getME(fit, "theta")
+      tiny <- th > 0 & th < 1e-6
+      if (any(tiny)) {
+        ctrl0 <- ctrl
+        ctrl0$optimizer <- bobyqa_at_zero(tiny)
+        fit <- quietly(lmerTest::lmer(form, data = data, REML = TRUE, control = ctrl0), msgs)
+        msgs$text <- c(msgs$text, sprintf("refitted with theta%s = 0 (first fit: theta = %s)",
+                                          paste(which(tiny), collapse = ","),
+                                          paste(sprintf("%.3g", th), collapse = ", ")))
+      }
+      stopifnot(min(getME(fit, "theta")) == 0)
+    }
     vc <- as.data.frame(VarCorr(fit))
     idx <- c(match(random, vc$grp), which(vc$grp == "Residual"))
     stopifnot(!anyNA(idx), length(idx) == nrow(vc))
@@ -117,9 +151,19 @@ fit_scenario <- function(name, data, genes, rhs_fixed, random, contrasts) {
           F_scaling = kr["Ftest", "F.scaling"], F_unscaled = kr["FtestU", "stat"]
         )
       }
+      if (satterthwaite) {
+        sat_rows[[length(sat_rows) + 1]] <- satterthwaite_row(fit, g, cname, L, msgs)
+      }
       if (length(msgs$text) > n_before) {
         stop(sprintf("%s %s %s: %s", name, g, cname, paste(msgs$text, collapse = " | ")))
       }
+    }
+    if (satterthwaite) {
+      # summary()'s coefficient table is contest1D of the identity rows
+      cf <- summary(fit, ddf = "Satterthwaite")$coefficients
+      mine <- do.call(rbind, sat_rows)
+      mine <- mine[mine$gene == g & mine$contrast %in% rownames(cf), ]
+      stopifnot(isTRUE(all.equal(mine$df, unname(cf[mine$contrast, "df"]), tolerance = 1e-12)))
     }
     opt <- fit@optinfo
     fit_rows[[length(fit_rows) + 1]] <- data.frame(
@@ -133,6 +177,9 @@ fit_scenario <- function(name, data, genes, rhs_fixed, random, contrasts) {
   write_csv(do.call(rbind, fit_rows), file.path(dir, "fit.csv"))
   write_csv(do.call(rbind, theta_rows), file.path(dir, "theta.csv"))
   write_csv(do.call(rbind, con_rows), file.path(dir, "contrasts.csv"))
+  if (satterthwaite) {
+    write_csv(do.call(rbind, sat_rows), file.path(dir, "contrasts_satterthwaite.csv"))
+  }
   L_rows <- lapply(names(contrasts), function(cname) {
     L <- contrasts[[cname]]
     data.frame(contrast = cname, row = seq_len(nrow(L)), L, check.names = FALSE)
@@ -145,6 +192,25 @@ fit_scenario <- function(name, data, genes, rhs_fixed, random, contrasts) {
   ), file.path(dir, "spec.csv"))
   write_csv(data, file.path(dir, "data.csv.gz"))
   invisible(NULL)
+}
+
+# lmerTest's Satterthwaite test of one contrast: contest1D (t) or contestMD (F).
+satterthwaite_row <- function(fit, g, cname, L, msgs) {
+  if (nrow(L) == 1) {
+    res <- quietly(contest1D(fit, drop(L), ddf = "Satterthwaite"), msgs)
+    data.frame(
+      gene = g, contrast = cname, type = "t",
+      estimate = res$Estimate, se = res$`Std. Error`, df = res$df, t = res$`t value`,
+      p_value = res$`Pr(>|t|)`, F = NA_real_, ndf = NA_real_, ddf = NA_real_
+    )
+  } else {
+    res <- quietly(contestMD(fit, L, ddf = "Satterthwaite"), msgs)
+    data.frame(
+      gene = g, contrast = cname, type = "F",
+      estimate = NA_real_, se = NA_real_, df = NA_real_, t = NA_real_,
+      p_value = res$`Pr(>F)`, F = res$`F value`, ndf = res$NumDF, ddf = res$DenDF
+    )
+  }
 }
 
 lvl <- function(prefix, k) sprintf("%s%02d", prefix, seq_len(k))
@@ -261,5 +327,41 @@ for (j in seq_len(nrow(sds))) {
   d[[sprintf("g%d", j)]] <- round(y, 6)
 }
 fit_scenario("k2_crossed", d, genes5, "trt + x1", c("sam", "batch"), k1_contrasts)
+
+# --- singular fits: every gene has one variance component whose lme4 fit is exactly 0 (min θ
+# == 0). bobyqa's iterates approach the bound θₖ = 0 (where the REML criterion, a function of
+# θₖ², is flat in θₖ) and may stop at θₖ ~ 1e-9 instead of on it; such genes are refitted with
+# θₖ held at 0 (fit_scenario(singular = TRUE)).
+
+# --- k1_6_singular: 6 subjects (3 per arm), 10 to 40 cells, no subject effect -----------------
+set.seed(20260507)
+sizes <- sample(10:40, 6, replace = TRUE)
+d <- simulate_k1(sizes, rep(0, 5), 20260527)
+fit_scenario("k1_6_singular", d, genes5, "trt + x1", "sam", k1_contrasts, satterthwaite = TRUE,
+             singular = TRUE)
+
+# --- k2_crossed_singular: (1 | sam) + (1 | batch), 8 subjects crossed with 4 batches; genes 1, 2
+# and 5 without a subject effect (noise underdispersed across subjects), genes 3 and 4 without a
+# batch effect (noise underdispersed across batches) ---------------------------------------------
+set.seed(20260509)
+nsam <- 8
+nbat <- 4
+n <- 240
+sam <- factor(sample(lvl("s", nsam), n, replace = TRUE), levels = lvl("s", nsam))
+batch <- factor(sample(lvl("b", nbat), n, replace = TRUE), levels = lvl("b", nbat))
+trt <- factor(ifelse(as.integer(sam) <= nsam / 2, "ctrl", "stim"), levels = c("ctrl", "stim"))
+d <- data.frame(sam = sam, batch = batch, trt = trt, x1 = round(rnorm(n), 4))
+sds <- rbind(c(0, 0.6), c(0, 0.8), c(0.7, 0), c(0.6, 0), c(0, 0.5))
+for (j in seq_len(nrow(sds))) {
+  b1 <- rnorm(nsam, sd = sds[j, 1])
+  b2 <- rnorm(nbat, sd = sds[j, 2])
+  e <- rnorm(n, sd = 0.8)
+  e <- e - if (sds[j, 1] == 0) ave(e, sam) else ave(e, batch)
+  y <- 2 + c(0, 0.5, -0.8, 0.3, 0.6)[j] * (trt == "stim") - 0.3 * d$x1 +
+    b1[as.integer(sam)] + b2[as.integer(batch)] + e
+  d[[sprintf("g%d", j)]] <- round(y, 6)
+}
+fit_scenario("k2_crossed_singular", d, genes5, "trt + x1", c("sam", "batch"), k1_contrasts,
+             satterthwaite = TRUE, singular = TRUE)
 
 cat("done\n")
