@@ -17,7 +17,7 @@ from pyflashmm._multitest import bh_adjust
 
 STIM = {"stim_vs_ctrl": "conditionstim"}  # between donors
 COLUMNS = ["variable", "contrast", "log_fc", "se", "stat", "df", "df_num", "p_value",
-           "adj_p_value", "method", "converged"]  # fmt: skip
+           "adj_p_value", "method", "converged", "status"]  # fmt: skip
 
 
 def _obs(rng, n_donors=24, cells=(15, 40), balanced=False):

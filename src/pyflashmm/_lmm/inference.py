@@ -264,12 +264,13 @@ def lmmtest(
         scale; NaN for joint tests), ``se``, ``stat`` (t, or F for joint tests; Kenward–Roger's
         scaled F with ``df="kenward-roger"``), ``df``,
         ``df_num`` (1, or r), ``p_value``, ``adj_p_value`` (BH over genes, per contrast),
-        ``method``, ``converged``. With ``moderate``, ``se``, ``stat`` and ``df`` are the
-        moderated ones, and ``attrs["moderation"]`` holds each moderated contrast's prior as
-        columns (``pd.DataFrame(table.attrs["moderation"])``): ``contrast``, ``d0``,
-        ``s0_squared`` (with ``trend`` the median over genes of s0²(ȳ_g)), ``d0_summary``
-        ("common", or with ``robust`` "median over genes" of the per-gene d0), ``trend``,
-        ``n_genes`` (genes in the prior).
+        ``method``, ``converged``, ``status`` (the fit's, e.g. ``boundary`` for a σₖ² held
+        at 0; ``LmmFit.refitted`` says which genes were refitted). With ``moderate``, ``se``,
+        ``stat`` and ``df`` are the moderated ones, and ``attrs["moderation"]`` holds each
+        moderated contrast's prior as columns (``pd.DataFrame(table.attrs["moderation"])``):
+        ``contrast``, ``d0``, ``s0_squared`` (with ``trend`` the median over genes of
+        s0²(ȳ_g)), ``d0_summary`` ("common", or with ``robust`` "median over genes" of the
+        per-gene d0), ``trend``, ``n_genes`` (genes in the prior).
     """
     if not isinstance(fit, LmmFit):
         raise TypeError(f"fit must be an LmmFit; got {type(fit).__name__}")
@@ -359,6 +360,7 @@ def lmmtest(
                     "adj_p_value": bh_adjust(pval),
                     "method": method,
                     "converged": fit.converged,
+                    "status": fit.status,
                 }
             )
         )
