@@ -16,6 +16,8 @@ name                      meaning
 ``singular_information``  the information matrix of θ is singular: no fit
 ``pd_boundary``           the maximum lies on the edge of the positive-definite region
 ``all_zero``              every count is zero: no fit
+``one_group``             every non-zero count lies in one group of the random effect (NB
+                          mixed model: σ² has no finite maximum): no fit
 ========================  ====================================================================
 
 The kernels read the codes as compile-time constants: after changing a value here, clear
@@ -33,6 +35,7 @@ LINE_SEARCH_FAILED = 5
 SINGULAR_INFORMATION = 6
 PD_BOUNDARY = 7
 ALL_ZERO = 8
+ONE_GROUP = 9
 
 #: names of the status codes, indexed by code
 STATUS_NAMES = (
@@ -45,4 +48,5 @@ STATUS_NAMES = (
     "singular_information",
     "pd_boundary",
     "all_zero",
+    "one_group",
 )

@@ -1,0 +1,461 @@
+"""The negative-binomial mixed model with one random intercept: Laplace log-likelihood, its
+gradient, and the per-gene Newton fit.
+
+Notation (one gene): donors j, cell classes k (cells of one donor sharing a design row x_k and
+a size factor s_k; n_k cells, Sy_k the sum of their counts), θ = 1/α the NB size,
+τ = ln σ², λ = ln θ. At a donor intercept b, η_k = x_kᵀβ + ln s_k + b, μ_k = e^{η_k}.
+
+* NB2 log density (Var = μ + μ²/θ), split into a part linear in y and a part free of μ:
+  ℓ(y; μ) = −θ ln(1 + μ/θ) + y ln(μ/(θ+μ)) + [lnΓ(y+θ) − lnΓ(θ) − lnΓ(y+1)].
+  Summed over a class: n_k(−θ ln(1+μ_k/θ)) + Sy_k ln(μ_k/(θ+μ_k)); the bracket is summed over
+  the non-zero counts only (it vanishes at y = 0) and does not depend on β or b.
+* Donor j's joint log-density f_j(b) = Σ_k [class terms] − b²/(2σ²) − ½ ln(2πσ²), with
+  f_j′(b) = Σ_k θ(Sy_k − n_kμ_k)/(θ+μ_k) − b/σ²,
+  H_j(b) = −f_j″(b) = Σ_k w_k + 1/σ², w_k = θμ_k(Sy_k + n_kθ)/(θ+μ_k)²,
+  v_k = dw_k/dη = θμ_k(Sy_k + n_kθ)(θ − μ_k)/(θ+μ_k)³.
+  f_j is strictly concave, so the mode b̂_j is unique (safeguarded 1-D Newton).
+* Laplace log-likelihood (TMB's, as glmmTMB reports it):
+  L = Σ_j [f_j(b̂_j) + ½ ln 2π − ½ ln H_j(b̂_j)] + Σ_{y>0}[lnΓ(y+θ) − lnΓ(θ) − lnΓ(y+1)].
+* Its gradient (implicit function theorem, db̂/dψ = ∂²f/∂b∂ψ / H):
+  dL/dψ = Σ_j [∂f_j/∂ψ − (∂H_j/∂ψ + S_v · db̂_j/dψ)/(2H_j)], S_v = Σ_k v_k, with
+  ∂f/∂β = Σ x_k θ(Sy_k − n_kμ_k)/(θ+μ_k), ∂H/∂β = Σ x_k v_k, ∂²f/∂b∂β = −Σ x_k w_k;
+  ∂f/∂τ = −½ + b²/(2σ²), ∂H/∂τ = −1/σ², ∂²f/∂b∂τ = b/σ²;
+  ∂f/∂θ = Σ n_k[μ_k/(θ+μ_k) − ln(1+μ_k/θ)] − Sy_k/(θ+μ_k) (+ Σ_{y>0}[ψ(y+θ) − ψ(θ)]),
+  ∂H/∂θ = Σ μ_k(Sy_k(μ_k − θ) + 2n_kθμ_k)/(θ+μ_k)³, ∂²f/∂b∂θ = Σ μ_k(Sy_k − n_kμ_k)/(θ+μ_k)²;
+  d/dλ = θ d/dθ.
+* The fit maximises L over ψ = (β, τ, λ) by Newton steps with the Hessian from central
+  differences of the analytic gradient (Levenberg damping when it is not negative definite,
+  step halving until L does not fall). τ is held at ``TAU_MIN`` (status ``boundary``) when the
+  maximum lies at σ² → 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pyflashmm import _status
+from pyflashmm._jit import njit, prange
+from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
+
+LOG_2PI = math.log(2.0 * math.pi)
+#: ln σ² at which the donor variance is held as 0 (σ² ≈ 1.4e-11)
+TAU_MIN = -25.0
+#: bounds of λ = ln θ (θ = 1/α); beyond them the fit stops with ``max_iter``
+LAM_MAX = 30.0
+#: relative step of the central differences of the gradient (the Hessian)
+FD_STEP = 1e-4
+
+
+@njit
+def donor_mode(b, lo_k, hi_k, eta0, ncl, sy, theta, inv_s2):
+    """The mode b̂ of one donor's joint log-density, Newton from ``b`` kept inside a bracket
+    of the root of f′ (f′ decreases in b); classes ``lo_k:hi_k``, η₀ = x_kᵀβ + ln s_k."""
+    lo = -np.inf
+    hi = np.inf
+    for _ in range(200):
+        g = -b * inv_s2
+        h = inv_s2
+        for k in range(lo_k, hi_k):
+            mu = math.exp(eta0[k] + b)
+            d = theta + mu
+            g += theta * (sy[k] - ncl[k] * mu) / d
+            h += theta * mu * (sy[k] + ncl[k] * theta) / (d * d)
+        if g > 0.0:
+            lo = b
+        else:
+            hi = b
+        step = g / h
+        if step > 5.0:
+            step = 5.0
+        elif step < -5.0:
+            step = -5.0
+        nb = b + step
+        if not (lo < nb < hi):
+            if math.isfinite(lo) and math.isfinite(hi):
+                nb = 0.5 * (lo + hi)
+        if abs(nb - b) <= 1e-14 * (1.0 + abs(b)):
+            return nb
+        b = nb
+    return b
+
+
+@njit
+def laplace(beta, tau, lam, Xc, lsc, ncl, sy, doff, b, nz_const, nz_dpsi, want_grad, grad, eta0):
+    """Laplace log-likelihood L of one gene at (β, τ, λ) (module docstring); the donor modes
+    are updated in ``b`` (warm start). ``nz_const`` = Σ_{y>0}[lnΓ(y+θ) − lnΓ(θ) − lnΓ(y+1)] and
+    ``nz_dpsi`` = Σ_{y>0}[ψ(y+θ) − ψ(θ)] at this θ. With ``want_grad`` the gradient in
+    (β, τ, λ) is written to ``grad`` (length p + 2). ``eta0`` is scratch (classes)."""
+    ncls, p = Xc.shape
+    J = doff.shape[0] - 1
+    theta = math.exp(lam)
+    s2 = math.exp(tau)
+    inv_s2 = 1.0 / s2
+    for k in range(ncls):
+        e = lsc[k]
+        for a in range(p):
+            e += Xc[k, a] * beta[a]
+        eta0[k] = e
+    if want_grad:
+        for a in range(p + 2):
+            grad[a] = 0.0
+    ll = nz_const
+    dtheta = nz_dpsi
+    for j in range(J):
+        lo_k = doff[j]
+        hi_k = doff[j + 1]
+        bj = donor_mode(b[j], lo_k, hi_k, eta0, ncl, sy, theta, inv_s2)
+        b[j] = bj
+        f = 0.0
+        h = inv_s2
+        sv = 0.0
+        for k in range(lo_k, hi_k):
+            eta = eta0[k] + bj
+            mu = math.exp(eta)
+            f -= ncl[k] * theta * math.log1p(mu / theta)
+            if sy[k] > 0.0:
+                f -= sy[k] * math.log1p(theta / mu)
+            d = theta + mu
+            h += theta * mu * (sy[k] + ncl[k] * theta) / (d * d)
+            sv += theta * mu * (sy[k] + ncl[k] * theta) * (theta - mu) / (d * d * d)
+        ll += f - 0.5 * tau - 0.5 * bj * bj * inv_s2 - 0.5 * math.log(h)
+        if not want_grad:
+            continue
+        # β: ∂f − (∂H + S_v db̂)/(2H), db̂/dβ = −Σ x w / H
+        for a in range(p):
+            fa = 0.0
+            va = 0.0
+            wa = 0.0
+            for k in range(lo_k, hi_k):
+                mu = math.exp(eta0[k] + bj)
+                d = theta + mu
+                x = Xc[k, a]
+                fa += x * theta * (sy[k] - ncl[k] * mu) / d
+                wk = theta * mu * (sy[k] + ncl[k] * theta) / (d * d)
+                wa += x * wk
+                va += x * wk * (theta - mu) / d
+            grad[a] += fa - 0.5 * (va - sv * wa / h) / h
+        grad[p] += -0.5 + 0.5 * bj * bj * inv_s2 - 0.5 * (-inv_s2 + sv * bj * inv_s2 / h) / h
+        ft = 0.0
+        ht = 0.0
+        fbt = 0.0
+        for k in range(lo_k, hi_k):
+            mu = math.exp(eta0[k] + bj)
+            d = theta + mu
+            ft += ncl[k] * (mu / d - math.log1p(mu / theta)) - sy[k] / d
+            ht += mu * (sy[k] * (mu - theta) + 2.0 * ncl[k] * theta * mu) / (d * d * d)
+            fbt += mu * (sy[k] - ncl[k] * mu) / (d * d)
+        dtheta += ft - 0.5 * (ht + sv * fbt / h) / h
+    # the Laplace term's +½ ln 2π and the prior's −½ ln 2π cancel for every donor
+    if want_grad:
+        grad[p + 1] = theta * dtheta
+    return ll
+
+
+@njit
+def nz_terms(theta, yv):
+    """Σ_{y>0}[lnΓ(y+θ) − lnΓ(θ) − lnΓ(y+1)] and Σ_{y>0}[ψ(y+θ) − ψ(θ)] over the non-zero
+    counts ``yv`` (as Σ_{i<y} ln(θ+i) and Σ_{i<y} 1/(θ+i) for y < 64: no cancellation when θ
+    is large)."""
+    c = 0.0
+    dp = 0.0
+    lgt = math.lgamma(theta)
+    for t in range(yv.shape[0]):
+        y = yv[t]
+        if y < 64.0 and y == math.floor(y):
+            i = 0.0
+            while i < y:
+                c += math.log(theta + i)
+                dp += 1.0 / (theta + i)
+                i += 1.0
+        else:
+            c += math.lgamma(y + theta) - lgt
+            dp += _digamma(y + theta) - _digamma(theta)
+        c -= math.lgamma(y + 1.0)
+    return c, dp
+
+
+@njit
+def _digamma(x):
+    res = 0.0
+    while x < 6.0:
+        res -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    t = f * (
+        -1.0 / 12.0
+        + f
+        * (
+            1.0 / 120.0
+            + f * (-1.0 / 252.0 + f * (1.0 / 240.0 + f * (-1.0 / 132.0 + f * (691.0 / 32760.0))))
+        )
+    )
+    return res + math.log(x) - 0.5 / x + t
+
+
+@njit
+def objective(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, want_grad, grad, eta0):
+    """L and (optionally) its gradient at ψ = (β, τ, λ); τ = ψ[p] (or ``TAU_MIN`` when not
+    free, the gradient's τ entry then 0)."""
+    tau = psi[p] if free_tau else TAU_MIN
+    lam = psi[p + 1]
+    c, dp = nz_terms(math.exp(lam), yv)
+    ll = laplace(psi[:p], tau, lam, Xc, lsc, ncl, sy, doff, b, c, dp, want_grad, grad, eta0)
+    if want_grad and not free_tau:
+        grad[p] = 0.0
+    return ll
+
+
+@njit
+def fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
+    """Hessian of L at ψ by central differences of the analytic gradient (symmetrised); the
+    donor modes are restored to those at ψ afterwards."""
+    P = p + 2
+    gp = np.empty(P)
+    gm = np.empty(P)
+    b0 = b.copy()
+    q = psi.copy()
+    for c in range(P):
+        if c == p and not free_tau:
+            for a in range(P):
+                Hm[a, c] = 0.0
+            continue
+        hstep = FD_STEP * max(1.0, abs(psi[c]))
+        q[c] = psi[c] + hstep
+        b[:] = b0
+        objective(q, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, gp, eta0)
+        q[c] = psi[c] - hstep
+        b[:] = b0
+        objective(q, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, gm, eta0)
+        q[c] = psi[c]
+        for a in range(P):
+            Hm[a, c] = (gp[a] - gm[a]) / (2.0 * hstep)
+    b[:] = b0
+    for a in range(P):
+        for c in range(a):
+            s = 0.5 * (Hm[a, c] + Hm[c, a])
+            Hm[a, c] = s
+            Hm[c, a] = s
+
+
+@njit
+def _neg_hessian_sub(Hm, p, free_tau, A, idx):
+    """A = −H restricted to the free parameters (their indices written to ``idx``); returns
+    their number."""
+    P = p + 2
+    n = 0
+    for a in range(P):
+        if a == p and not free_tau:
+            continue
+        idx[n] = a
+        n += 1
+    for i in range(n):
+        for c in range(n):
+            A[i, c] = -Hm[idx[i], idx[c]]
+    return n
+
+
+@njit
+def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
+    """Maximise L over ψ = (β, τ, λ) in place from the start in ``psi``; ``cov`` receives
+    (−∇²L)⁻¹ in (β, τ, λ) (NaN in the τ row and column at the boundary). Returns
+    (L, status, iterations)."""
+    P = p + 2
+    grad = np.empty(P)
+    g2 = np.empty(P)
+    Hm = np.empty((P, P))
+    A = np.zeros((P, P))
+    L = np.zeros((P, P))
+    idx = np.empty(P, np.int64)
+    rhs = np.empty(P)
+    step = np.empty(P)
+    trial = np.empty(P)
+    btry = b.copy()
+    free_tau = True
+    ll = objective(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
+    status = _status.MAX_ITER
+    it = 0
+    while it < max_iter:
+        it += 1
+        if not math.isfinite(ll):
+            status = _status.NOT_POSITIVE_DEFINITE
+            break
+        fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
+        n = _neg_hessian_sub(Hm, p, free_tau, A, idx)
+        As = A[:n, :n]
+        Ls = L[:n, :n]
+        for i in range(n):
+            rhs[i] = grad[idx[i]]
+        damp = 0.0
+        scale = 0.0
+        for i in range(n):
+            scale = max(scale, abs(As[i, i]))
+        ok = False
+        for _ in range(60):
+            Ad = As.copy()
+            for i in range(n):
+                Ad[i, i] += damp * max(abs(As[i, i]), 1e-8 * scale, 1e-12)
+            if cholesky_lower(Ad, Ls):
+                ok = True
+                break
+            damp = 1e-4 if damp == 0.0 else damp * 10.0
+        if not ok:
+            status = _status.NOT_POSITIVE_DEFINITE
+            break
+        sol = np.empty(n)
+        cholesky_solve_vector(Ls, rhs[:n], sol)
+        dec = 0.0
+        for i in range(n):
+            dec += rhs[i] * sol[i]
+        for a in range(P):
+            step[a] = 0.0
+        for i in range(n):
+            step[idx[i]] = sol[i]
+        # cap the step in the variance parameters (ln σ², ln θ) at 2 per iteration
+        mx = 1.0
+        for a in range(p, P):
+            if abs(step[a]) > 2.0:
+                mx = max(mx, abs(step[a]) / 2.0)
+        for a in range(P):
+            step[a] /= mx
+        # a Newton decrement below tol: this (full) step is the last one
+        last = damp == 0.0 and 0.5 * dec < tol
+        t = 1.0
+        improved = False
+        for _ in range(40):
+            for a in range(P):
+                trial[a] = psi[a] + t * step[a]
+            if trial[p + 1] > LAM_MAX:
+                trial[p + 1] = LAM_MAX
+            btry[:] = b
+            lt = objective(trial, p, free_tau, Xc, lsc, ncl, sy, doff, btry, yv, True, g2, eta0)
+            if lt >= ll - 1e-12 * abs(ll) and math.isfinite(lt):
+                improved = True
+                break
+            t *= 0.5
+        if not improved:
+            status = _status.LINE_SEARCH_FAILED
+            break
+        gain = lt - ll
+        psi[:] = trial
+        b[:] = btry
+        ll = lt
+        grad[:] = g2
+        if free_tau and psi[p] < TAU_MIN:
+            free_tau = False
+            psi[p] = TAU_MIN
+            ll = objective(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
+        elif last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0):
+            status = _status.OK
+            break
+    if status == _status.OK or status == _status.MAX_ITER:
+        fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
+        n = _neg_hessian_sub(Hm, p, free_tau, A, idx)
+        Ls = L[:n, :n]
+        Cs = np.empty((n, n))
+        for a in range(P):
+            for c in range(P):
+                cov[a, c] = np.nan
+        if cholesky_lower(A[:n, :n].copy(), Ls):
+            cholesky_inverse(Ls, Cs)
+            for i in range(n):
+                for c in range(n):
+                    cov[idx[i], idx[c]] = Cs[i, c]
+        elif status == _status.OK:
+            status = _status.NOT_POSITIVE_DEFINITE
+        if status == _status.OK and not free_tau:
+            status = _status.BOUNDARY
+    if not free_tau:
+        psi[p] = -np.inf
+    return ll, status, it
+
+
+@njit
+def start_values(p, Xc, ncl, nzc, psi):
+    """Start of β: least squares of ln(y/s + 0.1) on X over the cells, from class sums (zero
+    counts contribute ln 0.1; ``nzc[k]`` is the sum of ln(y/s + 0.1) over the non-zero counts of
+    class k, ``nzc[ncls + k]`` their number); τ = ln 0.25, λ = ln 2 (α = 0.5). Returns False if
+    XᵀX is singular."""
+    ncls = Xc.shape[0]
+    A = np.zeros((p, p))
+    r = np.zeros(p)
+    for k in range(ncls):
+        z = nzc[k] + (ncl[k] - nzc[ncls + k]) * math.log(0.1)
+        for a in range(p):
+            r[a] += Xc[k, a] * z
+            for c in range(p):
+                A[a, c] += Xc[k, a] * ncl[k] * Xc[k, c]
+    L = np.zeros((p, p))
+    if not cholesky_lower(A, L):
+        return False
+    sol = np.empty(p)
+    cholesky_solve_vector(L, r, sol)
+    for a in range(p):
+        psi[a] = sol[a]
+    psi[p] = math.log(0.25)
+    psi[p + 1] = math.log(2.0)
+    return True
+
+
+@njit(parallel=True)
+def fit_genes(
+    gptr, gcell, gval, cell_class, Xc, lsc, ncl, doff, max_iter, tol,
+    coef, cov, sigma2, theta, loglik, status, n_iter, modes,
+):  # fmt: skip
+    """Fit every gene (gene-major CSR ``gptr``/``gcell``/``gval`` of the non-zero counts),
+    parallel over genes; results written to the output arrays (NaN where no fit)."""
+    G = gptr.shape[0] - 1
+    ncls, p = Xc.shape
+    J = doff.shape[0] - 1
+    for g in prange(G):
+        lo = gptr[g]
+        hi = gptr[g + 1]
+        for a in range(p):
+            coef[g, a] = np.nan
+        cov[g] = np.nan
+        modes[g] = np.nan
+        sigma2[g] = np.nan
+        theta[g] = np.nan
+        loglik[g] = np.nan
+        n_iter[g] = 0
+        if hi == lo:
+            status[g] = _status.ALL_ZERO
+            continue
+        sy = np.zeros(ncls)
+        nzc = np.zeros(2 * ncls)
+        for t in range(lo, hi):
+            k = cell_class[gcell[t]]
+            sy[k] += gval[t]
+            nzc[k] += math.log(gval[t] * math.exp(-lsc[k]) + 0.1)
+            nzc[ncls + k] += 1.0
+        n_donors = 0
+        for j in range(J):
+            s = 0.0
+            for k in range(doff[j], doff[j + 1]):
+                s += sy[k]
+            if s > 0.0:
+                n_donors += 1
+        if n_donors < 2:
+            status[g] = _status.ONE_GROUP
+            continue
+        yv = gval[lo:hi].copy()
+        psi = np.empty(p + 2)
+        if not start_values(p, Xc, ncl, nzc, psi):
+            status[g] = _status.NOT_POSITIVE_DEFINITE
+            continue
+        b = np.zeros(J)
+        eta0 = np.empty(ncls)
+        cv = np.full((p + 2, p + 2), np.nan)
+        ll, st, it = fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cv, eta0)
+        status[g] = st
+        n_iter[g] = it
+        cov[g] = cv
+        if st == _status.OK or st == _status.BOUNDARY or st == _status.MAX_ITER:
+            for a in range(p):
+                coef[g, a] = psi[a]
+            sigma2[g] = math.exp(psi[p])
+            theta[g] = math.exp(psi[p + 1])
+            loglik[g] = ll
+            for j in range(J):
+                modes[g, j] = b[j]

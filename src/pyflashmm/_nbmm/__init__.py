@@ -1,0 +1,1 @@
+"""The negative-binomial mixed model (NB GLMM) with a donor random intercept."""

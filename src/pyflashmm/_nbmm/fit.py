@@ -1,0 +1,262 @@
+"""The negative-binomial mixed model with a donor random intercept: ``nbmm`` fits it per gene.
+
+Model (gene g, cell i of donor j): y_ij ~ NB(μ_ij, α_g), Var = μ + αμ² (the NB GLM's α),
+ln μ_ij = x_ijᵀβ_g + ln s_ij + b_j, b_j ~ N(0, σ_g²). The marginal likelihood is the Laplace
+approximation that glmmTMB (``family = nbinom2``, ``offset(log(s))``) maximises, and the
+maximum is found per gene by Newton steps on (β, ln σ², ln θ), θ = 1/α
+(:mod:`pyflashmm._kernels.nbmm` has the formulas).
+
+Cells of one donor sharing a design row and a size factor form a class: the kernel sums over
+classes (all cells) and over the non-zero counts only; the count matrix is read as CSR (a
+sparse input is never densified; a dense one is converted to sparse once).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pyflashmm._checks import check_full_rank
+from pyflashmm._jit import numba_parallel_only
+from pyflashmm._kernels import nbmm as _k
+from pyflashmm._lmm.fit import ConvergenceWarning
+from pyflashmm._nbglm._util import as_counts
+from pyflashmm._nbglm.layout import row_labels
+from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
+from pyflashmm._size_factors import size_factors_checked
+from pyflashmm._status import STATUS_NAMES
+
+
+@dataclass(frozen=True)
+class NbmmFit:
+    """Result of :func:`nbmm`; arrays are gene-major (length G, or G×p, G×P×P).
+
+    Attributes
+    ----------
+    coef, se : β on the natural-log scale and its standard errors (G×p), from the inverse of
+        the negative Hessian of the Laplace log-likelihood in (β, ln σ², ln α).
+    sigma2 : the donor variance σ² (0 at the boundary, status ``boundary``).
+    dispersion : α (Var = μ + αμ², as :func:`pyflashmm.nbglm`); θ = 1/α is glmmTMB's.
+    log_sigma2_se, log_dispersion_se : standard errors of ln σ² (NaN at the boundary) and ln α.
+    cov : (−∇²L)⁻¹ in (β, ln σ², ln α), G × (p+2) × (p+2).
+    loglik : the Laplace log-likelihood (glmmTMB's ``logLik``).
+    converged : status ``ok`` or ``boundary``.
+    status : per-gene status name (:data:`pyflashmm.STATUS_NAMES`): ``ok``, ``boundary``
+        (σ² held at 0), ``max_iter``, ``line_search_failed``, ``not_positive_definite``,
+        ``all_zero`` or ``one_group`` (every non-zero count in one donor); no fit (NaN) for the
+        last four.
+    n_iter : outer Newton iterations.
+    modes : the donor intercepts b̂_j at the estimate (conditional modes, G × donors).
+    size_factors, X, coef_names, gene_names, group_names : the inputs as used.
+    """
+
+    coef: np.ndarray
+    se: np.ndarray
+    sigma2: np.ndarray
+    dispersion: np.ndarray
+    log_sigma2_se: np.ndarray
+    log_dispersion_se: np.ndarray
+    cov: np.ndarray
+    loglik: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    n_iter: np.ndarray
+    size_factors: np.ndarray
+    X: np.ndarray
+    coef_names: tuple
+    gene_names: tuple
+    group_names: tuple
+    modes: np.ndarray = field(repr=False)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per gene: ``coef_<name>`` and ``se_<name>`` per coefficient, sigma2,
+        dispersion, loglik, converged, status, n_iter."""
+        cols = {"variable": list(self.gene_names)}
+        for a, name in enumerate(self.coef_names):
+            cols[f"coef_{name}"] = self.coef[:, a]
+            cols[f"se_{name}"] = self.se[:, a]
+        cols.update(
+            sigma2=self.sigma2,
+            dispersion=self.dispersion,
+            loglik=self.loglik,
+            converged=self.converged,
+            status=self.status,
+            n_iter=self.n_iter,
+        )
+        return pd.DataFrame(cols)
+
+
+def _names(obj, k, prefix):
+    cols = getattr(obj, "columns", None)
+    if cols is not None:
+        return tuple(str(c) for c in cols)
+    return tuple(f"{prefix}{i}" for i in range(k))
+
+
+def _validate(counts, X, groups, size_factors, allow_non_integer, gene_names):
+    """Counts (CSR or dense float64), design, group codes, size factors, names."""
+    Y = as_counts(counts, allow_non_integer=allow_non_integer)
+    m, G = Y.shape
+    Xa = np.asarray(X, dtype=np.float64)
+    if Xa.ndim != 2 or Xa.shape[0] != m:
+        raise ValueError(f"X must be 2-D with {m} rows (one per cell), got shape {Xa.shape}")
+    if not np.all(np.isfinite(Xa)):
+        raise ValueError("X contains NaN or infinite values")
+    p = Xa.shape[1]
+    if p == 0:
+        raise ValueError("X has no columns")
+    coef_names = _names(X, p, "x")
+    check_full_rank(Xa.T @ Xa, coef_names)
+    grp = np.asarray(groups)
+    if grp.ndim != 1 or grp.shape[0] != m:
+        raise ValueError(f"groups must be 1-D with {m} entries (one per cell)")
+    if pd.isna(grp).any():
+        raise ValueError("groups contains missing values")
+    levels, code = np.unique(grp.astype(str) if grp.dtype == object else grp, return_inverse=True)
+    if levels.size < 2:
+        raise ValueError("groups has fewer than 2 levels: no donor variance can be estimated")
+    if isinstance(size_factors, str):
+        if size_factors not in SIZE_FACTOR_METHODS:
+            raise ValueError(
+                f"size_factors must be one of {SIZE_FACTOR_METHODS} or an array, "
+                f"got {size_factors!r}"
+            )
+        sf = size_factors_checked(Y, size_factors)
+    else:
+        sf = np.asarray(size_factors, dtype=np.float64)
+        if sf.shape != (m,):
+            raise ValueError(f"size_factors must have {m} entries, got shape {sf.shape}")
+        if not np.all(np.isfinite(sf) & (sf > 0)):
+            raise ValueError("size_factors must be positive and finite")
+    if gene_names is None:
+        gene_names = _names(counts, G, "gene")
+    gene_names = tuple(str(g) for g in gene_names)
+    if len(gene_names) != G:
+        raise ValueError(f"gene_names has {len(gene_names)} entries for {G} genes")
+    return Y, Xa, code.astype(np.int64), tuple(str(v) for v in levels), sf, coef_names, gene_names
+
+
+def cell_classes(X, group_code, sf, n_groups):
+    """Classes of cells sharing (donor, design row, size factor), sorted by donor.
+
+    Returns the class of every cell, the donor offsets into the classes (n_groups + 1), and per
+    class its design row (ncls × p), ln s and number of cells.
+    """
+    lab, _ = row_labels(X)
+    order = np.lexsort((sf, lab, group_code))
+    g, r, s = group_code[order], lab[order], sf[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (g[1:] != g[:-1]) | (r[1:] != r[:-1]) | (s[1:] != s[:-1])
+    cls = np.empty(order.size, np.int64)
+    cls[order] = np.cumsum(first) - 1
+    ncls = int(first.sum())
+    ncl = np.bincount(cls, minlength=ncls).astype(np.float64)
+    rep = order[first]  # one cell per class
+    Xc = np.ascontiguousarray(X[rep], dtype=np.float64)
+    lsc = np.log(sf[rep])
+    doff = np.zeros(n_groups + 1, np.int64)
+    doff[1:] = np.cumsum(np.bincount(group_code[rep], minlength=n_groups))
+    return cls, doff, Xc, lsc, ncl
+
+
+def nbmm(
+    counts,
+    X,
+    groups,
+    *,
+    size_factors="poscounts",
+    gene_names=None,
+    allow_non_integer: bool = False,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    warn: bool = True,
+) -> NbmmFit:
+    """Fit the NB mixed model with a donor random intercept to every gene (Laplace, as glmmTMB).
+
+    Parameters
+    ----------
+    counts : array_like or scipy.sparse matrix, cells × genes
+        Counts (integers unless ``allow_non_integer``); a sparse matrix is read as CSR.
+    X : array_like or DataFrame, cells × p
+        Fixed-effects design (full column rank; include the intercept column).
+    groups : array_like, cells
+        Donor of every cell (the random intercept's grouping).
+    size_factors : {"ratio", "poscounts", "normed_sum", "iterate"} or array
+        Method of :func:`pyflashmm.size_factors`, or the factors themselves (offsets ln s).
+    max_iter, tol : outer Newton iterations and the Newton-decrement threshold.
+    warn : warn once when some genes did not converge.
+
+    Returns
+    -------
+    NbmmFit
+    """
+    Y, Xa, code, levels, sf, coef_names, gene_names = _validate(
+        counts, X, groups, size_factors, allow_non_integer, gene_names
+    )
+    if not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (tol > 0):
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    return _fit(Y, Xa, code, levels, sf, coef_names, gene_names, int(max_iter), float(tol), warn)
+
+
+@numba_parallel_only
+def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -> NbmmFit:
+    m, G = Y.shape
+    p = Xa.shape[1]
+    J = len(levels)
+    cls, doff, Xc, lsc, ncl = cell_classes(Xa, code, sf, J)
+    Yg = (Y.T.tocsr() if sp.issparse(Y) else sp.csr_matrix(Y.T)).astype(np.float64)
+    Yg.sort_indices()
+    gptr = Yg.indptr.astype(np.int64)
+    gcell = Yg.indices.astype(np.int64)
+    gval = np.ascontiguousarray(Yg.data, dtype=np.float64)
+    P = p + 2
+    coef = np.empty((G, p))
+    cov = np.empty((G, P, P))
+    sigma2 = np.empty(G)
+    theta = np.empty(G)
+    loglik = np.empty(G)
+    status = np.empty(G, np.int64)
+    n_iter = np.empty(G, np.int64)
+    modes = np.empty((G, J))
+    _k.fit_genes(
+        gptr, gcell, gval, cls, Xc, lsc, ncl, doff, max_iter, tol,
+        coef, cov, sigma2, theta, loglik, status, n_iter, modes,
+    )  # fmt: skip
+    # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
+    cov[:, p + 1, :] *= -1.0
+    cov[:, :, p + 1] *= -1.0
+    diag = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    names = np.asarray(STATUS_NAMES, dtype=object)[status]
+    converged = np.isin(status, (0, 1))
+    bad = ~converged & ~np.isin(names, ("all_zero", "one_group"))
+    if warn and bad.any():
+        warnings.warn(
+            f"nbmm: {int(bad.sum())} of {G} genes did not converge (see the status field)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return NbmmFit(
+        coef=coef,
+        se=np.ascontiguousarray(diag[:, :p]),
+        sigma2=sigma2,
+        dispersion=1.0 / theta,
+        log_sigma2_se=diag[:, p].copy(),
+        log_dispersion_se=diag[:, p + 1].copy(),
+        cov=cov,
+        loglik=loglik,
+        converged=converged,
+        status=names,
+        n_iter=n_iter,
+        size_factors=sf,
+        X=Xa,
+        coef_names=coef_names,
+        gene_names=gene_names,
+        group_names=levels,
+        modes=modes,
+    )
