@@ -18,6 +18,7 @@ from pyflashmm._kernels import nbmm as _k
 from pyflashmm._nbmm.fit import NbmmFit, cell_classes, nbmm
 
 ROOT = Path(__file__).parent / "data" / "glmmtmb-1.1.5"
+FREE = np.ones(5, np.bool_)
 SCENARIOS = ("high", "low", "unbalanced", "cellcov", "few", "many")
 
 
@@ -133,7 +134,7 @@ def test_laplace_matches_oracle(small_data, tau, lam):
     b = np.zeros(J)
     psi = np.concatenate([beta, [tau, lam]])
     grad = np.empty(5)
-    got = _k.objective(psi, 3, True, Xc, lsc, ncl, sy, doff, b, yv, True, grad, np.empty(ncl.size))
+    got = _k.objective(psi, 3, FREE, Xc, lsc, ncl, sy, doff, b, yv, True, grad, np.empty(ncl.size))
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     np.testing.assert_allclose(b, modes, rtol=1e-10, atol=1e-12)
 
@@ -146,10 +147,10 @@ def test_gradient_matches_finite_differences(small_data):
 
     def L(q):
         b, g = np.zeros(J), np.empty(5)
-        return _k.objective(q, 3, True, Xc, lsc, ncl, sy, doff, b, yv, False, g, eta0)
+        return _k.objective(q, 3, FREE, Xc, lsc, ncl, sy, doff, b, yv, False, g, eta0)
 
     grad = np.empty(5)
-    _k.objective(psi, 3, True, Xc, lsc, ncl, sy, doff, np.zeros(J), yv, True, grad, eta0)
+    _k.objective(psi, 3, FREE, Xc, lsc, ncl, sy, doff, np.zeros(J), yv, True, grad, eta0)
     fd = np.empty(5)
     for a in range(5):
         e = np.zeros(5)
@@ -220,3 +221,16 @@ def test_validation(small_data):
         nbmm(Y, X, donor, size_factors="median")
     with pytest.raises(ValueError, match="groups"):
         nbmm(Y, X, donor[:-1])
+
+
+def test_poisson_gene_is_boundary(small_data):
+    _, X, donor, s = small_data
+    rng = np.random.default_rng(11)
+    mu = np.exp(1.0 + 0.3 * X[:, 1] + rng.normal(0, 0.4, 6)[donor]) * s
+    y = rng.poisson(mu).astype(float)
+    fit = nbmm(y[:, None], X, donor, size_factors=s)
+    assert fit.status[0] in ("ok", "boundary")
+    if fit.status[0] == "boundary":
+        assert fit.dispersion[0] == 0.0 and np.isnan(fit.log_dispersion_se[0])
+    assert np.all(np.isfinite(fit.coef[0])) and np.all(np.isfinite(fit.se[0]))
+    assert fit.sigma2[0] > 0

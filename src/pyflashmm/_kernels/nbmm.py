@@ -25,8 +25,8 @@ a size factor s_k; n_k cells, Sy_k the sum of their counts), θ = 1/α the NB si
   d/dλ = θ d/dθ.
 * The fit maximises L over ψ = (β, τ, λ) by Newton steps with the Hessian from central
   differences of the analytic gradient (Levenberg damping when it is not negative definite,
-  step halving until L does not fall). τ is held at ``TAU_MIN`` (status ``boundary``) when the
-  maximum lies at σ² → 0.
+  step halving until L does not fall). τ is held at ``TAU_MIN`` when the maximum lies at
+  σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both with status ``boundary``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky
 LOG_2PI = math.log(2.0 * math.pi)
 #: ln σ² at which the donor variance is held as 0 (σ² ≈ 1.4e-11)
 TAU_MIN = -25.0
-#: bounds of λ = ln θ (θ = 1/α); beyond them the fit stops with ``max_iter``
+#: ln θ (θ = 1/α) at which the dispersion is held as 0 (α ≈ 9e-14, status ``boundary``)
 LAM_MAX = 30.0
 #: relative step of the central differences of the gradient (the Hessian)
 FD_STEP = 1e-4
@@ -102,6 +102,9 @@ def laplace(beta, tau, lam, Xc, lsc, ncl, sy, doff, b, nz_const, nz_dpsi, want_g
             grad[a] = 0.0
     ll = nz_const
     dtheta = nz_dpsi
+    fa = np.empty(p)
+    wa = np.empty(p)
+    va = np.empty(p)
     for j in range(J):
         lo_k = doff[j]
         hi_k = doff[j + 1]
@@ -110,42 +113,43 @@ def laplace(beta, tau, lam, Xc, lsc, ncl, sy, doff, b, nz_const, nz_dpsi, want_g
         f = 0.0
         h = inv_s2
         sv = 0.0
+        ft = 0.0
+        ht = 0.0
+        fbt = 0.0
+        for a in range(p):
+            fa[a] = 0.0
+            wa[a] = 0.0
+            va[a] = 0.0
+        # one pass over the donor's classes (one exp each) for L and every gradient sum
         for k in range(lo_k, hi_k):
-            eta = eta0[k] + bj
-            mu = math.exp(eta)
-            f -= ncl[k] * theta * math.log1p(mu / theta)
-            if sy[k] > 0.0:
-                f -= sy[k] * math.log1p(theta / mu)
+            mu = math.exp(eta0[k] + bj)
+            n = ncl[k]
+            yk = sy[k]
             d = theta + mu
-            h += theta * mu * (sy[k] + ncl[k] * theta) / (d * d)
-            sv += theta * mu * (sy[k] + ncl[k] * theta) * (theta - mu) / (d * d * d)
+            f -= n * theta * math.log1p(mu / theta)
+            if yk > 0.0:
+                f -= yk * math.log1p(theta / mu)
+            wk = theta * mu * (yk + n * theta) / (d * d)
+            vk = wk * (theta - mu) / d
+            h += wk
+            sv += vk
+            if want_grad:
+                rk = theta * (yk - n * mu) / d
+                for a in range(p):
+                    x = Xc[k, a]
+                    fa[a] += x * rk
+                    wa[a] += x * wk
+                    va[a] += x * vk
+                ft += n * (mu / d - math.log1p(mu / theta)) - yk / d
+                ht += mu * (yk * (mu - theta) + 2.0 * n * theta * mu) / (d * d * d)
+                fbt += mu * (yk - n * mu) / (d * d)
         ll += f - 0.5 * tau - 0.5 * bj * bj * inv_s2 - 0.5 * math.log(h)
         if not want_grad:
             continue
         # β: ∂f − (∂H + S_v db̂)/(2H), db̂/dβ = −Σ x w / H
         for a in range(p):
-            fa = 0.0
-            va = 0.0
-            wa = 0.0
-            for k in range(lo_k, hi_k):
-                mu = math.exp(eta0[k] + bj)
-                d = theta + mu
-                x = Xc[k, a]
-                fa += x * theta * (sy[k] - ncl[k] * mu) / d
-                wk = theta * mu * (sy[k] + ncl[k] * theta) / (d * d)
-                wa += x * wk
-                va += x * wk * (theta - mu) / d
-            grad[a] += fa - 0.5 * (va - sv * wa / h) / h
+            grad[a] += fa[a] - 0.5 * (va[a] - sv * wa[a] / h) / h
         grad[p] += -0.5 + 0.5 * bj * bj * inv_s2 - 0.5 * (-inv_s2 + sv * bj * inv_s2 / h) / h
-        ft = 0.0
-        ht = 0.0
-        fbt = 0.0
-        for k in range(lo_k, hi_k):
-            mu = math.exp(eta0[k] + bj)
-            d = theta + mu
-            ft += ncl[k] * (mu / d - math.log1p(mu / theta)) - sy[k] / d
-            ht += mu * (sy[k] * (mu - theta) + 2.0 * ncl[k] * theta * mu) / (d * d * d)
-            fbt += mu * (sy[k] - ncl[k] * mu) / (d * d)
         dtheta += ft - 0.5 * (ht + sv * fbt / h) / h
     # the Laplace term's +½ ln 2π and the prior's −½ ln 2π cancel for every donor
     if want_grad:
@@ -195,20 +199,22 @@ def _digamma(x):
 
 
 @njit
-def objective(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, want_grad, grad, eta0):
-    """L and (optionally) its gradient at ψ = (β, τ, λ); τ = ψ[p] (or ``TAU_MIN`` when not
-    free, the gradient's τ entry then 0)."""
-    tau = psi[p] if free_tau else TAU_MIN
+def objective(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, want_grad, grad, eta0):
+    """L and (optionally) its gradient at ψ = (β, τ, λ); the gradient entries of parameters
+    held fixed (``free`` false) are 0."""
+    tau = psi[p]
     lam = psi[p + 1]
     c, dp = nz_terms(math.exp(lam), yv)
     ll = laplace(psi[:p], tau, lam, Xc, lsc, ncl, sy, doff, b, c, dp, want_grad, grad, eta0)
-    if want_grad and not free_tau:
-        grad[p] = 0.0
+    if want_grad:
+        for a in range(p + 2):
+            if not free[a]:
+                grad[a] = 0.0
     return ll
 
 
 @njit
-def fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
+def fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
     """Hessian of L at ψ by central differences of the analytic gradient (symmetrised); the
     donor modes are restored to those at ψ afterwards."""
     P = p + 2
@@ -217,17 +223,17 @@ def fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
     b0 = b.copy()
     q = psi.copy()
     for c in range(P):
-        if c == p and not free_tau:
+        if not free[c]:
             for a in range(P):
                 Hm[a, c] = 0.0
             continue
         hstep = FD_STEP * max(1.0, abs(psi[c]))
         q[c] = psi[c] + hstep
         b[:] = b0
-        objective(q, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, gp, eta0)
+        objective(q, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, gp, eta0)
         q[c] = psi[c] - hstep
         b[:] = b0
-        objective(q, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, gm, eta0)
+        objective(q, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, gm, eta0)
         q[c] = psi[c]
         for a in range(P):
             Hm[a, c] = (gp[a] - gm[a]) / (2.0 * hstep)
@@ -240,13 +246,13 @@ def fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
 
 
 @njit
-def _neg_hessian_sub(Hm, p, free_tau, A, idx):
+def _neg_hessian_sub(Hm, p, free, A, idx):
     """A = −H restricted to the free parameters (their indices written to ``idx``); returns
     their number."""
     P = p + 2
     n = 0
     for a in range(P):
-        if a == p and not free_tau:
+        if not free[a]:
             continue
         idx[n] = a
         n += 1
@@ -272,8 +278,8 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
     step = np.empty(P)
     trial = np.empty(P)
     btry = b.copy()
-    free_tau = True
-    ll = objective(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
+    free = np.ones(P, np.bool_)
+    ll = objective(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
     status = _status.MAX_ITER
     it = 0
     while it < max_iter:
@@ -281,8 +287,8 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
         if not math.isfinite(ll):
             status = _status.NOT_POSITIVE_DEFINITE
             break
-        fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
-        n = _neg_hessian_sub(Hm, p, free_tau, A, idx)
+        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
+        n = _neg_hessian_sub(Hm, p, free, A, idx)
         As = A[:n, :n]
         Ls = L[:n, :n]
         for i in range(n):
@@ -329,7 +335,7 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
             if trial[p + 1] > LAM_MAX:
                 trial[p + 1] = LAM_MAX
             btry[:] = b
-            lt = objective(trial, p, free_tau, Xc, lsc, ncl, sy, doff, btry, yv, True, g2, eta0)
+            lt = objective(trial, p, free, Xc, lsc, ncl, sy, doff, btry, yv, True, g2, eta0)
             if lt >= ll - 1e-12 * abs(ll) and math.isfinite(lt):
                 improved = True
                 break
@@ -342,16 +348,21 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
         b[:] = btry
         ll = lt
         grad[:] = g2
-        if free_tau and psi[p] < TAU_MIN:
-            free_tau = False
-            psi[p] = TAU_MIN
-            ll = objective(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
+        if (free[p] and psi[p] < TAU_MIN) or (free[p + 1] and psi[p + 1] >= LAM_MAX):
+            # σ² → 0 or α → 0: hold the parameter at its bound
+            if psi[p] < TAU_MIN:
+                free[p] = False
+                psi[p] = TAU_MIN
+            if psi[p + 1] >= LAM_MAX:
+                free[p + 1] = False
+                psi[p + 1] = LAM_MAX
+            ll = objective(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
         elif last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0):
             status = _status.OK
             break
     if status == _status.OK or status == _status.MAX_ITER:
-        fd_hessian(psi, p, free_tau, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
-        n = _neg_hessian_sub(Hm, p, free_tau, A, idx)
+        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
+        n = _neg_hessian_sub(Hm, p, free, A, idx)
         Ls = L[:n, :n]
         Cs = np.empty((n, n))
         for a in range(P):
@@ -364,10 +375,12 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
                     cov[idx[i], idx[c]] = Cs[i, c]
         elif status == _status.OK:
             status = _status.NOT_POSITIVE_DEFINITE
-        if status == _status.OK and not free_tau:
+        if status == _status.OK and not (free[p] and free[p + 1]):
             status = _status.BOUNDARY
-    if not free_tau:
+    if not free[p]:
         psi[p] = -np.inf
+    if not free[p + 1]:
+        psi[p + 1] = np.inf
     return ll, status, it
 
 
