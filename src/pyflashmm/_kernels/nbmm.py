@@ -24,9 +24,11 @@ a size factor s_k; n_k cells, Sy_k the sum of their counts), θ = 1/α the NB si
   ∂H/∂θ = Σ μ_k(Sy_k(μ_k − θ) + 2n_kθμ_k)/(θ+μ_k)³, ∂²f/∂b∂θ = Σ μ_k(Sy_k − n_kμ_k)/(θ+μ_k)²;
   d/dλ = θ d/dθ.
 * The fit maximises L over ψ = (β, τ, λ) by Newton steps with the Hessian from central
-  differences of the analytic gradient (Levenberg damping when it is not negative definite,
+  differences of the analytic gradient (forward differences for the steps, central ones for
+  the final Hessian that gives the SEs; Levenberg damping when it is not negative definite,
   step halving until L does not fall). τ is held at ``TAU_MIN`` when the maximum lies at
-  σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both with status ``boundary``.
+  σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both with status ``boundary``
+  (reached, or converged beyond ``TAU_SMALL`` / ``LAM_BIG``).
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ LOG_2PI = math.log(2.0 * math.pi)
 TAU_MIN = -25.0
 #: ln θ (θ = 1/α) at which the dispersion is held as 0 (α ≈ 9e-14, status ``boundary``)
 LAM_MAX = 30.0
-#: relative step of the central differences of the gradient (the Hessian)
+#: a fit converging (flat L) with ln σ² below ``TAU_SMALL`` (σ² < 2e-9) or ln θ above
+#: ``LAM_BIG`` (α < 3e-7) is moved to the bound and finished there (status ``boundary``): on
+#: such a flat likelihood the Newton decrement falls below tol before the bound is reached
+TAU_SMALL = -20.0
+LAM_BIG = 15.0
+#: relative step of the central differences of the gradient (the Hessian for the SEs)
 FD_STEP = 1e-4
+#: relative step of the forward differences of the gradient (the Hessian of the Newton steps)
+FD_STEP_FWD = 1e-6
 
 
 @njit
@@ -214,9 +223,11 @@ def objective(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, want_grad, grad, eta0
 
 
 @njit
-def fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
-    """Hessian of L at ψ by central differences of the analytic gradient (symmetrised); the
-    donor modes are restored to those at ψ afterwards."""
+def fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, g0, central):
+    """Hessian of L at ψ by differences of the analytic gradient (symmetrised): central with
+    step ``FD_STEP`` (for the SEs), or forward from the gradient ``g0`` at ψ with step
+    ``FD_STEP_FWD`` (half the work, for the Newton steps); the donor modes are restored to
+    those at ψ afterwards."""
     P = p + 2
     gp = np.empty(P)
     gm = np.empty(P)
@@ -227,16 +238,20 @@ def fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0):
             for a in range(P):
                 Hm[a, c] = 0.0
             continue
-        hstep = FD_STEP * max(1.0, abs(psi[c]))
+        hstep = (FD_STEP if central else FD_STEP_FWD) * max(1.0, abs(psi[c]))
         q[c] = psi[c] + hstep
         b[:] = b0
         objective(q, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, gp, eta0)
-        q[c] = psi[c] - hstep
-        b[:] = b0
-        objective(q, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, gm, eta0)
+        if central:
+            q[c] = psi[c] - hstep
+            b[:] = b0
+            objective(q, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, gm, eta0)
+            for a in range(P):
+                Hm[a, c] = (gp[a] - gm[a]) / (2.0 * hstep)
+        else:
+            for a in range(P):
+                Hm[a, c] = (gp[a] - g0[a]) / hstep
         q[c] = psi[c]
-        for a in range(P):
-            Hm[a, c] = (gp[a] - gm[a]) / (2.0 * hstep)
     b[:] = b0
     for a in range(P):
         for c in range(a):
@@ -287,7 +302,7 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
         if not math.isfinite(ll):
             status = _status.NOT_POSITIVE_DEFINITE
             break
-        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
+        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, False)
         n = _neg_hessian_sub(Hm, p, free, A, idx)
         As = A[:n, :n]
         Ls = L[:n, :n]
@@ -348,20 +363,24 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
         b[:] = btry
         ll = lt
         grad[:] = g2
-        if (free[p] and psi[p] < TAU_MIN) or (free[p + 1] and psi[p + 1] >= LAM_MAX):
-            # σ² → 0 or α → 0: hold the parameter at its bound
-            if psi[p] < TAU_MIN:
+        converging = last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0)
+        # σ² → 0 or α → 0: past the bound, or converging (L flat) beyond the "small" threshold
+        hit_tau = free[p] and (psi[p] < TAU_MIN or (converging and psi[p] < TAU_SMALL))
+        hit_lam = free[p + 1] and (psi[p + 1] >= LAM_MAX or (converging and psi[p + 1] > LAM_BIG))
+        if hit_tau or hit_lam:
+            # hold the parameter at its bound and go on with the others
+            if hit_tau:
                 free[p] = False
                 psi[p] = TAU_MIN
-            if psi[p + 1] >= LAM_MAX:
+            if hit_lam:
                 free[p + 1] = False
                 psi[p + 1] = LAM_MAX
             ll = objective(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
-        elif last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0):
+        elif converging:
             status = _status.OK
             break
     if status == _status.OK or status == _status.MAX_ITER:
-        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0)
+        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, True)
         n = _neg_hessian_sub(Hm, p, free, A, idx)
         Ls = L[:n, :n]
         Cs = np.empty((n, n))
