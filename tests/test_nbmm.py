@@ -233,3 +233,16 @@ def test_poisson_gene_is_boundary(small_data):
     assert fit.dispersion[0] == 0.0 and np.isnan(fit.log_dispersion_se[0])
     assert np.all(np.isfinite(fit.coef[0])) and np.all(np.isfinite(fit.se[0]))
     assert fit.sigma2[0] > 0
+
+
+def test_one_cell_donor_and_donor_level_covariate(small_data):
+    y, X, donor, s = small_data
+    keep = np.r_[0:1, 15:90]  # donor 0 keeps one cell; X[:, 1] is constant within donors
+    fit = nbmm(y[keep, None], X[keep], donor[keep], size_factors=s[keep])
+    assert fit.status[0] == "ok"
+    assert np.all(np.isfinite(fit.coef[0])) and np.all(np.isfinite(fit.se[0]))
+    ref, _ = _oracle_laplace(
+        y[keep], X[keep], donor[keep], s[keep], fit.coef[0],
+        math.log(fit.sigma2[0]), -math.log(fit.dispersion[0]),
+    )  # fmt: skip
+    np.testing.assert_allclose(fit.loglik[0], ref, rtol=1e-12)
