@@ -246,3 +246,44 @@ def test_one_cell_donor_and_donor_level_covariate(small_data):
         math.log(fit.sigma2[0]), -math.log(fit.dispersion[0]),
     )  # fmt: skip
     np.testing.assert_allclose(fit.loglik[0], ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("psi", [[0.4, 0.2, 0.1, -0.8, 0.3], [0.4, 0.2, 0.1, -6.0, 3.0],
+                                 [0.4, 0.2, 0.1, 0.7, -1.2]])  # fmt: skip
+def test_analytic_hessian_matches_differences(small_data, psi):
+    y, X, donor, s = small_data
+    y = y.copy()
+    y[:3] = [70.0, 100.0, 65.0]  # counts ≥ 64: the trigamma branch
+    Xc, lsc, ncl, sy, doff, yv, J = _kernel_inputs(y, X, donor, s)
+    psi = np.array(psi)
+    eta0 = np.empty(ncl.size)
+    g, g2 = np.empty(5), np.empty(5)
+    ll = _k.objective(psi, 3, FREE, Xc, lsc, ncl, sy, doff, np.zeros(J), yv, True, g, eta0)
+    H = np.empty((5, 5))
+    b = np.zeros(J)
+    ll2 = _k.laplace_hessian(psi, 3, FREE, Xc, lsc, ncl, sy, doff, b, yv, g2, H, eta0)
+    assert ll2 == pytest.approx(ll, rel=1e-14)
+    np.testing.assert_allclose(g2, g, rtol=1e-12, atol=1e-12)
+    Hf = np.empty((5, 5))
+    _k.fd_hessian(psi, 3, FREE, Xc, lsc, ncl, sy, doff, b, yv, Hf, eta0, g, True)
+    np.testing.assert_allclose(H, H.T, rtol=0, atol=0)
+    assert np.abs(H - Hf).max() <= 1e-6 * np.abs(Hf).max()
+    # parameters held fixed: zero rows and columns
+    free = FREE.copy()
+    free[3] = False
+    _k.laplace_hessian(psi, 3, free, Xc, lsc, ncl, sy, doff, b, yv, g2, H, eta0)
+    assert not H[3].any() and not H[:, 3].any() and g2[3] == 0.0
+
+
+def test_analytic_and_difference_newton_agree(small_data, monkeypatch):
+    from pyflashmm._nbmm import fit as _fit
+
+    y, X, donor, s = small_data
+    Y = np.column_stack([y, np.roll(y, 7), np.roll(y, 31)])
+    a = nbmm(Y, X, donor, size_factors=s)
+    monkeypatch.setattr(_fit, "_ANALYTIC_HESSIAN", False)
+    f = nbmm(Y, X, donor, size_factors=s)
+    assert list(a.status) == list(f.status)
+    np.testing.assert_allclose(a.coef, f.coef, rtol=1e-8)
+    np.testing.assert_allclose(a.se, f.se, rtol=1e-6)
+    np.testing.assert_allclose(a.loglik, f.loglik, rtol=1e-12)

@@ -261,6 +261,197 @@ def fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, g0, centra
 
 
 @njit
+def _trigamma(x):
+    res = 0.0
+    while x < 6.0:
+        res += 1.0 / (x * x)
+        x += 1.0
+    f = 1.0 / (x * x)
+    t = (
+        1.0 / x
+        + 0.5 * f
+        + (1.0 / x) * f * (1.0 / 6.0 + f * (-1.0 / 30.0 + f * (1.0 / 42.0 + f * (-1.0 / 30.0))))
+    )
+    return res + t
+
+
+@njit
+def nz_d2(theta, yv):
+    """Σ_{y>0}[ψ′(y+θ) − ψ′(θ)] (= −Σ_{i<y} 1/(θ+i)² for y < 64), the second θ-derivative of
+    the non-zero-count constant."""
+    s = 0.0
+    for t in range(yv.shape[0]):
+        y = yv[t]
+        if y < 64.0 and y == math.floor(y):
+            i = 0.0
+            while i < y:
+                s -= 1.0 / ((theta + i) * (theta + i))
+                i += 1.0
+        else:
+            s += _trigamma(y + theta) - _trigamma(theta)
+    return s
+
+
+@njit
+def laplace_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, grad, Hm, eta0):
+    """L, its gradient (``grad``) and its analytic Hessian (``Hm``) in ψ = (β, τ, λ) in one
+    pass over the classes; the donor modes are updated in ``b``. Rows/columns of parameters
+    held fixed (``free`` false) are 0.
+
+    Per donor, with D = ∂_ψ + (db̂/dψ)∂_b the derivative along the mode and
+    b̂_a = f_ba/H, DH_a = H_a + H_b b̂_a:
+    d²L_j/dψ_a dψ_c = f_ac + H b̂_a b̂_c − D²H_ac/(2H) + DH_a DH_c/(2H²), with
+    D²H_ac = H_ac + H_ba b̂_c + H_bc b̂_a + H_bb b̂_a b̂_c + H_b b̂_ac and
+    b̂_ac = (f_bac − H_a b̂_c − H_c b̂_a − H_b b̂_a b̂_c)/H. Derivatives in θ, converted to
+    λ = ln θ at the end (d²/dλ² = θ²d²/dθ² + θ d/dθ)."""
+    P = p + 2
+    ncls = Xc.shape[0]
+    J = doff.shape[0] - 1
+    tau = psi[p]
+    lam = psi[p + 1]
+    theta = math.exp(lam)
+    inv_s2 = math.exp(-tau)
+    c0, dp = nz_terms(theta, yv)
+    for k in range(ncls):
+        e = lsc[k]
+        for a in range(p):
+            e += Xc[k, a] * psi[a]
+        eta0[k] = e
+    for a in range(P):
+        grad[a] = 0.0
+        for c in range(P):
+            Hm[a, c] = 0.0
+    ll = c0
+    gth = dp  # dL/dθ
+    hthth = nz_d2(theta, yv)  # d²L/dθ²
+    # per-donor partials, index P-1 = θ (τ handled explicitly)
+    f1 = np.empty(P)
+    H1 = np.empty(P)
+    Hb1 = np.empty(P)
+    fb1 = np.empty(P)
+    F2 = np.empty((P, P))
+    H2 = np.empty((P, P))
+    fb2 = np.empty((P, P))
+    bh = np.empty(P)
+    DH = np.empty(P)
+    T = P - 1
+    for j in range(J):
+        lo_k = doff[j]
+        hi_k = doff[j + 1]
+        bj = donor_mode(b[j], lo_k, hi_k, eta0, ncl, sy, theta, inv_s2)
+        b[j] = bj
+        f1[:] = 0.0
+        H1[:] = 0.0
+        Hb1[:] = 0.0
+        fb1[:] = 0.0
+        F2[:, :] = 0.0
+        H2[:, :] = 0.0
+        fb2[:, :] = 0.0
+        f = 0.0
+        h = inv_s2
+        sv = 0.0
+        su = 0.0
+        for k in range(lo_k, hi_k):
+            mu = math.exp(eta0[k] + bj)
+            n = ncl[k]
+            S = sy[k]
+            d = theta + mu
+            d2 = d * d
+            d3 = d2 * d
+            d4 = d2 * d2
+            f -= n * theta * math.log1p(mu / theta)
+            if S > 0.0:
+                f -= S * math.log1p(theta / mu)
+            A = theta * (S + n * theta)
+            r = theta * (S - n * mu) / d
+            w = A * mu / d2
+            v = w * (theta - mu) / d
+            u = A * mu * (theta * theta - 4.0 * theta * mu + mu * mu) / d4
+            c_t = n * (mu / d - math.log1p(mu / theta)) - S / d
+            c_tt = n * mu * mu / (theta * d2) + S / d2
+            q = mu * (S - n * mu) / d2
+            c_ett = -2.0 * mu * (S - n * mu) / d3
+            w_t = mu * (S * (mu - theta) + 2.0 * n * theta * mu) / d3
+            B = S + 2.0 * n * theta
+            w_te = (
+                mu
+                * (2.0 * B * theta * mu - B * mu * mu - S * theta * theta + 2.0 * S * theta * mu)
+                / d4
+            )
+            w_tt = 2.0 * mu * (S * theta - 2.0 * S * mu - 2.0 * n * theta * mu + n * mu * mu) / d4
+            h += w
+            sv += v
+            su += u
+            for a in range(p):
+                x = Xc[k, a]
+                f1[a] += x * r
+                H1[a] += x * v
+                Hb1[a] += x * u
+                fb1[a] -= x * w
+                F2[T, a] += x * q
+                H2[T, a] += x * w_te
+                fb2[T, a] -= x * w_t
+                for c in range(a + 1):
+                    xx = x * Xc[k, c]
+                    F2[a, c] -= xx * w
+                    H2[a, c] += xx * u
+                    fb2[a, c] -= xx * v
+            f1[T] += c_t
+            F2[T, T] += c_tt
+            H1[T] += w_t
+            H2[T, T] += w_tt
+            Hb1[T] += w_te
+            fb1[T] += q
+            fb2[T, T] += c_ett
+        ll += f - 0.5 * tau - 0.5 * bj * bj * inv_s2 - 0.5 * math.log(h)
+        # τ
+        b2s = bj * bj * inv_s2
+        f1[p] = -0.5 + 0.5 * b2s
+        F2[p, p] = -0.5 * b2s
+        H1[p] = -inv_s2
+        H2[p, p] = inv_s2
+        Hb1[p] = 0.0
+        fb1[p] = bj * inv_s2
+        fb2[p, p] = -bj * inv_s2
+        for a in range(P):
+            for c in range(a):
+                F2[c, a] = F2[a, c]
+                H2[c, a] = H2[a, c]
+                fb2[c, a] = fb2[a, c]
+        for a in range(P):
+            bh[a] = fb1[a] / h
+            DH[a] = H1[a] + sv * bh[a]
+        for a in range(P):
+            g = f1[a] - 0.5 * DH[a] / h
+            if a == T:
+                gth += g
+            else:
+                grad[a] += g
+            for c in range(a + 1):
+                bac = (fb2[a, c] - H1[a] * bh[c] - H1[c] * bh[a] - sv * bh[a] * bh[c]) / h
+                d2h = H2[a, c] + Hb1[a] * bh[c] + Hb1[c] * bh[a] + su * bh[a] * bh[c] + sv * bac
+                Hm[a, c] += (
+                    F2[a, c] + h * bh[a] * bh[c] - 0.5 * d2h / h + 0.5 * DH[a] * DH[c] / (h * h)
+                )
+    # θ → λ
+    hthth += Hm[T, T]
+    grad[T] = theta * gth
+    for c in range(T):
+        Hm[T, c] *= theta
+    Hm[T, T] = theta * theta * hthth + theta * gth
+    for a in range(P):
+        for c in range(a):
+            Hm[c, a] = Hm[a, c]
+    for a in range(P):
+        if not free[a]:
+            grad[a] = 0.0
+            for c in range(P):
+                Hm[a, c] = 0.0
+                Hm[c, a] = 0.0
+    return ll
+
+
+@njit
 def _neg_hessian_sub(Hm, p, free, A, idx):
     """A = −H restricted to the free parameters (their indices written to ``idx``); returns
     their number."""
@@ -278,10 +469,11 @@ def _neg_hessian_sub(Hm, p, free, A, idx):
 
 
 @njit
-def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
+def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, analytic=True):
     """Maximise L over ψ = (β, τ, λ) in place from the start in ``psi``; ``cov`` receives
     (−∇²L)⁻¹ in (β, τ, λ) (NaN in the τ row and column at the boundary). Returns
-    (L, status, iterations)."""
+    (L, status, iterations). With ``analytic`` (the default) the Hessian is
+    :func:`laplace_hessian`'s, otherwise differences of the gradient (:func:`fd_hessian`)."""
     P = p + 2
     grad = np.empty(P)
     g2 = np.empty(P)
@@ -302,7 +494,10 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
         if not math.isfinite(ll):
             status = _status.NOT_POSITIVE_DEFINITE
             break
-        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, False)
+        if analytic:
+            ll = laplace_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, grad, Hm, eta0)
+        else:
+            fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, False)
         n = _neg_hessian_sub(Hm, p, free, A, idx)
         As = A[:n, :n]
         Ls = L[:n, :n]
@@ -350,7 +545,7 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
             if trial[p + 1] > LAM_MAX:
                 trial[p + 1] = LAM_MAX
             btry[:] = b
-            lt = objective(trial, p, free, Xc, lsc, ncl, sy, doff, btry, yv, True, g2, eta0)
+            lt = objective(trial, p, free, Xc, lsc, ncl, sy, doff, btry, yv, not analytic, g2, eta0)
             if lt >= ll - 1e-12 * abs(ll) and math.isfinite(lt):
                 improved = True
                 break
@@ -380,7 +575,10 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0):
             status = _status.OK
             break
     if status == _status.OK or status == _status.MAX_ITER:
-        fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, True)
+        if analytic:
+            laplace_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, grad, Hm, eta0)
+        else:
+            fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, True)
         n = _neg_hessian_sub(Hm, p, free, A, idx)
         Ls = L[:n, :n]
         Cs = np.empty((n, n))
@@ -433,7 +631,7 @@ def start_values(p, Xc, ncl, nzc, psi):
 @njit(parallel=True)
 def fit_genes(
     gptr, gcell, gval, cell_class, Xc, lsc, ncl, doff, max_iter, tol,
-    coef, cov, sigma2, theta, loglik, status, n_iter, modes,
+    coef, cov, sigma2, theta, loglik, status, n_iter, modes, analytic=True,
 ):  # fmt: skip
     """Fit every gene (gene-major CSR ``gptr``/``gcell``/``gval`` of the non-zero counts),
     parallel over genes; results written to the output arrays (NaN where no fit)."""
@@ -479,7 +677,9 @@ def fit_genes(
         b = np.zeros(J)
         eta0 = np.empty(ncls)
         cv = np.full((p + 2, p + 2), np.nan)
-        ll, st, it = fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cv, eta0)
+        ll, st, it = fit_gene(
+            psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cv, eta0, analytic
+        )
         status[g] = st
         n_iter[g] = it
         cov[g] = cv

@@ -204,6 +204,11 @@ def nbmm(
     return _fit(Y, Xa, code, levels, sf, coef_names, gene_names, int(max_iter), float(tol), warn)
 
 
+#: Newton with the analytic Hessian (False: differences of the gradient, the previous method;
+#: kept for the benchmark and as the test oracle)
+_ANALYTIC_HESSIAN = True
+
+
 @numba_parallel_only
 def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -> NbmmFit:
     m, G = Y.shape
@@ -226,7 +231,7 @@ def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -
     modes = np.empty((G, J))
     _k.fit_genes(
         gptr, gcell, gval, cls, Xc, lsc, ncl, doff, max_iter, tol,
-        coef, cov, sigma2, theta, loglik, status, n_iter, modes,
+        coef, cov, sigma2, theta, loglik, status, n_iter, modes, _ANALYTIC_HESSIAN,
     )  # fmt: skip
     # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
     cov[:, p + 1, :] *= -1.0
