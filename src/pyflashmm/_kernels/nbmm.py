@@ -23,12 +23,12 @@ a size factor s_k; n_k cells, Sy_k the sum of their counts), θ = 1/α the NB si
   ∂f/∂θ = Σ n_k[μ_k/(θ+μ_k) − ln(1+μ_k/θ)] − Sy_k/(θ+μ_k) (+ Σ_{y>0}[ψ(y+θ) − ψ(θ)]),
   ∂H/∂θ = Σ μ_k(Sy_k(μ_k − θ) + 2n_kθμ_k)/(θ+μ_k)³, ∂²f/∂b∂θ = Σ μ_k(Sy_k − n_kμ_k)/(θ+μ_k)²;
   d/dλ = θ d/dθ.
-* The fit maximises L over ψ = (β, τ, λ) by Newton steps with the Hessian from central
-  differences of the analytic gradient (forward differences for the steps, central ones for
-  the final Hessian that gives the SEs; Levenberg damping when it is not negative definite,
-  step halving until L does not fall). τ is held at ``TAU_MIN`` when the maximum lies at
-  σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both with status ``boundary``
-  (reached, or converged beyond ``TAU_SMALL`` / ``LAM_BIG``).
+* The fit maximises L over ψ = (β, τ, λ) by Newton steps with the analytic Hessian
+  (:func:`laplace_hessian`, second implicit derivative of the modes included; the Hessian by
+  differences of the gradient, :func:`fd_hessian`, is its oracle; Levenberg damping when it
+  is not negative definite, step halving until L does not fall). τ is held at ``TAU_MIN``
+  when the maximum lies at σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both
+  with status ``boundary`` (reached, or converged beyond ``TAU_SMALL`` / ``LAM_BIG``).
 """
 
 from __future__ import annotations
