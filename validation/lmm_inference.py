@@ -84,7 +84,8 @@ def _tpr_at_fdr(curves: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
 def _pvalues_with_status(
     config: dict, workers: int, progress: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The calibration tasks with each gene's status kept (the experiment keeps p only)."""
+    """Run the calibration grids; their per-gene p-values (with each gene's status) and
+    type-I tables, the p-value files summarised here and then removed."""
     frames_p, frames_t = [], []
     for part in PARTS:
         cfg = {

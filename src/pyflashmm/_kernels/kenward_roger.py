@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from pyflashmm._jit import njit, prange
+from pyflashmm._kernels.linalg import symmetrize
 from pyflashmm._kernels.lmm import gene_T
 
 
@@ -73,11 +74,7 @@ def _adjustment(Phi, A, Qsum, Winv, D, Lam):
         U -= tmp.T
     np.dot(Phi, U, tmp)
     np.dot(tmp, Phi, Lam)
-    for a in range(p):  # symmetric up to rounding: make it exactly so
-        for b in range(a):
-            v = 0.5 * (Lam[a, b] + Lam[b, a])
-            Lam[a, b] = v
-            Lam[b, a] = v
+    symmetrize(Lam)
 
 
 @njit

@@ -111,3 +111,14 @@ def cholesky_inverse(L, out):
                 t += Ua[k] * Ub[k]
             out[a, b] = t
             out[b, a] = t
+
+
+@njit
+def symmetrize(A):
+    """A ← (A + Aᵀ)/2 in place: a matrix symmetric up to rounding made exactly symmetric."""
+    m = A.shape[0]
+    for a in range(m):
+        for c in range(a):
+            v = 0.5 * (A[a, c] + A[c, a])
+            A[a, c] = v
+            A[c, a] = v

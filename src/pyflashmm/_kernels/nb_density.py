@@ -46,6 +46,22 @@ def digamma(x):
 
 
 @njit
+def trigamma(x):
+    """ψ′(x) for x > 0: upward recurrence to x ≥ 6, then the asymptotic series."""
+    res = 0.0
+    while x < 6.0:
+        res += 1.0 / (x * x)
+        x += 1.0
+    f = 1.0 / (x * x)
+    t = (
+        1.0 / x
+        + 0.5 * f
+        + (1.0 / x) * f * (1.0 / 6.0 + f * (-1.0 / 30.0 + f * (1.0 / 42.0 + f * (-1.0 / 30.0))))
+    )
+    return res + t
+
+
+@njit
 def small_alpha_part(y, mu, r):
     """Σ_{k<y} ln(1 + (k − μ)/(r + μ)) + y ln μ: ln Γ(y + r) − ln Γ(r) + y ln(μ/(r + μ)) for a
     small integer y and a large size r = 1/α, where the difference of ln Γ would cancel."""

@@ -39,7 +39,13 @@ import numpy as np
 
 from pyflashmm import _status
 from pyflashmm._jit import njit, prange
-from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
+from pyflashmm._kernels.linalg import (
+    cholesky_inverse,
+    cholesky_lower,
+    cholesky_solve_vector,
+    symmetrize,
+)
+from pyflashmm._kernels.nb_density import digamma, trigamma
 
 LOG_2PI = math.log(2.0 * math.pi)
 #: ln σ² at which the donor variance is held as 0 (σ² ≈ 1.4e-11)
@@ -184,27 +190,9 @@ def nz_terms(theta, yv):
                 i += 1.0
         else:
             c += math.lgamma(y + theta) - lgt
-            dp += _digamma(y + theta) - _digamma(theta)
+            dp += digamma(y + theta) - digamma(theta)
         c -= math.lgamma(y + 1.0)
     return c, dp
-
-
-@njit
-def _digamma(x):
-    res = 0.0
-    while x < 6.0:
-        res -= 1.0 / x
-        x += 1.0
-    f = 1.0 / (x * x)
-    t = f * (
-        -1.0 / 12.0
-        + f
-        * (
-            1.0 / 120.0
-            + f * (-1.0 / 252.0 + f * (1.0 / 240.0 + f * (-1.0 / 132.0 + f * (691.0 / 32760.0))))
-        )
-    )
-    return res + math.log(x) - 0.5 / x + t
 
 
 @njit
@@ -253,26 +241,7 @@ def fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, g0, centra
                 Hm[a, c] = (gp[a] - g0[a]) / hstep
         q[c] = psi[c]
     b[:] = b0
-    for a in range(P):
-        for c in range(a):
-            s = 0.5 * (Hm[a, c] + Hm[c, a])
-            Hm[a, c] = s
-            Hm[c, a] = s
-
-
-@njit
-def _trigamma(x):
-    res = 0.0
-    while x < 6.0:
-        res += 1.0 / (x * x)
-        x += 1.0
-    f = 1.0 / (x * x)
-    t = (
-        1.0 / x
-        + 0.5 * f
-        + (1.0 / x) * f * (1.0 / 6.0 + f * (-1.0 / 30.0 + f * (1.0 / 42.0 + f * (-1.0 / 30.0))))
-    )
-    return res + t
+    symmetrize(Hm)
 
 
 @njit
@@ -288,7 +257,7 @@ def nz_d2(theta, yv):
                 s -= 1.0 / ((theta + i) * (theta + i))
                 i += 1.0
         else:
-            s += _trigamma(y + theta) - _trigamma(theta)
+            s += trigamma(y + theta) - trigamma(theta)
     return s
 
 

@@ -278,9 +278,8 @@ def lmmtest(
         raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}")
     if df not in DF_METHODS:
         raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
-    if trend is None:
-        trend = bool(moderate) and not robust and _mod.has_mean_response(fit.stats)
-    _mod.check_moderation_args(moderate, robust, trend)
+    _mod.check_moderation_args(moderate, robust, False if trend is None else trend)
+    trend, ybar = _mod.resolve_trend(fit.stats, moderate, robust, trend)  # ȳ: the covariate
     if fit.cov is None:
         raise ValueError("fit has no covariance matrices: refit with lmm(..., output_cov=True)")
     if df == "auto":
@@ -308,7 +307,6 @@ def lmmtest(
         C = np.stack(list(single.values()), axis=0)  # L × p, one pass for all single contrasts
         nu = _satterthwaite(fit, np.broadcast_to(C, (G, *C.shape)), A, prep)
         nu_single = {k: nu[:, j] for j, k in enumerate(single)}
-    ybar = _mod.mean_response(fit.stats) if trend else None  # the trend's covariate
     frames, priors = [], []
     for name, Lm in contrasts.items():
         r = Lm.shape[1]

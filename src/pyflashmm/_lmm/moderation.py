@@ -105,13 +105,21 @@ def check_moderation_args(moderate, robust, trend=False) -> None:
         )
 
 
-def has_mean_response(stats) -> bool:
-    """Whether :func:`mean_response` can compute ȳ_g from ``stats``."""
-    try:
-        mean_response(stats)
-    except ValueError:
-        return False
-    return True
+def resolve_trend(stats, moderate, robust, trend):
+    """(trend, ȳ): the ``trend`` argument with None resolved, and the covariate it needs.
+
+    None means on when ``moderate`` is, ``robust`` is not and :func:`mean_response` can be
+    computed; ȳ is None without a trend. ``trend=True`` where ȳ cannot be computed raises.
+    The arguments were checked by :func:`check_moderation_args`.
+    """
+    if trend is None:
+        if not moderate or robust:
+            return False, None
+        try:
+            return True, mean_response(stats)
+        except ValueError:
+            return False, None
+    return trend, (mean_response(stats) if trend else None)
 
 
 def mean_response(stats) -> np.ndarray:
