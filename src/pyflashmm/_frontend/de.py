@@ -196,7 +196,9 @@ def de(
         # trend=None is lmmtest's default, decided on the fit; the types are checked now
         check_moderation_args(moderate, robust, False if trend is None else trend)
         if df == "kenward-roger" and not reml:
-            raise ValueError("df='kenward-roger' is defined for REML fits: pass reml=True")
+            raise ValueError(
+                "df='kenward-roger' is defined for REML fits: pass reml=True (CLI: drop --ml)"
+            )
     cells = open_cells(data, layer)
     try:
         if cells.shape[0] != len(cells.obs):
