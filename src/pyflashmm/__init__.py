@@ -12,6 +12,8 @@ from pyflashmm._lmm.inference import lmmtest, lrt, random_effects, vctest
 from pyflashmm._lmm.stats import SummaryStats, summary_stats
 from pyflashmm._nbglm.fit import NbGlmFit, nbglm
 from pyflashmm._nbglm.inference import nbglm_test
+from pyflashmm._nbmm.fit import NbmmFit, nbmm
+from pyflashmm._nbmm.inference import nbmm_test
 from pyflashmm._pseudobulk import pseudobulk
 from pyflashmm._simulate import SimulatedData, simulate_rnaseq
 from pyflashmm._size_factors import size_factors
@@ -26,6 +28,7 @@ __all__ = [
     "LmmFit",
     "LogTransformWarning",
     "NbGlmFit",
+    "NbmmFit",
     "PseudoreplicationWarning",
     "SimulatedData",
     "SummaryStats",
@@ -40,6 +43,8 @@ __all__ = [
     "loglik_score",
     "nbglm",
     "nbglm_test",
+    "nbmm",
+    "nbmm_test",
     "pseudobulk",
     "random_effects",
     "simulate_rnaseq",

@@ -24,6 +24,9 @@ LMM_DF_METHODS = (
     "residual",
     "between",
 )
+#: the NB mixed model's Wald reference distributions besides "auto" (checked against
+#: pyflashmm.nbmm_test's by the same test)
+NBMM_DF_METHODS = ("between", "z")
 
 DE_EPILOG = """\
 examples:
@@ -35,6 +38,10 @@ examples:
   # pseudobulk NB GLM (DESeq2) per cell type, donors as samples
   pyflashmm de pbmc.h5ad --layer counts --method pseudobulk --random donor_id \\
       --cell-type cell_type --fixed "~ condition" --contrast "stim=conditionstim" -o pb.csv
+
+  # NB mixed model: counts with size-factor offsets and a donor random intercept
+  pyflashmm de pbmc.h5ad --layer counts --method nbmm --random donor_id \
+      --fixed "~ condition" --contrast "stim=conditionstim" -o nbmm.csv
 
   The table has one row per (gene, contrast[, cell type]): variable, contrast, [cell_type],
   log_fc, se, stat, df, p_value, adj_p_value (BH per contrast and cell type), method, ...
@@ -69,7 +76,8 @@ def _output_path(path: str, option: str = "-o/--output") -> Path:
 def _add_de(subparsers) -> None:
     p = subparsers.add_parser(
         "de",
-        help="differential expression of an .h5ad file (LMM, pseudobulk or cell-level NB GLM)",
+        help="differential expression of an .h5ad file (LMM, NB mixed model, pseudobulk or "
+        "cell-level NB GLM)",
         description="Fit per-gene models to the counts of an .h5ad file and test contrasts.",
         epilog=DE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -85,7 +93,7 @@ def _add_de(subparsers) -> None:
         help='contrast to test, e.g. "stim=conditionstim" (repeatable; default: every '
         "coefficient)",
     )  # fmt: skip
-    p.add_argument("--method", default="lmm", choices=["lmm", "pseudobulk", "nbglm"])
+    p.add_argument("--method", default="lmm", choices=["lmm", "nbmm", "pseudobulk", "nbglm"])
     p.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
     p.add_argument(
         "--cell-type", default=None, metavar="COLUMN",
@@ -97,9 +105,11 @@ def _add_de(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--transform", default="log2p1", choices=["log2p1", "log1p", "none"],
                    help="LMM: transform of the counts (default log2p1)")  # fmt: skip
-    p.add_argument("--df", default="auto", choices=list(LMM_DF_METHODS),
+    p.add_argument("--df", default="auto",
+                   choices=list(dict.fromkeys(LMM_DF_METHODS + NBMM_DF_METHODS)),
                    help="LMM: denominator degrees of freedom (auto: Kenward-Roger with REML, "
-                   "Satterthwaite with ML)")  # fmt: skip
+                   "Satterthwaite with ML); nbmm: between (auto, Wald t on the donor-level df) "
+                   "or z")  # fmt: skip
     p.add_argument("--moderate", action="store_true",
                    help="LMM: empirical-Bayes moderated tests")  # fmt: skip
     p.add_argument("--robust", action="store_true",
@@ -110,7 +120,7 @@ def _add_de(subparsers) -> None:
     p.add_argument("--ml", action="store_true", help="LMM: fit by ML instead of REML")
     p.add_argument(
         "--test", default=None, choices=["wald", "lrt"],
-        help="NB methods: the test (default: lrt at cell level, wald for pseudobulk)",
+        help="NB methods: the test (default: lrt for nbglm, wald for pseudobulk and nbmm)",
     )  # fmt: skip
     p.add_argument("--chunk-size", type=int, default=50_000, help="cells read at a time")
     p.add_argument("-o", "--output", required=True, help="result CSV file")

@@ -275,9 +275,11 @@ def test_lmm_small_sample_options_reach_lmmtest(pbmc):
 
 def test_cli_lists_lmmtests_df_methods():
     from pyflashmm._lmm.inference import DF_METHODS
-    from pyflashmm.cli import LMM_DF_METHODS
+    from pyflashmm._nbmm.inference import DF_METHODS as NBMM
+    from pyflashmm.cli import LMM_DF_METHODS, NBMM_DF_METHODS
 
     assert set(LMM_DF_METHODS) == set(DF_METHODS)
+    assert set(NBMM_DF_METHODS) == set(NBMM)
 
 
 def test_lmm_needs_a_grouping(pbmc):

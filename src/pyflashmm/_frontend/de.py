@@ -19,9 +19,12 @@ from pyflashmm._lmm.moderation import check_moderation_args
 from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE, summary_stats
 from pyflashmm._nbglm.fit import nbglm
 from pyflashmm._nbglm.inference import nbglm_test
+from pyflashmm._nbmm.fit import nbmm
+from pyflashmm._nbmm.inference import DF_METHODS as NBMM_DF_METHODS
+from pyflashmm._nbmm.inference import nbmm_test
 from pyflashmm._pseudobulk import sample_table, sum_counts, varying_example
 
-METHODS = ("lmm", "nbglm", "pseudobulk")
+METHODS = ("lmm", "nbmm", "nbglm", "pseudobulk")
 _TRANSFORMS = (None, "log1p", "log2p1")
 
 #: the scale of ``log_fc`` per method (and LMM transform), as recorded in ``table.attrs``
@@ -30,6 +33,7 @@ LOG_FC_SCALE = {
     ("lmm", "log1p"): "difference of mean ln(1 + count) (LMM model scale)",
     ("lmm", None): "difference on the scale of the values (LMM model scale)",
     "nbglm": "log2 fold change of the NB mean",
+    "nbmm": "log2 fold change of the NB mean (donor random intercept; conditional = marginal)",
     "pseudobulk": "log2 fold change of the NB mean (pseudobulk samples)",
 }
 
@@ -78,6 +82,11 @@ def de(
       (:func:`pyflashmm.nbglm` with DESeq2's defaults) is fitted per cell type on that type's
       samples, as muscat and dreamlet do. ``fixed`` is evaluated on the sample table, so its
       variables must be constant within samples.
+    * ``"nbmm"``: the NB mixed model (:func:`pyflashmm.nbmm`): the counts of every cell are the
+      response of a negative-binomial GLM with size-factor offsets and a random intercept per
+      donor (``random``, one grouping), fitted by glmmTMB's Laplace approximation, and tested
+      by :func:`pyflashmm.nbmm_test` (Wald t on the donor-level df by default). Right about
+      counts and about donors; slower than the other methods.
     * ``"nbglm"``: the cell-level NB GLM (:func:`pyflashmm.nbglm` with
       ``preset="single_cell"``). It has no random effect: the cells are its replicates.
 
@@ -119,7 +128,7 @@ def de(
         ``{"avg": "(cell_typeB:conditionstim + cell_typeT:conditionstim)/2"}``; a dict value
         that is a list of expressions is one joint test. Default: every coefficient. Every
         contrast is tested on one fit.
-    method : {"lmm", "pseudobulk", "nbglm"}
+    method : {"lmm", "nbmm", "pseudobulk", "nbglm"}
         See the module docstring.
     layer : str, optional
         AnnData layer holding the raw counts (e.g. ``"counts"``); default ``X``.
@@ -132,8 +141,8 @@ def de(
         cell type) pseudobulks instead, with a :class:`PseudoreplicationWarning` (the cell types
         of one donor are not independent samples).
 
-    ``transform``, ``reml``, ``df``, ``moderate``, ``robust`` and ``trend`` apply to ``"lmm"``
-    only (the NB methods ignore them);
+    ``transform``, ``reml``, ``moderate``, ``robust`` and ``trend`` apply to ``"lmm"``
+    only (the NB methods ignore them); ``df`` to ``"lmm"`` and ``"nbmm"``;
     ``test`` applies to the NB methods only (an error with ``"lmm"``).
     transform : {"log2p1", "log1p", None}
         ``"lmm"`` only: applied to the counts on the fly. Values that are not counts (e.g. a
@@ -141,10 +150,12 @@ def de(
         raw counts, or ``transform=None``.
     reml : bool
         ``"lmm"`` only: REML (default) or ML.
-    df : {"auto", "kenward-roger", "satterthwaite", "residual", "between"}
-        ``"lmm"`` only: denominator degrees of freedom (see :func:`pyflashmm.lmmtest`).
+    df : str
+        ``"lmm"``: denominator degrees of freedom, one of ``"auto"``, ``"kenward-roger"``,
+        ``"satterthwaite"``, ``"residual"``, ``"between"`` (see :func:`pyflashmm.lmmtest`);
         ``"auto"``: Kenward–Roger with REML, Satterthwaite with ML; ``"kenward-roger"``
-        needs ``reml=True``.
+        needs ``reml=True``. ``"nbmm"``: ``"auto"`` or ``"between"`` (Wald t on the
+        between–within df), or ``"z"`` (normal, glmmTMB's z); see :func:`pyflashmm.nbmm_test`.
     moderate : bool
         ``"lmm"`` only: empirical-Bayes moderated t tests, which borrow strength across genes
         for the contrast's variance (limma's prior, see :func:`pyflashmm.lmmtest`); most
@@ -158,14 +169,14 @@ def de(
         ``robust``. Default: :func:`pyflashmm.lmmtest`'s (on when ``moderate`` is and
         ``robust`` is not).
     test : {"wald", "lrt"}, optional
-        NB methods only: default ``"lrt"`` at cell level (DESeq2's single-cell advice) and
-        ``"wald"`` for pseudobulk.
+        NB methods only: default ``"lrt"`` for ``"nbglm"`` (DESeq2's single-cell advice) and
+        ``"wald"`` for pseudobulk and ``"nbmm"``.
     chunk_size : int
         Cells per chunk when reading counts.
     progress : bool, optional
         Progress bars over cell chunks and gene blocks (default: shown for long runs).
     **kwargs
-        Passed to :func:`pyflashmm.lmm` or :func:`pyflashmm.nbglm`.
+        Passed to :func:`pyflashmm.lmm`, :func:`pyflashmm.nbmm` or :func:`pyflashmm.nbglm`.
 
     Returns
     -------
@@ -215,6 +226,9 @@ def de(
             tests = {"df": df, "moderate": moderate, "robust": robust, "trend": trend}
             table, dsg, used_test = _de_lmm(cells, obs, fixed, random, contrast, transform,
                                             reml, tests, chunk_size, progress, kwargs)  # fmt: skip
+        elif method == "nbmm":
+            table, dsg, used_test = _de_nbmm(cells, obs, fixed, random, contrast, test, df,
+                                             chunk_size, progress, kwargs)  # fmt: skip
         elif method == "nbglm":
             table, dsg, used_test = _de_cells(cells, obs, fixed, random, contrast, test,
                                               chunk_size, kwargs)  # fmt: skip
@@ -235,6 +249,7 @@ def de(
             "cell_type": cell_type,
             "test": used_test,
             "log_fc_scale": LOG_FC_SCALE[(method, transform) if method == "lmm" else method],
+            "df": table.attrs.get("df"),
             "reference": reference_levels(dsg),
         }
     )
@@ -271,11 +286,13 @@ def _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transfor
         raise ValueError(f"transform must be one of {_TRANSFORMS}; got {transform!r}")
     if test is not None:
         if method == "lmm":
-            raise ValueError("test: only the NB methods ('nbglm', 'pseudobulk') take test=")
+            raise ValueError("test: only the NB methods ('nbmm', 'nbglm', 'pseudobulk') take test=")
         if test not in ("wald", "lrt"):
             raise ValueError(f"test must be 'wald' or 'lrt'; got {test!r}")
     if method == "lmm" and df not in DF_METHODS:
         raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
+    if method == "nbmm" and df not in ("auto", *NBMM_DF_METHODS):
+        raise ValueError(f"df: method='nbmm' takes 'auto', 'between' or 'z'; got {df!r}")
     if (
         not isinstance(chunk_size, int | np.integer)
         or isinstance(chunk_size, bool)
@@ -377,6 +394,52 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
     return table, dsg, used
 
 
+def _nonempty_cells(cells: CellData, obs: pd.DataFrame, chunk_size: int) -> None:
+    """Refuse cells without any count (a cell-level NB model gives them no size factor)."""
+    totals = row_sums(cells, chunk_size)
+    empty = np.flatnonzero(totals == 0)
+    if empty.size:
+        names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
+        raise ValueError(
+            f"data: {empty.size} cells have no counts at all in {cells.where} (first: {names}): "
+            "a cell without counts has no size factor; remove them first (e.g. "
+            "sc.pp.filter_cells(adata, min_counts=1))"
+        )
+
+
+def _de_nbmm(cells, obs, fixed, random, contrast, test, df, chunk_size, progress, kwargs):
+    if random is None:
+        raise ValueError(
+            "random: method='nbmm' needs the grouping of the cells into donors, e.g. "
+            "random='donor_id'"
+        )
+    blocks = random_groupings(random)
+    if len(blocks) != 1 or blocks[0][0] != "group":
+        raise ValueError(
+            f"random: {random!r}: method='nbmm' has one random intercept (e.g. "
+            "random='donor_id' or '(1|donor_id)'); crossed, nested or slope terms are not "
+            "supported: use method='lmm' for those"
+        )
+    cols = list(blocks[0][1])
+    missing = [c for c in cols if c not in obs.columns]
+    if missing:
+        raise MissingColumnError(f"random: column(s) {missing} not in obs")
+    dsg = design(obs, fixed)
+    as_contrasts(dsg.fixed_names, contrast)  # typos reported before the fit
+    _check_counts(cells, "nbmm", kwargs.get("allow_non_integer", False))
+    if isinstance(kwargs.get("size_factors", "poscounts"), str):
+        _nonempty_cells(cells, obs, chunk_size)
+    groups = obs[cols].astype(str).agg(":".join, axis=1).to_numpy()
+    counts = read_csr(cells, chunk_size)
+    fit = nbmm(counts, dsg.X_frame(), groups, gene_names=cells.gene_names, progress=progress,
+               **kwargs)  # fmt: skip
+    test = "wald" if test is None else test
+    table = nbmm_test(fit, contrast, test=test, df="between" if df == "auto" else df,
+                      progress=progress)  # fmt: skip
+    used = "lrt" if test == "lrt" else f"wald ({table.attrs['df']})"
+    return table, dsg, used
+
+
 def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
     if random is not None:
         cols = grouping_columns(random, "nbglm")
@@ -391,15 +454,7 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
         )
     dsg = design(obs, fixed)
     _check_counts(cells, "nbglm", kwargs.get("allow_non_integer", False))
-    totals = row_sums(cells, chunk_size)
-    empty = np.flatnonzero(totals == 0)
-    if empty.size:
-        names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
-        raise ValueError(
-            f"data: {empty.size} cells have no counts at all in {cells.where} (first: {names}): "
-            "a cell without counts has no size factor; remove them first (e.g. "
-            "sc.pp.filter_cells(adata, min_counts=1))"
-        )
+    _nonempty_cells(cells, obs, chunk_size)
     counts = read_csr(cells, chunk_size)
     table, used_test = _nb_fit_test(counts, dsg, contrast, cells.gene_names,
                                     dict(kwargs, preset="single_cell", test=test))  # fmt: skip

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from pyflashmm._checks import check_full_rank
 from pyflashmm._jit import numba_parallel_only
@@ -29,6 +30,23 @@ from pyflashmm._nbglm.layout import row_labels
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
 from pyflashmm._size_factors import size_factors_checked
 from pyflashmm._status import STATUS_NAMES
+
+
+@dataclass(frozen=True)
+class NbmmData:
+    """What a refit of the same genes needs (the likelihood-ratio test's reduced models).
+
+    Attributes
+    ----------
+    counts : genes × cells CSR matrix of the counts (float64, sorted indices).
+    groups : donor code of every cell (0 … J − 1, the order of ``NbmmFit.group_names``).
+    max_iter, tol : the fit's Newton options.
+    """
+
+    counts: sp.csr_matrix
+    groups: np.ndarray
+    max_iter: int
+    tol: float
 
 
 @dataclass(frozen=True)
@@ -51,7 +69,9 @@ class NbmmFit:
         last four.
     n_iter : outer Newton iterations.
     modes : the donor intercepts b̂_j at the estimate (conditional modes, G × donors).
+    base_mean : mean of the normalised counts y/s per gene (as DESeq2's baseMean).
     size_factors, X, coef_names, gene_names, group_names : the inputs as used.
+    data : the counts and options a refit needs (:class:`NbmmData`).
     """
 
     coef: np.ndarray
@@ -71,15 +91,18 @@ class NbmmFit:
     gene_names: tuple
     group_names: tuple
     modes: np.ndarray = field(repr=False)
+    base_mean: np.ndarray = field(default=None, repr=False)
+    data: NbmmData | None = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per gene: ``coef_<name>`` and ``se_<name>`` per coefficient, sigma2,
-        dispersion, loglik, converged, status, n_iter."""
+        """One row per gene: ``coef_<name>`` and ``se_<name>`` per coefficient, base_mean,
+        sigma2, dispersion, loglik, converged, status, n_iter."""
         cols = {"variable": list(self.gene_names)}
         for a, name in enumerate(self.coef_names):
             cols[f"coef_{name}"] = self.coef[:, a]
             cols[f"se_{name}"] = self.se[:, a]
         cols.update(
+            base_mean=self.base_mean,
             sigma2=self.sigma2,
             dispersion=self.dispersion,
             loglik=self.loglik,
@@ -113,7 +136,11 @@ def _validate(counts, X, groups, size_factors, allow_non_integer, gene_names):
     check_full_rank(Xa.T @ Xa, coef_names)
     grp = np.asarray(groups)
     if grp.ndim != 1 or grp.shape[0] != m:
-        raise ValueError(f"groups must be 1-D with {m} entries (one per cell)")
+        raise ValueError(
+            f"groups must be 1-D with {m} entries (one donor per cell), got shape {grp.shape}: "
+            "the NB mixed model has one random intercept (crossed or nested random effects "
+            "are not supported)"
+        )
     if pd.isna(grp).any():
         raise ValueError("groups contains missing values")
     levels, code = np.unique(grp.astype(str) if grp.dtype == object else grp, return_inverse=True)
@@ -174,8 +201,16 @@ def nbmm(
     max_iter: int = 100,
     tol: float = 1e-10,
     warn: bool = True,
+    progress: bool | None = None,
 ) -> NbmmFit:
     """Fit the NB mixed model with a donor random intercept to every gene (Laplace, as glmmTMB).
+
+    Model, for gene g and cell i of donor j: y_ij ~ NB(μ_ij, α_g) with Var = μ + αμ²,
+    ln μ_ij = x_ijᵀβ_g + ln s_i + b_j, b_j ~ N(0, σ_g²). The marginal likelihood
+    ∏_j ∫ ∏_i NB(y_ij; μ_ij(b), α) φ(b; 0, σ²) db is approximated per donor by Laplace's method
+    at the mode b̂_j (glmmTMB's ``family = nbinom2`` with ``offset(log(s))``) and maximised over
+    (β, ln σ², ln α) by Newton steps. β is the conditional (donor-specific) effect on ln μ; with a
+    random intercept and a log link it is also the ratio of the marginal means.
 
     Parameters
     ----------
@@ -184,15 +219,17 @@ def nbmm(
     X : array_like or DataFrame, cells × p
         Fixed-effects design (full column rank; include the intercept column).
     groups : array_like, cells
-        Donor of every cell (the random intercept's grouping).
+        Donor of every cell (the random intercept's grouping; one grouping only).
     size_factors : {"ratio", "poscounts", "normed_sum", "iterate"} or array
         Method of :func:`pyflashmm.size_factors`, or the factors themselves (offsets ln s).
     max_iter, tol : outer Newton iterations and the Newton-decrement threshold.
     warn : warn once when some genes did not converge.
+    progress : show a progress bar over gene blocks (default: when there are more than two).
 
     Returns
     -------
     NbmmFit
+        Test it with :func:`pyflashmm.nbmm_test`.
     """
     Y, Xa, code, levels, sf, coef_names, gene_names = _validate(
         counts, X, groups, size_factors, allow_non_integer, gene_names
@@ -201,67 +238,94 @@ def nbmm(
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (tol > 0):
         raise ValueError(f"tol must be positive, got {tol!r}")
-    return _fit(Y, Xa, code, levels, sf, coef_names, gene_names, int(max_iter), float(tol), warn)
+    Yg = (Y.T.tocsr() if sp.issparse(Y) else sp.csr_matrix(Y.T)).astype(np.float64)
+    Yg.sort_indices()
+    data = NbmmData(counts=Yg, groups=code, max_iter=int(max_iter), tol=float(tol))
+    res = fit_arrays(data, Xa, sf, len(levels), progress)
+    names = np.asarray(STATUS_NAMES, dtype=object)[res["status"]]
+    converged = np.isin(res["status"], (0, 1))
+    bad = ~converged & ~np.isin(names, ("all_zero", "one_group"))
+    if warn and bad.any():
+        warnings.warn(
+            f"nbmm: {int(bad.sum())} of {len(gene_names)} genes did not converge (see the "
+            "status field)",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    p = Xa.shape[1]
+    cov = res["cov"]
+    diag = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    return NbmmFit(
+        coef=res["coef"],
+        se=np.ascontiguousarray(diag[:, :p]),
+        sigma2=res["sigma2"],
+        dispersion=1.0 / res["theta"],
+        log_sigma2_se=diag[:, p].copy(),
+        log_dispersion_se=diag[:, p + 1].copy(),
+        cov=cov,
+        loglik=res["loglik"],
+        converged=converged,
+        status=names,
+        n_iter=res["n_iter"],
+        size_factors=sf,
+        X=Xa,
+        coef_names=coef_names,
+        gene_names=gene_names,
+        group_names=levels,
+        modes=res["modes"],
+        base_mean=np.asarray(Yg @ (1.0 / sf)).ravel() / sf.size,
+        data=data,
+    )
 
 
 #: Newton with the analytic Hessian (False: differences of the gradient, the previous method;
 #: kept for the benchmark and as the test oracle)
 _ANALYTIC_HESSIAN = True
 
+#: genes per block of the fit (the unit of the progress bar; each block runs parallel over genes)
+_GENE_BLOCK = 512
+
 
 @numba_parallel_only
-def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -> NbmmFit:
-    m, G = Y.shape
+def fit_arrays(data: NbmmData, Xa, sf, n_groups, progress=None) -> dict:
+    """Fit every gene of ``data`` with design ``Xa`` (cells × p) and size factors ``sf``.
+
+    Returns the per-gene arrays: ``coef`` (G × p), ``cov`` (G × (p+2) × (p+2), in
+    (β, ln σ², ln α)), ``sigma2``, ``theta`` (1/α), ``loglik``, ``status`` (codes), ``n_iter``,
+    ``modes`` (G × donors). Genes are fitted in blocks (each parallel over its genes); every
+    gene's result depends on that gene only, so neither the blocks nor the threads change it.
+    """
+    Yg = data.counts
+    G = Yg.shape[0]
     p = Xa.shape[1]
-    J = len(levels)
-    cls, doff, Xc, lsc, ncl = cell_classes(Xa, code, sf, J)
-    Yg = (Y.T.tocsr() if sp.issparse(Y) else sp.csr_matrix(Y.T)).astype(np.float64)
-    Yg.sort_indices()
-    gptr = Yg.indptr.astype(np.int64)
-    gcell = Yg.indices.astype(np.int64)
-    gval = np.ascontiguousarray(Yg.data, dtype=np.float64)
+    cls, doff, Xc, lsc, ncl = cell_classes(Xa, data.groups, sf, n_groups)
     P = p + 2
-    coef = np.empty((G, p))
-    cov = np.empty((G, P, P))
-    sigma2 = np.empty(G)
-    theta = np.empty(G)
-    loglik = np.empty(G)
-    status = np.empty(G, np.int64)
-    n_iter = np.empty(G, np.int64)
-    modes = np.empty((G, J))
-    _k.fit_genes(
-        gptr, gcell, gval, cls, Xc, lsc, ncl, doff, max_iter, tol,
-        coef, cov, sigma2, theta, loglik, status, n_iter, modes, _ANALYTIC_HESSIAN,
-    )  # fmt: skip
+    out = {
+        "coef": np.empty((G, p)),
+        "cov": np.empty((G, P, P)),
+        "sigma2": np.empty(G),
+        "theta": np.empty(G),
+        "loglik": np.empty(G),
+        "status": np.empty(G, np.int64),
+        "n_iter": np.empty(G, np.int64),
+        "modes": np.empty((G, n_groups)),
+    }
+    starts = list(range(0, G, _GENE_BLOCK))
+    show = len(starts) > 2 if progress is None else bool(progress)
+    gval_all = np.ascontiguousarray(Yg.data, dtype=np.float64)
+    gcell_all = Yg.indices.astype(np.int64)
+    for a in tqdm(starts, disable=not show, desc="nbmm", unit="block"):
+        b = min(a + _GENE_BLOCK, G)
+        lo, hi = int(Yg.indptr[a]), int(Yg.indptr[b])
+        gptr = (Yg.indptr[a : b + 1] - lo).astype(np.int64)
+        blk = {k: v[a:b] for k, v in out.items()}
+        _k.fit_genes(
+            gptr, gcell_all[lo:hi], gval_all[lo:hi], cls, Xc, lsc, ncl, doff,
+            data.max_iter, data.tol, blk["coef"], blk["cov"], blk["sigma2"], blk["theta"],
+            blk["loglik"], blk["status"], blk["n_iter"], blk["modes"], _ANALYTIC_HESSIAN,
+        )  # fmt: skip
     # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
+    cov = out["cov"]
     cov[:, p + 1, :] *= -1.0
     cov[:, :, p + 1] *= -1.0
-    diag = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    names = np.asarray(STATUS_NAMES, dtype=object)[status]
-    converged = np.isin(status, (0, 1))
-    bad = ~converged & ~np.isin(names, ("all_zero", "one_group"))
-    if warn and bad.any():
-        warnings.warn(
-            f"nbmm: {int(bad.sum())} of {G} genes did not converge (see the status field)",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    return NbmmFit(
-        coef=coef,
-        se=np.ascontiguousarray(diag[:, :p]),
-        sigma2=sigma2,
-        dispersion=1.0 / theta,
-        log_sigma2_se=diag[:, p].copy(),
-        log_dispersion_se=diag[:, p + 1].copy(),
-        cov=cov,
-        loglik=loglik,
-        converged=converged,
-        status=names,
-        n_iter=n_iter,
-        size_factors=sf,
-        X=Xa,
-        coef_names=coef_names,
-        gene_names=gene_names,
-        group_names=levels,
-        modes=modes,
-    )
+    return out
