@@ -1,4 +1,4 @@
-r"""The six DE methods of the validation suite, run on one data set for the treatment effect.
+r"""The DE methods of the validation suite, run on one data set for the treatment effect.
 
 Every method tests H₀: β_trt = 0 for the treated arm ``treatment`` against the reference arm;
 subjects (``sam``) are nested in arms, so the contrast is between subjects.
@@ -23,6 +23,20 @@ subjects (``sam``) are nested in arms, so the contrast is between subjects.
     (subject, cluster) pseudobulks of one subject as independent samples), then DESeq2's
     defaults: ratio size factors, parametric trend, Wald test of ``~ trt``, Cook's
     distances, ``log_fc`` in log₂.
+``nbmm`` (Wald t, between df), ``nbmm_z`` (Wald z), ``nbmm_lrt`` (likelihood ratio)
+    :func:`pyflashmm.nbmm`, the NB mixed model y_cg ~ NB(μ_cg, α_g),
+    ln μ_cg = x_cᵀβ_g + ln s_c + b_gs, b_gs ~ N(0, σ²_g), fitted once per data set with
+    X = [1, 1{trt = treatment}] (+ cluster indicators) and poscounts size factors per cell; the
+    three are :func:`pyflashmm.nbmm_test` of that one fit: the Wald t on the between–within df
+    (S − 2 for the treatment; the package's default), the Wald z (glmmTMB's ``summary``) and
+    the LRT against the refitted model without ``trt`` (χ²₁). Log library size is not a
+    column of X, unlike the LMMs': in the NB model the size factors enter as the offset ln s_c,
+    which is the role log L_c plays on the log₂(1 + count) scale, and a covariate as well would
+    double-count depth. ``log_fc`` is log₂.
+
+Not in :data:`METHODS` (the six of the calibration and power experiments, whose configs name
+them) but in :data:`ALL_METHODS`: the LMM variants of :data:`LMM_VARIANTS` and the three NB
+mixed-model tests (``configs/nbmm_null.toml``).
 
 Failures are data: a gene that a method cannot fit gets a NaN p-value and a ``status``; LMM
 genes that did not converge (``LmmFit.converged`` false) also get NaN p-values. The per-gene
@@ -86,8 +100,14 @@ _MODERATION = {
     "robust": {"moderate": True, "robust": True},
     "trend": {"moderate": True, "trend": True},
 }
+#: NB mixed-model tests: id → (``test``, ``df``) of :func:`pyflashmm.nbmm_test`, one fit for all
+NBMM_VARIANTS = {
+    "nbmm": ("wald", "between"),
+    "nbmm_z": ("wald", "z"),
+    "nbmm_lrt": ("lrt", "between"),
+}
 #: every method id run_methods knows
-ALL_METHODS = (*METHODS, *(m for m in LMM_VARIANTS if m not in METHODS))
+ALL_METHODS = (*METHODS, *(m for m in LMM_VARIANTS if m not in METHODS), *NBMM_VARIANTS)
 COLUMNS = ["gene", "method", "log_fc", "stat", "p_value", "status"]
 
 
@@ -220,6 +240,35 @@ def _nbglm_pseudobulk(counts, obs, genes, coef) -> pd.DataFrame:
     return _nb_frame(fit, genes, "nbglm_pseudobulk")
 
 
+def _nbmm_frames(counts, obs, genes, coef, fixed, want) -> list[pd.DataFrame]:
+    """The NB mixed-model tests of ``want`` (:data:`NBMM_VARIANTS`) from one :func:`nbmm` fit."""
+    chosen = [m for m in NBMM_VARIANTS if m in want]
+    try:
+        X = fm.design(obs, fixed).X_frame()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # per-gene overflow: see status
+            fit = fm.nbmm(counts, X, obs["sam"].to_numpy(), size_factors="poscounts",
+                          gene_names=genes, warn=False, progress=False)  # fmt: skip
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return [_failed(genes, m, exc) for m in chosen]
+    out = []
+    for method in chosen:
+        test, df = NBMM_VARIANTS[method]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = fm.nbmm_test(fit, coef, test=test, df=df, progress=False)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            out.append(_failed(genes, method, exc))
+            continue
+        p = res["p_value"].to_numpy()
+        status = np.asarray(fit.status, dtype=object).copy()
+        # a converged full fit without a p-value: the LRT's reduced fit failed (or the SE is 0)
+        status[np.isnan(p) & fit.converged] = "no_p_value"
+        out.append(_frame(genes, method, res["log_fc"], res["stat"], p, status))
+    return out
+
+
 def run_methods(
     counts,
     obs: pd.DataFrame,
@@ -247,7 +296,7 @@ def run_methods(
     Returns
     -------
     pandas.DataFrame
-        One row per (method, gene), methods in the order of :data:`METHODS`: ``gene``,
+        One row per (method, gene), methods in the order of :data:`ALL_METHODS`: ``gene``,
         ``method``, ``log_fc``, ``stat``, ``p_value`` (NaN where the method failed on the
         gene), ``status`` (``ok`` or why not).
     """
@@ -287,4 +336,7 @@ def run_methods(
             frames["nbglm_pseudobulk"] = _nbglm_pseudobulk(counts, obs, genes, coef)
         except (ValueError, np.linalg.LinAlgError) as exc:
             frames["nbglm_pseudobulk"] = _failed(genes, "nbglm_pseudobulk", exc)
+    if want & set(NBMM_VARIANTS):
+        for fr in _nbmm_frames(counts, obs, genes, coef, f"~ trt{cls_term}", want):
+            frames[fr["method"].iat[0]] = fr
     return pd.concat([frames[m] for m in ALL_METHODS if m in frames], ignore_index=True)[COLUMNS]
