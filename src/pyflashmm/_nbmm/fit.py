@@ -26,6 +26,7 @@ from pyflashmm._kernels import nbmm as _k
 from pyflashmm._lmm.fit import ConvergenceWarning
 from pyflashmm._nbglm._util import as_counts
 from pyflashmm._nbglm.layout import row_labels
+from pyflashmm._nbmm.agq import agq_refit, check_method
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
 from pyflashmm._size_factors import size_factors_checked
 from pyflashmm._status import STATUS_NAMES
@@ -43,7 +44,8 @@ class NbmmFit:
     dispersion : α (Var = μ + αμ², as :func:`pyflashmm.nbglm`); θ = 1/α is glmmTMB's.
     log_sigma2_se, log_dispersion_se : standard errors of ln σ² (NaN at the boundary) and ln α.
     cov : (−∇²L)⁻¹ in (β, ln σ², ln α), G × (p+2) × (p+2).
-    loglik : the Laplace log-likelihood (glmmTMB's ``logLik``).
+    loglik : the Laplace log-likelihood (glmmTMB's ``logLik``), or the AGQ one when
+        ``n_agq`` > 1.
     converged : status ``ok`` or ``boundary``.
     status : per-gene status name (:data:`pyflashmm.STATUS_NAMES`): ``ok``, ``boundary``
         (σ² held at 0), ``max_iter``, ``line_search_failed``, ``not_positive_definite``,
@@ -52,6 +54,7 @@ class NbmmFit:
     n_iter : outer Newton iterations.
     modes : the donor intercepts b̂_j at the estimate (conditional modes, G × donors).
     size_factors, X, coef_names, gene_names, group_names : the inputs as used.
+    n_agq : quadrature nodes of the likelihood (1: Laplace).
     """
 
     coef: np.ndarray
@@ -71,6 +74,7 @@ class NbmmFit:
     gene_names: tuple
     group_names: tuple
     modes: np.ndarray = field(repr=False)
+    n_agq: int = 1
 
     def to_frame(self) -> pd.DataFrame:
         """One row per gene: ``coef_<name>`` and ``se_<name>`` per coefficient, sigma2,
@@ -174,6 +178,8 @@ def nbmm(
     max_iter: int = 100,
     tol: float = 1e-10,
     warn: bool = True,
+    method: str = "laplace",
+    n_agq: int | None = None,
 ) -> NbmmFit:
     """Fit the NB mixed model with a donor random intercept to every gene (Laplace, as glmmTMB).
 
@@ -189,6 +195,13 @@ def nbmm(
         Method of :func:`pyflashmm.size_factors`, or the factors themselves (offsets ln s).
     max_iter, tol : outer Newton iterations and the Newton-decrement threshold.
     warn : warn once when some genes did not converge.
+    method : {"laplace", "agq"}
+        ``"laplace"``: glmmTMB's Laplace approximation. ``"agq"``: adaptive Gauss–Hermite
+        quadrature of each donor's integral with ``n_agq`` nodes, maximised from the Laplace
+        fit (:mod:`pyflashmm._nbmm.agq`); genes with σ² = 0 keep the Laplace fit.
+    n_agq : int, optional
+        Quadrature nodes: None or 1 with ``"laplace"``; an integer ≥ 2 with ``"agq"``
+        (default 11).
 
     Returns
     -------
@@ -201,7 +214,10 @@ def nbmm(
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (tol > 0):
         raise ValueError(f"tol must be positive, got {tol!r}")
-    return _fit(Y, Xa, code, levels, sf, coef_names, gene_names, int(max_iter), float(tol), warn)
+    nq = check_method(method, n_agq)
+    return _fit(
+        Y, Xa, code, levels, sf, coef_names, gene_names, int(max_iter), float(tol), warn, nq
+    )
 
 
 #: Newton with the analytic Hessian (False: differences of the gradient, the previous method;
@@ -210,7 +226,7 @@ _ANALYTIC_HESSIAN = True
 
 
 @numba_parallel_only
-def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -> NbmmFit:
+def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn, n_agq=1) -> NbmmFit:
     m, G = Y.shape
     p = Xa.shape[1]
     J = len(levels)
@@ -233,6 +249,11 @@ def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -
         gptr, gcell, gval, cls, Xc, lsc, ncl, doff, max_iter, tol,
         coef, cov, sigma2, theta, loglik, status, n_iter, modes, _ANALYTIC_HESSIAN,
     )  # fmt: skip
+    if n_agq > 1:  # AGQ from the Laplace fit
+        coef, cov, sigma2, theta, loglik, status, n_iter, modes = agq_refit(
+            gptr, gcell, gval, cls, Xc, lsc, ncl, doff, n_agq, max_iter, tol,
+            coef, cov, sigma2, theta, loglik, status, n_iter, modes,
+        )  # fmt: skip
     # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
     cov[:, p + 1, :] *= -1.0
     cov[:, :, p + 1] *= -1.0
@@ -264,4 +285,5 @@ def _fit(Y, Xa, code, levels, sf, coef_names, gene_names, max_iter, tol, warn) -
         gene_names=gene_names,
         group_names=levels,
         modes=modes,
+        n_agq=n_agq,
     )
