@@ -237,3 +237,13 @@ def test_cli_nbmm(pbmc, tmp_path):
     table = pd.read_csv(out)
     assert len(table) == 30 and (table.method == "nbmm").all() and np.isinf(table.df).all()
     assert run.stderr.strip().splitlines()[-1].startswith("pyflashmm de: 30 rows")
+
+
+def test_lrt_of_an_agq_fit_refits_by_agq(donors_data):
+    y, X, donor, s, _ = donors_data
+    fit = fm.nbmm(y, X, donor, size_factors=s, method="agq", n_agq=5)
+    reduced = fm.nbmm(y, X[["(Intercept)"]], donor, size_factors=s, method="agq", n_agq=5)
+    table = fm.nbmm_test(fit, "conditionstim", test="lrt")
+    np.testing.assert_allclose(table.stat, 2 * (fit.loglik - reduced.loglik), rtol=1e-12)
+    laplace = fm.nbmm_test(fm.nbmm(y, X, donor, size_factors=s), "conditionstim", test="lrt")
+    assert not np.allclose(table.stat, laplace.stat, rtol=1e-10, atol=0)

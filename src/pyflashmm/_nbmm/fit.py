@@ -25,6 +25,7 @@ from pyflashmm._checks import check_full_rank
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nbmm as _k
 from pyflashmm._lmm.fit import ConvergenceWarning
+from pyflashmm._nbmm.agq import agq_refit, check_method
 from pyflashmm._nbglm._util import as_counts
 from pyflashmm._nbglm.layout import row_labels
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
@@ -41,12 +42,14 @@ class NbmmData:
     counts : genes × cells CSR matrix of the counts (float64, sorted indices).
     groups : donor code of every cell (0 … J − 1, the order of ``NbmmFit.group_names``).
     max_iter, tol : the fit's Newton options.
+    n_agq : quadrature nodes of the likelihood (1: Laplace).
     """
 
     counts: sp.csr_matrix
     groups: np.ndarray
     max_iter: int
     tol: float
+    n_agq: int = 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class NbmmFit:
     base_mean : mean of the normalised counts y/s per gene (as DESeq2's baseMean).
     size_factors, X, coef_names, gene_names, group_names : the inputs as used.
     data : the counts and options a refit needs (:class:`NbmmData`).
+    n_agq : quadrature nodes of the likelihood (1: Laplace).
     """
 
     coef: np.ndarray
@@ -93,6 +97,7 @@ class NbmmFit:
     modes: np.ndarray = field(repr=False)
     base_mean: np.ndarray = field(default=None, repr=False)
     data: NbmmData | None = field(default=None, repr=False)
+    n_agq: int = 1
 
     def to_frame(self) -> pd.DataFrame:
         """One row per gene: ``coef_<name>`` and ``se_<name>`` per coefficient, base_mean,
@@ -201,6 +206,8 @@ def nbmm(
     max_iter: int = 100,
     tol: float = 1e-10,
     warn: bool = True,
+    method: str = "laplace",
+    n_agq: int | None = None,
     progress: bool | None = None,
 ) -> NbmmFit:
     """Fit the NB mixed model with a donor random intercept to every gene (Laplace, as glmmTMB).
@@ -224,6 +231,13 @@ def nbmm(
         Method of :func:`pyflashmm.size_factors`, or the factors themselves (offsets ln s).
     max_iter, tol : outer Newton iterations and the Newton-decrement threshold.
     warn : warn once when some genes did not converge.
+    method : {"laplace", "agq"}
+        ``"laplace"``: glmmTMB's Laplace approximation. ``"agq"``: adaptive Gauss–Hermite
+        quadrature of each donor's integral with ``n_agq`` nodes, maximised from the Laplace
+        fit (:mod:`pyflashmm._nbmm.agq`); genes with σ² = 0 keep the Laplace fit.
+    n_agq : int, optional
+        Quadrature nodes: None or 1 with ``"laplace"``; an integer ≥ 2 with ``"agq"``
+        (default 11).
     progress : show a progress bar over gene blocks (default: when there are more than two).
 
     Returns
@@ -238,9 +252,10 @@ def nbmm(
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (tol > 0):
         raise ValueError(f"tol must be positive, got {tol!r}")
+    nq = check_method(method, n_agq)
     Yg = (Y.T.tocsr() if sp.issparse(Y) else sp.csr_matrix(Y.T)).astype(np.float64)
     Yg.sort_indices()
-    data = NbmmData(counts=Yg, groups=code, max_iter=int(max_iter), tol=float(tol))
+    data = NbmmData(counts=Yg, groups=code, max_iter=int(max_iter), tol=float(tol), n_agq=nq)
     res = fit_arrays(data, Xa, sf, len(levels), progress)
     names = np.asarray(STATUS_NAMES, dtype=object)[res["status"]]
     converged = np.isin(res["status"], (0, 1))
@@ -275,12 +290,16 @@ def nbmm(
         modes=res["modes"],
         base_mean=np.asarray(Yg @ (1.0 / sf)).ravel() / sf.size,
         data=data,
+        n_agq=nq,
     )
 
 
 #: Newton with the analytic Hessian (False: differences of the gradient, the previous method;
 #: kept for the benchmark and as the test oracle)
 _ANALYTIC_HESSIAN = True
+
+#: the per-gene outputs of the kernels, in their argument order
+_FIELDS = ("coef", "cov", "sigma2", "theta", "loglik", "status", "n_iter", "modes")
 
 #: genes per block of the fit (the unit of the progress bar; each block runs parallel over genes)
 _GENE_BLOCK = 512
@@ -324,6 +343,13 @@ def fit_arrays(data: NbmmData, Xa, sf, n_groups, progress=None) -> dict:
             data.max_iter, data.tol, blk["coef"], blk["cov"], blk["sigma2"], blk["theta"],
             blk["loglik"], blk["status"], blk["n_iter"], blk["modes"], _ANALYTIC_HESSIAN,
         )  # fmt: skip
+        if data.n_agq > 1:  # AGQ from the Laplace fit
+            refit = agq_refit(
+                gptr, gcell_all[lo:hi], gval_all[lo:hi], cls, Xc, lsc, ncl, doff, data.n_agq,
+                data.max_iter, data.tol, *(blk[k] for k in _FIELDS),
+            )  # fmt: skip
+            for k, v in zip(_FIELDS, refit, strict=True):
+                blk[k][...] = v
     # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
     cov = out["cov"]
     cov[:, p + 1, :] *= -1.0
