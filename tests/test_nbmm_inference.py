@@ -211,6 +211,11 @@ def test_de_nbmm_on_an_anndata(pbmc):
               contrast="conditionstim", method="nbmm", df="z")  # fmt: skip
     assert np.isinf(z.df).all()
     np.testing.assert_allclose(z.stat, table.stat, rtol=1e-14)
+    agq = fm.de(adata, layer="counts", fixed="~ condition", random="donor_id",
+                contrast="conditionstim", method="nbmm", n_agq=5)  # fmt: skip
+    direct = fm.nbmm(counts, X, adata.obs["donor_id"].astype(str).to_numpy(), method="agq",
+                     n_agq=5)  # fmt: skip
+    np.testing.assert_array_equal(agq.log_fc, direct.coef[:, 1] / np.log(2))
 
 
 def test_de_nbmm_refuses_what_it_cannot_fit(pbmc):
@@ -237,6 +242,9 @@ def test_cli_nbmm(pbmc, tmp_path):
     table = pd.read_csv(out)
     assert len(table) == 30 and (table.method == "nbmm").all() and np.isinf(table.df).all()
     assert run.stderr.strip().splitlines()[-1].startswith("pyflashmm de: 30 rows")
+    run = run_cli("de", str(path), "--layer", "counts", "--random", "donor_id", "--fixed",
+                  "~ condition", "--agq", "5", "-o", str(out))  # fmt: skip
+    assert run.returncode == 2 and "--agq N needs --method nbmm" in run.stderr
 
 
 def test_lrt_of_an_agq_fit_refits_by_agq(donors_data):

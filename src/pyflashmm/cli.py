@@ -122,6 +122,9 @@ def _add_de(subparsers) -> None:
         "--test", default=None, choices=["wald", "lrt"],
         help="NB methods: the test (default: lrt for nbglm, wald for pseudobulk and nbmm)",
     )  # fmt: skip
+    p.add_argument("--agq", type=int, default=None, metavar="N",
+                   help="nbmm: adaptive Gauss-Hermite quadrature with N >= 2 nodes (default: "
+                   "Laplace, as glmmTMB)")  # fmt: skip
     p.add_argument("--chunk-size", type=int, default=50_000, help="cells read at a time")
     p.add_argument("-o", "--output", required=True, help="result CSV file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -170,6 +173,8 @@ def _run_de(args) -> int:
         raise _UsageError(f"--chunk-size must be a positive integer; got {args.chunk_size}")
     if args.pooled and args.cell_type is None:
         raise _UsageError("--pooled needs --cell-type")
+    if args.agq is not None and (args.method != "nbmm" or args.agq < 2):
+        raise _UsageError("--agq N needs --method nbmm and N >= 2")
     from pyflashmm._frontend.de import de
 
     random = args.random if args.random is None or len(args.random) > 1 else args.random[0]
@@ -191,6 +196,7 @@ def _run_de(args) -> int:
         test=args.test,
         chunk_size=args.chunk_size,
         progress=False if args.quiet else None,
+        **({} if args.agq is None else {"n_agq": args.agq}),
     )
     table.to_csv(out, index=False)
     prior = _write_moderation_prior(table, out)

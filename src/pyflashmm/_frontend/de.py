@@ -176,7 +176,8 @@ def de(
     progress : bool, optional
         Progress bars over cell chunks and gene blocks (default: shown for long runs).
     **kwargs
-        Passed to :func:`pyflashmm.lmm`, :func:`pyflashmm.nbmm` or :func:`pyflashmm.nbglm`.
+        Passed to :func:`pyflashmm.lmm`, :func:`pyflashmm.nbmm` or :func:`pyflashmm.nbglm`;
+        for ``"nbmm"``, ``n_agq=k`` (k ≥ 2) fits by adaptive Gauss–Hermite quadrature.
 
     Returns
     -------
@@ -431,6 +432,9 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, chunk_size, progress
         _nonempty_cells(cells, obs, chunk_size)
     groups = obs[cols].astype(str).agg(":".join, axis=1).to_numpy()
     counts = read_csr(cells, chunk_size)
+    kwargs = dict(kwargs)
+    if kwargs.get("n_agq") not in (None, 1):  # de's method= is taken: n_agq alone asks for AGQ
+        kwargs["method"] = "agq"
     fit = nbmm(counts, dsg.X_frame(), groups, gene_names=cells.gene_names, progress=progress,
                **kwargs)  # fmt: skip
     test = "wald" if test is None else test

@@ -25,9 +25,9 @@ from pyflashmm._checks import check_full_rank
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nbmm as _k
 from pyflashmm._lmm.fit import ConvergenceWarning
-from pyflashmm._nbmm.agq import agq_refit, check_method
 from pyflashmm._nbglm._util import as_counts
 from pyflashmm._nbglm.layout import row_labels
+from pyflashmm._nbmm.agq import agq_refit, check_method
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
 from pyflashmm._size_factors import size_factors_checked
 from pyflashmm._status import STATUS_NAMES
