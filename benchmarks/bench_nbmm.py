@@ -81,6 +81,7 @@ if (what == "glmmtmb") {
   writeLines(c(R.version.string, as.character(packageVersion("glmmTMB"))),
              file.path(dir, "rversion.txt"))
 } else {
+  .libPaths(c(Sys.getenv("NEBULA_LIB"), .libPaths()))  # nebula's own dependencies too
   suppressPackageStartupMessages({
     library(Matrix); library(nebula, lib.loc = Sys.getenv("NEBULA_LIB"))
   })
@@ -158,6 +159,7 @@ def machine():
         "numba": numba.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
+        "load_average_1_5_15min": list(os.getloadavg()),
     }
 
 
@@ -212,6 +214,7 @@ def main():
     ap.add_argument("--big-cells", type=int, default=100000)
     ap.add_argument("--big-genes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-r-output", default=None, help="copy R's result tables to this folder")
     a = ap.parse_args()
     res = {"machine": machine(), "config": vars(a)}
     Y, X, donor, s = simulate(a.cells, a.donors, a.genes, a.seed)
@@ -305,6 +308,12 @@ def main():
                     res["nebula"][m] = e
                     print(f"NEBULA-{m}: {sec / a.genes * 1e3:.1f} ms/gene")
 
+        if a.keep_r_output:
+            Path(a.keep_r_output).mkdir(parents=True, exist_ok=True)
+            for name in ("glmmtmb.csv", "nebula.csv"):
+                if (d / name).exists():
+                    shutil.copy(d / name, Path(a.keep_r_output) / name)
+
     Yb, Xb, db, sb = simulate(a.big_cells, a.donors, a.big_genes, a.seed + 2)
     _, b1 = time_fit(Yb, Xb, db, sb, 1, a.repeats)
     _, b2 = time_fit(Yb, Xb, db, sb, 2, a.repeats)
@@ -317,6 +326,7 @@ def main():
     }
     print(f"{a.big_cells} cells: 1 thread {b1['genes_per_s']:.1f} genes/s, "
           f"2 threads {b2['genes_per_s']:.1f} genes/s")  # fmt: skip
+    res["load_average_at_end"] = list(os.getloadavg())  # other work on the machine skews times
     out = Path(__file__).parent / "results" / "bench_nbmm.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
