@@ -287,3 +287,55 @@ def test_analytic_and_difference_newton_agree(small_data, monkeypatch):
     np.testing.assert_allclose(a.coef, f.coef, rtol=1e-8)
     np.testing.assert_allclose(a.se, f.se, rtol=1e-6)
     np.testing.assert_allclose(a.loglik, f.loglik, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "psi",
+    [[0.4, 0.2, 0.1, -0.8, 0.3], [0.4, 0.2, 0.1, -6.0, 3.0], [0.4, 0.2, 0.1, 0.7, -1.2],
+     [0.4, 0.2, 0.1, -0.8, 16.0]],
+)  # fmt: skip
+def test_fast_path_matches_reference_kernels(small_data, psi):
+    # the Newton fit's fast path (runs of design rows, tail counts, one log1p per class)
+    # against laplace_hessian / objective / nz_terms, including counts ≥ 64, a non-integer
+    # count and a cell-level covariate (several runs per donor)
+    y, X, donor, s = small_data
+    y = y.copy()
+    y[:4] = [70.0, 100.0, 65.0, 2.5]
+    Xc, lsc, ncl, sy, doff, yv, J = _kernel_inputs(y, X, donor, s)
+    roff, drun = _k.design_runs(Xc, doff)
+    assert roff.size - 1 > J and roff.size - 1 < ncl.size  # runs: > 1 per donor, < classes
+    for r in range(roff.size - 1):  # one design row per run, runs inside donors
+        assert (Xc[roff[r] : roff[r + 1]] == Xc[roff[r]]).all()
+    assert np.all(np.isin(doff, roff))
+    tail, big, lgy = _k.count_tails(yv)
+    psi = np.array(psi)
+    theta = math.exp(psi[4])
+    c, dp = _k.nz_terms(theta, yv)
+    c2, dp2, d2 = _k.nz_terms_tails(theta, tail, big, lgy, True)
+    np.testing.assert_allclose([c2, dp2, d2], [c, dp, _k.nz_d2(theta, yv)], rtol=1e-13)
+    eta0 = np.empty(ncl.size)
+    g, H, b = np.empty(5), np.empty((5, 5)), np.zeros(J)
+    ll = _k.laplace_hessian(psi, 3, FREE, Xc, lsc, ncl, sy, doff, b, yv, g, H, eta0)
+    sfc, xb = np.exp(lsc), np.empty(roff.size - 1)
+    g2, H2, b2, db = np.empty(5), np.empty((5, 5)), np.zeros(J), np.empty((J, 5))
+    args = (Xc, roff, drun, lsc, sfc, ncl, sy)
+    ll2 = _k.hess_fast(psi, 3, FREE, *args, b2, tail, big, lgy, xb, g2, H2, db)
+    assert ll2 == pytest.approx(ll, rel=1e-13)
+    np.testing.assert_allclose(b2, b, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(g2, g, rtol=1e-10, atol=1e-10 * np.abs(g).max())
+    np.testing.assert_allclose(H2, H, rtol=1e-10, atol=1e-12 * np.abs(H).max())
+    b3 = np.zeros(J)
+    assert _k.lik_fast(psi, 3, *args, b3, tail, big, lgy, xb) == pytest.approx(ll, rel=1e-13)
+    # the modes' derivatives (used as warm starts) against differences of the modes
+    for a in (0, 2, 3, 4):
+        e = 1e-6 * max(1.0, abs(psi[a]))
+        bp, bm = b.copy(), b.copy()
+        for q, bb in ((psi.copy(), bp), (psi.copy(), bm)):
+            q[a] += e if bb is bp else -e
+            _k.objective(q, 3, FREE, Xc, lsc, ncl, sy, doff, bb, yv, False, g, eta0)
+        np.testing.assert_allclose(db[:, a], (bp - bm) / (2 * e), rtol=1e-5, atol=1e-8)
+    # a fixed parameter: zero row and column, as laplace_hessian
+    free = FREE.copy()
+    free[3] = False
+    _k.hess_fast(psi, 3, free, *args, b2, tail, big, lgy, xb, g2, H2, db)
+    assert not H2[3].any() and not H2[:, 3].any() and g2[3] == 0.0

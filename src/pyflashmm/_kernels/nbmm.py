@@ -420,6 +420,356 @@ def laplace_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, grad, Hm, eta0)
     return ll
 
 
+# --- the fast path of the Newton fit (same L, gradient and Hessian, fewer operations) ---------
+#
+# * Runs: the classes of a donor sharing a design row are contiguous (``cell_classes`` sorts by
+#   donor, design row, size factor); per run and mode iteration one exp, per class
+#   μ_k = s_k·exp(x_rᵀβ + b) (a product) — no exp per class.
+# * ln(1 + θ/μ) = ln(1 + μ/θ) − ln(μ/θ) with ln(μ/θ) = ln s_k + x_rᵀβ + b − λ: one log1p per
+#   class and evaluation (the L term and ∂f/∂θ share it).
+# * The design sums (β rows of the gradient and Hessian) are accumulated per run as scalars and
+#   multiplied by x_r (x_r x_rᵀ) once per run: with donor-level designs, P² work per donor.
+# * The non-zero-count terms from the tail counts #{y > i}, i < 64 (at most 64 logs per
+#   evaluation instead of Σy), the rest (y ≥ 64, non-integer y) by lgamma/digamma/trigamma.
+# * The donor modes are warm-started at b̂ + (db̂/dψ)·step and stop once a Newton step is below
+#   1e-8·(1 + |b|) (the next would be below rounding: |f‴| ≤ Σw ≤ H, so the error after that
+#   step is at most ½·step²).
+# * The Newton step's first trial evaluates L, the gradient and the Hessian in one pass (kept
+#   when the full step is accepted, as it is near the optimum); halved trials evaluate L only.
+
+
+@njit
+def design_runs(Xc, doff):
+    """Runs of consecutive classes of one donor with equal design rows: class offsets of the
+    runs ``roff`` and, per donor, its runs ``drun[j]:drun[j+1]``."""
+    ncls, p = Xc.shape
+    J = doff.shape[0] - 1
+    roff = np.empty(ncls + 1, np.int64)
+    drun = np.empty(J + 1, np.int64)
+    nr = 0
+    for j in range(J):
+        drun[j] = nr
+        for k in range(doff[j], doff[j + 1]):
+            new = k == doff[j]
+            if not new:
+                for a in range(p):
+                    if Xc[k, a] != Xc[k - 1, a]:
+                        new = True
+                        break
+            if new:
+                roff[nr] = k
+                nr += 1
+    drun[J] = nr
+    roff[nr] = ncls
+    return roff[: nr + 1].copy(), drun
+
+
+@njit
+def count_tails(yv):
+    """The non-zero counts as tail counts ``tail[i]`` = #{y > i} (integer y < 64) and the other
+    values (y ≥ 64 or non-integer), with Σ −lnΓ(y+1) over all of them."""
+    tail = np.zeros(64)
+    nb = 0
+    lgy = 0.0
+    for t in range(yv.shape[0]):
+        y = yv[t]
+        lgy -= math.lgamma(y + 1.0)
+        if y < 64.0 and y == math.floor(y):
+            if y >= 1.0:  # (an explicit zero adds nothing)
+                tail[int(y) - 1] += 1.0
+        else:
+            nb += 1
+    big = np.empty(nb)
+    nb = 0
+    for t in range(yv.shape[0]):
+        y = yv[t]
+        if not (y < 64.0 and y == math.floor(y)):
+            big[nb] = y
+            nb += 1
+    for i in range(62, -1, -1):
+        tail[i] += tail[i + 1]
+    return tail, big, lgy
+
+
+@njit
+def nz_terms_tails(theta, tail, big, lgy, want_d2):
+    """:func:`nz_terms` and :func:`nz_d2` (if ``want_d2``) from :func:`count_tails`."""
+    c = lgy
+    dp = 0.0
+    d2 = 0.0
+    for i in range(64):
+        t = tail[i]
+        if t == 0.0:
+            break
+        z = theta + i
+        iz = 1.0 / z
+        c += t * math.log(z)
+        dp += t * iz
+        d2 -= t * iz * iz
+    if big.shape[0] > 0:
+        lgt = math.lgamma(theta)
+        dgt = digamma(theta)
+        tgt = trigamma(theta) if want_d2 else 0.0
+        for t in range(big.shape[0]):
+            y = big[t]
+            c += math.lgamma(y + theta) - lgt
+            dp += digamma(y + theta) - dgt
+            if want_d2:
+                d2 += trigamma(y + theta) - tgt
+    return c, dp, d2
+
+
+@njit
+def _mode_runs(b, j, drun, roff, xb, sfc, ncl, sy, theta, inv_s2):
+    """Donor j's mode (as :func:`donor_mode`, the same bracketed Newton) with μ_k = s_k·e^{x_rβ+b}
+    (``xb[r]`` = x_rᵀβ, ``sfc[k]`` = s_k); stops after a Newton step below 1e-8·(1 + |b|)."""
+    lo = -np.inf
+    hi = np.inf
+    for _ in range(200):
+        g = -b * inv_s2
+        h = inv_s2
+        for r in range(drun[j], drun[j + 1]):
+            m = math.exp(xb[r] + b)
+            for k in range(roff[r], roff[r + 1]):
+                mu = sfc[k] * m
+                idd = 1.0 / (theta + mu)
+                tq = theta * idd
+                g += tq * (sy[k] - ncl[k] * mu)
+                h += tq * mu * (sy[k] + ncl[k] * theta) * idd
+        if g > 0.0:
+            lo = b
+        else:
+            hi = b
+        step = g / h
+        if step > 5.0:
+            step = 5.0
+        elif step < -5.0:
+            step = -5.0
+        nb = b + step
+        newton = True
+        if not (lo < nb < hi):
+            if math.isfinite(lo) and math.isfinite(hi):
+                nb = 0.5 * (lo + hi)
+                newton = False
+        ab = 1.0 + abs(b)
+        if abs(nb - b) <= 1e-14 * ab or (newton and abs(step) <= 1e-8 * ab):
+            return nb
+        b = nb
+    return b
+
+
+@njit
+def _eta_runs(beta, Xc, roff, xb):
+    """xb[r] = x_rᵀβ per run."""
+    p = Xc.shape[1]
+    for r in range(roff.shape[0] - 1):
+        k = roff[r]
+        e = 0.0
+        for a in range(p):
+            e += Xc[k, a] * beta[a]
+        xb[r] = e
+
+
+@njit
+def lik_fast(psi, p, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, xb):
+    """L at ψ (the value of :func:`objective`); modes updated in ``b`` (warm start)."""
+    J = drun.shape[0] - 1
+    tau = psi[p]
+    lam = psi[p + 1]
+    theta = math.exp(lam)
+    ith = 1.0 / theta
+    inv_s2 = math.exp(-tau)
+    _eta_runs(psi[:p], Xc, roff, xb)
+    ll, _, _ = nz_terms_tails(theta, tail, big, lgy, False)
+    for j in range(J):
+        bj = _mode_runs(b[j], j, drun, roff, xb, sfc, ncl, sy, theta, inv_s2)
+        b[j] = bj
+        f = 0.0
+        h = inv_s2
+        for r in range(drun[j], drun[j + 1]):
+            m = math.exp(xb[r] + bj)
+            lr = xb[r] + bj - lam
+            for k in range(roff[r], roff[r + 1]):
+                mu = sfc[k] * m
+                n = ncl[k]
+                S = sy[k]
+                idd = 1.0 / (theta + mu)
+                l1 = math.log1p(mu * ith)
+                f -= n * theta * l1 + S * (l1 - lsc[k] - lr)
+                h += theta * mu * (S + n * theta) * idd * idd
+        ll += f - 0.5 * tau - 0.5 * bj * bj * inv_s2 - 0.5 * math.log(h)
+    return ll
+
+
+@njit
+def hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, xb,
+              grad, Hm, db):  # fmt: skip
+    """L, its gradient and Hessian (the values of :func:`laplace_hessian`) and the modes'
+    derivatives ``db[j]`` = db̂_j/dψ (in λ); modes updated in ``b`` (warm start)."""
+    P = p + 2
+    J = drun.shape[0] - 1
+    tau = psi[p]
+    lam = psi[p + 1]
+    theta = math.exp(lam)
+    ith = 1.0 / theta
+    inv_s2 = math.exp(-tau)
+    c0, gth, hthth = nz_terms_tails(theta, tail, big, lgy, True)
+    _eta_runs(psi[:p], Xc, roff, xb)
+    for a in range(P):
+        grad[a] = 0.0
+        for c in range(P):
+            Hm[a, c] = 0.0
+    ll = c0
+    f1 = np.empty(P)
+    H1 = np.empty(P)
+    Hb1 = np.empty(P)
+    fb1 = np.empty(P)
+    F2 = np.empty((P, P))
+    H2 = np.empty((P, P))
+    fb2 = np.empty((P, P))
+    bh = np.empty(P)
+    DH = np.empty(P)
+    T = P - 1
+    for j in range(J):
+        bj = _mode_runs(b[j], j, drun, roff, xb, sfc, ncl, sy, theta, inv_s2)
+        b[j] = bj
+        f1[:] = 0.0
+        H1[:] = 0.0
+        Hb1[:] = 0.0
+        fb1[:] = 0.0
+        F2[:, :] = 0.0
+        H2[:, :] = 0.0
+        fb2[:, :] = 0.0
+        f = 0.0
+        h = inv_s2
+        sv = 0.0
+        su = 0.0
+        ct = 0.0
+        ctt = 0.0
+        wt = 0.0
+        wtt = 0.0
+        wte = 0.0
+        sq = 0.0
+        cett = 0.0
+        for r in range(drun[j], drun[j + 1]):
+            m = math.exp(xb[r] + bj)
+            lr = xb[r] + bj - lam
+            # per-run sums of the terms multiplied by x (x xᵀ) below
+            rr = 0.0
+            rw = 0.0
+            rv = 0.0
+            ru = 0.0
+            rq = 0.0
+            rwte = 0.0
+            rwt = 0.0
+            for k in range(roff[r], roff[r + 1]):
+                mu = sfc[k] * m
+                n = ncl[k]
+                S = sy[k]
+                idd = 1.0 / (theta + mu)
+                i2 = idd * idd
+                i3 = i2 * idd
+                i4 = i2 * i2
+                l1 = math.log1p(mu * ith)
+                f -= n * theta * l1 + S * (l1 - lsc[k] - lr)
+                A = theta * (S + n * theta)
+                smu = S - n * mu
+                w = A * mu * i2
+                v = w * (theta - mu) * idd
+                u = A * mu * (theta * theta - 4.0 * theta * mu + mu * mu) * i4
+                q = mu * smu * i2
+                w_t = mu * (S * (mu - theta) + 2.0 * n * theta * mu) * i3
+                B = S + 2.0 * n * theta
+                w_te = mu * (2.0 * B * theta * mu - B * mu * mu - S * theta * theta
+                             + 2.0 * S * theta * mu) * i4  # fmt: skip
+                rr += theta * smu * idd
+                rw += w
+                rv += v
+                ru += u
+                rq += q
+                rwte += w_te
+                rwt += w_t
+                ct += n * (mu * idd - l1) - S * idd
+                ctt += n * mu * mu * ith * i2 + S * i2
+                wtt += 2.0 * mu * (S * theta - 2.0 * S * mu - 2.0 * n * theta * mu
+                                   + n * mu * mu) * i4  # fmt: skip
+                cett -= 2.0 * mu * smu * i3
+            h += rw
+            sv += rv
+            su += ru
+            sq += rq
+            wt += rwt
+            wte += rwte
+            k0 = roff[r]
+            for a in range(p):
+                x = Xc[k0, a]
+                f1[a] += x * rr
+                H1[a] += x * rv
+                Hb1[a] += x * ru
+                fb1[a] -= x * rw
+                F2[T, a] += x * rq
+                H2[T, a] += x * rwte
+                fb2[T, a] -= x * rwt
+                for c in range(a + 1):
+                    xx = x * Xc[k0, c]
+                    F2[a, c] -= xx * rw
+                    H2[a, c] += xx * ru
+                    fb2[a, c] -= xx * rv
+        f1[T] = ct
+        F2[T, T] = ctt
+        H1[T] = wt
+        H2[T, T] = wtt
+        Hb1[T] = wte
+        fb1[T] = sq
+        fb2[T, T] = cett
+        ll += f - 0.5 * tau - 0.5 * bj * bj * inv_s2 - 0.5 * math.log(h)
+        b2s = bj * bj * inv_s2
+        f1[p] = -0.5 + 0.5 * b2s
+        F2[p, p] = -0.5 * b2s
+        H1[p] = -inv_s2
+        H2[p, p] = inv_s2
+        Hb1[p] = 0.0
+        fb1[p] = bj * inv_s2
+        fb2[p, p] = -bj * inv_s2
+        for a in range(P):
+            for c in range(a):
+                F2[c, a] = F2[a, c]
+                H2[c, a] = H2[a, c]
+                fb2[c, a] = fb2[a, c]
+        for a in range(P):
+            bh[a] = fb1[a] / h
+            DH[a] = H1[a] + sv * bh[a]
+            db[j, a] = bh[a]
+        db[j, T] *= theta
+        for a in range(P):
+            g = f1[a] - 0.5 * DH[a] / h
+            if a == T:
+                gth += g
+            else:
+                grad[a] += g
+            for c in range(a + 1):
+                bac = (fb2[a, c] - H1[a] * bh[c] - H1[c] * bh[a] - sv * bh[a] * bh[c]) / h
+                d2h = H2[a, c] + Hb1[a] * bh[c] + Hb1[c] * bh[a] + su * bh[a] * bh[c] + sv * bac
+                Hm[a, c] += (
+                    F2[a, c] + h * bh[a] * bh[c] - 0.5 * d2h / h + 0.5 * DH[a] * DH[c] / (h * h)
+                )
+    hthth += Hm[T, T]
+    grad[T] = theta * gth
+    for c in range(T):
+        Hm[T, c] *= theta
+    Hm[T, T] = theta * theta * hthth + theta * gth
+    for a in range(P):
+        for c in range(a):
+            Hm[c, a] = Hm[a, c]
+    for a in range(P):
+        if not free[a]:
+            grad[a] = 0.0
+            for c in range(P):
+                Hm[a, c] = 0.0
+                Hm[c, a] = 0.0
+    return ll
+
+
 @njit
 def _neg_hessian_sub(Hm, p, free, A, idx):
     """A = −H restricted to the free parameters (their indices written to ``idx``); returns
@@ -443,6 +793,11 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, an
     (−∇²L)⁻¹ in (β, τ, λ) (NaN in the τ row and column at the boundary). Returns
     (L, status, iterations). With ``analytic`` (the default) the Hessian is
     :func:`laplace_hessian`'s, otherwise differences of the gradient (:func:`fd_hessian`)."""
+    if analytic:
+        roff, drun = design_runs(Xc, doff)
+        tail, big, lgy = count_tails(yv)
+        return fit_gene_fast(psi, p, Xc, roff, drun, lsc, np.exp(lsc), ncl, sy, b, tail, big,
+                             lgy, max_iter, tol, cov)  # fmt: skip
     P = p + 2
     grad = np.empty(P)
     g2 = np.empty(P)
@@ -571,6 +926,160 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, an
 
 
 @njit
+def fit_gene_fast(psi, p, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, max_iter, tol,
+                  cov):  # fmt: skip
+    """:func:`fit_gene` with the analytic Hessian on the fast path (:func:`hess_fast`,
+    :func:`lik_fast`; runs from :func:`design_runs`, ``sfc`` = e^{ln s}, the non-zero counts as
+    :func:`count_tails`): the same Newton iterations, stopping rule and bounds."""
+    P = p + 2
+    J = b.shape[0]
+    grad = np.empty(P)
+    g2 = np.empty(P)
+    Hm = np.empty((P, P))
+    Ht = np.empty((P, P))
+    db = np.zeros((J, P))
+    dbt = np.zeros((J, P))
+    xb = np.empty(roff.shape[0] - 1)
+    A = np.zeros((P, P))
+    L = np.zeros((P, P))
+    idx = np.empty(P, np.int64)
+    rhs = np.empty(P)
+    step = np.empty(P)
+    trial = np.empty(P)
+    btry = b.copy()
+    free = np.ones(P, np.bool_)
+    ll = hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, xb,
+                   grad, Hm, db)  # fmt: skip
+    have_hess = True
+    status = _status.MAX_ITER
+    it = 0
+    while it < max_iter:
+        it += 1
+        if not math.isfinite(ll):
+            status = _status.NOT_POSITIVE_DEFINITE
+            break
+        if not have_hess:
+            ll = hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy,
+                           xb, grad, Hm, db)  # fmt: skip
+            have_hess = True
+        n = _neg_hessian_sub(Hm, p, free, A, idx)
+        As = A[:n, :n]
+        Ls = L[:n, :n]
+        for i in range(n):
+            rhs[i] = grad[idx[i]]
+        damp = 0.0
+        scale = 0.0
+        for i in range(n):
+            scale = max(scale, abs(As[i, i]))
+        ok = False
+        for _ in range(60):
+            Ad = As.copy()
+            for i in range(n):
+                Ad[i, i] += damp * max(abs(As[i, i]), 1e-8 * scale, 1e-12)
+            if cholesky_lower(Ad, Ls):
+                ok = True
+                break
+            damp = 1e-4 if damp == 0.0 else damp * 10.0
+        if not ok:
+            status = _status.NOT_POSITIVE_DEFINITE
+            break
+        sol = np.empty(n)
+        cholesky_solve_vector(Ls, rhs[:n], sol)
+        dec = 0.0
+        for i in range(n):
+            dec += rhs[i] * sol[i]
+        for a in range(P):
+            step[a] = 0.0
+        for i in range(n):
+            step[idx[i]] = sol[i]
+        mx = 1.0
+        for a in range(p, P):
+            if abs(step[a]) > 2.0:
+                mx = max(mx, abs(step[a]) / 2.0)
+        for a in range(P):
+            step[a] /= mx
+        last = damp == 0.0 and 0.5 * dec < tol
+        t = 1.0
+        improved = False
+        full = True
+        for ls in range(40):
+            for a in range(P):
+                trial[a] = psi[a] + t * step[a]
+            if trial[p + 1] > LAM_MAX:
+                trial[p + 1] = LAM_MAX
+            # warm start of the modes: first-order prediction along the step
+            for j in range(J):
+                e = b[j]
+                for a in range(P):
+                    e += db[j, a] * (trial[a] - psi[a])
+                btry[j] = e
+            if ls == 0:
+                lt = hess_fast(trial, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, btry, tail,
+                               big, lgy, xb, g2, Ht, dbt)  # fmt: skip
+            else:
+                lt = lik_fast(trial, p, Xc, roff, drun, lsc, sfc, ncl, sy, btry, tail, big, lgy,
+                              xb)  # fmt: skip
+            if lt >= ll - 1e-12 * abs(ll) and math.isfinite(lt):
+                improved = True
+                full = ls == 0
+                break
+            t *= 0.5
+        if not improved:
+            status = _status.LINE_SEARCH_FAILED
+            break
+        gain = lt - ll
+        psi[:] = trial
+        b[:] = btry
+        ll = lt
+        if full:
+            grad[:] = g2
+            Hm[:, :] = Ht
+            db[:, :] = dbt
+        else:
+            have_hess = False
+        converging = last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0)
+        hit_tau = free[p] and (psi[p] < TAU_MIN or (converging and psi[p] < TAU_SMALL))
+        hit_lam = free[p + 1] and (psi[p + 1] >= LAM_MAX or (converging and psi[p + 1] > LAM_BIG))
+        if hit_tau or hit_lam:
+            if hit_tau:
+                free[p] = False
+                psi[p] = TAU_MIN
+            if hit_lam:
+                free[p + 1] = False
+                psi[p + 1] = LAM_MAX
+            ll = hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy,
+                           xb, grad, Hm, db)  # fmt: skip
+            have_hess = True
+        elif converging:
+            status = _status.OK
+            break
+    if status == _status.OK or status == _status.MAX_ITER:
+        if not have_hess:
+            hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, xb,
+                      grad, Hm, db)  # fmt: skip
+        n = _neg_hessian_sub(Hm, p, free, A, idx)
+        Ls = L[:n, :n]
+        Cs = np.empty((n, n))
+        for a in range(P):
+            for c in range(P):
+                cov[a, c] = np.nan
+        if cholesky_lower(A[:n, :n].copy(), Ls):
+            cholesky_inverse(Ls, Cs)
+            for i in range(n):
+                for c in range(n):
+                    cov[idx[i], idx[c]] = Cs[i, c]
+        elif status == _status.OK:
+            status = _status.NOT_POSITIVE_DEFINITE
+        if status == _status.OK and not (free[p] and free[p + 1]):
+            status = _status.BOUNDARY
+    if not free[p]:
+        psi[p] = -np.inf
+    if not free[p + 1]:
+        psi[p + 1] = np.inf
+    return ll, status, it
+
+
+@njit
 def start_values(p, Xc, ncl, nzc, psi):
     """Start of β: least squares of ln(y/s + 0.1) on X over the cells, from class sums (zero
     counts contribute ln 0.1; ``nzc[k]`` is the sum of ln(y/s + 0.1) over the non-zero counts of
@@ -607,6 +1116,8 @@ def fit_genes(
     G = gptr.shape[0] - 1
     ncls, p = Xc.shape
     J = doff.shape[0] - 1
+    roff, drun = design_runs(Xc, doff)
+    sfc = np.exp(lsc)
     for g in prange(G):
         lo = gptr[g]
         hi = gptr[g + 1]
@@ -646,9 +1157,15 @@ def fit_genes(
         b = np.zeros(J)
         eta0 = np.empty(ncls)
         cv = np.full((p + 2, p + 2), np.nan)
-        ll, st, it = fit_gene(
-            psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cv, eta0, analytic
-        )
+        if analytic:
+            tail, big, lgy = count_tails(yv)
+            ll, st, it = fit_gene_fast(
+                psi, p, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, max_iter, tol, cv
+            )
+        else:
+            ll, st, it = fit_gene(
+                psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cv, eta0, False
+            )
         status[g] = st
         n_iter[g] = it
         cov[g] = cv
