@@ -26,9 +26,10 @@ a size factor s_k; n_k cells, Sy_k the sum of their counts), θ = 1/α the NB si
 * The fit maximises L over ψ = (β, τ, λ) by Newton steps with the analytic Hessian
   (:func:`laplace_hessian`, second implicit derivative of the modes included; the Hessian by
   differences of the gradient, :func:`fd_hessian`, is its oracle; Levenberg damping when it
-  is not negative definite, step halving until L does not fall). τ is held at ``TAU_MIN``
-  when the maximum lies at σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both
-  with status ``boundary`` (reached, or converged beyond ``TAU_SMALL`` / ``LAM_BIG``).
+  is not negative definite, step halving until L does not fall; the steps, bounds and final
+  covariance are :mod:`.nbmm_newton`'s). τ is held at ``TAU_MIN`` when the maximum lies at
+  σ² → 0, λ at ``LAM_MAX`` when it lies at α → 0 (Poisson), both with status ``boundary``
+  (reached, or converged beyond ``TAU_SMALL`` / ``LAM_BIG``).
 """
 
 from __future__ import annotations
@@ -39,24 +40,11 @@ import numpy as np
 
 from pyflashmm import _status
 from pyflashmm._jit import njit, prange
-from pyflashmm._kernels.linalg import (
-    cholesky_inverse,
-    cholesky_lower,
-    cholesky_solve_vector,
-    symmetrize,
-)
+from pyflashmm._kernels.linalg import cholesky_lower, cholesky_solve_vector, symmetrize
 from pyflashmm._kernels.nb_density import digamma, trigamma
+from pyflashmm._kernels.nbmm_newton import finish, hold_at_bounds, newton_direction, trial_point
 
 LOG_2PI = math.log(2.0 * math.pi)
-#: ln σ² at which the donor variance is held as 0 (σ² ≈ 1.4e-11)
-TAU_MIN = -25.0
-#: ln θ (θ = 1/α) at which the dispersion is held as 0 (α ≈ 9e-14, status ``boundary``)
-LAM_MAX = 30.0
-#: a fit converging (flat L) with ln σ² below ``TAU_SMALL`` (σ² < 2e-9) or ln θ above
-#: ``LAM_BIG`` (α < 3e-7) is moved to the bound and finished there (status ``boundary``): on
-#: such a flat likelihood the Newton decrement falls below tol before the bound is reached
-TAU_SMALL = -20.0
-LAM_BIG = 15.0
 #: relative step of the central differences of the gradient (the Hessian for the SEs)
 FD_STEP = 1e-4
 #: relative step of the forward differences of the gradient (the Hessian of the Newton steps)
@@ -771,23 +759,6 @@ def hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy
 
 
 @njit
-def _neg_hessian_sub(Hm, p, free, A, idx):
-    """A = −H restricted to the free parameters (their indices written to ``idx``); returns
-    their number."""
-    P = p + 2
-    n = 0
-    for a in range(P):
-        if not free[a]:
-            continue
-        idx[n] = a
-        n += 1
-    for i in range(n):
-        for c in range(n):
-            A[i, c] = -Hm[idx[i], idx[c]]
-    return n
-
-
-@njit
 def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, analytic=True):
     """Maximise L over ψ = (β, τ, λ) in place from the start in ``psi``; ``cov`` receives
     (−∇²L)⁻¹ in (β, τ, λ) (NaN in the τ row and column at the boundary). Returns
@@ -822,52 +793,16 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, an
             ll = laplace_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, grad, Hm, eta0)
         else:
             fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, False)
-        n = _neg_hessian_sub(Hm, p, free, A, idx)
-        As = A[:n, :n]
-        Ls = L[:n, :n]
-        for i in range(n):
-            rhs[i] = grad[idx[i]]
-        damp = 0.0
-        scale = 0.0
-        for i in range(n):
-            scale = max(scale, abs(As[i, i]))
-        ok = False
-        for _ in range(60):
-            Ad = As.copy()
-            for i in range(n):
-                Ad[i, i] += damp * max(abs(As[i, i]), 1e-8 * scale, 1e-12)
-            if cholesky_lower(Ad, Ls):
-                ok = True
-                break
-            damp = 1e-4 if damp == 0.0 else damp * 10.0
+        ok, damp, dec = newton_direction(Hm, grad, p, free, A, L, idx, rhs, step)
         if not ok:
             status = _status.NOT_POSITIVE_DEFINITE
             break
-        sol = np.empty(n)
-        cholesky_solve_vector(Ls, rhs[:n], sol)
-        dec = 0.0
-        for i in range(n):
-            dec += rhs[i] * sol[i]
-        for a in range(P):
-            step[a] = 0.0
-        for i in range(n):
-            step[idx[i]] = sol[i]
-        # cap the step in the variance parameters (ln σ², ln θ) at 2 per iteration
-        mx = 1.0
-        for a in range(p, P):
-            if abs(step[a]) > 2.0:
-                mx = max(mx, abs(step[a]) / 2.0)
-        for a in range(P):
-            step[a] /= mx
         # a Newton decrement below tol: this (full) step is the last one
         last = damp == 0.0 and 0.5 * dec < tol
         t = 1.0
         improved = False
         for _ in range(40):
-            for a in range(P):
-                trial[a] = psi[a] + t * step[a]
-            if trial[p + 1] > LAM_MAX:
-                trial[p + 1] = LAM_MAX
+            trial_point(psi, step, t, p, trial)
             btry[:] = b
             lt = objective(trial, p, free, Xc, lsc, ncl, sy, doff, btry, yv, not analytic, g2, eta0)
             if lt >= ll - 1e-12 * abs(ll) and math.isfinite(lt):
@@ -883,17 +818,8 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, an
         ll = lt
         grad[:] = g2
         converging = last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0)
-        # σ² → 0 or α → 0: past the bound, or converging (L flat) beyond the "small" threshold
-        hit_tau = free[p] and (psi[p] < TAU_MIN or (converging and psi[p] < TAU_SMALL))
-        hit_lam = free[p + 1] and (psi[p + 1] >= LAM_MAX or (converging and psi[p + 1] > LAM_BIG))
-        if hit_tau or hit_lam:
-            # hold the parameter at its bound and go on with the others
-            if hit_tau:
-                free[p] = False
-                psi[p] = TAU_MIN
-            if hit_lam:
-                free[p + 1] = False
-                psi[p + 1] = LAM_MAX
+        if hold_at_bounds(psi, p, free, converging):
+            # held at σ² = 0 or α = 0: go on with the others
             ll = objective(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, True, grad, eta0)
         elif converging:
             status = _status.OK
@@ -903,25 +829,7 @@ def fit_gene(psi, p, Xc, lsc, ncl, sy, doff, b, yv, max_iter, tol, cov, eta0, an
             laplace_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, grad, Hm, eta0)
         else:
             fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, Hm, eta0, grad, True)
-        n = _neg_hessian_sub(Hm, p, free, A, idx)
-        Ls = L[:n, :n]
-        Cs = np.empty((n, n))
-        for a in range(P):
-            for c in range(P):
-                cov[a, c] = np.nan
-        if cholesky_lower(A[:n, :n].copy(), Ls):
-            cholesky_inverse(Ls, Cs)
-            for i in range(n):
-                for c in range(n):
-                    cov[idx[i], idx[c]] = Cs[i, c]
-        elif status == _status.OK:
-            status = _status.NOT_POSITIVE_DEFINITE
-        if status == _status.OK and not (free[p] and free[p + 1]):
-            status = _status.BOUNDARY
-    if not free[p]:
-        psi[p] = -np.inf
-    if not free[p + 1]:
-        psi[p + 1] = np.inf
+    status = finish(Hm, psi, p, free, A, L, idx, cov, status)
     return ll, status, it
 
 
@@ -962,51 +870,16 @@ def fit_gene_fast(psi, p, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, 
             ll = hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy,
                            xb, grad, Hm, db)  # fmt: skip
             have_hess = True
-        n = _neg_hessian_sub(Hm, p, free, A, idx)
-        As = A[:n, :n]
-        Ls = L[:n, :n]
-        for i in range(n):
-            rhs[i] = grad[idx[i]]
-        damp = 0.0
-        scale = 0.0
-        for i in range(n):
-            scale = max(scale, abs(As[i, i]))
-        ok = False
-        for _ in range(60):
-            Ad = As.copy()
-            for i in range(n):
-                Ad[i, i] += damp * max(abs(As[i, i]), 1e-8 * scale, 1e-12)
-            if cholesky_lower(Ad, Ls):
-                ok = True
-                break
-            damp = 1e-4 if damp == 0.0 else damp * 10.0
+        ok, damp, dec = newton_direction(Hm, grad, p, free, A, L, idx, rhs, step)
         if not ok:
             status = _status.NOT_POSITIVE_DEFINITE
             break
-        sol = np.empty(n)
-        cholesky_solve_vector(Ls, rhs[:n], sol)
-        dec = 0.0
-        for i in range(n):
-            dec += rhs[i] * sol[i]
-        for a in range(P):
-            step[a] = 0.0
-        for i in range(n):
-            step[idx[i]] = sol[i]
-        mx = 1.0
-        for a in range(p, P):
-            if abs(step[a]) > 2.0:
-                mx = max(mx, abs(step[a]) / 2.0)
-        for a in range(P):
-            step[a] /= mx
         last = damp == 0.0 and 0.5 * dec < tol
         t = 1.0
         improved = False
         full = True
         for ls in range(40):
-            for a in range(P):
-                trial[a] = psi[a] + t * step[a]
-            if trial[p + 1] > LAM_MAX:
-                trial[p + 1] = LAM_MAX
+            trial_point(psi, step, t, p, trial)
             # warm start of the modes: first-order prediction along the step
             for j in range(J):
                 e = b[j]
@@ -1038,44 +911,17 @@ def fit_gene_fast(psi, p, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, 
         else:
             have_hess = False
         converging = last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0)
-        hit_tau = free[p] and (psi[p] < TAU_MIN or (converging and psi[p] < TAU_SMALL))
-        hit_lam = free[p + 1] and (psi[p + 1] >= LAM_MAX or (converging and psi[p + 1] > LAM_BIG))
-        if hit_tau or hit_lam:
-            if hit_tau:
-                free[p] = False
-                psi[p] = TAU_MIN
-            if hit_lam:
-                free[p + 1] = False
-                psi[p + 1] = LAM_MAX
+        if hold_at_bounds(psi, p, free, converging):
             ll = hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy,
                            xb, grad, Hm, db)  # fmt: skip
             have_hess = True
         elif converging:
             status = _status.OK
             break
-    if status == _status.OK or status == _status.MAX_ITER:
-        if not have_hess:
-            hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, xb,
-                      grad, Hm, db)  # fmt: skip
-        n = _neg_hessian_sub(Hm, p, free, A, idx)
-        Ls = L[:n, :n]
-        Cs = np.empty((n, n))
-        for a in range(P):
-            for c in range(P):
-                cov[a, c] = np.nan
-        if cholesky_lower(A[:n, :n].copy(), Ls):
-            cholesky_inverse(Ls, Cs)
-            for i in range(n):
-                for c in range(n):
-                    cov[idx[i], idx[c]] = Cs[i, c]
-        elif status == _status.OK:
-            status = _status.NOT_POSITIVE_DEFINITE
-        if status == _status.OK and not (free[p] and free[p + 1]):
-            status = _status.BOUNDARY
-    if not free[p]:
-        psi[p] = -np.inf
-    if not free[p + 1]:
-        psi[p + 1] = np.inf
+    if (status == _status.OK or status == _status.MAX_ITER) and not have_hess:
+        hess_fast(psi, p, free, Xc, roff, drun, lsc, sfc, ncl, sy, b, tail, big, lgy, xb,
+                  grad, Hm, db)  # fmt: skip
+    status = finish(Hm, psi, p, free, A, L, idx, cov, status)
     return ll, status, it
 
 

@@ -47,21 +47,14 @@ import numpy as np
 
 from pyflashmm import _status
 from pyflashmm._jit import njit, prange
-from pyflashmm._kernels.linalg import (
-    cholesky_inverse,
-    cholesky_lower,
-    cholesky_solve_vector,
-    symmetrize,
-)
-from pyflashmm._kernels.nbmm import (
-    FD_STEP,
-    FD_STEP_FWD,
-    LAM_BIG,
+from pyflashmm._kernels.linalg import symmetrize
+from pyflashmm._kernels.nbmm import FD_STEP, FD_STEP_FWD, donor_mode, nz_terms
+from pyflashmm._kernels.nbmm_newton import (
     LAM_MAX,
-    TAU_MIN,
-    TAU_SMALL,
-    donor_mode,
-    nz_terms,
+    finish,
+    hold_at_bounds,
+    newton_direction,
+    trial_point,
 )
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -231,21 +224,6 @@ def agq_fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, Hm, g0,
 
 
 @njit
-def _free_block(Hm, free, A, idx):
-    """A = −Hm restricted to the free parameters (indices to ``idx``); returns their number."""
-    P = Hm.shape[0]
-    n = 0
-    for a in range(P):
-        if free[a]:
-            idx[n] = a
-            n += 1
-    for i in range(n):
-        for c in range(n):
-            A[i, c] = -Hm[idx[i], idx[c]]
-    return n
-
-
-@njit
 def agq_fit_gene(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, max_iter, tol, cov,
                  eta0, nd):  # fmt: skip
     """Maximise the AGQ log-likelihood over ψ in place from ``psi`` (parameters not ``free``
@@ -272,51 +250,16 @@ def agq_fit_gene(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, max_iter,
             break
         agq_fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, Hm, grad, False,
                        eta0, nd)  # fmt: skip
-        n = _free_block(Hm, free, A, idx)
-        As = A[:n, :n]
-        Ls = L[:n, :n]
-        for i in range(n):
-            rhs[i] = grad[idx[i]]
-        scale = 0.0
-        for i in range(n):
-            scale = max(scale, abs(As[i, i]))
-        damp = 0.0
-        ok = False
-        for _ in range(60):
-            Ad = As.copy()
-            for i in range(n):
-                Ad[i, i] += damp * max(abs(As[i, i]), 1e-8 * scale, 1e-12)
-            if cholesky_lower(Ad, Ls):
-                ok = True
-                break
-            damp = 1e-4 if damp == 0.0 else damp * 10.0
+        ok, damp, dec = newton_direction(Hm, grad, p, free, A, L, idx, rhs, step)
         if not ok:
             status = _status.NOT_POSITIVE_DEFINITE
             break
-        sol = np.empty(n)
-        cholesky_solve_vector(Ls, rhs[:n], sol)
-        dec = 0.0
-        for i in range(n):
-            dec += rhs[i] * sol[i]
-        step[:] = 0.0
-        for i in range(n):
-            step[idx[i]] = sol[i]
-        # variance parameters move at most 2 (on the log scale) per iteration
-        mx = 1.0
-        for a in range(p, P):
-            if abs(step[a]) > 2.0:
-                mx = max(mx, abs(step[a]) / 2.0)
-        for a in range(P):
-            step[a] /= mx
         last = damp == 0.0 and 0.5 * dec < tol
         t = 1.0
         improved = False
         lt = ll
         for _ in range(40):
-            for a in range(P):
-                trial[a] = psi[a] + t * step[a]
-            if trial[p + 1] > LAM_MAX:
-                trial[p + 1] = LAM_MAX
+            trial_point(psi, step, t, p, trial)
             btry[:] = b
             lt = agq_loglik(trial, p, free, Xc, lsc, ncl, sy, doff, btry, yv, xk, lwk, True,
                             g2, eta0, nd)  # fmt: skip
@@ -333,43 +276,17 @@ def agq_fit_gene(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, max_iter,
         ll = lt
         grad[:] = g2
         converging = last or (gain < 0.01 * tol and damp == 0.0 and t == 1.0)
-        hit_tau = free[p] and (psi[p] < TAU_MIN or (converging and psi[p] < TAU_SMALL))
-        hit_lam = free[p + 1] and (psi[p + 1] >= LAM_MAX or (converging and psi[p + 1] > LAM_BIG))
-        if hit_tau or hit_lam:
-            # the maximum lies at σ² → 0 or α → 0: hold that parameter at its bound
-            if hit_tau:
-                free[p] = False
-                psi[p] = TAU_MIN
-            if hit_lam:
-                free[p + 1] = False
-                psi[p + 1] = LAM_MAX
+        if hold_at_bounds(psi, p, free, converging):
+            # the maximum lies at σ² → 0 or α → 0: that parameter is held at its bound
             ll = agq_loglik(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, True, grad,
                             eta0, nd)  # fmt: skip
         elif converging:
             status = _status.OK
             break
-    for a in range(P):
-        for c in range(P):
-            cov[a, c] = np.nan
     if status == _status.OK or status == _status.MAX_ITER:
         agq_fd_hessian(psi, p, free, Xc, lsc, ncl, sy, doff, b, yv, xk, lwk, Hm, grad, True,
                        eta0, nd)  # fmt: skip
-        n = _free_block(Hm, free, A, idx)
-        Ls = L[:n, :n]
-        Cs = np.empty((n, n))
-        if cholesky_lower(A[:n, :n].copy(), Ls):
-            cholesky_inverse(Ls, Cs)
-            for i in range(n):
-                for c in range(n):
-                    cov[idx[i], idx[c]] = Cs[i, c]
-        elif status == _status.OK:
-            status = _status.NOT_POSITIVE_DEFINITE
-        if status == _status.OK and not (free[p] and free[p + 1]):
-            status = _status.BOUNDARY
-    if not free[p]:
-        psi[p] = -np.inf
-    if not free[p + 1]:
-        psi[p + 1] = np.inf
+    status = finish(Hm, psi, p, free, A, L, idx, cov, status)
     return ll, status, it
 
 
