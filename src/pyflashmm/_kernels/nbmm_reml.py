@@ -18,10 +18,11 @@ log density).
   û the joint mode. The per-donor ½ ln 2π cancels the prior's −½ ln 2π as in the ML kernel,
   so ℓ_R = C + Σ_j [f_j(b̂_j) + ½ ln 2π − ½ ln H_j] + (p/2) ln 2π − ½ ln det S: the ML Laplace
   terms evaluated at the joint mode, plus the β block's term.
-* The joint mode: β by Newton on the profile Φ(β) = Σ_j max_b f_j(b; β) (each b̂_j(β) by the
-  ML kernel's safeguarded 1-D Newton). ∇Φ = Σ_k x_k θ(Sy_k − n_kμ_k)/(θ+μ_k) (∂f/∂b = 0 at
-  b̂_j), ∇²Φ = −S: the arrowhead Newton step with the donor block eliminated exactly. h is
-  jointly concave (w_k > 0), so the steps with halving converge to the unique mode.
+* The joint mode: Newton on h over (β, b) with the arrowhead system solved by eliminating
+  the donors (S, then each b_j; O(classes · p²) per step, one exp per class), gradient
+  ∂h/∂β = Σ_k x_k r_k, ∂h/∂b_j = Σ_{k∈j} r_k − b_j/σ², r_k = θ(Sy_k − n_kμ_k)/(θ+μ_k). h is
+  jointly concave (w_k > 0), so the steps with halving converge to the unique mode; warm
+  starts (the ML fit, then the last mode) keep it to a few steps.
 * Outer: Newton on (τ, λ) with the gradient and Hessian of ℓ_R by central differences of ℓ_R
   (step ``FD_STEP``; each evaluation warm-started from the centre's mode, and converged to
   rounding so that differences of ℓ_R are smooth). Levenberg damping when the Hessian is not
@@ -50,7 +51,6 @@ from pyflashmm._kernels.nbmm import (
     LOG_2PI,
     TAU_MIN,
     TAU_SMALL,
-    donor_mode,
     nz_terms,
 )
 
@@ -68,10 +68,11 @@ INNER_MAX_ITER = 200
 
 
 @njit
-def _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g):
-    """At β: update the donor modes in ``b``, write ∇Φ to ``g`` and S (p × p, both triangles)
-    to ``S``; return (Φ, Σ_j ln H_j) with Φ = Σ_j [class terms + −b̂_j²/(2σ²) − τ/2] (the
-    prior's −½ ln 2π omitted: it cancels the Laplace ½ ln 2π of each donor)."""
+def _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g, gb, Hd, hc):
+    """At u = (β, b): write ∇_β h to ``g``, ∂h/∂b_j to ``gb``, H_j to ``Hd``, the coupling
+    columns h_j to ``hc`` (J × p) and the Schur complement S = A − Σ_j h_j h_jᵀ/H_j (both
+    triangles) to ``S``; return (h − C, Σ_j ln H_j), h − C = Σ_j [class terms − b_j²/(2σ²)
+    − τ/2] (each donor's −½ ln 2π omitted: it cancels that donor's Laplace ½ ln 2π)."""
     ncls, p = Xc.shape
     J = doff.shape[0] - 1
     theta = math.exp(lam)
@@ -85,19 +86,17 @@ def _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g):
         g[a] = 0.0
         for c in range(p):
             S[a, c] = 0.0
-    hj = np.empty(p)
     phi = 0.0
     slh = 0.0
     for j in range(J):
-        lo_k = doff[j]
-        hi_k = doff[j + 1]
-        bj = donor_mode(b[j], lo_k, hi_k, eta0, ncl, sy, theta, inv_s2)
-        b[j] = bj
+        bj = b[j]
         f = 0.0
         h = inv_s2
+        gj = -bj * inv_s2
         for a in range(p):
-            hj[a] = 0.0
-        for k in range(lo_k, hi_k):
+            hc[j, a] = 0.0
+        # one pass over the donor's classes (one exp each) for h and every derivative
+        for k in range(doff[j], doff[j + 1]):
             mu = math.exp(eta0[k] + bj)
             n = ncl[k]
             yk = sy[k]
@@ -108,16 +107,18 @@ def _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g):
             wk = theta * mu * (yk + n * theta) / (d * d)
             rk = theta * (yk - n * mu) / d
             h += wk
+            gj += rk
             for a in range(p):
                 x = Xc[k, a]
                 g[a] += x * rk
-                hj[a] += x * wk
+                hc[j, a] += x * wk
                 for c in range(a + 1):
                     S[a, c] += x * wk * Xc[k, c]
-        # eliminate the donor: S −= h_j h_jᵀ / H_j
         for a in range(p):
             for c in range(a + 1):
-                S[a, c] -= hj[a] * hj[c] / h
+                S[a, c] -= hc[j, a] * hc[j, c] / h
+        gb[j] = gj
+        Hd[j] = h
         phi += f - 0.5 * tau - 0.5 * bj * bj * inv_s2
         slh += math.log(h)
     for a in range(p):
@@ -128,29 +129,54 @@ def _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g):
 
 @njit
 def joint_mode(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, L):
-    """The joint mode (β̂, b̂) at (τ, λ) by Newton on Φ(β) from ``beta``/``b`` (updated in
-    place). On return S holds the Schur complement at the mode and L its Cholesky factor.
-    Returns (Φ, Σ_j ln H_j, ln det S, ok)."""
+    """The joint mode (β̂, b̂) at (τ, λ) by Newton on h from ``beta``/``b`` (updated in place).
+    The arrowhead system [[A, h_j], [h_jᵀ, H_j]] (dβ, db) = (g_β, g_b) is solved by
+    eliminating the donors: S dβ = g_β − Σ_j h_j g_bj/H_j, db_j = (g_bj − h_jᵀdβ)/H_j; halving
+    until h does not fall (h is concave). On return S holds the Schur complement at the mode
+    and L its Cholesky factor. Returns (h − C, Σ_j ln H_j, ln det S, ok)."""
     p = Xc.shape[1]
+    J = b.shape[0]
     g = np.empty(p)
+    gb = np.empty(J)
+    Hd = np.empty(J)
+    hc = np.empty((J, p))
+    rhs = np.empty(p)
     step = np.empty(p)
+    stepb = np.empty(J)
     trial = np.empty(p)
-    bt = b.copy()
+    bt = np.empty(J)
     St = np.empty((p, p))
     gt = np.empty(p)
-    phi, slh = _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g)
+    gbt = np.empty(J)
+    Hdt = np.empty(J)
+    hct = np.empty((J, p))
+    phi, slh = _inner_pass(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, g, gb, Hd, hc)
     for _ in range(INNER_MAX_ITER):
         if not math.isfinite(phi) or not cholesky_lower(S, L):
             return phi, slh, np.nan, False
-        cholesky_solve_vector(L, g, step)
+        for a in range(p):
+            r = g[a]
+            for j in range(J):
+                r -= hc[j, a] * gb[j] / Hd[j]
+            rhs[a] = r
+        cholesky_solve_vector(L, rhs, step)
+        for j in range(J):
+            r = gb[j]
+            for a in range(p):
+                r -= hc[j, a] * step[a]
+            stepb[j] = r / Hd[j]
         t = 1.0
         accepted = False
         for _h in range(40):
             for a in range(p):
                 trial[a] = beta[a] + t * step[a]
-            bt[:] = b
-            pt, st = _inner_pass(trial, bt, tau, lam, Xc, lsc, ncl, sy, doff, eta0, St, gt)
-            # Φ is concave: a full step rises unless it overshoots (the tolerance: rounding)
+            for j in range(J):
+                bt[j] = b[j] + t * stepb[j]
+            pt, st = _inner_pass(
+                trial, bt, tau, lam, Xc, lsc, ncl, sy, doff, eta0, St, gt, gbt, Hdt, hct
+            )
+            # a full Newton step on a concave function rises unless it overshoots (the
+            # tolerance: rounding near the mode)
             if math.isfinite(pt) and pt >= phi - 1e-13 * abs(phi):
                 accepted = True
                 break
@@ -161,10 +187,16 @@ def joint_mode(beta, b, tau, lam, Xc, lsc, ncl, sy, doff, eta0, S, L):
         for a in range(p):
             if abs(t * step[a]) > 1e-8 * (1.0 + abs(beta[a])):
                 small = False
+        for j in range(J):
+            if abs(t * stepb[j]) > 1e-8 * (1.0 + abs(b[j])):
+                small = False
         beta[:] = trial
         b[:] = bt
         S[:, :] = St
         g[:] = gt
+        gb[:] = gbt
+        Hd[:] = Hdt
+        hc[:, :] = hct
         phi = pt
         slh = st
         # quadratic convergence: after a step ≤ 1e-8 the mode is exact to rounding
