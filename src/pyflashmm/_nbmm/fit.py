@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from pyflashmm._checks import check_full_rank
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nbmm as _k
+from pyflashmm._kernels import nbmm_reml as _kr
 from pyflashmm._lmm.fit import ConvergenceWarning
 from pyflashmm._nbglm._util import as_counts
 from pyflashmm._nbglm.layout import row_labels
@@ -43,6 +44,7 @@ class NbmmData:
     groups : donor code of every cell (0 … J − 1, the order of ``NbmmFit.group_names``).
     max_iter, tol : the fit's Newton options.
     n_agq : quadrature nodes of the likelihood (1: Laplace).
+    reml : whether the fit is REML (:mod:`pyflashmm._kernels.nbmm_reml`).
     """
 
     counts: sp.csr_matrix
@@ -50,6 +52,7 @@ class NbmmData:
     max_iter: int
     tol: float
     n_agq: int = 1
+    reml: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,19 @@ class NbmmFit:
     Attributes
     ----------
     coef, se : β on the natural-log scale and its standard errors (G×p), from the inverse of
-        the negative Hessian of the Laplace log-likelihood in (β, ln σ², ln α).
+        the negative Hessian of the Laplace log-likelihood in (β, ln σ², ln α). REML: β is the
+        joint inner mode at the REML estimate of (σ², α) and its covariance glmmTMB's REML
+        ``vcov`` (see ``reml``).
     sigma2 : the donor variance σ² (0 at the boundary, status ``boundary``).
     dispersion : α (Var = μ + αμ², as :func:`pyflashmm.nbglm`); θ = 1/α is glmmTMB's.
     log_sigma2_se, log_dispersion_se : standard errors of ln σ² (NaN at the boundary) and ln α.
-    cov : (−∇²L)⁻¹ in (β, ln σ², ln α), G × (p+2) × (p+2).
-    loglik : the Laplace log-likelihood (glmmTMB's ``logLik``).
+    cov : (−∇²L)⁻¹ in (β, ln σ², ln α), G × (p+2) × (p+2). REML: the (ln σ², ln α) block is
+        the inverse negative Hessian of the REML log-likelihood in those two, the β block
+        S⁻¹ + D V Dᵀ and the cross block D V (S the Schur complement of the joint inner
+        Hessian, D = dβ̂/d(ln σ², ln α), V the variance block), as glmmTMB's ``vcov(full=TRUE)``.
+    loglik : the Laplace log-likelihood (glmmTMB's ``logLik``); REML: the REML
+        log-likelihood (the Laplace approximation of the integral over β and the donor
+        intercepts, glmmTMB's ``logLik`` with ``REML = TRUE``).
     converged : status ``ok`` or ``boundary``.
     status : per-gene status name (:data:`pyflashmm.STATUS_NAMES`): ``ok``, ``boundary``
         (σ² held at 0), ``max_iter``, ``line_search_failed``, ``not_positive_definite``,
@@ -76,6 +86,7 @@ class NbmmFit:
     size_factors, X, coef_names, gene_names, group_names : the inputs as used.
     data : the counts and options a refit needs (:class:`NbmmData`).
     n_agq : quadrature nodes of the likelihood (1: Laplace).
+    reml : True for a REML fit (``nbmm(..., reml=True)``).
     """
 
     coef: np.ndarray
@@ -98,6 +109,7 @@ class NbmmFit:
     base_mean: np.ndarray = field(default=None, repr=False)
     data: NbmmData | None = field(default=None, repr=False)
     n_agq: int = 1
+    reml: bool = False
 
     def to_frame(self) -> pd.DataFrame:
         """One row per gene: ``coef_<name>`` and ``se_<name>`` per coefficient, base_mean,
@@ -208,6 +220,7 @@ def nbmm(
     warn: bool = True,
     method: str = "laplace",
     n_agq: int | None = None,
+    reml: bool = False,
     progress: bool | None = None,
 ) -> NbmmFit:
     """Fit the NB mixed model with a donor random intercept to every gene (Laplace, as glmmTMB).
@@ -238,6 +251,13 @@ def nbmm(
     n_agq : int, optional
         Quadrature nodes: None or 1 with ``"laplace"``; an integer ≥ 2 with ``"agq"``
         (default 11).
+    reml : bool
+        Restricted maximum likelihood, as glmmTMB's ``REML = TRUE``: β is integrated out with
+        the donor intercepts (flat prior, one joint Laplace approximation over (β, b)) and the
+        result maximised over (ln σ², ln α) only, starting from the ML fit
+        (:mod:`pyflashmm._kernels.nbmm_reml`). Less biased σ² with few donors; ``loglik`` is
+        then the REML log-likelihood (not comparable across fixed effects: no LRT). Laplace
+        only (``method="agq"`` is refused).
     progress : show a progress bar over gene blocks (default: when there are more than two).
 
     Returns
@@ -253,9 +273,19 @@ def nbmm(
     if not (tol > 0):
         raise ValueError(f"tol must be positive, got {tol!r}")
     nq = check_method(method, n_agq)
+    if not isinstance(reml, bool | np.bool_):
+        raise ValueError(f"reml must be True or False, got {reml!r}")
+    if reml and nq > 1:
+        raise ValueError(
+            "reml=True with method='agq' is not supported: REML is glmmTMB's Laplace "
+            "approximation over (β, b); use method='laplace'"
+        )
     Yg = (Y.T.tocsr() if sp.issparse(Y) else sp.csr_matrix(Y.T)).astype(np.float64)
     Yg.sort_indices()
-    data = NbmmData(counts=Yg, groups=code, max_iter=int(max_iter), tol=float(tol), n_agq=nq)
+    data = NbmmData(
+        counts=Yg, groups=code, max_iter=int(max_iter), tol=float(tol), n_agq=nq,
+        reml=bool(reml),
+    )  # fmt: skip
     res = fit_arrays(data, Xa, sf, len(levels), progress)
     names = np.asarray(STATUS_NAMES, dtype=object)[res["status"]]
     converged = np.isin(res["status"], (0, 1))
@@ -291,6 +321,7 @@ def nbmm(
         base_mean=np.asarray(Yg @ (1.0 / sf)).ravel() / sf.size,
         data=data,
         n_agq=nq,
+        reml=bool(reml),
     )
 
 
@@ -350,6 +381,11 @@ def fit_arrays(data: NbmmData, Xa, sf, n_groups, progress=None) -> dict:
             )  # fmt: skip
             for k, v in zip(_FIELDS, refit, strict=True):
                 blk[k][...] = v
+        if data.reml:  # REML from the ML fit (in place; cov in (β, ln σ², ln θ) as ML's)
+            _kr.reml_fit_genes(
+                gptr, gcell_all[lo:hi], gval_all[lo:hi], cls, Xc, lsc, ncl, doff,
+                data.max_iter, data.tol, *(blk[k] for k in _FIELDS),
+            )  # fmt: skip
     # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
     cov = out["cov"]
     cov[:, p + 1, :] *= -1.0

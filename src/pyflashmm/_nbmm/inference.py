@@ -182,7 +182,8 @@ def nbmm_test(
         LRT only: the reduced design, the same for every contrast; default, per contrast, X
         without the coefficients it tests (module docstring).
     test : {"wald", "lrt"}
-        Wald (no refit) or likelihood ratio (one reduced fit per distinct reduced design).
+        Wald (no refit) or likelihood ratio (one reduced fit per distinct reduced design). The
+        LRT needs an ML fit (``nbmm(..., reml=False)``): a REML fit raises ValueError.
     df : {"between", "z"}
         Wald only: t (F for joint contrasts) on the between–within df (default), or the normal
         (χ²) reference distribution as glmmTMB's z. The LRT is referred to χ².
@@ -207,6 +208,13 @@ def nbmm_test(
         raise ValueError("fit carries no data for tests (it was not made by nbmm)")
     if reduced is not None and test != "lrt":
         raise ValueError("reduced: a reduced design is for test='lrt' only")
+    if test == "lrt" and getattr(fit, "reml", False):
+        # the REML likelihood integrates β out: its value depends on the fixed-effects design,
+        # so REML likelihoods of a full and a reduced model are not comparable
+        raise ValueError(
+            "test='lrt' on a REML fit: REML likelihoods of models with different fixed "
+            "effects are not comparable; refit with reml=False for the LRT, or use test='wald'"
+        )
     contrasts = as_contrasts(list(fit.coef_names), contrast)
     if test == "lrt" and reduced is not None:
         reduced = check_reduced(reduced, fit.X)
