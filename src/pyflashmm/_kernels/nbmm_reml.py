@@ -45,14 +45,8 @@ import numpy as np
 from pyflashmm import _status
 from pyflashmm._jit import njit, prange
 from pyflashmm._kernels.linalg import cholesky_inverse, cholesky_lower, cholesky_solve_vector
-from pyflashmm._kernels.nbmm import (
-    LAM_BIG,
-    LAM_MAX,
-    LOG_2PI,
-    TAU_MIN,
-    TAU_SMALL,
-    nz_terms,
-)
+from pyflashmm._kernels.nbmm import LOG_2PI, nz_terms
+from pyflashmm._kernels.nbmm_newton import LAM_BIG, LAM_MAX, TAU_MIN, TAU_SMALL
 
 #: absolute step in (τ, λ) of the central differences of ℓ_R: the truncation error (h² ℓ'''')
 #: and the rounding error (ε|ℓ_R|/h²) of the second differences are both ≲ 1e-5 relative
