@@ -33,9 +33,12 @@ subjects (``sam``) are nested in arms, so the contrast is between subjects.
     column of X, unlike the LMMs': in the NB model the size factors enter as the offset ln s_c,
     which is the role log L_c plays on the log₂(1 + count) scale, and a covariate as well would
     double-count depth. ``log_fc`` is log₂.
+``nbmm_reml`` (Wald t, between df), ``nbmm_reml_z`` (Wald z)
+    The same model fitted by REML (``nbmm(reml=True)``, glmmTMB's ``REML = TRUE``: β integrated
+    out with the donor effects), whose σ² is not biased down as ML's is with few donors.
 
 Not in :data:`METHODS` (the six of the calibration and power experiments, whose configs name
-them) but in :data:`ALL_METHODS`: the LMM variants of :data:`LMM_VARIANTS` and the three NB
+them) but in :data:`ALL_METHODS`: the LMM variants of :data:`LMM_VARIANTS` and the NB
 mixed-model tests (``configs/nbmm_null.toml``).
 
 Failures are data: a gene that a method cannot fit gets a NaN p-value and a ``status``; LMM
@@ -100,11 +103,14 @@ _MODERATION = {
     "robust": {"moderate": True, "robust": True},
     "trend": {"moderate": True, "trend": True},
 }
-#: NB mixed-model tests: id → (``test``, ``df``) of :func:`pyflashmm.nbmm_test`, one fit for all
+#: NB mixed-model tests: id → (``reml`` of :func:`pyflashmm.nbmm`, ``test``, ``df`` of
+#: :func:`pyflashmm.nbmm_test`); one fit per ``reml`` value serves its tests
 NBMM_VARIANTS = {
-    "nbmm": ("wald", "between"),
-    "nbmm_z": ("wald", "z"),
-    "nbmm_lrt": ("lrt", "between"),
+    "nbmm": (False, "wald", "between"),
+    "nbmm_z": (False, "wald", "z"),
+    "nbmm_lrt": (False, "lrt", "between"),
+    "nbmm_reml": (True, "wald", "between"),
+    "nbmm_reml_z": (True, "wald", "z"),
 }
 #: every method id run_methods knows
 ALL_METHODS = (*METHODS, *(m for m in LMM_VARIANTS if m not in METHODS), *NBMM_VARIANTS)
@@ -241,20 +247,22 @@ def _nbglm_pseudobulk(counts, obs, genes, coef) -> pd.DataFrame:
 
 
 def _nbmm_frames(counts, obs, genes, coef, fixed, want) -> list[pd.DataFrame]:
-    """The NB mixed-model tests of ``want`` (:data:`NBMM_VARIANTS`) from one :func:`nbmm` fit."""
+    """The NB mixed-model tests of ``want`` (:data:`NBMM_VARIANTS`), one :func:`nbmm` fit per
+    estimation method (ML, REML)."""
     chosen = [m for m in NBMM_VARIANTS if m in want]
-    try:
-        X = fm.design(obs, fixed).X_frame()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # per-gene overflow: see status
-            fit = fm.nbmm(counts, X, obs["sam"].to_numpy(), size_factors="poscounts",
-                          gene_names=genes, warn=False, progress=False)  # fmt: skip
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        return [_failed(genes, m, exc) for m in chosen]
+    fits = {}
     out = []
     for method in chosen:
-        test, df = NBMM_VARIANTS[method]
+        reml, test, df = NBMM_VARIANTS[method]
         try:
+            if reml not in fits:
+                X = fm.design(obs, fixed).X_frame()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # per-gene overflow: status
+                    fits[reml] = fm.nbmm(counts, X, obs["sam"].to_numpy(),
+                                         size_factors="poscounts", reml=reml, gene_names=genes,
+                                         warn=False, progress=False)  # fmt: skip
+            fit = fits[reml]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 res = fm.nbmm_test(fit, coef, test=test, df=df, progress=False)

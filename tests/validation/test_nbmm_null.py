@@ -139,12 +139,21 @@ def test_nbmm_methods_are_one_fit_and_its_tests():
     # the reference: the package's fit with the design the module docstring states
     trt = (sim.obs["trt"].astype(str) == str(sim.treatment)).astype(float).to_numpy()
     X = pd.DataFrame({"Intercept": np.ones(len(trt)), "trt": trt})
-    fit = fm.nbmm(counts, X, sim.obs["sam"].astype(str).to_numpy(), warn=False, progress=False)
-    ref_lfc = fit.coef[:, 1] / np.log(2.0)
-    for m in NBMM_VARIANTS:
+    donors = sim.obs["sam"].astype(str).to_numpy()
+    fits = {reml: fm.nbmm(counts, X, donors, reml=reml, warn=False, progress=False)
+            for reml in (False, True)}  # fmt: skip
+    for m, (reml, _, _) in NBMM_VARIANTS.items():
+        ref_lfc = fits[reml].coef[:, 1] / np.log(2.0)
         np.testing.assert_allclose(by[m]["log_fc"], ref_lfc, rtol=1e-8, equal_nan=True)
         assert by[m].loc[3, "status"] == "all_zero" and np.isnan(by[m].loc[3, "p_value"])
+    # REML's σ² is not shrunk as ML's: larger on most genes with 6 donors
+    both = (fits[False].sigma2 > 0) & np.isfinite(fits[True].sigma2)
+    assert np.mean(fits[True].sigma2[both] > fits[False].sigma2[both]) > 0.8
     # Wald z and Wald t share the statistic; t is referred to S − 2 df (two arm-level columns)
+    zr = by["nbmm_reml_z"]["stat"].to_numpy()
+    np.testing.assert_allclose(by["nbmm_reml"]["stat"], zr, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(by["nbmm_reml"]["p_value"], 2 * stats.t.sf(np.abs(zr), S - 2),
+                               rtol=1e-10, equal_nan=True)  # fmt: skip
     z = by["nbmm_z"]["stat"].to_numpy()
     np.testing.assert_allclose(by["nbmm"]["stat"], z, rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(by["nbmm_z"]["p_value"], 2 * stats.norm.sf(np.abs(z)),
