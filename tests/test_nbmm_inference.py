@@ -255,3 +255,36 @@ def test_lrt_of_an_agq_fit_refits_by_agq(donors_data):
     np.testing.assert_allclose(table.stat, 2 * (fit.loglik - reduced.loglik), rtol=1e-12)
     laplace = fm.nbmm_test(fm.nbmm(y, X, donor, size_factors=s), "conditionstim", test="lrt")
     assert not np.allclose(table.stat, laplace.stat, rtol=1e-10, atol=0)
+
+
+def test_separated_and_unconverged_genes_have_no_test(donors_data):
+    y, X, donor, s, code = donors_data
+    stim = (code % 2 == 1)
+    separated = np.where(stim, y[:, 0] + 1, 0.0)  # every ctrl count zero: β_stim → ∞
+    Y = np.column_stack([y[:, 0], separated, y[:, 1]])
+    fit = fm.nbmm(Y, X, donor, size_factors=s, warn=False)
+    assert fit.status[1] == "separation" and not fit.converged[1]
+    assert np.isfinite(fit.coef[1]).all()  # the last iterate is kept, for inspection
+    for test in ("wald", "lrt"):
+        t = fm.nbmm_test(fit, "conditionstim", test=test)
+        assert np.isnan(t.p_value.iloc[1]) and t.status.iloc[1] == "separation"
+        assert t.p_value.iloc[[0, 2]].notna().all()
+    with pytest.warns(fm.ConvergenceWarning, match="1 of 3 genes"):
+        fm.nbmm(Y, X, donor, size_factors=s)
+    # the iteration limit: estimates kept, no p-value
+    short = fm.nbmm(y, X, donor, size_factors=s, max_iter=1, warn=False)
+    assert set(short.status) == {"max_iter"}
+    assert np.isfinite(short.coef).all()
+    assert fm.nbmm_test(short, "conditionstim").p_value.isna().all()
+
+
+def test_options_are_checked_before_the_counts(donors_data):
+    y, X, donor, s, _ = donors_data
+    bad_counts = -np.ones_like(y)  # would fail validation, but the option is reported first
+    for kw, name in [({"max_iter": 0}, "max_iter"), ({"tol": -1.0}, "tol"),
+                     ({"reml": "yes"}, "reml"), ({"method": "quad"}, "method"),
+                     ({"n_agq": 3}, "n_agq"), ({"progress": "bar"}, "progress")]:  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            fm.nbmm(bad_counts, X, donor, size_factors=s, **kw)
+    with pytest.raises(ValueError, match="X must be numeric"):
+        fm.nbmm(y, np.full((len(donor), 2), "a", dtype=object), donor)

@@ -18,6 +18,8 @@ name                      meaning
 ``all_zero``              every count is zero: no fit
 ``one_group``             every non-zero count lies in one group of the random effect (NB
                           mixed model: σ² has no finite maximum): no fit
+``separation``            a coefficient diverges (NB mixed model: the counts separate design
+                          rows, e.g. all zero in one arm; the last iterate is kept, no test)
 ========================  ====================================================================
 
 The kernels read the codes as compile-time constants: after changing a value here, clear
@@ -36,6 +38,7 @@ SINGULAR_INFORMATION = 6
 PD_BOUNDARY = 7
 ALL_ZERO = 8
 ONE_GROUP = 9
+SEPARATION = 10
 
 #: names of the status codes, indexed by code
 STATUS_NAMES = (
@@ -49,4 +52,5 @@ STATUS_NAMES = (
     "pd_boundary",
     "all_zero",
     "one_group",
+    "separation",
 )

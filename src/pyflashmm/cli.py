@@ -24,9 +24,9 @@ LMM_DF_METHODS = (
     "residual",
     "between",
 )
-#: the NB mixed model's Wald reference distributions besides "auto" (checked against
-#: pyflashmm.nbmm_test's by the same test)
-NBMM_DF_METHODS = ("between", "z")
+#: the NB mixed model's Wald reference distributions (checked against pyflashmm.nbmm_test's by
+#: the same test)
+NBMM_DF_METHODS = ("auto", "between", "z")
 
 DE_EPILOG = """\
 examples:
@@ -40,7 +40,7 @@ examples:
       --cell-type cell_type --fixed "~ condition" --contrast "stim=conditionstim" -o pb.csv
 
   # NB mixed model: counts with size-factor offsets and a donor random intercept
-  pyflashmm de pbmc.h5ad --layer counts --method nbmm --random donor_id \
+  pyflashmm de pbmc.h5ad --layer counts --method nbmm --random donor_id \\
       --fixed "~ condition" --contrast "stim=conditionstim" -o nbmm.csv
 
   The table has one row per (gene, contrast[, cell type]): variable, contrast, [cell_type],

@@ -292,7 +292,7 @@ def _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transfor
             raise ValueError(f"test must be 'wald' or 'lrt'; got {test!r}")
     if method == "lmm" and df not in DF_METHODS:
         raise ValueError(f"df must be one of {DF_METHODS}; got {df!r}")
-    if method == "nbmm" and df not in ("auto", *NBMM_DF_METHODS):
+    if method == "nbmm" and df not in NBMM_DF_METHODS:
         raise ValueError(f"df: method='nbmm' takes 'auto', 'between' or 'z'; got {df!r}")
     if (
         not isinstance(chunk_size, int | np.integer)
@@ -438,7 +438,7 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, chunk_size, progress
     fit = nbmm(counts, dsg.X_frame(), groups, gene_names=cells.gene_names, progress=progress,
                **kwargs)  # fmt: skip
     test = "wald" if test is None else test
-    table = nbmm_test(fit, contrast, test=test, df="between" if df == "auto" else df,
+    table = nbmm_test(fit, contrast, test=test, df=df,
                       progress=progress)  # fmt: skip
     used = "lrt" if test == "lrt" else f"wald ({table.attrs['df']})"
     return table, dsg, used

@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from pyflashmm import _status
 from pyflashmm._checks import check_full_rank
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nbmm as _k
@@ -77,9 +78,10 @@ class NbmmFit:
         intercepts, glmmTMB's ``logLik`` with ``REML = TRUE``).
     converged : status ``ok`` or ``boundary``.
     status : per-gene status name (:data:`pyflashmm.STATUS_NAMES`): ``ok``, ``boundary``
-        (σ² held at 0), ``max_iter``, ``line_search_failed``, ``not_positive_definite``,
-        ``all_zero`` or ``one_group`` (every non-zero count in one donor); no fit (NaN) for the
-        last four.
+        (σ² or α held at 0), ``max_iter`` and ``separation`` (a diverging coefficient: the
+        counts separate design rows; both keep the last iterate, and have no test),
+        ``line_search_failed``, ``not_positive_definite``, ``all_zero`` or ``one_group``
+        (every non-zero count in one donor); no fit (NaN) for the last four.
     n_iter : outer Newton iterations.
     modes : the donor intercepts b̂_j at the estimate (conditional modes, G × donors).
     base_mean : mean of the normalised counts y/s per gene (as DESeq2's baseMean).
@@ -141,7 +143,10 @@ def _validate(counts, X, groups, size_factors, allow_non_integer, gene_names):
     """Counts (CSR or dense float64), design, group codes, size factors, names."""
     Y = as_counts(counts, allow_non_integer=allow_non_integer)
     m, G = Y.shape
-    Xa = np.asarray(X, dtype=np.float64)
+    try:
+        Xa = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"X must be numeric (a design matrix), got {type(X).__name__}") from exc
     if Xa.ndim != 2 or Xa.shape[0] != m:
         raise ValueError(f"X must be 2-D with {m} rows (one per cell), got shape {Xa.shape}")
     if not np.all(np.isfinite(Xa)):
@@ -235,11 +240,17 @@ def nbmm(
     Parameters
     ----------
     counts : array_like or scipy.sparse matrix, cells × genes
-        Counts (integers unless ``allow_non_integer``); a sparse matrix is read as CSR.
+        Counts (integers unless ``allow_non_integer``); a sparse matrix is read as CSR, never
+        densified.
     X : array_like or DataFrame, cells × p
-        Fixed-effects design (full column rank; include the intercept column).
+        Fixed-effects design (full column rank; include the intercept column), e.g.
+        ``pyflashmm.design(obs, "~ condition").X_frame()``.
     groups : array_like, cells
         Donor of every cell (the random intercept's grouping; one grouping only).
+    gene_names : sequence of str, optional
+        Default: the columns of a DataFrame ``counts``, else gene0, gene1, …
+    allow_non_integer : bool
+        Accept non-integer values (e.g. estimated counts); the NB density is used as is.
     size_factors : {"ratio", "poscounts", "normed_sum", "iterate"} or array
         Method of :func:`pyflashmm.size_factors`, or the factors themselves (offsets ln s).
     max_iter, tol : outer Newton iterations and the Newton-decrement threshold.
@@ -264,14 +275,24 @@ def nbmm(
     -------
     NbmmFit
         Test it with :func:`pyflashmm.nbmm_test`.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, before any fitting: a bad option, counts that are negative or not
+        integers, a design of the wrong shape or rank, missing or single-level groups, bad size
+        factors, more than one grouping.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Once, when some genes did not converge (``max_iter``, ``separation``, …).
     """
-    Y, Xa, code, levels, sf, coef_names, gene_names = _validate(
-        counts, X, groups, size_factors, allow_non_integer, gene_names
-    )
-    if not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
+    # the options first: no work on the counts before a bad argument is reported
+    if isinstance(max_iter, bool) or not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol!r}")
+    if not (isinstance(tol, int | float | np.floating) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
     nq = check_method(method, n_agq)
     if not isinstance(reml, bool | np.bool_):
         raise ValueError(f"reml must be True or False, got {reml!r}")
@@ -280,6 +301,11 @@ def nbmm(
             "reml=True with method='agq' is not supported: REML is glmmTMB's Laplace "
             "approximation over (β, b); use method='laplace'"
         )
+    if progress is not None and not isinstance(progress, bool | np.bool_):
+        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    Y, Xa, code, levels, sf, coef_names, gene_names = _validate(
+        counts, X, groups, size_factors, allow_non_integer, gene_names
+    )
     Yg = (Y.T.tocsr() if sp.issparse(Y) else sp.csr_matrix(Y.T)).astype(np.float64)
     Yg.sort_indices()
     data = NbmmData(
@@ -288,7 +314,7 @@ def nbmm(
     )  # fmt: skip
     res = fit_arrays(data, Xa, sf, len(levels), progress)
     names = np.asarray(STATUS_NAMES, dtype=object)[res["status"]]
-    converged = np.isin(res["status"], (0, 1))
+    converged = np.isin(res["status"], (_status.OK, _status.BOUNDARY))
     bad = ~converged & ~np.isin(names, ("all_zero", "one_group"))
     if warn and bad.any():
         warnings.warn(
@@ -332,8 +358,31 @@ _ANALYTIC_HESSIAN = True
 #: the per-gene outputs of the kernels, in their argument order
 _FIELDS = ("coef", "cov", "sigma2", "theta", "loglik", "status", "n_iter", "modes")
 
+#: a spread of the linear predictor xᵀβ over the design rows beyond this (a fold change of
+#: e²⁰ ≈ 5·10⁸ between two rows) means a diverging coefficient, not an estimate
+SEPARATION_SPREAD = 20.0
+
 #: genes per block of the fit (the unit of the progress bar; each block runs parallel over genes)
 _GENE_BLOCK = 512
+
+
+def _mark_separation(coef, status, X) -> None:
+    """Status ``separation`` for fitted genes whose linear predictor xᵀβ̂ spreads over more
+    than :data:`SEPARATION_SPREAD` across the distinct design rows.
+
+    When the counts separate design rows (e.g. every count of one arm is zero) the maximum lies
+    at |β| → ∞: Newton stops on the flat likelihood with a huge β and SE, and a Wald test would
+    report p ≈ 1. The spread is measured on xᵀβ, so it does not depend on the units of the
+    covariates.
+    """
+    fitted = np.isin(status, (_status.OK, _status.BOUNDARY, _status.MAX_ITER))
+    if not fitted.any():
+        return
+    rows = np.unique(X, axis=0)
+    eta = rows @ coef[fitted].T  # distinct rows × fitted genes
+    spread = eta.max(axis=0) - eta.min(axis=0)
+    idx = np.flatnonzero(fitted)[spread > SEPARATION_SPREAD]
+    status[idx] = _status.SEPARATION
 
 
 @numba_parallel_only
@@ -386,6 +435,7 @@ def fit_arrays(data: NbmmData, Xa, sf, n_groups, progress=None) -> dict:
                 gptr, gcell_all[lo:hi], gval_all[lo:hi], cls, Xc, lsc, ncl, doff,
                 data.max_iter, data.tol, *(blk[k] for k in _FIELDS),
             )  # fmt: skip
+    _mark_separation(out["coef"], out["status"], Xa)
     # (β, ln σ², ln θ) → (β, ln σ², ln α): flip the sign of the last row and column
     cov = out["cov"]
     cov[:, p + 1, :] *= -1.0

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pyflashmm import _status
 from pyflashmm._checks import aliased_columns
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._multitest import bh_adjust
@@ -39,8 +40,8 @@ from pyflashmm._nbmm.fit import fit_arrays
 if TYPE_CHECKING:
     from pyflashmm._nbmm.fit import NbmmFit
 
-#: reference distributions of the Wald test
-DF_METHODS = ("between", "z")
+#: reference distributions of the Wald test ("auto" is "between")
+DF_METHODS = ("auto", "between", "z")
 TESTS = ("wald", "lrt")
 
 #: columns of the table of :func:`nbmm_test`, in order
@@ -112,7 +113,8 @@ def _wald(fit: NbmmFit, L: np.ndarray, df_method: str):
     W = np.full(G, np.nan)
     ok = np.isfinite(b).all(axis=1) & np.isfinite(V).all(axis=(1, 2))
     if ok.any():
-        W[ok] = np.einsum("gk,gk->g", b[ok], np.linalg.solve(V[ok], b[ok][..., None])[..., 0])
+        # a pseudo-inverse: one gene with a singular LᵀΣL must not stop the others
+        W[ok] = np.einsum("gk,gk->g", b[ok], (np.linalg.pinv(V[ok]) @ b[ok][..., None])[..., 0])
     nan = np.full(G, np.nan)
     if np.isinf(df):
         return nan, nan.copy(), W, stats.chi2.sf(W, r), float(r)
@@ -137,7 +139,7 @@ def _reduced_loglik(fit: NbmmFit, X0: np.ndarray, progress) -> np.ndarray:
     """ℓ of the reduced model with design X0 for every gene (NaN where its fit failed)."""
     res = fit_arrays(fit.data, X0, fit.size_factors, len(fit.group_names), progress)
     ll = res["loglik"]
-    return np.where(np.isin(res["status"], (0, 1)), ll, np.nan)
+    return np.where(np.isin(res["status"], (_status.OK, _status.BOUNDARY)), ll, np.nan)
 
 
 def _lrt(fit: NbmmFit, L, reduced, cache: dict, progress):
@@ -152,8 +154,11 @@ def _lrt(fit: NbmmFit, L, reduced, cache: dict, progress):
     if key not in cache:
         cache[key] = _reduced_loglik(fit, X0, progress)
     stat = 2.0 * (fit.loglik - cache[key])
-    # a maximised reduced model cannot exceed the full one; tiny negatives are rounding
-    stat = np.where(stat < 0, np.maximum(stat, 0.0), stat)
+    # the reduced model's maximum cannot exceed the full one's: negatives within the fits'
+    # precision (Newton decrement < tol, log-likelihood rounding) are 0; a larger negative means
+    # the full fit is not at its maximum, and the test is NaN
+    slack = 10.0 * fit.data.tol + 1e-10 * np.abs(fit.loglik)
+    stat = np.where(stat < 0, np.where(stat >= -slack, 0.0, np.nan), stat)
     r = fit.X.shape[1] - X0.shape[1]
     return stat, stats.chi2.sf(stat, r), float(r)
 
@@ -184,9 +189,10 @@ def nbmm_test(
     test : {"wald", "lrt"}
         Wald (no refit) or likelihood ratio (one reduced fit per distinct reduced design). The
         LRT needs an ML fit (``nbmm(..., reml=False)``): a REML fit raises ValueError.
-    df : {"between", "z"}
-        Wald only: t (F for joint contrasts) on the between–within df (default), or the normal
-        (χ²) reference distribution as glmmTMB's z. The LRT is referred to χ².
+    df : {"between", "auto", "z"}
+        Wald only: t (F for joint contrasts) on the between–within df (default; ``"auto"`` is
+        the same, as in :func:`pyflashmm.de`), or the normal (χ²) reference distribution as
+        glmmTMB's z. The LRT is referred to χ².
     progress : bool, optional
         Progress bar of the reduced fits.
 
@@ -204,6 +210,7 @@ def nbmm_test(
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
     if df not in DF_METHODS:
         raise ValueError(f"df must be one of {DF_METHODS}, got {df!r}")
+    df = "between" if df == "auto" else df
     if fit.data is None:
         raise ValueError("fit carries no data for tests (it was not made by nbmm)")
     if reduced is not None and test != "lrt":
@@ -229,7 +236,7 @@ def nbmm_test(
             if L.shape[1] == 1:
                 est, se = _wald(fit, L, "z")[:2]
             stat, pval, dfk = _lrt(fit, L, reduced, cache, progress)
-        pval = np.where(fit.converged, pval, np.nan)
+        pval = np.where(fit.converged, pval, np.nan)  # no test of a fit that did not converge
         blocks.append((est / _LN2, se / _LN2, stat, dfk, pval, bh_adjust(pval)))
     K = len(blocks)
     table = pd.DataFrame(
