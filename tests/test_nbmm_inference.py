@@ -259,7 +259,7 @@ def test_lrt_of_an_agq_fit_refits_by_agq(donors_data):
 
 def test_separated_and_unconverged_genes_have_no_test(donors_data):
     y, X, donor, s, code = donors_data
-    stim = (code % 2 == 1)
+    stim = code % 2 == 1
     separated = np.where(stim, y[:, 0] + 1, 0.0)  # every ctrl count zero: β_stim → ∞
     Y = np.column_stack([y[:, 0], separated, y[:, 1]])
     fit = fm.nbmm(Y, X, donor, size_factors=s, warn=False)
