@@ -15,7 +15,8 @@ Measured:
   ``glmmTMB(y ~ cond + (1|donor) + offset(log(s)), family = nbinom2)`` with default control
   on ``--r-genes`` genes drawn at random from the same data, one thread (glmmTMB's default
   ``parallel = 1``; OMP/BLAS threads set to 1), timed per gene inside R (a warm-up fit first).
-  The ratio per core is glmmTMB's median s/gene ÷ pyflashmm's 1-thread s/gene; the agreement
+  The ratio per core is glmmTMB's mean s/gene ÷ pyflashmm's 1-thread s/gene (its median run
+  over all genes ÷ genes, also a mean over genes; glmmTMB's median is reported too); the agreement
   of β on those genes is reported (glmmTMB's default nlminb stop is accurate to ≈ 1e-5).
 * NEBULA (only when the environment variable ``NEBULA_LIB`` names an R library from which
   ``library(nebula)`` loads; never installed by this script): ``nebula(count, id, pred =
@@ -199,6 +200,7 @@ def beta_agreement(b_ref, b, se):
     d = np.abs(b - b_ref)
     return {
         "max_abs": float(d.max()),
+        "max_abs_per_coefficient": [float(v) for v in d.max(axis=0)],
         "max_rel": float((d / np.maximum(np.abs(b_ref), 1e-3)).max()),
         "max_in_se": float((d / se).max()),
     }
@@ -255,13 +257,16 @@ def main():
                 gl = read_csv(d / "glmmtmb.csv")
                 rv = (d / "rversion.txt").read_text().splitlines()
                 gb = gl[["b0", "b1"]].to_numpy()
-                per_gene = float(np.median(gl.seconds))
+                # pyflashmm's s/gene is its (median) run time over all genes ÷ genes, a mean
+                # over genes: glmmTMB's is compared on the same basis, its mean over the genes
+                per_gene = float(np.mean(gl.seconds))
                 res["glmmtmb"] = {
                     "r": rv[0],
                     "glmmtmb": rv[1],
                     "genes": [int(g) for g in gl.gene],
                     "seconds": [float(v) for v in gl.seconds],
-                    "median_s_per_gene": per_gene,
+                    "mean_s_per_gene": per_gene,
+                    "median_s_per_gene": float(np.median(gl.seconds)),
                     "ratio_per_core": per_gene / r1["s_per_gene"],
                     "nlminb_convergence_codes": [int(v) for v in gl.conv],
                     "pyflashmm_vs_glmmtmb_beta": beta_agreement(

@@ -216,6 +216,14 @@ def test_de_nbmm_on_an_anndata(pbmc):
     direct = fm.nbmm(counts, X, adata.obs["donor_id"].astype(str).to_numpy(), method="agq",
                      n_agq=5)  # fmt: skip
     np.testing.assert_array_equal(agq.log_fc, direct.coef[:, 1] / np.log(2))
+    reml = fm.de(adata, layer="counts", fixed="~ condition", random="donor_id",
+                 contrast="conditionstim", method="nbmm", reml=True)  # fmt: skip
+    direct = fm.nbmm(counts, X, adata.obs["donor_id"].astype(str).to_numpy(), reml=True)
+    np.testing.assert_array_equal(reml.log_fc, direct.coef[:, 1] / np.log(2))
+    assert reml.attrs["test"] == "wald (between), reml"
+    with pytest.raises(ValueError, match="test='lrt' compares ML likelihoods"):
+        fm.de(adata, layer="counts", fixed="~ condition", random="donor_id", method="nbmm",
+              reml=True, test="lrt")  # fmt: skip
 
 
 def test_de_nbmm_refuses_what_it_cannot_fit(pbmc):

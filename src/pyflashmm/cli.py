@@ -117,7 +117,14 @@ def _add_de(subparsers) -> None:
     p.add_argument("--no-trend", dest="trend", action="store_false", default=None,
                    help="LMM with --moderate: a constant prior (default: its variance trends "
                         "with each gene's mean expression, limma-trend)")  # fmt: skip
-    p.add_argument("--ml", action="store_true", help="LMM: fit by ML instead of REML")
+    fitting = p.add_mutually_exclusive_group()
+    fitting.add_argument(
+        "--ml",
+        action="store_true",
+        help="LMM and nbmm: fit by ML (default for nbmm; LMM default REML)",
+    )
+    fitting.add_argument("--reml", action="store_true",
+                         help="LMM and nbmm: fit by REML (default for the LMM)")  # fmt: skip
     p.add_argument(
         "--test", default=None, choices=["wald", "lrt"],
         help="NB methods: the test (default: lrt for nbglm, wald for pseudobulk and nbmm)",
@@ -188,7 +195,7 @@ def _run_de(args) -> int:
         cell_type=args.cell_type,
         per_cell_type=not args.pooled,
         transform=None if args.transform == "none" else args.transform,
-        reml=not args.ml,
+        reml=False if args.ml else True if args.reml else None,
         df=args.df,
         moderate=args.moderate,
         robust=args.robust,

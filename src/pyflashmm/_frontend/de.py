@@ -25,6 +25,8 @@ from pyflashmm._nbmm.inference import nbmm_test
 from pyflashmm._pseudobulk import sample_table, sum_counts, varying_example
 
 METHODS = ("lmm", "nbmm", "nbglm", "pseudobulk")
+#: de(method="nbmm")'s estimation when ``reml`` is not given
+NBMM_REML_DEFAULT = False
 _TRANSFORMS = (None, "log1p", "log2p1")
 
 #: the scale of ``log_fc`` per method (and LMM transform), as recorded in ``table.attrs``
@@ -57,7 +59,7 @@ def de(
     cell_type: str | None = None,
     per_cell_type: bool = True,
     transform: str | None = "log2p1",
-    reml: bool = True,
+    reml: bool | None = None,
     df: str = "auto",
     moderate: bool = False,
     robust: bool = False,
@@ -141,15 +143,17 @@ def de(
         cell type) pseudobulks instead, with a :class:`PseudoreplicationWarning` (the cell types
         of one donor are not independent samples).
 
-    ``transform``, ``reml``, ``moderate``, ``robust`` and ``trend`` apply to ``"lmm"``
-    only (the NB methods ignore them); ``df`` to ``"lmm"`` and ``"nbmm"``;
+    ``transform``, ``moderate``, ``robust`` and ``trend`` apply to ``"lmm"``
+    only (the NB methods ignore them); ``reml`` and ``df`` to ``"lmm"`` and ``"nbmm"``;
     ``test`` applies to the NB methods only (an error with ``"lmm"``).
     transform : {"log2p1", "log1p", None}
         ``"lmm"`` only: applied to the counts on the fly. Values that are not counts (e.g. a
         log-normalised ``X``) give a :class:`LogTransformWarning`: pass ``layer=`` naming the
         raw counts, or ``transform=None``.
-    reml : bool
-        ``"lmm"`` only: REML (default) or ML.
+    reml : bool, optional
+        ``"lmm"``: REML (default) or ML. ``"nbmm"``: glmmTMB's REML (β integrated out with
+        the donor effects; better calibrated with few donors, about 15× slower) or ML
+        (default ``NBMM_REML_DEFAULT``); the LRT needs ML.
     df : str
         ``"lmm"``: denominator degrees of freedom, one of ``"auto"``, ``"kenward-roger"``,
         ``"satterthwaite"``, ``"residual"``, ``"between"`` (see :func:`pyflashmm.lmmtest`);
@@ -204,6 +208,10 @@ def de(
     """
     _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
                      chunk_size)  # fmt: skip
+    if reml is None:
+        reml = NBMM_REML_DEFAULT if method == "nbmm" else True
+    if not isinstance(reml, bool | np.bool_):
+        raise TypeError(f"reml must be True, False or None; got {reml!r}")
     if method == "lmm":
         # trend=None is lmmtest's default, decided on the fit; the types are checked now
         check_moderation_args(moderate, robust, False if trend is None else trend)
@@ -229,7 +237,7 @@ def de(
                                             reml, tests, chunk_size, progress, kwargs)  # fmt: skip
         elif method == "nbmm":
             table, dsg, used_test = _de_nbmm(cells, obs, fixed, random, contrast, test, df,
-                                             chunk_size, progress, kwargs)  # fmt: skip
+                                             reml, chunk_size, progress, kwargs)  # fmt: skip
         elif method == "nbglm":
             table, dsg, used_test = _de_cells(cells, obs, fixed, random, contrast, test,
                                               chunk_size, kwargs)  # fmt: skip
@@ -408,7 +416,7 @@ def _nonempty_cells(cells: CellData, obs: pd.DataFrame, chunk_size: int) -> None
         )
 
 
-def _de_nbmm(cells, obs, fixed, random, contrast, test, df, chunk_size, progress, kwargs):
+def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, progress, kwargs):
     if random is None:
         raise ValueError(
             "random: method='nbmm' needs the grouping of the cells into donors, e.g. "
@@ -430,17 +438,25 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, chunk_size, progress
     _check_counts(cells, "nbmm", kwargs.get("allow_non_integer", False))
     if isinstance(kwargs.get("size_factors", "poscounts"), str):
         _nonempty_cells(cells, obs, chunk_size)
-    groups = obs[cols].astype(str).agg(":".join, axis=1).to_numpy()
+    if test == "lrt" and reml:
+        raise ValueError(
+            "test='lrt' compares ML likelihoods: pass reml=False with method='nbmm' (REML "
+            "likelihoods of different fixed effects are not comparable)"
+        )
+    if len(cols) == 1:
+        groups = obs[cols[0]].astype(str).to_numpy()
+    else:  # an interaction grouping: one label per observed combination
+        groups = obs[cols].astype(str).agg(":".join, axis=1).to_numpy()
     counts = read_csr(cells, chunk_size)
     kwargs = dict(kwargs)
     if kwargs.get("n_agq") not in (None, 1):  # de's method= is taken: n_agq alone asks for AGQ
         kwargs["method"] = "agq"
     fit = nbmm(counts, dsg.X_frame(), groups, gene_names=cells.gene_names, progress=progress,
-               **kwargs)  # fmt: skip
+               reml=bool(reml), **kwargs)  # fmt: skip
     test = "wald" if test is None else test
     table = nbmm_test(fit, contrast, test=test, df=df,
                       progress=progress)  # fmt: skip
-    used = "lrt" if test == "lrt" else f"wald ({table.attrs['df']})"
+    used = "lrt" if test == "lrt" else f"wald ({table.attrs['df']})" + (", reml" if reml else "")
     return table, dsg, used
 
 
