@@ -213,17 +213,31 @@ def _gene_bounds(n_genes: int) -> np.ndarray:
     return np.linspace(0, n_genes, n_blocks + 1).round().astype(np.int64)
 
 
-#: memory for the per-block partial sums of the in-memory CSR pass
+#: memory for the leaves' partial sums computed at once by the in-memory CSR pass
 _PARTIALS_BUDGET = 256 * 2**20
 _MAX_CELL_BLOCKS = 16
 
 
-def _cell_bounds(n: int, G: int, P: int) -> np.ndarray:
-    """Fixed cell blocks for the in-memory CSR pass: as many as memory allows (≤ 16), each of at
-    least 4,096 cells; a function of the sizes only, never of the thread count."""
-    per_block = 8 * G * (P + 1)
-    n_blocks = min(_MAX_CELL_BLOCKS, max(1, _PARTIALS_BUDGET // per_block), max(1, n // 4096))
-    return np.linspace(0, n, n_blocks + 1).round().astype(np.int64)
+def _csr_in_memory(Y, G, P, w_indptr, w_indices, w_data, code, table):
+    """(WYt, Ynorm) of in-memory CSR Y: the leaves of :mod:`pyflashmm._distributed`, a batch
+    of them in parallel (as many as memory allows, ≤ 16), added in the fixed tree order, so
+    the result is bitwise that of the chunked and the distributed paths."""
+    n = Y.shape[0]
+    leaf = _dist.LEAF_CELLS
+    edges = np.append(np.arange(0, n, leaf, dtype=np.int64), np.int64(n))
+    n_leaves = edges.size - 1
+    batch = int(min(_MAX_CELL_BLOCKS, max(1, _PARTIALS_BUDGET // (8 * G * (P + 1)))))
+    tree = _dist.TreeSum(_dist.add_in_place)
+    for b0 in range(0, n_leaves, batch):
+        bounds = edges[b0 : min(n_leaves, b0 + batch) + 1]
+        k = bounds.size - 1
+        parts = np.zeros((k, G, P))
+        norms = np.zeros((k, G))
+        _k.csr_cell_block_partials(Y.indptr, Y.indices, Y.data, bounds, w_indptr, w_indices,
+                                   w_data, code, table, parts, norms)  # fmt: skip
+        for i in range(k):
+            tree.push((parts[i], norms[i]))
+    return tree.result()
 
 
 def _finish(Xd, Zs, WYt, Ynorm, n, d, names: _Names, gene_names, transform):
@@ -455,9 +469,9 @@ def summary_stats(
         address: on its workers. With a client, each chunk's statistics are computed by a
         worker (which reads the chunk from the file itself for backed ``.h5ad``/``.zarr``
         input) and the partial sums are added in the same fixed tree order as here, so the
-        result is bitwise the same as without Dask for the same chunks. In-memory CSR/CSC
-        input without a client is summed in one pass (not in ``chunk_size`` chunks), which
-        agrees with the chunked sums to rounding (about 1e-15 relative).
+        result is bitwise the same as without Dask, for any ``chunk_size`` and any number of
+        workers (in-memory CSC input without a client is summed gene by gene instead, which
+        agrees to rounding, about 1e-15 relative).
 
     Returns
     -------
@@ -510,18 +524,15 @@ def summary_stats(
     client, opened = _dist.resolve_client(scheduler)
     try:
         in_memory = client is None and sp.issparse(Y)
-        if in_memory:
-            WYt = np.zeros((G, p + q))
-            Ynorm = np.zeros(G)
         if in_memory and Y.format == "csr":
-            # the data are in memory already: one linear pass over fixed cell blocks, no chunks
-            _k.accumulate_csr_cell_blocks(
-                Y.indptr, Y.indices, Y.data, _cell_bounds(n, G, p + q), w_indptr, w_indices,
-                w_data, code, table, WYt, Ynorm,
-            )  # fmt: skip
+            # the data are in memory already: one linear pass per leaf, leaves in parallel
+            WYt, Ynorm = _csr_in_memory(Y, G, p + q, w_indptr, w_indices, w_data, code, table)
             return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
         if in_memory and Y.format == "csc":
-            # column-major data in memory: one pass over genes, no row slicing (no copy)
+            # column-major data in memory: one pass over genes, no row slicing (no copy); cells
+            # are added in order, not by leaves, so this agrees with the others to rounding
+            WYt = np.zeros((G, p + q))
+            Ynorm = np.zeros(G)
             _k.accumulate_csc(
                 Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, table, WYt, Ynorm
             )
