@@ -128,7 +128,8 @@ def _add_de(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=50_000, help="cells read at a time")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                    help="compute the summary statistics / pseudobulk sums on this Dask "
-                   "scheduler's workers (e.g. tcp://host:8786); results are bitwise the same")  # fmt: skip
+                   "scheduler's workers (e.g. tcp://host:8786); bitwise the same "
+                   "results")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="result CSV file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=_run_de)
