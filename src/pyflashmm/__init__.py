@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pyflashmm._contrasts import contrast_matrix
 from pyflashmm._design import Design, design
+from pyflashmm._distributed import ChunkError
 from pyflashmm._frontend.de import LogTransformWarning, PseudoreplicationWarning, de
 from pyflashmm._frontend.rank_genes_groups import to_rank_genes_groups
 from pyflashmm._lmm.fit import ConvergenceWarning, LmmFit, lmm, lmmfit, loglik_score
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STATUS_NAMES",
+    "ChunkError",
     "ConvergenceWarning",
     "Design",
     "LmmFit",

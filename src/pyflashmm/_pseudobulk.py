@@ -12,12 +12,15 @@ that a sample-level design can be built from it directly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pyflashmm import _distributed as _dist
 from pyflashmm._design import check_columns_exist, check_no_nan
-from pyflashmm._kernels.aggregate import add_rows_by_group_csr
+from pyflashmm._kernels.aggregate import add_rows_by_group_csr, add_rows_by_group_dense
 
 
 def _as_frame_by(by) -> list[str]:
@@ -96,7 +99,8 @@ def _check_chunk(block, start: int, allow_non_integer: bool) -> None:
 
 
 def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
-               allow_non_integer: bool = False, chunk_size: int = 10_000):  # fmt: skip
+               allow_non_integer: bool = False, chunk_size: int = 10_000,
+               scheduler=None):  # fmt: skip
     """Summed counts per group of cells and the group table.
 
     Parameters
@@ -116,7 +120,12 @@ def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
         Accept non-integer values (estimated counts); by default they are an error, since
         summing normalised or log-transformed values is not a pseudobulk.
     chunk_size : int
-        Cells per chunk when streaming.
+        Cells per chunk when streaming (a dask array is read in its own row chunks).
+    scheduler : None, False, str or dask.distributed.Client
+        Where the chunks are summed: ``None`` (default) on the active Dask client's workers if
+        there is one, else here; ``False`` here; a ``Client`` or a scheduler address on its
+        workers (which read backed ``.h5ad``/``.zarr`` counts from the file themselves). The
+        sums are bitwise the same either way (see :func:`pyflashmm.summary_stats`).
 
     Returns
     -------
@@ -143,12 +152,13 @@ def pseudobulk(data, obs=None, by=None, *, layer=None, gene_names=None,
         if layer is not None:
             raise ValueError("layer: only an AnnData has layers; pass the counts matrix itself")
     try:
-        return _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer)
+        with _dist.client_for(scheduler) as client:
+            return _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer, client)
     finally:
         cells.close()
 
 
-def _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer=False):
+def _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer=False, client=None):
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     n, G = cells.shape
@@ -158,37 +168,61 @@ def _pseudobulk(cells, by, gene_names, chunk_size, allow_non_integer=False):
     if len(genes) != G:
         raise ValueError(f"gene_names has {len(genes)} entries for {G} genes")
     lab, table = sample_table(cells.obs, by)
-    return sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer)
+    return sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer, client)
 
 
-def sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer=False):
-    """The summed counts of each group (groups × genes DataFrame) and the group table with
-    ``n_cells`` and ``libsize`` added, both indexed by sample name."""
-    counts = cells.counts
-    n, G = cells.shape
-    ng = len(table)
-    out = np.zeros((ng, G))
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        chunk = counts[start:stop]
-        if hasattr(chunk, "compute"):
-            chunk = chunk.compute()
+@dataclass(frozen=True)
+class _SumOp:
+    """The kernels of the pseudobulk sums for :func:`pyflashmm._distributed.sum_range`: a
+    leaf's partial sum is the groups × genes table from zero; args are the cells' groups."""
+
+    n_groups: int
+    G: int
+    allow_non_integer: bool
+
+    def prepare(self, chunk, start, stop):
         if sp.issparse(chunk):
             chunk = sp.csr_matrix(chunk)
             if not chunk.has_canonical_format:
                 chunk = chunk.copy()
                 chunk.sum_duplicates()
-            _check_chunk(chunk, start, allow_non_integer)
-            data = np.ascontiguousarray(chunk.data, dtype=np.float64)
-            add_rows_by_group_csr(out, data, chunk.indices, chunk.indptr, lab[start:stop])
         else:
             chunk = np.asarray(chunk)
-            _check_chunk(chunk, start, allow_non_integer)
-            ind = sp.csr_matrix(
-                (np.ones(stop - start), (lab[start:stop], np.arange(stop - start))),
-                shape=(ng, stop - start),
+        if chunk.shape != (stop - start, self.G):
+            raise ValueError(
+                f"counts[{start}:{stop}] has shape {chunk.shape}; expected {(stop - start, self.G)}"
             )
-            out += ind @ np.asarray(chunk, dtype=np.float64)
+        _check_chunk(chunk, start, self.allow_non_integer)
+        if sp.issparse(chunk):
+            chunk.data = np.ascontiguousarray(chunk.data, dtype=np.float64)
+            return chunk
+        return np.ascontiguousarray(chunk, dtype=np.float64)
+
+    def zeros(self):
+        return (np.zeros((self.n_groups, self.G)),)
+
+    def add(self, chunk, r0, r1, acc, lab, offset):
+        labs = lab[offset : offset + r1 - r0]
+        if sp.issparse(chunk):  # the kernel reads rows r0:r1 through their slice of indptr
+            add_rows_by_group_csr(acc[0], chunk.data, chunk.indices, chunk.indptr[r0 : r1 + 1],
+                                  labs)  # fmt: skip
+        else:
+            add_rows_by_group_dense(acc[0], chunk[r0:r1], labs)
+
+
+def sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer=False, client=None):
+    """The summed counts of each group (groups × genes DataFrame) and the group table with
+    ``n_cells`` and ``libsize`` added, both indexed by sample name.
+
+    The cells are summed leaf by leaf in the fixed tree order of
+    :mod:`pyflashmm._distributed`, here or (``client``) on Dask workers: bitwise the same."""
+    n, G = cells.shape
+    ng = len(table)
+    lab = np.asarray(lab, dtype=np.int64)
+    (out,) = _dist.chunk_sum(
+        _SumOp(ng, G, bool(allow_non_integer)), cells.counts, n, chunk_size,
+        lambda a, b: lab[a:b], client=client, where=cells.where,
+    )  # fmt: skip
     table = table.copy()
     table["n_cells"] = np.bincount(lab, minlength=ng)
     table["libsize"] = out.sum(axis=1)

@@ -133,6 +133,10 @@ def _add_de(subparsers) -> None:
                    help="nbmm: adaptive Gauss-Hermite quadrature with N >= 2 nodes (default: "
                    "Laplace, as glmmTMB)")  # fmt: skip
     p.add_argument("--chunk-size", type=int, default=50_000, help="cells read at a time")
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="compute the summary statistics / pseudobulk sums on this Dask "
+                   "scheduler's workers (e.g. tcp://host:8786); bitwise the same "
+                   "results")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="result CSV file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=_run_de)
@@ -203,6 +207,7 @@ def _run_de(args) -> int:
         test=args.test,
         chunk_size=args.chunk_size,
         progress=False if args.quiet else None,
+        scheduler=False if args.dask_scheduler is None else args.dask_scheduler,
         **({} if args.agq is None else {"n_agq": args.agq}),
     )
     table.to_csv(out, index=False)

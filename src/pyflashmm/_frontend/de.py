@@ -3,6 +3,7 @@ warnings and the scale of ``log_fc`` are in its docstring)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 
@@ -12,6 +13,7 @@ import pandas as pd
 from pyflashmm._checks import MissingColumnError
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._design import design, formula_columns, level_label, random_groupings
+from pyflashmm._distributed import client_for
 from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import DF_METHODS, lmmtest
@@ -67,6 +69,7 @@ def de(
     test: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
+    scheduler=None,
     **kwargs,
 ) -> pd.DataFrame:
     """Differential expression from an AnnData (or counts + obs) to a tidy result table.
@@ -176,9 +179,18 @@ def de(
         NB methods only: default ``"lrt"`` for ``"nbglm"`` (DESeq2's single-cell advice) and
         ``"wald"`` for pseudobulk and ``"nbmm"``.
     chunk_size : int
-        Cells per chunk when reading counts.
+        Cells per chunk when reading counts (a dask array of counts is read in its own row
+        chunks).
     progress : bool, optional
         Progress bars over cell chunks and gene blocks (default: shown for long runs).
+    scheduler : None, False, str or dask.distributed.Client
+        Where the summary statistics (``"lmm"``) and the pseudobulk sums (``"pseudobulk"``) are
+        computed: ``None`` (default) on the workers of the active Dask client if there is one,
+        else here; ``False`` here; a ``Client`` or a scheduler address on its workers. Workers
+        read backed ``.h5ad``/``.zarr`` counts from the file themselves. The results are
+        bitwise the same as without Dask. The model fits run here (the LMM fit works on the
+        small statistics; the NB fits of ``"nbglm"``, ``"nbmm"`` and the pseudobulk GLM are
+        not distributed).
     **kwargs
         Passed to :func:`pyflashmm.lmm`, :func:`pyflashmm.nbmm` or :func:`pyflashmm.nbglm`;
         for ``"nbmm"``, ``n_agq=k`` (k ≥ 2) fits by adaptive Gauss–Hermite quadrature.
@@ -221,6 +233,13 @@ def de(
             )
     cells = open_cells(data, layer)
     try:
+        stack = contextlib.ExitStack()
+        client = stack.enter_context(client_for(scheduler))
+        stack.callback(cells.close)
+    except BaseException:
+        cells.close()
+        raise
+    with stack:
         if cells.shape[0] != len(cells.obs):
             raise ValueError(
                 f"data: counts have {cells.shape[0]} cells but obs has {len(cells.obs)} rows"
@@ -234,7 +253,8 @@ def de(
         if method == "lmm":
             tests = {"df": df, "moderate": moderate, "robust": robust, "trend": trend}
             table, dsg, used_test = _de_lmm(cells, obs, fixed, random, contrast, transform,
-                                            reml, tests, chunk_size, progress, kwargs)  # fmt: skip
+                                            reml, tests, chunk_size, progress, kwargs,
+                                            client)  # fmt: skip
         elif method == "nbmm":
             table, dsg, used_test = _de_nbmm(cells, obs, fixed, random, contrast, test, df,
                                              reml, chunk_size, progress, kwargs)  # fmt: skip
@@ -244,9 +264,7 @@ def de(
         else:
             table, dsg, used_test = _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type,
                                                    per_cell_type, test, chunk_size,
-                                                   kwargs)  # fmt: skip
-    finally:
-        cells.close()
+                                                   kwargs, client)  # fmt: skip
     table.attrs.update(
         {
             "method": method,
@@ -366,7 +384,7 @@ def _check_counts(cells: CellData, method: str, allow_non_integer: bool) -> None
 
 
 def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_size, progress,
-            kwargs):  # fmt: skip
+            kwargs, client=None):  # fmt: skip
     if random is None:
         raise ValueError(
             "random: method='lmm' needs the grouping of the cells into donors (samples), e.g. "
@@ -394,7 +412,8 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
                 stacklevel=3,
             )
     stats = summary_stats(cells.counts, dsg, transform=transform, chunk_size=chunk_size,
-                          gene_names=cells.gene_names, progress=progress)  # fmt: skip
+                          gene_names=cells.gene_names, progress=progress,
+                          scheduler=False if client is None else client)  # fmt: skip
     fit = lmm(stats, method="REML" if reml else "ML", progress=progress, **kwargs)
     table = lmmtest(fit, contrast, **tests)
     trended = any(table.attrs.get("moderation", {}).get("trend", []))
@@ -482,7 +501,7 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
 
 
 def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type, test,
-                   chunk_size, kwargs):  # fmt: skip
+                   chunk_size, kwargs, client=None):  # fmt: skip
     if random is None:
         raise ValueError(
             "random: method='pseudobulk' sums the counts of each sample; name the sample "
@@ -533,7 +552,7 @@ def _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type, per_cell_type
             stacklevel=3,
         )
     summed, groups = sum_counts(cells, lab, groups, by, cells.gene_names, chunk_size,
-                                kwargs.get("allow_non_integer", False))  # fmt: skip
+                                kwargs.get("allow_non_integer", False), client)  # fmt: skip
     if not per_type:
         table, used_test = _nb_fit_test(summed, dsg_all, contrast, None,
                                         dict(kwargs, test=test), "pseudobulk samples")  # fmt: skip

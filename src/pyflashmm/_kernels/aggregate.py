@@ -21,6 +21,16 @@ def add_rows_by_group_csr(out, data, indices, indptr, lab):
             out[g, indices[k]] += data[k]
 
 
+@njit
+def add_rows_by_group_dense(out, block, lab):
+    """out[lab[c], :] += block[c, :] for every row c of a dense chunk (in place), row after row,
+    so the sums round exactly as the CSR kernel's (and do not depend on where chunks end)."""
+    for c in range(block.shape[0]):
+        g = lab[c]
+        for j in range(block.shape[1]):
+            out[g, j] += block[c, j]
+
+
 @njit(parallel=True)
 def csr_rows_dense(indptr, indices, data, rows, n_cols):
     """Rows ``rows`` of a CSR matrix as a dense float64 array (len(rows) × ``n_cols``).

@@ -91,20 +91,16 @@ def accumulate_csr(
 
 
 @njit(parallel=True)
-def accumulate_csr_cell_blocks(
-    indptr, indices, data, cell_bounds, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm
+def csr_cell_block_partials(
+    indptr, indices, data, cell_bounds, w_indptr, w_indices, w_data, transform, table, parts, norms
 ):
-    """Add the statistics of CSR rows, each fixed block of cells into its own partial sums.
+    """The statistics of each fixed block of CSR rows, into its own zeroed partial sums.
 
     Block b scans rows ``cell_bounds[b]:cell_bounds[b+1]`` linearly (contiguous memory) into
-    private accumulators; the partials are then added into ``WYt``/``Ynorm`` gene by gene in
-    block order. The blocks depend only on the data size, never on the thread count, so the
-    result is bit-identical for any number of threads.
+    ``parts[b]``/``norms[b]``, blocks in parallel; the caller adds the partials in a fixed
+    order, so the result is bit-identical for any number of threads.
     """
     n_blocks = cell_bounds.shape[0] - 1
-    G, P = WYt.shape
-    parts = np.zeros((n_blocks, G, P))
-    norms = np.zeros((n_blocks, G))
     for b in prange(n_blocks):
         part = parts[b]
         norm = norms[b]
@@ -112,11 +108,6 @@ def accumulate_csr_cell_blocks(
             for k in range(indptr[i], indptr[i + 1]):
                 y = _apply(data[k], transform, table)
                 _add_cell_gene(indices[k], i, y, w_indptr, w_indices, w_data, part, norm)
-    for g in prange(G):
-        for b in range(n_blocks):
-            for c in range(P):
-                WYt[g, c] += parts[b, g, c]
-            Ynorm[g] += norms[b, g]
 
 
 @njit(parallel=True)

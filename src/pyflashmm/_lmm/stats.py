@@ -28,7 +28,6 @@ O(chunk + (p + q)·G).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +36,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from pyflashmm import _checks
+from pyflashmm import _distributed as _dist
 from pyflashmm._design import Design
 from pyflashmm._kernels import sumstats as _k
 
@@ -213,17 +213,31 @@ def _gene_bounds(n_genes: int) -> np.ndarray:
     return np.linspace(0, n_genes, n_blocks + 1).round().astype(np.int64)
 
 
-#: memory for the per-block partial sums of the in-memory CSR pass
+#: memory for the leaves' partial sums computed at once by the in-memory CSR pass
 _PARTIALS_BUDGET = 256 * 2**20
 _MAX_CELL_BLOCKS = 16
 
 
-def _cell_bounds(n: int, G: int, P: int) -> np.ndarray:
-    """Fixed cell blocks for the in-memory CSR pass: as many as memory allows (≤ 16), each of at
-    least 4,096 cells; a function of the sizes only, never of the thread count."""
-    per_block = 8 * G * (P + 1)
-    n_blocks = min(_MAX_CELL_BLOCKS, max(1, _PARTIALS_BUDGET // per_block), max(1, n // 4096))
-    return np.linspace(0, n, n_blocks + 1).round().astype(np.int64)
+def _csr_in_memory(Y, G, P, w_indptr, w_indices, w_data, code, table):
+    """(WYt, Ynorm) of in-memory CSR Y: the leaves of :mod:`pyflashmm._distributed`, a batch
+    of them in parallel (as many as memory allows, ≤ 16), added in the fixed tree order, so
+    the result is bitwise that of the chunked and the distributed paths."""
+    n = Y.shape[0]
+    leaf = _dist.LEAF_CELLS
+    edges = np.append(np.arange(0, n, leaf, dtype=np.int64), np.int64(n))
+    n_leaves = edges.size - 1
+    batch = int(min(_MAX_CELL_BLOCKS, max(1, _PARTIALS_BUDGET // (8 * G * (P + 1)))))
+    tree = _dist.TreeSum(_dist.add_in_place)
+    for b0 in range(0, n_leaves, batch):
+        bounds = edges[b0 : min(n_leaves, b0 + batch) + 1]
+        k = bounds.size - 1
+        parts = np.zeros((k, G, P))
+        norms = np.zeros((k, G))
+        _k.csr_cell_block_partials(Y.indptr, Y.indices, Y.data, bounds, w_indptr, w_indices,
+                                   w_data, code, table, parts, norms)  # fmt: skip
+        for i in range(k):
+            tree.push((parts[i], norms[i]))
+    return tree.result()
 
 
 def _finish(Xd, Zs, WYt, Ynorm, n, d, names: _Names, gene_names, transform):
@@ -371,6 +385,42 @@ def _check_transform(transform, Y) -> int:
     return _k.TRANSFORM_CODES[transform]
 
 
+@dataclass(frozen=True)
+class _StatsOp:
+    """The kernels of the summary statistics for :func:`pyflashmm._distributed.sum_range`: a
+    leaf's partial sum is (WYt, Ynorm) from zero; args are the cells' rows of W = [X | Z]."""
+
+    G: int
+    P: int
+    code: int
+    check_finite: bool
+
+    def prepare(self, block, start, stop):
+        block, kind = _as_cell_chunk(block)
+        if block.shape != (stop - start, self.G):
+            raise ValueError(
+                f"Y[{start}:{stop}] has shape {block.shape}; expected {(stop - start, self.G)}"
+            )
+        if self.check_finite:
+            _checks.check_finite(f"Y (cells {start}:{stop})", block)
+        return block.tocsr() if kind == "csc" else block  # rows of a backed CSC chunk
+
+    def zeros(self):
+        return np.zeros((self.G, self.P)), np.zeros(self.G)
+
+    def add(self, block, r0, r1, acc, args, offset):
+        w_indptr, w_indices, w_data = args
+        wi = w_indptr[offset : offset + r1 - r0 + 1]  # offsets into w_indices stay absolute
+        table = _k.transform_table(self.code)
+        bounds = _gene_bounds(self.G)
+        if sp.issparse(block):  # the kernel reads rows r0:r1 through their slice of indptr
+            _k.accumulate_csr(block.indptr[r0 : r1 + 1], block.indices, block.data, bounds, wi,
+                              w_indices, w_data, self.code, table, *acc)  # fmt: skip
+        else:
+            _k.accumulate_dense(block[r0:r1], bounds, wi, w_indices, w_data, self.code, table,
+                                *acc)  # fmt: skip
+
+
 def summary_stats(
     Y,
     X,
@@ -381,6 +431,7 @@ def summary_stats(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     gene_names=None,
     progress: bool | None = None,
+    scheduler=None,
 ) -> SummaryStats:
     """Compute the LMM summary statistics of Y in one pass over cell chunks.
 
@@ -405,11 +456,22 @@ def summary_stats(
     transform : {None, "log1p", "log2p1"}
         Applied on the fly to every stored value: ``log(1 + y)`` or ``log2(1 + y)``.
     chunk_size : int
-        Cells per chunk; bounds the extra memory for dense and backed input.
+        Cells per chunk; bounds the extra memory for dense and backed input. A dask array is
+        read in its own row chunks instead.
     gene_names : sequence of str, optional
         Default: a DataFrame's columns or ``gene0, gene1, ...``.
     progress : bool, optional
-        Show a progress bar over chunks (default: when there are more than 4 chunks).
+        Show a progress bar over chunks (default: when there are more than 4 chunks; one
+        process only).
+    scheduler : None, False, str or dask.distributed.Client
+        Where the chunks are computed. ``None`` (default): on the workers of the active Dask
+        client if there is one, else here; ``False``: here; a ``Client`` or a scheduler
+        address: on its workers. With a client, each chunk's statistics are computed by a
+        worker (which reads the chunk from the file itself for backed ``.h5ad``/``.zarr``
+        input) and the partial sums are added in the same fixed tree order as here, so the
+        result is bitwise the same as without Dask, for any ``chunk_size`` and any number of
+        workers (in-memory CSC input without a client is summed gene by gene instead, which
+        agrees to rounding, about 1e-15 relative).
 
     Returns
     -------
@@ -422,6 +484,8 @@ def summary_stats(
         of real numbers.
     ValueError
         Shapes that do not match, NaN/Inf in Y, X or Z, a transform of values ≤ −1.
+    pyflashmm.ChunkError
+        A chunk of Y could not be read (a damaged file, a failing dask block); names its rows.
 
     Examples
     --------
@@ -451,54 +515,45 @@ def summary_stats(
     w_indptr = W.indptr.astype(np.int64)
     w_indices = W.indices.astype(np.int64)
     w_data = W.data.astype(np.float64)
-    WYt = np.zeros((G, p + q))
-    Ynorm = np.zeros(G)
-    bounds = _gene_bounds(G)
 
     if sp.issparse(Y) and Y.format not in ("csr", "csc"):
         Y = Y.tocsr()  # COO, LIL, ...: one conversion (CSR and CSC are used as they are)
     if sp.issparse(Y) and not Y.has_canonical_format:
         Y = Y.copy()  # duplicate entries must be summed before the transform and the squares
         Y.sum_duplicates()
-    in_memory_csr = sp.issparse(Y) and Y.format == "csr"
-    if in_memory_csr:
-        # the data are in memory already: one linear pass over fixed cell blocks, no chunks
-        _k.accumulate_csr_cell_blocks(
-            Y.indptr, Y.indices, Y.data, _cell_bounds(n, G, p + q), w_indptr, w_indices, w_data,
-            code, table, WYt, Ynorm,
-        )  # fmt: skip
-        return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
-    if sp.issparse(Y) and Y.format == "csc":
-        # column-major data in memory: one pass over genes, no row slicing (no copy)
-        _k.accumulate_csc(
-            Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, table, WYt, Ynorm
-        )
-        return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
-    n_chunks = math.ceil(n / chunk_size)
-    show = n_chunks > 4 if progress is None else bool(progress)
-    chunks = range(0, n, chunk_size)
-    for start in tqdm(chunks, total=n_chunks, disable=not show, desc="summary stats", unit="chunk"):
-        stop = min(n, start + chunk_size)
-        wi = w_indptr[start : stop + 1]  # absolute offsets into the full W arrays
-        block, kind = _as_cell_chunk(Y[start:stop])
-        if block.shape != (stop - start, G):
-            raise ValueError(
-                f"Y[{start}:{stop}] has shape {block.shape}; expected {(stop - start, G)}"
-            )
-        if not (isinstance(Y, np.ndarray) or sp.issparse(Y)):
-            _checks.check_finite(f"Y (cells {start}:{stop})", block)
-        wi = wi - wi[0]
-        wj = w_indices[w_indptr[start] : w_indptr[stop]]
-        wv = w_data[w_indptr[start] : w_indptr[stop]]
-        if kind == "csr":
-            _k.accumulate_csr(
-                block.indptr, block.indices, block.data, bounds, wi, wj, wv, code, table, WYt, Ynorm
-            )
-        elif kind == "csc":  # a backed CSC chunk
+    client, opened = _dist.resolve_client(scheduler)
+    try:
+        in_memory = client is None and sp.issparse(Y)
+        if in_memory and Y.format == "csr":
+            # the data are in memory already: one linear pass per leaf, leaves in parallel
+            WYt, Ynorm = _csr_in_memory(Y, G, p + q, w_indptr, w_indices, w_data, code, table)
+            return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
+        if in_memory and Y.format == "csc":
+            # column-major data in memory: one pass over genes, no row slicing (no copy); cells
+            # are added in order, not by leaves, so this agrees with the others to rounding
+            WYt = np.zeros((G, p + q))
+            Ynorm = np.zeros(G)
             _k.accumulate_csc(
-                block.indptr, block.indices, block.data, wi, wj, wv, code, table, WYt, Ynorm
+                Y.indptr, Y.indices, Y.data, w_indptr, w_indices, w_data, code, table, WYt, Ynorm
             )
-        else:
-            _k.accumulate_dense(block, bounds, wi, wj, wv, code, table, WYt, Ynorm)
+            return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)
+        n_reads = len(_dist.row_chunks(Y, n, chunk_size))
+        show = n_reads > 4 if progress is None else bool(progress)
+        check = not (isinstance(Y, np.ndarray) or sp.issparse(Y))
 
+        def args_of(start, stop):
+            # the cells' rows of W = [X | Z], with offsets from 0
+            lo, hi = w_indptr[start], w_indptr[stop]
+            return w_indptr[start : stop + 1] - lo, w_indices[lo:hi], w_data[lo:hi]
+
+        def bar(it):
+            return tqdm(it, total=n_reads, disable=not show, desc="summary stats", unit="chunk")
+
+        WYt, Ynorm = _dist.chunk_sum(
+            _StatsOp(G, p + q, code, check), Y, n, chunk_size, args_of, client=client,
+            progress=bar, where="Y",
+        )  # fmt: skip
+    finally:
+        if opened:
+            client.close()
     return _finish(Xd, Zs, WYt, Ynorm, n, d_arr, names, gene_names, transform)

@@ -1,0 +1,207 @@
+"""Summary statistics, pseudobulk sums and de() on a Dask cluster: bitwise the single-process
+results, chunk retries after a worker dies, and damaged chunks named by their rows."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+
+import pyflashmm as fm  # noqa: E402
+from pyflashmm import _distributed as _dist  # noqa: E402
+from pyflashmm.cli import main  # noqa: E402
+
+N_CELLS = 5 * _dist.LEAF_CELLS + 123  # several leaves and a short last one
+N_GENES = 40
+FIXED = "~ 0 + cell_type + cell_type:condition"
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """Counts (CSR), obs (donor_id, cell_type, condition) and the .h5ad holding them."""
+    import anndata
+
+    rng = np.random.default_rng(11)
+    donors = np.array([f"D{i:02d}" for i in range(8)])
+    donor = rng.integers(0, 8, N_CELLS)
+    obs = pd.DataFrame(
+        {
+            "donor_id": pd.Categorical(donors[donor]),
+            "cell_type": pd.Categorical(rng.choice(["B", "CD4 T", "NK"], N_CELLS)),
+            "condition": pd.Categorical(np.where(donor < 4, "ctrl", "stim")),
+        },
+        index=[f"cell{i}" for i in range(N_CELLS)],
+    )
+    mu = rng.gamma(1.0, 1.5, N_GENES) * rng.gamma(5.0, 0.2, (8, 1))[donor]
+    counts = sp.csr_matrix(rng.poisson(mu).astype(np.float32))
+    adata = anndata.AnnData(
+        X=counts.copy(),
+        obs=obs,
+        var=pd.DataFrame(index=[f"GENE{j}" for j in range(N_GENES)]),
+        layers={"counts": counts},
+    )
+    path = tmp_path_factory.mktemp("atlas") / "atlas.h5ad"
+    adata.write_h5ad(path)
+    return counts, obs, path
+
+
+def _stats_equal(a, b):
+    for attr in ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"):
+        assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr
+
+
+def test_tree_sum_is_the_same_tree_for_any_grouping():
+    """Tasks of 2**j aligned leaves (and a tail) give the leaf-by-leaf tree's result bitwise."""
+    rng = np.random.default_rng(0)
+    leaves = [(v,) for v in rng.normal(size=(37, 5)) * 10.0 ** rng.integers(-8, 8, (37, 1))]
+    ref = _dist.TreeSum(_dist.add_new)
+    for leaf in leaves:
+        ref.push(leaf)
+    ref = ref.result()[0]
+    for level in range(4):
+        size = 1 << level
+        tree = _dist.TreeSum(_dist.add_new)
+        groups = [leaves[a : a + size] for a in range(0, len(leaves), size)]
+        tail = None
+        for g in groups:
+            sub = _dist.TreeSum(_dist.add_new)
+            for leaf in g:
+                sub.push(leaf)
+            if len(g) == size:
+                tree.push(sub.result(), level)
+            else:
+                tail = sub.result()
+        assert np.array_equal(tree.result(tail)[0], ref)
+
+
+def test_summary_stats_bitwise(client, atlas):
+    counts, obs, path = atlas
+    dsg = fm.design(obs, FIXED, random="(1 | donor_id)")
+    import anndata
+
+    backed = anndata.read_h5ad(path, backed="r")
+    try:
+        ref = fm.summary_stats(backed.X, dsg, transform="log2p1", scheduler=False)
+        # the file read by the workers, task sizes of 1 and 2 leaves
+        for chunk_size in (_dist.LEAF_CELLS, 2 * _dist.LEAF_CELLS + 7):
+            got = fm.summary_stats(backed.X, dsg, transform="log2p1", chunk_size=chunk_size)
+            _stats_equal(got, ref)
+    finally:
+        backed.file.close()
+    # in memory (scattered), in-memory CSR without Dask, a dask array of CSR chunks
+    _stats_equal(fm.summary_stats(counts, dsg, transform="log2p1", scheduler=client), ref)
+    _stats_equal(fm.summary_stats(counts, dsg, transform="log2p1", scheduler=False), ref)
+    lazy = da.from_array(counts, chunks=(3001, N_GENES), asarray=False)
+    _stats_equal(fm.summary_stats(lazy, dsg, transform="log2p1"), ref)
+    _stats_equal(fm.summary_stats(lazy, dsg, transform="log2p1", scheduler=False), ref)
+    # a chunk size off the leaves: still bitwise (each leaf is summed from zero in cell order)
+    _stats_equal(fm.summary_stats(counts.toarray(), dsg, transform="log2p1", chunk_size=999,
+                                  scheduler=False), ref)  # fmt: skip
+
+
+def test_pseudobulk_bitwise(client, atlas):
+    counts, obs, path = atlas
+    by = ["donor_id", "cell_type"]
+    ref, ref_groups = fm.pseudobulk(str(path), by=by, layer="counts", scheduler=False)
+    got, groups = fm.pseudobulk(str(path), by=by, layer="counts", scheduler=client)
+    assert np.array_equal(got.to_numpy(), ref.to_numpy())
+    pd.testing.assert_frame_equal(groups, ref_groups)
+    lazy = da.from_array(counts, chunks=(4000, N_GENES), asarray=False)
+    got, _ = fm.pseudobulk(lazy, obs, by=by)
+    assert np.array_equal(got.to_numpy(), ref.to_numpy())
+    # non-integer values: the order of the additions matters, and is the same
+    frac = counts.multiply(np.float32(0.37)).tocsr()
+    one, _ = fm.pseudobulk(frac, obs, by=by, allow_non_integer=True, scheduler=False)
+    two, _ = fm.pseudobulk(frac, obs, by=by, allow_non_integer=True, scheduler=client)
+    assert np.array_equal(one.to_numpy(), two.to_numpy())
+
+
+@pytest.mark.parametrize("method", ["lmm", "pseudobulk"])
+def test_de_bitwise(client, atlas, method):
+    _, _, path = atlas
+    kw = {"fixed": "~ condition", "random": "donor_id", "contrast": "conditionstim",
+          "layer": "counts", "method": method}  # fmt: skip
+    if method == "lmm":
+        kw.update(fixed=FIXED, contrast={"stim_B": "cell_typeB:conditionstim"})
+    else:
+        kw.update(cell_type="cell_type")
+    ref = fm.de(str(path), scheduler=False, **kw)
+    got = fm.de(str(path), **kw)  # the active client
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+
+
+def _kill_once(block, marker):
+    """A chunk loader that kills its own worker process the first time it runs."""
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("killed")
+        os.kill(os.getpid(), 9)
+    return block
+
+
+def test_worker_death_is_retried(client, atlas, tmp_path):
+    counts, obs, _ = atlas
+    dsg = fm.design(obs, FIXED, random="(1 | donor_id)")
+    ref = fm.summary_stats(counts, dsg, transform="log1p", scheduler=False)
+    marker = str(tmp_path / "killed")
+    lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
+    lazy = lazy.map_blocks(_kill_once, marker, dtype=counts.dtype, meta=counts[:0])
+    got = fm.summary_stats(lazy, dsg, transform="log1p", scheduler=client)
+    assert os.path.exists(marker)  # a worker did die
+    _stats_equal(got, ref)
+    client.wait_for_workers(2, timeout=30)
+
+
+def _fail_rows(block, block_info=None):
+    if block_info[0]["array-location"][0][0] == 2 * 4096:
+        raise OSError("Can't synchronously read data (inflate() failed)")
+    return block
+
+
+def test_failing_chunk_is_named(client, atlas):
+    counts, obs, _ = atlas
+    dsg = fm.design(obs, FIXED, random="(1 | donor_id)")
+    lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
+    lazy = lazy.map_blocks(_fail_rows, dtype=counts.dtype, meta=counts[:0])
+    # the task of cells 8192:12288 holds the failing block
+    with pytest.raises(fm.ChunkError, match=r"cells 8192:12288 of the dask array .*inflate"):
+        fm.summary_stats(lazy, dsg, chunk_size=4096, scheduler=client)
+    with pytest.raises(fm.ChunkError, match=r"cells 8192:12288 of Y .*inflate"):
+        fm.summary_stats(lazy, dsg, scheduler=False)
+
+
+def test_damaged_file_fails_cleanly(client, atlas, tmp_path):
+    """Cells whose stored values were lost: the CLI names the rows and writes no output."""
+    import h5py
+
+    _, _, path = atlas
+    damaged = tmp_path / "damaged.h5ad"
+    damaged.write_bytes(path.read_bytes())
+    with h5py.File(damaged, "r+") as f:
+        indptr = f["layers/counts/indptr"][:]
+        data = f["layers/counts/data"][:]
+        data[indptr[3 * 4096] : indptr[3 * 4096 + 10]] = np.nan  # a truncated write
+        del f["layers/counts/data"]
+        f["layers/counts/data"] = data
+    out = tmp_path / "result.csv"
+    address = client.scheduler.address
+    argv = ["de", str(damaged), "--fixed", "~ condition", "--random", "donor_id",
+            "--contrast", "conditionstim", "--layer", "counts", "--method", "pseudobulk",
+            "--dask-scheduler", address, "-o", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert not out.exists()
