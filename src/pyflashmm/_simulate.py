@@ -33,7 +33,8 @@ sign under ``direction="both"``. The mean log library size is taken over the sim
 
 Variables: ``mu``/``size`` = μ_g/size_g, ``random_effects`` = b (subjects × genes),
 ``libsize`` = L_c, ``beta`` = β_g. Counts are built in Numba (``_kernels/simulate.py``), in
-cell blocks with their own seeds, as a CSR matrix whose size is O(nnz).
+cell blocks with their own seeds, as a CSR matrix whose size is O(nnz), or written a wave of
+blocks at a time to an AnnData store (``out=``; ``_simulate_store.py``) with the same counts.
 """
 
 from __future__ import annotations

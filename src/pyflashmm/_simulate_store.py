@@ -88,7 +88,10 @@ class CountsStore:
     """
 
     def __init__(self, path: Path, skeleton: anndata.AnnData):
-        from anndata.io import write_elem
+        try:
+            from anndata.io import write_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import write_elem
 
         self.path = path
         self.n_cells, self.n_genes = skeleton.shape
