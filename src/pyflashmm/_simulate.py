@@ -402,8 +402,8 @@ def _simulate_counts(
     With ``sink``, nothing is returned: each wave of blocks (``wave_blocks`` at most, default
     as many as the scratch budget allows) is handed over as ``sink(r0, r1, ends, indices,
     data)`` for cells ``r0:r1``, in order, where ``ends[i]`` counts the wave's non-zeros up to
-    the end of cell ``r0 + i``; its arrays are reused afterwards. Memory is then O(cells +
-    one wave), and the counts are those of the in-memory result (block b is drawn from
+    the end of cell ``r0 + i`` (``ends`` is a view: copy what is kept). Memory is then
+    O(cells + one wave), and the counts are those of the in-memory result (block b is drawn from
     ``seeds[b]`` alone, whatever the wave it is in).
     """
     G = M.shape[0]
@@ -459,7 +459,7 @@ def _simulate_counts(
     cnt = np.zeros(n, dtype=np.int64)
 
     if sink is not None:
-        # per-wave output only; positions are wave-local, so int32 indices always fit
+        # only one wave's output is allocated at a time (in ``_wave_to_sink``)
         capacity, idx_dtype = 0, np.int32
     else:
         capacity = output_capacity or int(1.05 * est + 8.0 * np.sqrt(est) + 1024)
