@@ -33,14 +33,16 @@ sign under ``direction="both"``. The mean log library size is taken over the sim
 
 Variables: ``mu``/``size`` = μ_g/size_g, ``random_effects`` = b (subjects × genes),
 ``libsize`` = L_c, ``beta`` = β_g. Counts are built in Numba (``_kernels/simulate.py``), in
-cell blocks with their own seeds, as a CSR matrix whose size is O(nnz).
+cell blocks with their own seeds, as a CSR matrix whose size is O(nnz), or written a wave of
+blocks at a time to an AnnData store (``out=``; ``_simulate_store.py``) with the same counts.
 """
 
 from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +51,7 @@ import scipy.sparse as sp
 
 from pyflashmm._jit import num_threads, numba_parallel_only
 from pyflashmm._kernels import simulate as _ks
+from pyflashmm._simulate_store import CountsStore, check_out, remove_store
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -103,9 +106,12 @@ class SimulatedData:
         b_gs, subjects × genes.
     random_effects_subject_cluster : pandas.DataFrame or None
         u_gsk, (subject, cluster) pairs × genes, when ``var_subject_cluster > 0``.
+    path : pathlib.Path or None
+        The store the counts were written to (``simulate_rnaseq(..., out=path)``); then
+        ``counts`` is None and everything else is held as usual.
     """
 
-    counts: sp.csr_matrix
+    counts: sp.csr_matrix | None
     obs: pd.DataFrame
     var: pd.DataFrame
     de_genes: pd.DataFrame
@@ -113,6 +119,7 @@ class SimulatedData:
     treatment: str
     random_effects: pd.DataFrame
     random_effects_subject_cluster: pd.DataFrame | None = None
+    path: Path | None = None
 
     @property
     def gene_names(self) -> pd.Index:
@@ -120,7 +127,11 @@ class SimulatedData:
         return self.var.index
 
     def to_anndata(self) -> anndata.AnnData:
-        """An :class:`anndata.AnnData` (X = counts, obs, var; truth in ``uns``/``varm``)."""
+        """An :class:`anndata.AnnData` (X = counts, obs, var; truth in ``uns``/``varm``).
+
+        For a result written to a store (``counts`` is None), X is None: read the store with
+        ``anndata.read_zarr`` / ``anndata.read_h5ad`` (or backed) for the counts.
+        """
         import anndata
 
         uns: dict[str, Any] = {
@@ -139,7 +150,18 @@ class SimulatedData:
         return anndata.AnnData(X=self.counts, obs=self.obs, var=var, uns=uns, varm=varm)
 
     def write_h5ad(self, path, **kwargs) -> None:
-        """Write :meth:`to_anndata` to ``path`` (keyword arguments go to ``AnnData.write_h5ad``)."""
+        """Write :meth:`to_anndata` to ``path`` (keyword arguments go to ``AnnData.write_h5ad``).
+
+        Raises
+        ------
+        ValueError
+            The counts are not held (they were written to :attr:`path`).
+        """
+        if self.counts is None:
+            raise ValueError(
+                f"the counts were written to {str(self.path)!r} and are not held; "
+                "read or copy that store instead"
+            )
         self.to_anndata().write_h5ad(path, **kwargs)
 
 
@@ -364,7 +386,9 @@ def _simulate_counts(
     output_capacity: int | None = None,
     dense_buffer: bool | None = None,
     fine_grid: bool | None = None,
-) -> sp.csr_matrix:
+    sink=None,
+    wave_blocks: int | None = None,
+) -> sp.csr_matrix | None:
     """NB counts y_cg ~ NB(M[g, h_c] f_c (× de_mult[g] in DE cells), size_g) as CSR.
 
     ``M`` is genes × groups; DE gene g (``de_cls[g] >= 0``) gets the factor ``de_mult[g]`` in
@@ -374,6 +398,13 @@ def _simulate_counts(
     the output is expected to be dense and a block's rows × genes buffer is small) draws each
     block into a dense buffer that is then compressed straight into the CSR arrays, instead of
     the scratch buffers of non-zeros. None of them changes the output (the draws are the same).
+
+    With ``sink``, nothing is returned: each wave of blocks (``wave_blocks`` at most, default
+    as many as the scratch budget allows) is handed over as ``sink(r0, r1, ends, indices,
+    data)`` for cells ``r0:r1``, in order, where ``ends[i]`` counts the wave's non-zeros up to
+    the end of cell ``r0 + i`` (``ends`` is a view: copy what is kept). Memory is then
+    O(cells + one wave), and the counts are those of the in-memory result (block b is drawn from
+    ``seeds[b]`` alone, whatever the wave it is in).
     """
     G = M.shape[0]
     n = cell_h.shape[0]
@@ -420,13 +451,19 @@ def _simulate_counts(
     else:
         slots = int(min(n_blocks, max(2 * threads, 1), max(scratch_entries // cap, 1)))
         dbuf = np.empty((1, 1), dtype=np.uint16)
+    if wave_blocks is not None:
+        slots = max(1, min(slots, int(wave_blocks)))
     srow, sgene, sval = _scratch_buffers(slots, cap)
     used = np.zeros(slots, dtype=np.int64)
     clipped = np.zeros(slots, dtype=np.uint8)
     cnt = np.zeros(n, dtype=np.int64)
 
-    capacity = output_capacity or int(1.05 * est + 8.0 * np.sqrt(est) + 1024)
-    idx_dtype = np.int32 if max(capacity, n, G) < 2**31 - 1 else np.int64
+    if sink is not None:
+        # only one wave's output is allocated at a time (in ``_wave_to_sink``)
+        capacity, idx_dtype = 0, np.int32
+    else:
+        capacity = output_capacity or int(1.05 * est + 8.0 * np.sqrt(est) + 1024)
+        idx_dtype = np.int32 if max(capacity, n, G) < 2**31 - 1 else np.int64
     indptr = np.zeros(n + 1, dtype=np.int64)
     indices = np.empty(capacity, dtype=idx_dtype)
     data = np.empty(capacity, dtype=np.int32)
@@ -457,6 +494,10 @@ def _simulate_counts(
             cap = int(1.25 * need)
             srow = sgene = sval = None
             srow, sgene, sval = _scratch_buffers(slots, cap)
+        if sink is not None:
+            _wave_to_sink(sink, blocks, block_ptr, used, cnt, srow, sgene, sval, dense_buffer,
+                          dbuf, G, pinv if dense_buffer else None, indptr)  # fmt: skip
+            continue
         base = total + np.concatenate(([0], np.cumsum(used[: k - 1])))
         total += int(used[:k].sum())
         if total > capacity:  # realloc: large blocks are remapped, not copied
@@ -470,6 +511,8 @@ def _simulate_counts(
                 blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
             )
     del srow, sgene, sval, dbuf
+    if sink is not None:
+        return None
     indices.resize(total, refcheck=False)
     data.resize(total, refcheck=False)
     if total >= 2**31 - 1 and indices.dtype != np.int64:
@@ -477,6 +520,53 @@ def _simulate_counts(
     indptr = indptr.astype(indices.dtype, copy=False)
     # indices and indptr share one dtype, so the constructor keeps the arrays (no copy)
     return sp.csr_matrix((data, indices, indptr), shape=(n, G), copy=False)
+
+
+def _wave_to_sink(sink, blocks, block_ptr, used, cnt, srow, sgene, sval, dense, dbuf, G, pinv,
+                  indptr) -> None:  # fmt: skip
+    """Compress one wave of blocks into fresh CSR arrays and hand them to ``sink``."""
+    k = blocks.size
+    base = np.concatenate(([0], np.cumsum(used[: k - 1])))
+    nnz = int(used[:k].sum())
+    indices = np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz, dtype=np.int32)
+    if dense:
+        _ks.emit_dense(blocks, block_ptr, base, used, dbuf, G, pinv, indptr, indices, data)
+    else:
+        _ks.scatter_blocks(
+            blocks, block_ptr, base, cnt, srow, sgene, sval, used, indptr, indices, data
+        )
+    r0 = int(block_ptr[blocks[0]])
+    r1 = int(block_ptr[blocks[-1] + 1])
+    sink(r0, r1, indptr[r0 + 1 : r1 + 1], indices, data)
+
+
+def _synthetic_reference_stats(mu0, size0, n_cells, rng, wave_blocks=None):
+    """Column sums, column sums of squares and row sums of FLASHMM's synthetic reference
+    (NB(mu0_g, size0_g) counts, ``n_cells`` × genes), drawn wave by wave and never held whole.
+
+    The statistics are those of the whole matrix: the sums are of integers in float64, exact
+    below 2^53, so adding them up per wave changes nothing.
+    """
+    G = mu0.shape[0]
+    colsum = np.zeros(G)
+    colsq = np.zeros(G)
+    rowsum = np.zeros(n_cells)
+
+    def add(r0, r1, ends, indices, data):
+        indptr = np.empty(r1 - r0 + 1, dtype=np.int64)
+        indptr[0] = 0
+        indptr[1:] = ends
+        cs, cq, rs, _ = _ks.reference_stats(indptr, indices, data, G, True)
+        colsum[:] += cs
+        colsq[:] += cq
+        rowsum[r0:r1] = rs
+
+    _simulate_counts(
+        mu0[:, None], size0, np.zeros(n_cells, np.int64), np.ones(n_cells), rng, sink=add,
+        wave_blocks=wave_blocks,
+    )  # fmt: skip
+    return colsum, colsq, rowsum
 
 
 def _scratch_buffers(slots: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -576,6 +666,9 @@ def simulate_rnaseq(
     libsize_cluster_scale: Mapping[str, float] | Sequence[float] | None = None,
     null: bool = False,
     rng=None,
+    out=None,
+    overwrite: bool = False,
+    write_cells: int | None = None,
 ) -> SimulatedData:
     """Simulate multi-subject, multi-cell-type scRNA-seq counts (FLASHMM's ``simuRNAseq``).
 
@@ -630,21 +723,44 @@ def simulate_rnaseq(
         If True, no DE genes at all (calibration data); β arguments are then not checked.
     rng : None, int, numpy.random.SeedSequence or numpy.random.Generator
         Source of all randomness. Results are identical for any number of Numba threads.
+    out : str or os.PathLike, optional
+        Write the result to this AnnData store instead of returning the counts: a ``.zarr``
+        directory or an ``.h5ad`` file, laid out as ``SimulatedData.to_anndata()`` written by
+        anndata (X = CSR counts, obs, var, truth in uns/varm). Cells are drawn and written a
+        few blocks at a time, so memory is O(cells + genes × cells per write), never that of
+        the whole matrix (a synthetic reference is reduced to its moments the same way). The
+        counts are the same as without ``out`` for the same ``rng``. An existing store is
+        replaced only with ``overwrite=True``; a store left incomplete by an error is removed.
+    overwrite : bool
+        Replace an existing ``out``.
+    write_cells : int, optional
+        With ``out``: cells drawn and written per step, rounded up to whole blocks of
+        ``BLOCK_CELLS`` (4,096) cells; default as many as a fixed scratch budget allows (at
+        least one block per thread). Memory grows with it; the counts do not depend on it.
 
     Returns
     -------
     SimulatedData
         Counts (cells × genes CSR), ``obs``, ``var`` (true parameters), ``de_genes``,
-        ``ref_mean_dispersion``, ``treatment``, random effects.
+        ``ref_mean_dispersion``, ``treatment``, random effects. With ``out``, ``counts`` is
+        None and ``path`` is the store.
 
     Raises
     ------
     ValueError
         Inconsistent β bounds/direction, bad reference counts, metadata without
         ``sam``/``cls``/``trt`` or not matching the reference cells, ``n_samples`` below
-        ``n_treatments``, unknown ``treatment``, too many DE genes.
+        ``n_treatments``, unknown ``treatment``, too many DE genes; ``out`` without a
+        ``.zarr``/``.h5ad`` suffix, in a folder that does not exist, or existing without
+        ``overwrite=True``.
     """
     _check_direction(direction, min_beta, max_beta, null)
+    out_path = None if out is None else check_out(out, overwrite)
+    wave_blocks = None
+    if write_cells is not None:
+        if int(write_cells) != write_cells or write_cells < 1:
+            raise ValueError(f"write_cells must be a positive integer, got {write_cells}")
+        wave_blocks = -(-int(write_cells) // BLOCK_CELLS)
     rng = _as_rng(rng)
     for name, val in (
         ("var_random_effects", var_random_effects),
@@ -676,20 +792,20 @@ def simulate_rnaseq(
             raise ValueError("n_genes and n_cells are required when counts is None")
         mu0 = 1.0 + rng.poisson(1.0, size=n_genes)
         size0 = 1.0 + rng.poisson(1.0, size=n_genes)
-        R = _simulate_counts(
-            mu0[:, None], size0, np.zeros(n_cells, np.int64), np.ones(n_cells), rng
-        )
-        stats = _reference_stats(R)
+        # only the reference's moments and library sizes are used: they are taken wave by wave
+        stats = _synthetic_reference_stats(mu0, size0, n_cells, rng, wave_blocks)
+        n_ref, G_ref = n_cells, n_genes
         cell_names = None
         ref_gene_names = pd.Index(_numbered_names("Gene", n_genes), dtype=object, copy=False)
         attached_obs = None
     else:
         R, cell_names, ref_gene_names, attached_obs, stats = _as_reference(counts)
+        n_ref, G_ref = R.shape
+        del R
         if ref_gene_names is None:
-            ref_gene_names = pd.Index(_numbered_names("Gene", R.shape[1]), dtype=object, copy=False)
+            ref_gene_names = pd.Index(_numbered_names("Gene", G_ref), dtype=object, copy=False)
         else:
             ref_gene_names = pd.Index(_unique_names([str(x) for x in ref_gene_names]))
-    n_ref, G_ref = R.shape
     if n_cells is None:
         n_cells = n_ref
 
@@ -816,17 +932,14 @@ def simulate_rnaseq(
     loglib = np.log(lib)
     cell_f = np.exp(loglib - loglib.mean())
 
-    Y = _simulate_counts(
-        M,
-        size,
-        cell_h,
-        cell_f,
-        rng,
-        cell_cls=cls_code,
-        cell_treated=treated.astype(np.uint8),
-        de_cls=de_cls,
-        de_mult=np.exp(beta),
-    )
+    count_args = (M, size, cell_h, cell_f, rng)
+    count_kwargs = {
+        "cell_cls": cls_code,
+        "cell_treated": treated.astype(np.uint8),
+        "de_cls": de_cls,
+        "de_mult": np.exp(beta),
+    }
+    Y = None if out_path is not None else _simulate_counts(*count_args, **count_kwargs)
 
     obs = pd.DataFrame(
         {
@@ -857,7 +970,7 @@ def simulate_rnaseq(
             "cluster": gene_cluster[is_de].astype(str),
         }
     )
-    return SimulatedData(
+    sim = SimulatedData(
         counts=Y,
         obs=obs,
         var=var,
@@ -867,3 +980,17 @@ def simulate_rnaseq(
         random_effects=pd.DataFrame(b_sg, index=subjects, columns=gene_names),
         random_effects_subject_cluster=re2,
     )
+    if out_path is None:
+        return sim
+    sim = replace(sim, path=out_path)
+    store = None
+    try:
+        store = CountsStore(out_path, sim.to_anndata())
+        _simulate_counts(*count_args, **count_kwargs, sink=store.append, wave_blocks=wave_blocks)
+        store.close()
+    except BaseException:
+        if store is not None:
+            store.close_quietly()
+        remove_store(out_path)
+        raise
+    return sim

@@ -241,11 +241,15 @@ def _add_simulate(subparsers) -> None:
         help="simulate multi-subject scRNA-seq counts (FLASHMM's simuRNAseq model)",
         description=(
             "Simulate NB counts with subject random effects and cluster-specific DE genes "
-            "and write them (cells x genes, sparse) with the truth to an .h5ad file. The cell "
-            "table has the simulator's columns sam (subject), cls (cluster), trt (arm), libsize."
+            "and write them (cells x genes, sparse) with the truth to an .h5ad file or a .zarr "
+            "store, a few thousand cells at a time (memory does not grow with the matrix). "
+            "The cell table has the simulator's columns sam (subject), cls (cluster), trt "
+            "(arm), libsize."
         ),
     )
-    p.add_argument("-o", "--output", required=True, help="output .h5ad path")
+    p.add_argument(
+        "-o", "--output", required=True, help="output .h5ad or .zarr path (replaced if it exists)"
+    )
     p.add_argument(
         "--reference",
         help="reference .h5ad (cells x genes counts; obs may hold sam/cls/trt); "
@@ -293,11 +297,13 @@ def _as_options(message: str) -> str:
     return message
 
 
-def _simulate(counts, args):
+def _simulate(counts, args, out=None):
     from pyflashmm._simulate import simulate_rnaseq
 
     return simulate_rnaseq(
         counts,
+        out=out,
+        overwrite=out is not None,
         n_genes=args.n_genes,
         n_cells=args.n_cells,
         samples_nested=not args.not_nested,
@@ -318,9 +324,17 @@ def _simulate(counts, args):
 
 
 def _run_simulate(args) -> int:
-    out = _output_path(args.output)
-    if out.suffix.lower() != ".h5ad":
-        raise _UsageError(f"-o/--output: {str(out)!r} must end in .h5ad (an AnnData file)")
+    out = Path(args.output)
+    if out.suffix.lower() == ".zarr" and out.is_dir():
+        # a zarr store is a folder: replace one, but never a folder that is not a store
+        if not ((out / ".zgroup").is_file() or (out / "zarr.json").is_file()):
+            raise _UsageError(f"-o/--output: {out} is a folder but not a zarr store")
+    else:
+        out = _output_path(args.output)
+    if out.suffix.lower() not in (".h5ad", ".zarr"):
+        raise _UsageError(
+            f"-o/--output: {str(out)!r} must end in .h5ad (an AnnData file) or .zarr (a store)"
+        )
     if args.seed is not None and args.seed < 0:
         raise _UsageError(f"--seed must be a non-negative integer; got {args.seed}")
     for option in ("n_genes", "n_cells", "n_samples", "n_clusters", "n_treatments"):
@@ -342,14 +356,16 @@ def _run_simulate(args) -> int:
     elif args.n_genes is None or args.n_cells is None:
         raise _UsageError("--n-genes and --n-cells are required without --reference")
     try:
-        sim = _simulate(counts, args)
+        # streamed to the store: the counts are never held whole
+        sim = _simulate(counts, args, out=out)
     except (ValueError, TypeError) as exc:
         raise _UsageError(_as_options(str(exc))) from None
-    sim.write_h5ad(out)
     if not args.quiet:
-        n, g = sim.counts.shape
+        from pyflashmm._simulate_store import stored_nnz
+
+        n, g = len(sim.obs), len(sim.var)
         print(
-            f"wrote {out}: {n} cells x {g} genes, {sim.counts.nnz} non-zeros, "
+            f"wrote {out}: {n} cells x {g} genes, {stored_nnz(out)} non-zeros, "
             f"{len(sim.de_genes)} DE genes, treated arm {sim.treatment}",
             file=sys.stderr,
         )
