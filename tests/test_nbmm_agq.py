@@ -192,7 +192,7 @@ def test_loglik_matches_quad(low_gene, high_gene, which):
 # --- (c) the AGQ maximum against a SciPy maximisation of the quad likelihood ---------------
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: ~20 s
 def test_maximum_matches_quad_maximum(low_gene, high_gene, which):
     y, X, donor, s = (low_gene, high_gene)[which]
     fit = nbmm(y[:, None], X, donor, size_factors=s, method="agq", n_agq=25)

@@ -168,6 +168,36 @@ def test_reml_objective_matches_oracle(small_data, tau, lam):
     np.testing.assert_allclose(b, b_ref, rtol=1e-7, atol=1e-9)
 
 
+def test_sigma2_at_zero_reaches_the_bound():
+    # null genes with no donor variance (6 donors × 200 cells): REML's maximum in σ² is at 0,
+    # where ℓ_R is flat in ln σ² to rounding. These genes (among 1000 simulated) wandered at
+    # σ² ~ 1e-9…1e-7 until max_iter before the fit tried the bound directly.
+    sim = fm.simulate_rnaseq(n_genes=1000, n_cells=1200, n_samples=6, n_clusters=1,
+                             samples_nested=True, var_random_effects=0.0, null=True,
+                             rng=np.random.default_rng(7))  # fmt: skip
+    genes = [14, 32, 38, 45, 72, 77, 91, 94]
+    Y = sim.counts[:, genes]
+    X = fm.design(sim.obs, "~ trt").X_frame()
+    donor = sim.obs["sam"].to_numpy()
+    sf = fm.size_factors(sim.counts, "poscounts")  # as when all 1000 genes are fitted
+    fit = nbmm(Y, X, donor, size_factors=sf, reml=True)
+    assert set(fit.status) == {"boundary"}
+    assert (fit.sigma2 == 0).all() and np.isfinite(fit.se).all()
+    # the maximum in ln σ² (at the fitted α) is at the bound: ℓ_R on a grid is no higher
+    code = np.unique(donor, return_inverse=True)[1].astype(np.int64)
+    cls, doff, Xc, lsc, ncl = cell_classes(X.to_numpy(), code, fit.size_factors, 6)
+    p = X.shape[1]
+    for g in range(len(genes)):
+        y = np.asarray(Y[:, [g]].todense()).ravel()
+        sy = np.bincount(cls, weights=y, minlength=ncl.size)
+        lam = -math.log(fit.dispersion[g])
+        for tau in (-12.0, -8.0, -5.0, -3.0, -1.0):
+            beta, b = fit.coef[g].copy(), np.zeros(6)
+            scratch = (np.empty(ncl.size), np.empty((p, p)), np.zeros((p, p)))
+            ll = _kr.reml_loglik(tau, lam, beta, b, Xc, lsc, ncl, sy, doff, y[y > 0], *scratch)
+            assert ll <= fit.loglik[g] + 1e-9 * abs(fit.loglik[g]), (g, tau)
+
+
 # --- bad genes, threads, errors --------------------------------------------------------------
 
 

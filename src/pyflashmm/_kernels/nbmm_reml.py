@@ -27,8 +27,9 @@ log density).
   (step ``FD_STEP``; each evaluation warm-started from the centre's mode, and converged to
   rounding so that differences of ℓ_R are smooth). Levenberg damping when the Hessian is not
   negative definite, step halving until ℓ_R does not fall; τ held at ``TAU_MIN`` once it falls
-  below ``TAU_SMALL`` (σ² → 0), λ at ``LAM_MAX`` above ``LAM_BIG`` (α → 0), status
-  ``boundary``.
+  below ``TAU_SMALL`` (σ² → 0), or once a step below ``TAU_PROBE`` heads down and ℓ_R at
+  ``TAU_MIN`` is no lower; λ likewise at ``LAM_MAX`` (``LAM_BIG``, ``LAM_PROBE``; α → 0);
+  status ``boundary``.
 * Covariance (as TMB's ``sdreport(getJointPrecision = TRUE)`` and glmmTMB's REML ``vcov``):
   V = (−∇²ℓ_R)⁻¹ in the free variance parameters; Cov(β̂) = S⁻¹ + D V Dᵀ, S⁻¹ the β block of
   (−∇²h)⁻¹ and D = dβ̂/d(τ, λ) the sensitivity of the inner mode (central differences, from the
@@ -59,6 +60,12 @@ TAU_START_MIN = -5.0
 LAM_START_MAX = 12.0
 #: inner Newton iterations for the joint mode
 INNER_MAX_ITER = 200
+#: below this τ (σ² < 4.5e-5) a step that lowers τ further tries the bound TAU_MIN directly:
+#: there ℓ_R's τ-derivative (∝ σ²) sinks under the rounding noise of its central difference,
+#: so Newton would wander at σ² ~ 1e-9…1e-7 until max_iter instead of reaching TAU_SMALL
+TAU_PROBE = -10.0
+#: the same for λ (α < 4.5e-5) and its bound LAM_MAX
+LAM_PROBE = 10.0
 
 
 @njit
@@ -312,6 +319,15 @@ def _newton_direction(grad, Hm, free, d):
 
 
 @njit
+def _bound_is_no_worse(tau, lam, ll, beta, b, bet, bb, Xc, lsc, ncl, sy, doff, yv, eta0, S, L):
+    """Whether ℓ_R at (τ, λ) (a bound) is at least ``ll`` (less rounding); scratch bet, bb."""
+    bet[:] = beta
+    bb[:] = b
+    lb = reml_loglik(tau, lam, bet, bb, Xc, lsc, ncl, sy, doff, yv, eta0, S, L)
+    return math.isfinite(lb) and lb >= ll - 1e-12 * abs(ll)
+
+
+@njit
 def fit_gene_reml(x, beta, b, Xc, lsc, ncl, sy, doff, yv, max_iter, tol, cov):
     """Maximise ℓ_R over x = (τ, λ) in place from the start in ``x`` (β, b: the start of the
     joint mode, updated to the mode at the estimate). ``cov`` ((p+2) × (p+2), in (β, τ, λ))
@@ -370,6 +386,18 @@ def fit_gene_reml(x, beta, b, Xc, lsc, ncl, sy, doff, yv, max_iter, tol, cov):
         converging = dec < tol and not damped
         # σ² → 0 or α → 0: hold the parameter at its bound and go on with the other
         hit = False
+        if free[0] and x[0] < TAU_PROBE and d[0] < 0.0:
+            hit = _bound_is_no_worse(TAU_MIN, x[1], ll, beta, b, bet, bb, Xc, lsc, ncl, sy,
+                                     doff, yv, eta0, S, L)  # fmt: skip
+            if hit:
+                free[0] = False
+                x[0] = TAU_MIN
+        if free[1] and x[1] > LAM_PROBE and d[1] > 0.0:
+            if _bound_is_no_worse(x[0], LAM_MAX, ll, beta, b, bet, bb, Xc, lsc, ncl, sy, doff,
+                                  yv, eta0, S, L):  # fmt: skip
+                free[1] = False
+                x[1] = LAM_MAX
+                hit = True
         if free[0] and x[0] < TAU_SMALL:
             free[0] = False
             x[0] = TAU_MIN
