@@ -2,6 +2,7 @@
 results, chunk retries after a worker dies, and damaged chunks named by their rows."""
 
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -205,3 +206,85 @@ def test_damaged_file_fails_cleanly(client, atlas, tmp_path):
             "--dask-scheduler", address, "-o", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 2
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def atlas_zarr(atlas, tmp_path_factory):
+    """The atlas as a .zarr store, X and layers['counts'] sparse."""
+    import anndata
+
+    counts, obs, _ = atlas
+    adata = anndata.AnnData(
+        X=counts.copy(),
+        obs=obs,
+        var=pd.DataFrame(index=[f"GENE{j}" for j in range(N_GENES)]),
+        layers={"counts": counts},
+    )
+    path = tmp_path_factory.mktemp("atlas_zarr") / "atlas.zarr"
+    with warnings.catch_warnings():  # anndata's notes on zarr format defaults
+        warnings.simplefilter("ignore")
+        adata.write_zarr(path)
+    return path
+
+
+def test_zarr_path_is_read_lazily(atlas, atlas_zarr):
+    """A .zarr path is opened lazily (the counts stay in the store, read in row chunks), and
+    de(), summary_stats and pseudobulk give bitwise the results of the in-memory counts."""
+    from pyflashmm._frontend.inputs import open_cells
+
+    counts, obs, h5ad = atlas
+    cells = open_cells(str(atlas_zarr), layer="counts")
+    assert not sp.issparse(cells.counts) and not isinstance(cells.counts, np.ndarray)
+    assert cells.backed and cells.where == "layers['counts']"
+    assert cells.gene_names == [f"GENE{j}" for j in range(N_GENES)]
+    pd.testing.assert_frame_equal(cells.obs, obs)
+    source = _dist.file_source(cells.counts)
+    assert source is not None and source.kind == "zarr" and os.path.isabs(source.path)
+    assert (_dist.read_rows(source, 100, 300) != counts[100:300]).nnz == 0
+
+    dsg = fm.design(obs, FIXED, random="(1 | donor_id)")
+    ref = fm.summary_stats(counts, dsg, transform="log2p1", scheduler=False)
+    for chunk_size in (1000, 3 * _dist.LEAF_CELLS):
+        got = fm.summary_stats(cells.counts, dsg, transform="log2p1", chunk_size=chunk_size,
+                               scheduler=False)  # fmt: skip
+        _stats_equal(got, ref)
+    kw = {"fixed": FIXED, "random": "donor_id", "layer": "counts",
+          "contrast": {"stim_B": "cell_typeB:conditionstim"}}  # fmt: skip
+    pd.testing.assert_frame_equal(
+        fm.de(str(atlas_zarr), scheduler=False, chunk_size=5000, **kw),
+        fm.de(str(h5ad), scheduler=False, **kw),
+        check_exact=True,
+    )
+    by = ["donor_id", "cell_type"]
+    one, g1 = fm.pseudobulk(str(atlas_zarr), by=by, layer="counts", scheduler=False)
+    two, g2 = fm.pseudobulk(counts, obs, by=by, scheduler=False)
+    assert np.array_equal(one.to_numpy(), two.to_numpy())
+    pd.testing.assert_frame_equal(g1, g2)
+
+
+def test_zarr_errors(atlas_zarr, tmp_path):
+    from pyflashmm._checks import MissingColumnError
+    from pyflashmm._frontend.inputs import open_cells
+
+    with pytest.raises(MissingColumnError, match="layer 'raw' not in the AnnData"):
+        open_cells(str(atlas_zarr), layer="raw")
+    with pytest.raises(FileNotFoundError):
+        open_cells(str(tmp_path / "missing.zarr"))
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(ValueError, match="cannot read .* as a .zarr store"):
+        open_cells(str(tmp_path / "empty.zarr"))
+
+
+@pytest.mark.parametrize("method", ["lmm", "pseudobulk"])
+def test_zarr_read_by_the_workers(client, atlas, atlas_zarr, method):
+    """With a client, the workers read their own rows of the .zarr store: bitwise the
+    single-process result."""
+    kw = {"fixed": "~ condition", "random": "donor_id", "contrast": "conditionstim",
+          "layer": "counts", "method": method}  # fmt: skip
+    if method == "lmm":
+        kw.update(fixed=FIXED, contrast={"stim_B": "cell_typeB:conditionstim"})
+    else:
+        kw.update(cell_type="cell_type")
+    ref = fm.de(str(atlas[2]), scheduler=False, **kw)
+    got = fm.de(str(atlas_zarr), scheduler=client, **kw)
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)

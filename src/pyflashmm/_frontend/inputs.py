@@ -2,9 +2,9 @@
 a ``(counts, obs)`` pair, checked before any work is done.
 
 Counts stay where they are: an in-memory matrix is used as it is, a backed ``.h5ad`` (opened
-from a path, or an AnnData opened with ``backed="r"``) is read in row chunks, including a
-layer (``layers[name]`` is opened as an on-disk sparse dataset rather than loaded). Only the
-cell table is loaded whole.
+from a path, or an AnnData opened with ``backed="r"``) and a ``.zarr`` store (opened from a
+path) are read in row chunks, including a layer (``layers[name]`` is opened as an on-disk
+sparse dataset rather than loaded). Only the cell table (and the gene names) is loaded whole.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _is_anndata(data) -> bool:
 
 
 def _open_path(path: Path):
-    """An AnnData opened from ``path``: ``.h5ad`` backed (read in chunks), ``.zarr`` in memory."""
+    """An ``.h5ad`` file opened backed (read in chunks) as an AnnData, and True."""
     import anndata
 
     if not path.exists():
@@ -77,12 +77,47 @@ def _open_path(path: Path):
         except OSError as exc:  # h5py's "file signature not found" and the like
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"data: cannot read {path} as an .h5ad file ({reason})") from None
-    if suffix == ".zarr":
-        try:
-            return anndata.read_zarr(path), False
-        except Exception as exc:  # noqa: BLE001 - zarr raises many types; report one line
-            raise ValueError(f"data: cannot read {path} as a .zarr store ({exc})") from None
     raise ValueError(f"data: {str(path)!r} is not an .h5ad file or a .zarr store")
+
+
+def _open_zarr(path: Path, layer: str | None) -> CellData:
+    """The cells of a ``.zarr`` AnnData store, opened lazily: the cell table and the gene
+    names are loaded, the counts (``X`` or ``layers[layer]``) stay in the store and are read
+    in row chunks (a sparse matrix through anndata's on-disk sparse dataset, a dense one as a
+    zarr array)."""
+    import anndata
+    import zarr
+
+    try:
+        root = zarr.open_group(path.resolve(), mode="r")  # workers may run elsewhere
+        obs = anndata.io.read_elem(root["obs"])
+        var = anndata.io.read_elem(root["var"])
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types; report one line
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"data: cannot read {path} as a .zarr store ({reason})") from None
+    layers = list(root["layers"].keys()) if "layers" in root else []
+    if layer is None:
+        if "X" not in root:
+            raise ValueError(
+                "data: the AnnData has no X (adata.X is None); pass layer= naming the counts "
+                f"(layers: {layers})"
+            )
+        elem, where = root["X"], "X"
+    else:
+        if not isinstance(layer, str):
+            raise TypeError(f"layer must be a layer name (str) or None; got {type(layer).__name__}")
+        if layer not in layers:
+            raise MissingColumnError(f"layer {layer!r} not in the AnnData (layers: {layers})")
+        elem, where = root["layers"][layer], f"layers[{layer!r}]"
+    if isinstance(elem, zarr.Group):
+        encoding = str(elem.attrs.get("encoding-type", ""))
+        if not encoding.endswith("_matrix"):
+            raise ValueError(f"data: {where} of {path} is not a matrix (encoding {encoding!r})")
+        counts = anndata.io.sparse_dataset(elem)
+    else:
+        counts = elem
+    genes = [str(g) for g in var.index]
+    return CellData(counts, obs, genes, where, layer, True, None)
 
 
 def _anndata_counts(adata, layer):
@@ -119,7 +154,8 @@ def open_cells(data, layer: str | None = None) -> CellData:
     Parameters
     ----------
     data : AnnData, str or path-like, SimulatedData or (counts, obs)
-        An AnnData (in memory or backed), a path to ``.h5ad`` (opened backed) or ``.zarr``,
+        An AnnData (in memory or backed), a path to ``.h5ad`` (opened backed) or ``.zarr``
+        (opened lazily: both are read in row chunks),
         the result of :func:`pyflashmm.simulate_rnaseq`, or a pair of a cells × genes matrix
         (ndarray, scipy.sparse, or a DataFrame, whose rows are matched to obs by label) and a
         DataFrame.
@@ -128,7 +164,12 @@ def open_cells(data, layer: str | None = None) -> CellData:
     """
     close = None
     if isinstance(data, str | os.PathLike):
-        adata, backed = _open_path(Path(data))
+        path = Path(data)
+        if path.suffix.lower() == ".zarr":
+            if not path.exists():
+                raise FileNotFoundError(f"data: no such file: {path}")
+            return _open_zarr(path, layer)
+        adata, backed = _open_path(path)
         close = adata.file.close if backed else None
         data = adata
     if _is_anndata(data):
