@@ -153,7 +153,7 @@ def de(
         raw counts, or ``transform=None``.
     reml : bool, optional
         ``"lmm"``: REML (default) or ML. ``"nbmm"``: glmmTMB's REML (β integrated out with
-        the donor effects) or ML (glmmTMB's default, 15–20× faster). Default for ``"nbmm"``:
+        the donor effects) or ML (glmmTMB's default, about 9× faster). Default for ``"nbmm"``:
         REML for the Wald test of a Laplace fit, as its type-I error is near nominal from 6
         donors where ML's is 0.07–0.11 at α = 0.05 (``validation/results/nbmm_null``); ML for
         ``test="lrt"`` (REML likelihoods of different fixed effects are not comparable) and
