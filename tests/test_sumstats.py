@@ -289,3 +289,25 @@ def test_label_lengths_are_checked(rng):
         SummaryStats(**{**s, "random_blocks": ["a", "b"]})
     with pytest.raises(ValueError, match="random_levels has 1 labels but Z has 7 columns"):
         SummaryStats(**{**s, "random_levels": ["a"]})
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 64])
+def test_gene_blocks_do_not_change_bits(rng, monkeypatch, blocks):
+    # the gene blocks of the chunked kernels follow the thread count; each gene's sums are
+    # taken in cell order within its block, so any split gives the same bits
+    from pyflashmm._lmm import stats as _stats
+
+    Y, X, Z = counts_data(rng, n=9000, G=70)
+
+    class Rows:  # row-sliceable, not in memory: the chunked path
+        shape = Y.shape
+
+        def __getitem__(self, key):
+            return Y[key]
+
+    ref = fm.summary_stats(Y, X, Z, transform="log2p1")
+    monkeypatch.setattr(_stats, "_MIN_GENE_BLOCKS", blocks)
+    monkeypatch.setattr(_stats, "num_threads", lambda: 1)
+    got = fm.summary_stats(Rows(), X, Z, transform="log2p1", chunk_size=5000, progress=False)
+    for f in ("XY", "ZY", "Ynorm"):
+        assert np.array_equal(getattr(got, f), getattr(ref, f)), f

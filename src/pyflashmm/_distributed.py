@@ -188,6 +188,12 @@ def _read(data, start: int, stop: int, where: str):
         raise ChunkError(_chunk_message(where, start, stop, exc)) from exc
 
 
+def read_chunk(Y, start: int, stop: int, where: str):
+    """Rows ``start:stop`` of ``Y`` read here (a dask block computed); reading errors become a
+    :class:`ChunkError` naming the rows."""
+    return _read(_Rows(Y), start, stop, where)
+
+
 def _chunk_message(where: str, start: int, stop: int, exc: BaseException) -> str:
     reason = str(exc).splitlines()[0] if str(exc) else ""
     return (

@@ -210,19 +210,42 @@ class _SumOp:
             add_rows_by_group_dense(acc[0], chunk[r0:r1], labs)
 
 
+def _sum_integer_counts(op, counts, n, chunk_size, lab, where) -> np.ndarray:
+    """The groups × genes sums of integer counts, added chunk after chunk into one table.
+
+    Every value is a non-negative integer (``op.prepare`` checks each chunk), so every partial
+    sum is an integer no larger than the final one; while that is below 2**53, float64 adds
+    them exactly and the result does not depend on the order of the additions: it is bitwise
+    the tree sum of :func:`pyflashmm._distributed.chunk_sum`, without a zeroed groups × genes
+    table per leaf of 4,096 cells. A larger total (never seen with real counts) is summed by
+    the tree instead.
+    """
+    out = np.zeros((op.n_groups, op.G))
+    for a, b in _dist.row_chunks(counts, n, chunk_size):
+        block = op.prepare(_dist.read_chunk(counts, a, b, where), a, b)
+        op.add(block, 0, b - a, (out,), lab[a:b], 0)
+    if out.size and out.max() >= 2.0**53:
+        (out,) = _dist.chunk_sum(op, counts, n, chunk_size, lambda a, b: lab[a:b], where=where)
+    return out
+
+
 def sum_counts(cells, lab, table, by, genes, chunk_size, allow_non_integer=False, client=None):
     """The summed counts of each group (groups × genes DataFrame) and the group table with
     ``n_cells`` and ``libsize`` added, both indexed by sample name.
 
     The cells are summed leaf by leaf in the fixed tree order of
-    :mod:`pyflashmm._distributed`, here or (``client``) on Dask workers: bitwise the same."""
+    :mod:`pyflashmm._distributed`, here or (``client``) on Dask workers: bitwise the same.
+    Integer counts summed here skip the leaves (:func:`_sum_integer_counts`: exact sums, so
+    bitwise the same too)."""
     n, G = cells.shape
     ng = len(table)
     lab = np.asarray(lab, dtype=np.int64)
-    (out,) = _dist.chunk_sum(
-        _SumOp(ng, G, bool(allow_non_integer)), cells.counts, n, chunk_size,
-        lambda a, b: lab[a:b], client=client, where=cells.where,
-    )  # fmt: skip
+    op = _SumOp(ng, G, bool(allow_non_integer))
+    if client is None and not allow_non_integer:
+        out = _sum_integer_counts(op, cells.counts, n, chunk_size, lab, cells.where)
+    else:
+        (out,) = _dist.chunk_sum(op, cells.counts, n, chunk_size, lambda a, b: lab[a:b],
+                                 client=client, where=cells.where)  # fmt: skip
     table = table.copy()
     table["n_cells"] = np.bincount(lab, minlength=ng)
     table["libsize"] = out.sum(axis=1)

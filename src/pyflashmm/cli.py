@@ -133,7 +133,7 @@ def _add_de(subparsers) -> None:
     p.add_argument("--agq", type=int, default=None, metavar="N",
                    help="nbmm: adaptive Gauss-Hermite quadrature with N >= 2 nodes (default: "
                    "Laplace, as glmmTMB)")  # fmt: skip
-    p.add_argument("--chunk-size", type=int, default=50_000, help="cells read at a time")
+    p.add_argument("--chunk-size", type=int, default=16_384, help="cells read at a time")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                    help="compute the summary statistics / pseudobulk sums on this Dask "
                    "scheduler's workers (e.g. tcp://host:8786); bitwise the same "

@@ -2,10 +2,10 @@
 
 Notation: Y is cells × genes (n × G); the designs enter as one CSR matrix W = [X | Z]
 (n × (p + q); arrays ``w_indptr``, ``w_indices``, ``w_data``), so the exact zeros of one-hot
-design columns cost nothing. The kernels *add* into the gene-major accumulator ``WYt``
-(G × (p + q), i.e. [XᵀY; ZᵀY]ᵀ) and ``Ynorm`` (G), so a caller can stream cell chunks through
-them. ``transform`` codes: 0 none, 1 ``log(1 + y)``, 2 ``log2(1 + y)``; every
-transform maps 0 to 0, so sparse data stays sparse.
+design columns cost nothing. The kernels *add* into the accumulator ``WY`` ((p + q) × G,
+i.e. [XᵀY; ZᵀY], one contiguous row per design column) and ``Ynorm`` (G), so a caller can
+stream cell chunks through them. ``transform`` codes: 0 none, 1 ``log(1 + y)``, 2
+``log2(1 + y)``; every transform maps 0 to 0, so sparse data stays sparse.
 
 Determinism: work is split either over *genes* (blocks of columns: each gene's sums are taken
 in cell order) or over fixed blocks of cells whose partial sums are added in block order; the
@@ -56,27 +56,31 @@ def _apply(value, transform, table):
 
 
 @njit
-def _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm):
+def _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WY, Ynorm):
     for k in range(w_indptr[i], w_indptr[i + 1]):
-        WYt[g, w_indices[k]] += y * w_data[k]
+        WY[w_indices[k], g] += y * w_data[k]
     Ynorm[g] += y * y
 
 
 @njit(parallel=True)
 def accumulate_csr(
-    indptr, indices, data, gene_bounds, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm
+    indptr, indices, data, gene_bounds, w_indptr, w_indices, w_data, transform, table, WY, Ynorm
 ):
     """Add the statistics of CSR rows (cells) into the accumulators.
 
     ``indptr`` has n + 1 entries indexing ``indices``/``data`` (sorted column indices within each
     row). ``gene_bounds`` splits genes into blocks processed in parallel; within a block each row's
-    entries are located by binary search, so every stored value is read once overall.
+    entries are located by binary search, so every stored value is read once overall. A cell's
+    values in the block are transformed once, then added along the rows of ``WY`` of the cell's
+    design columns (contiguous, in gene order).
     """
     n = indptr.shape[0] - 1
     n_blocks = gene_bounds.shape[0] - 1
     for b in prange(n_blocks):
         g_lo = gene_bounds[b]
         g_hi = gene_bounds[b + 1]
+        ys = np.empty(g_hi - g_lo)
+        genes = np.empty(g_hi - g_lo, np.int64)
         for i in range(n):
             start = indptr[i]
             end = indptr[i + 1]
@@ -84,10 +88,18 @@ def accumulate_csr(
                 continue
             row = indices[start:end]
             k0 = start + np.searchsorted(row, g_lo)
-            k1 = start + np.searchsorted(row, g_hi)
-            for k in range(k0, k1):
-                y = _apply(data[k], transform, table)
-                _add_cell_gene(indices[k], i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
+            m = start + np.searchsorted(row, g_hi) - k0
+            for t in range(m):
+                g = indices[k0 + t]
+                y = _apply(data[k0 + t], transform, table)
+                ys[t] = y
+                genes[t] = g
+                Ynorm[g] += y * y
+            for kw in range(w_indptr[i], w_indptr[i + 1]):
+                target = WY[w_indices[kw]]
+                w = w_data[kw]
+                for t in range(m):
+                    target[genes[t]] += ys[t] * w
 
 
 @njit(parallel=True)
@@ -111,19 +123,17 @@ def csr_cell_block_partials(
 
 
 @njit(parallel=True)
-def accumulate_csc(
-    indptr, indices, data, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm
-):
+def accumulate_csc(indptr, indices, data, w_indptr, w_indices, w_data, transform, table, WY, Ynorm):
     """Add the statistics of CSC columns (genes); one gene per parallel iteration."""
     G = indptr.shape[0] - 1
     for g in prange(G):
         for k in range(indptr[g], indptr[g + 1]):
             y = _apply(data[k], transform, table)
-            _add_cell_gene(g, indices[k], y, w_indptr, w_indices, w_data, WYt, Ynorm)
+            _add_cell_gene(g, indices[k], y, w_indptr, w_indices, w_data, WY, Ynorm)
 
 
 @njit(parallel=True)
-def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, table, WYt, Ynorm):
+def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, table, WY, Ynorm):
     """Add the statistics of a dense C-order cells × genes block; zeros are skipped."""
     n = Y.shape[0]
     n_blocks = gene_bounds.shape[0] - 1
@@ -134,4 +144,4 @@ def accumulate_dense(Y, gene_bounds, w_indptr, w_indices, w_data, transform, tab
                 if v == 0.0:
                     continue
                 y = _apply(v, transform, table)
-                _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WYt, Ynorm)
+                _add_cell_gene(g, i, y, w_indptr, w_indices, w_data, WY, Ynorm)
