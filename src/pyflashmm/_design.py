@@ -366,6 +366,12 @@ _NONFINITE_HINTS = {
 }
 
 
+#: rows of the fixed-effects design materialised at a time (the model spec is fixed, so a block
+#: of rows is coded as in the whole; 500,000 cells × 59 columns peaked at 0.73 GB over X's
+#: 0.24 GB when coded at once)
+_DENSE_ROWS = 65_536
+
+
 def _check_finite_values(M, obs: pd.DataFrame, names, arg: str, where: str) -> None:
     """ValueError naming the column, the value (-inf/inf/NaN) and the first cell of a design
     matrix that is not finite (e.g. ``log(libsize)`` of a 0), before it reaches the rank check,
@@ -478,17 +484,23 @@ class _FormulaBlock:
         check_no_nan(obs, self.columns, self.arg)
         for col, levels in self.categorical_levels.items():
             _check_known_levels(obs, col, levels, self.arg)
-        with warnings.catch_warnings(), np.errstate(all="ignore"):  # non-finite: see below
-            warnings.simplefilter("error", DataMismatchWarning)
-            mm = self.model_spec.get_model_matrix(
-                _logical_as_factor(obs[list(self.columns)]),
-                na_action="ignore",
-                output="sparse" if sparse else "pandas",
-            )
+        data = _logical_as_factor(obs[list(self.columns)])
+
+        def model_matrix(rows, output):
+            with warnings.catch_warnings(), np.errstate(all="ignore"):  # non-finite: see below
+                warnings.simplefilter("error", DataMismatchWarning)
+                return self.model_spec.get_model_matrix(rows, na_action="ignore", output=output)
+
         if sparse:
-            M = sp.csr_matrix(mm.tocsc()[:, self.perm], dtype=np.float64)
+            M = sp.csr_matrix(model_matrix(data, "sparse").tocsc()[:, self.perm], dtype=np.float64)
         else:
-            M = np.ascontiguousarray(np.asarray(mm, dtype=np.float64)[:, self.perm])
+            # row blocks: formulaic's intermediates are a few copies of the block, not of X
+            n = len(data)
+            M = np.empty((n, len(self.perm)))
+            for a in range(0, n, _DENSE_ROWS):
+                b = min(n, a + _DENSE_ROWS)
+                block = model_matrix(data.iloc[a:b], "pandas")
+                M[a:b] = np.asarray(block, dtype=np.float64)[:, self.perm]
         _check_finite_values(M, obs, self.r_names, self.arg, self.where)
         return M
 
