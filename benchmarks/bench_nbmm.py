@@ -273,7 +273,7 @@ def main():
                         gb, fit.coef[rgenes], fit.se[rgenes]
                     ),
                 }
-                print(f"glmmTMB: median {per_gene:.2f} s/gene; ratio per core "
+                print(f"glmmTMB: mean {per_gene:.2f} s/gene; ratio per core "
                       f"{res['glmmtmb']['ratio_per_core']:.0f}x")  # fmt: skip
         neb_lib = os.environ.get("NEBULA_LIB")
         if not neb_lib:

@@ -35,7 +35,6 @@ def client():
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory):
     """Counts (CSR), obs (donor_id, cell_type, condition) and the .h5ad holding them."""
-    import anndata
 
     rng = np.random.default_rng(11)
     donors = np.array([f"D{i:02d}" for i in range(8)])
@@ -50,15 +49,17 @@ def atlas(tmp_path_factory):
     )
     mu = rng.gamma(1.0, 1.5, N_GENES) * rng.gamma(5.0, 0.2, (8, 1))[donor]
     counts = sp.csr_matrix(rng.poisson(mu).astype(np.float32))
-    adata = anndata.AnnData(
-        X=counts.copy(),
-        obs=obs,
-        var=pd.DataFrame(index=[f"GENE{j}" for j in range(N_GENES)]),
-        layers={"counts": counts},
-    )
     path = tmp_path_factory.mktemp("atlas") / "atlas.h5ad"
-    adata.write_h5ad(path)
+    _as_anndata(counts, obs).write_h5ad(path)
     return counts, obs, path
+
+
+def _as_anndata(counts, obs):
+    """The atlas's AnnData: counts in X and in layers['counts']."""
+    import anndata
+
+    var = pd.DataFrame(index=[f"GENE{j}" for j in range(N_GENES)])
+    return anndata.AnnData(X=counts.copy(), obs=obs, var=var, layers={"counts": counts})
 
 
 def _stats_equal(a, b):
@@ -211,19 +212,11 @@ def test_damaged_file_fails_cleanly(client, atlas, tmp_path):
 @pytest.fixture(scope="module")
 def atlas_zarr(atlas, tmp_path_factory):
     """The atlas as a .zarr store, X and layers['counts'] sparse."""
-    import anndata
-
     counts, obs, _ = atlas
-    adata = anndata.AnnData(
-        X=counts.copy(),
-        obs=obs,
-        var=pd.DataFrame(index=[f"GENE{j}" for j in range(N_GENES)]),
-        layers={"counts": counts},
-    )
     path = tmp_path_factory.mktemp("atlas_zarr") / "atlas.zarr"
     with warnings.catch_warnings():  # anndata's notes on zarr format defaults
         warnings.simplefilter("ignore")
-        adata.write_zarr(path)
+        _as_anndata(counts, obs).write_zarr(path)
     return path
 
 
