@@ -124,8 +124,8 @@ def _add_de(subparsers) -> None:
         help="LMM and nbmm: fit by ML (nbmm's default with --test lrt or --agq)",
     )
     fitting.add_argument("--reml", action="store_true",
-                         help="LMM and nbmm: fit by REML (the default, but nbmm's with --test lrt "
-                              "or --agq)")  # fmt: skip
+                         help="LMM and nbmm: fit by REML (the default; nbmm uses ML with --test "
+                              "lrt or --agq)")  # fmt: skip
     p.add_argument(
         "--test", default=None, choices=["wald", "lrt"],
         help="NB methods: the test (default: lrt for nbglm, wald for pseudobulk and nbmm)",

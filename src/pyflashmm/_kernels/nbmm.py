@@ -160,6 +160,47 @@ def laplace(beta, tau, lam, Xc, lsc, ncl, sy, doff, b, nz_const, nz_dpsi, want_g
     return ll
 
 
+#: θ from which :func:`gamma_differences` uses Stirling's series: below it lnΓ(y+θ) − lnΓ(θ)
+#: loses at most ε·θ ln θ ≈ 2e-12 to cancellation, above it (θ → ∞, α → 0) that loss grows
+#: without bound (0.3 at θ = e³⁰, where a Poisson gene's α is held)
+STIRLING_THETA = 1e3
+
+
+@njit
+def gamma_differences(theta, y, want_d2):
+    """(lnΓ(y+θ) − lnΓ(θ), ψ(y+θ) − ψ(θ), ψ′(y+θ) − ψ′(θ)) for y > 0 (the last 0 unless
+    ``want_d2``), without the cancellation of the plain differences at large θ.
+
+    For θ ≥ ``STIRLING_THETA``, with u = y/θ and the Stirling corrections
+    s(z) = 1/(12z) − 1/(360z³) + 1/(1260z⁵) (truncation < 1e-24 there):
+    lnΓ(y+θ) − lnΓ(θ) = y ln θ + (θ + y − ½) log1p(u) − y + s(θ+y) − s(θ);
+    ψ(y+θ) − ψ(θ) = log1p(u) + y/(2θ(θ+y)) + y(2θ+y)/(12θ²(θ+y)²) + Δ(1/(120z⁴) − 1/(252z⁶));
+    ψ′(y+θ) − ψ′(θ) = −y/(θ(θ+y)) − y(2θ+y)/(2θ²(θ+y)²) + Δ(1/(6z³) − 1/(30z⁵) + 1/(42z⁷)),
+    each difference of 1/z, 1/z² taken in closed form, the smaller ones directly."""
+    if theta < STIRLING_THETA:
+        lg = math.lgamma(y + theta) - math.lgamma(theta)
+        dg = digamma(y + theta) - digamma(theta)
+        tg = trigamma(y + theta) - trigamma(theta) if want_d2 else 0.0
+        return lg, dg, tg
+    z = theta + y
+    it = 1.0 / theta
+    iz = 1.0 / z
+    l1p = math.log1p(y * it)
+    d1 = y * it * iz  # 1/θ − 1/z
+    d2 = y * (2.0 * theta + y) * it * it * iz * iz  # 1/θ² − 1/z²
+    it3 = it * it * it
+    iz3 = iz * iz * iz
+    s_corr = (iz - it) / 12.0 - (iz3 - it3) / 360.0 + (iz3 * iz * iz - it3 * it * it) / 1260.0
+    lg = y * math.log(theta) + (z - 0.5) * l1p - y + s_corr
+    dg = l1p + 0.5 * d1 + d2 / 12.0 + (iz3 * iz - it3 * it) / 120.0
+    dg -= (iz3 * iz3 - it3 * it3) / 252.0
+    tg = 0.0
+    if want_d2:
+        tg = -d1 - 0.5 * d2 + (iz3 - it3) / 6.0 - (iz3 * iz * iz - it3 * it * it) / 30.0
+        tg += (iz3 * iz3 * iz - it3 * it3 * it) / 42.0
+    return lg, dg, tg
+
+
 @njit
 def nz_terms(theta, yv):
     """Σ_{y>0}[lnΓ(y+θ) − lnΓ(θ) − lnΓ(y+1)] and Σ_{y>0}[ψ(y+θ) − ψ(θ)] over the non-zero
@@ -167,7 +208,6 @@ def nz_terms(theta, yv):
     is large)."""
     c = 0.0
     dp = 0.0
-    lgt = math.lgamma(theta)
     for t in range(yv.shape[0]):
         y = yv[t]
         if y < 64.0 and y == math.floor(y):
@@ -177,8 +217,9 @@ def nz_terms(theta, yv):
                 dp += 1.0 / (theta + i)
                 i += 1.0
         else:
-            c += math.lgamma(y + theta) - lgt
-            dp += digamma(y + theta) - digamma(theta)
+            lg, dg, _ = gamma_differences(theta, y, False)
+            c += lg
+            dp += dg
         c -= math.lgamma(y + 1.0)
     return c, dp
 
@@ -245,7 +286,7 @@ def nz_d2(theta, yv):
                 s -= 1.0 / ((theta + i) * (theta + i))
                 i += 1.0
         else:
-            s += trigamma(y + theta) - trigamma(theta)
+            s += gamma_differences(theta, y, True)[2]
     return s
 
 
@@ -494,16 +535,11 @@ def nz_terms_tails(theta, tail, big, lgy, want_d2):
         c += t * math.log(z)
         dp += t * iz
         d2 -= t * iz * iz
-    if big.shape[0] > 0:
-        lgt = math.lgamma(theta)
-        dgt = digamma(theta)
-        tgt = trigamma(theta) if want_d2 else 0.0
-        for t in range(big.shape[0]):
-            y = big[t]
-            c += math.lgamma(y + theta) - lgt
-            dp += digamma(y + theta) - dgt
-            if want_d2:
-                d2 += trigamma(y + theta) - tgt
+    for t in range(big.shape[0]):
+        lg, dg, tg = gamma_differences(theta, big[t], want_d2)
+        c += lg
+        dp += dg
+        d2 += tg
     return c, dp, d2
 
 
