@@ -133,15 +133,18 @@ def test_pseudobulk_bitwise(client, atlas):
     assert np.array_equal(one.to_numpy(), two.to_numpy())
 
 
+def _de_kwargs(method):
+    """de()'s arguments for the atlas: the LMM's cell-type interaction, or per-type pseudobulk."""
+    kw = {"random": "donor_id", "layer": "counts", "method": method}
+    if method == "lmm":
+        return {**kw, "fixed": FIXED, "contrast": {"stim_B": "cell_typeB:conditionstim"}}
+    return {**kw, "fixed": "~ condition", "contrast": "conditionstim", "cell_type": "cell_type"}
+
+
 @pytest.mark.parametrize("method", ["lmm", "pseudobulk"])
 def test_de_bitwise(client, atlas, method):
     _, _, path = atlas
-    kw = {"fixed": "~ condition", "random": "donor_id", "contrast": "conditionstim",
-          "layer": "counts", "method": method}  # fmt: skip
-    if method == "lmm":
-        kw.update(fixed=FIXED, contrast={"stim_B": "cell_typeB:conditionstim"})
-    else:
-        kw.update(cell_type="cell_type")
+    kw = _de_kwargs(method)
     ref = fm.de(str(path), scheduler=False, **kw)
     got = fm.de(str(path), **kw)  # the active client
     pd.testing.assert_frame_equal(got, ref, check_exact=True)
@@ -272,12 +275,7 @@ def test_zarr_errors(atlas_zarr, tmp_path):
 def test_zarr_read_by_the_workers(client, atlas, atlas_zarr, method):
     """With a client, the workers read their own rows of the .zarr store: bitwise the
     single-process result."""
-    kw = {"fixed": "~ condition", "random": "donor_id", "contrast": "conditionstim",
-          "layer": "counts", "method": method}  # fmt: skip
-    if method == "lmm":
-        kw.update(fixed=FIXED, contrast={"stim_B": "cell_typeB:conditionstim"})
-    else:
-        kw.update(cell_type="cell_type")
+    kw = _de_kwargs(method)
     ref = fm.de(str(atlas[2]), scheduler=False, **kw)
     got = fm.de(str(atlas_zarr), scheduler=client, **kw)
     pd.testing.assert_frame_equal(got, ref, check_exact=True)

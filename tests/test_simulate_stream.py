@@ -202,6 +202,7 @@ MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~30 s: 2 × 200,000 cells streamed and once in memory
 def test_streaming_memory_does_not_grow_with_the_matrix(tmp_path):
     src = str(Path(fm.__file__).resolve().parents[1])
     out = subprocess.run(
