@@ -253,6 +253,17 @@ def test_cli_nbmm(pbmc, tmp_path):
     run = run_cli("de", str(path), "--layer", "counts", "--random", "donor_id", "--fixed",
                   "~ condition", "--agq", "5", "-o", str(out))  # fmt: skip
     assert run.returncode == 2 and "--agq N needs --method nbmm" in run.stderr
+    # the LRT fits by ML by default; asking for REML with it is refused, naming the reason
+    run = run_cli("de", str(path), "--layer", "counts", "--method", "nbmm", "--random",
+                  "donor_id", "--fixed", "~ condition", "--contrast", "stim=conditionstim",
+                  "--test", "lrt", "-o", str(out))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lrt = pd.read_csv(out)
+    assert (lrt.df == 1).all() and lrt.p_value.notna().all()
+    run = run_cli("de", str(path), "--layer", "counts", "--method", "nbmm", "--random",
+                  "donor_id", "--fixed", "~ condition", "--test", "lrt", "--reml", "-o",
+                  str(out))  # fmt: skip
+    assert run.returncode == 2 and "compares ML likelihoods" in run.stderr
 
 
 def test_lrt_of_an_agq_fit_refits_by_agq(donors_data):
