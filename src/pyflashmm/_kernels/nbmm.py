@@ -167,9 +167,19 @@ STIRLING_THETA = 1e3
 
 
 @njit
-def gamma_differences(theta, y, want_d2):
+def gamma_at(theta, want_d2):
+    """(lnΓ(θ), ψ(θ), ψ′(θ)) for :func:`gamma_differences` below ``STIRLING_THETA`` (zeros above,
+    where they are not used; ψ′ only if ``want_d2``): computed once per θ, not once per count."""
+    if theta >= STIRLING_THETA:
+        return 0.0, 0.0, 0.0
+    return math.lgamma(theta), digamma(theta), trigamma(theta) if want_d2 else 0.0
+
+
+@njit
+def gamma_differences(theta, y, want_d2, at_theta):
     """(lnΓ(y+θ) − lnΓ(θ), ψ(y+θ) − ψ(θ), ψ′(y+θ) − ψ′(θ)) for y > 0 (the last 0 unless
-    ``want_d2``), without the cancellation of the plain differences at large θ.
+    ``want_d2``), without the cancellation of the plain differences at large θ; ``at_theta`` is
+    :func:`gamma_at` of θ.
 
     For θ ≥ ``STIRLING_THETA``, with u = y/θ and the Stirling corrections
     s(z) = 1/(12z) − 1/(360z³) + 1/(1260z⁵) (truncation < 1e-24 there):
@@ -178,9 +188,10 @@ def gamma_differences(theta, y, want_d2):
     ψ′(y+θ) − ψ′(θ) = −y/(θ(θ+y)) − y(2θ+y)/(2θ²(θ+y)²) + Δ(1/(6z³) − 1/(30z⁵) + 1/(42z⁷)),
     each difference of 1/z, 1/z² taken in closed form, the smaller ones directly."""
     if theta < STIRLING_THETA:
-        lg = math.lgamma(y + theta) - math.lgamma(theta)
-        dg = digamma(y + theta) - digamma(theta)
-        tg = trigamma(y + theta) - trigamma(theta) if want_d2 else 0.0
+        lgt, dgt, tgt = at_theta
+        lg = math.lgamma(y + theta) - lgt
+        dg = digamma(y + theta) - dgt
+        tg = trigamma(y + theta) - tgt if want_d2 else 0.0
         return lg, dg, tg
     z = theta + y
     it = 1.0 / theta
@@ -208,6 +219,7 @@ def nz_terms(theta, yv):
     is large)."""
     c = 0.0
     dp = 0.0
+    at_theta = gamma_at(theta, False)
     for t in range(yv.shape[0]):
         y = yv[t]
         if y < 64.0 and y == math.floor(y):
@@ -217,7 +229,7 @@ def nz_terms(theta, yv):
                 dp += 1.0 / (theta + i)
                 i += 1.0
         else:
-            lg, dg, _ = gamma_differences(theta, y, False)
+            lg, dg, _ = gamma_differences(theta, y, False, at_theta)
             c += lg
             dp += dg
         c -= math.lgamma(y + 1.0)
@@ -278,6 +290,7 @@ def nz_d2(theta, yv):
     """Σ_{y>0}[ψ′(y+θ) − ψ′(θ)] (= −Σ_{i<y} 1/(θ+i)² for y < 64), the second θ-derivative of
     the non-zero-count constant."""
     s = 0.0
+    at_theta = gamma_at(theta, True)
     for t in range(yv.shape[0]):
         y = yv[t]
         if y < 64.0 and y == math.floor(y):
@@ -286,7 +299,7 @@ def nz_d2(theta, yv):
                 s -= 1.0 / ((theta + i) * (theta + i))
                 i += 1.0
         else:
-            s += gamma_differences(theta, y, True)[2]
+            s += gamma_differences(theta, y, True, at_theta)[2]
     return s
 
 
@@ -535,8 +548,9 @@ def nz_terms_tails(theta, tail, big, lgy, want_d2):
         c += t * math.log(z)
         dp += t * iz
         d2 -= t * iz * iz
+    at_theta = gamma_at(theta, want_d2)
     for t in range(big.shape[0]):
-        lg, dg, tg = gamma_differences(theta, big[t], want_d2)
+        lg, dg, tg = gamma_differences(theta, big[t], want_d2, at_theta)
         c += lg
         dp += dg
         d2 += tg
