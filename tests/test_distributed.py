@@ -279,3 +279,17 @@ def test_zarr_read_by_the_workers(client, atlas, atlas_zarr, method):
     ref = fm.de(str(atlas[2]), scheduler=False, **kw)
     got = fm.de(str(atlas_zarr), scheduler=client, **kw)
     pd.testing.assert_frame_equal(got, ref, check_exact=True)
+
+
+def test_cli_reads_a_zarr_store(atlas, atlas_zarr, tmp_path):
+    """`pyflashmm de` takes a .zarr store as de() does: the table of the .h5ad holding the same
+    counts."""
+    tables = []
+    for src in (atlas[2], atlas_zarr):
+        out = tmp_path / f"{src.suffix[1:]}.csv"
+        argv = ["de", str(src), "--fixed", FIXED, "--random", "donor_id", "--layer", "counts",
+                "--contrast", "stim_B=cell_typeB:conditionstim", "-o", str(out),
+                "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+        tables.append(pd.read_csv(out))
+    pd.testing.assert_frame_equal(tables[1], tables[0], check_exact=True)

@@ -82,7 +82,9 @@ def _add_de(subparsers) -> None:
         epilog=DE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="AnnData .h5ad file (read from disk in cell chunks)")
+    p.add_argument(
+        "input", help="AnnData .h5ad file or .zarr store (read from disk in cell chunks)"
+    )
     p.add_argument("--fixed", required=True, help='fixed-effects formula, e.g. "~ condition"')
     p.add_argument(
         "--random", action="append", default=None, metavar="TERM",
@@ -177,8 +179,8 @@ def summary_line(table, output) -> str:
 
 def _run_de(args) -> int:
     path = _existing_file(args.input, "input")
-    if path.suffix.lower() != ".h5ad":
-        raise _UsageError(f"input: {str(path)!r} is not an .h5ad file")
+    if path.suffix.lower() not in (".h5ad", ".zarr"):
+        raise _UsageError(f"input: {str(path)!r} is not an .h5ad file or a .zarr store")
     out = _output_path(args.output)
     contrasts = _parse_contrasts(args.contrast)
     if args.chunk_size <= 0:

@@ -465,8 +465,8 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, pr
         _nonempty_cells(cells, obs, chunk_size)
     if test == "lrt" and reml:
         raise ValueError(
-            "test='lrt' compares ML likelihoods: pass reml=False with method='nbmm' (REML "
-            "likelihoods of different fixed effects are not comparable)"
+            "test='lrt' compares ML likelihoods: pass reml=False with method='nbmm' (CLI: "
+            "--ml; REML likelihoods of different fixed effects are not comparable)"
         )
     if len(cols) == 1:
         groups = obs[cols[0]].astype(str).to_numpy()
