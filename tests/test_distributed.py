@@ -187,7 +187,10 @@ def test_failing_chunk_is_named(client, atlas):
     with pytest.raises(fm.ChunkError, match=r"cells 8192:12288 of the dask array .*inflate"):
         fm.summary_stats(lazy, dsg, chunk_size=4096, scheduler=client)
     with pytest.raises(fm.ChunkError, match=r"cells 8192:12288 of Y .*inflate"):
-        fm.summary_stats(lazy, dsg, scheduler=False)
+        fm.summary_stats(lazy, dsg, chunk_size=4096, scheduler=False)
+    # read in runs of blocks: the message names the run that holds the failing block
+    with pytest.raises(fm.ChunkError, match=r"cells 0:16384 of Y .*inflate"):
+        fm.summary_stats(lazy, dsg, chunk_size=16384, scheduler=False)
 
 
 def test_damaged_file_fails_cleanly(client, atlas, tmp_path):

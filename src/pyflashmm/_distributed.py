@@ -102,12 +102,22 @@ def is_dask_array(Y) -> bool:
 
 
 def row_chunks(Y, n: int, chunk_size: int) -> list[tuple[int, int]]:
-    """The row ranges ``(start, stop)`` of the chunks: a dask array's own row chunks (reading
-    one costs one block), otherwise ``chunk_size`` rows each."""
-    if is_dask_array(Y):
-        bounds = np.concatenate([[0], np.cumsum(Y.chunks[0])]).astype(int)
-        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    return [(a, min(n, a + chunk_size)) for a in range(0, n, chunk_size)]
+    """The row ranges ``(start, stop)`` of the chunks: ``chunk_size`` rows each, or for a dask
+    array runs of its own row chunks (reading a range costs whole blocks), as many
+    consecutive blocks as fit in ``chunk_size`` rows (at least one: anndata's ``read_lazy``
+    cuts 1,000-row blocks, and one computation per block would cost more than the block)."""
+    if not is_dask_array(Y):
+        return [(a, min(n, a + chunk_size)) for a in range(0, n, chunk_size)]
+    out: list[tuple[int, int]] = []
+    start = stop = 0
+    for size in Y.chunks[0]:
+        if stop > start and stop + size - start > chunk_size:
+            out.append((start, stop))
+            start = stop
+        stop += int(size)
+    if stop > start:
+        out.append((start, stop))
+    return out
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ a ``(counts, obs)`` pair, checked before any work is done.
 Counts stay where they are: an in-memory matrix is used as it is, a backed ``.h5ad`` (opened
 from a path, or an AnnData opened with ``backed="r"``) and a ``.zarr`` store (opened from a
 path) are read in row chunks, including a layer (``layers[name]`` is opened as an on-disk
-sparse dataset rather than loaded). Only the cell table (and the gene names) is loaded whole.
+sparse dataset rather than loaded), and so is a dask array (an AnnData opened with
+``anndata.experimental.read_lazy``, whose X and layers are dask arrays of CSR chunks, or a
+``(dask array, obs)`` pair), in its own row chunks. Only the cell table (and the gene names)
+is loaded whole.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pyflashmm._checks import MissingColumnError
+from pyflashmm._distributed import is_dask_array
 
 #: rows read to decide what kind of values the counts hold (integers, non-integers, negatives)
 PEEK_ROWS = 2_000
@@ -60,7 +64,7 @@ class CellData:
             self._close()
 
 
-def _is_anndata(data) -> bool:
+def is_anndata(data) -> bool:
     return hasattr(data, "obs") and hasattr(data, "var_names") and hasattr(data, "layers")
 
 
@@ -120,6 +124,17 @@ def _open_zarr(path: Path, layer: str | None) -> CellData:
     return CellData(counts, obs, genes, where, layer, True, None)
 
 
+def _obs_frame(obs) -> pd.DataFrame:
+    """The cell table as a pandas DataFrame: an AnnData opened with
+    ``anndata.experimental.read_lazy`` holds it as a lazy ``Dataset2D``, loaded here (the one
+    thing that is loaded whole)."""
+    if isinstance(obs, pd.DataFrame):
+        return obs
+    if hasattr(obs, "to_memory"):
+        return obs.to_memory()
+    raise TypeError(f"data: the AnnData's obs is a {type(obs).__name__}, not a table")
+
+
 def _anndata_counts(adata, layer):
     """The counts of ``adata`` (X or a layer) and where they came from."""
     backed = bool(getattr(adata, "isbacked", False))
@@ -172,17 +187,16 @@ def open_cells(data, layer: str | None = None) -> CellData:
         adata, backed = _open_path(path)
         close = adata.file.close if backed else None
         data = adata
-    if _is_anndata(data):
+    if is_anndata(data):
         try:
             counts, where = _anndata_counts(data, layer)
         except Exception:
             if close is not None:
                 close()
             raise
-        backed = bool(getattr(data, "isbacked", False))
-        obs = data.obs
+        backed = bool(getattr(data, "isbacked", False)) or is_dask_array(counts)
         genes = [str(g) for g in data.var_names]
-        return CellData(counts, obs, genes, where, layer, backed, close)
+        return CellData(counts, _obs_frame(data.obs), genes, where, layer, backed, close)
     if hasattr(data, "counts") and hasattr(data, "obs") and hasattr(data, "gene_names"):
         if layer is not None:  # a SimulatedData: its counts, cell table and gene names
             raise ValueError("layer: simulated data have no layers")
@@ -233,10 +247,10 @@ def _all_sparse(frame: pd.DataFrame) -> bool:
 
 
 def _dense_or_csr(block):
+    if hasattr(block, "compute"):  # a block of a dask array (of CSR chunks, or dense)
+        block = block.compute()
     if sp.issparse(block):
         return sp.csr_matrix(block)
-    if hasattr(block, "compute"):
-        block = block.compute()
     return np.asarray(block)
 
 

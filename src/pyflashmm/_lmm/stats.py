@@ -28,6 +28,7 @@ O(chunk + (p + q)·G).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -435,6 +436,7 @@ def summary_stats(
     gene_names=None,
     progress: bool | None = None,
     scheduler=None,
+    layer: str | None = None,
 ) -> SummaryStats:
     """Compute the LMM summary statistics of Y in one pass over cell chunks.
 
@@ -443,10 +445,13 @@ def summary_stats(
 
     Parameters
     ----------
-    Y : array-like, cells × genes (n × G)
+    Y : array-like, AnnData or path, cells × genes (n × G)
         ndarray, pandas DataFrame, ``scipy.sparse`` CSR/CSC (never densified), or any object
         with ``shape`` whose row slices ``Y[a:b]`` give one of those (backed AnnData ``X``,
-        h5py-backed sparse datasets, dask arrays).
+        h5py-backed sparse datasets, dask arrays of CSR or dense chunks); or an AnnData (in
+        memory, ``backed="r"`` or from ``anndata.experimental.read_lazy``) or a path to an
+        ``.h5ad`` file or ``.zarr`` store, whose ``X`` (or ``layers[layer]``) is read in row
+        chunks and whose ``var_names`` name the genes.
     X : Design or array-like, n × p
         A :class:`~pyflashmm.Design` (then ``Z`` and ``d`` are omitted: X, Z, d, the names of
         the coefficients and random effects, and the block and level labels all come from it),
@@ -475,6 +480,8 @@ def summary_stats(
         result is bitwise the same as without Dask, for any ``chunk_size`` and any number of
         workers (in-memory CSC input without a client is summed gene by gene instead, which
         agrees to rounding, about 1e-15 relative).
+    layer : str, optional
+        With an AnnData or a path: the layer holding the counts (default ``X``).
 
     Returns
     -------
@@ -498,6 +505,19 @@ def summary_stats(
     >>> stats.random_blocks  # doctest: +SKIP
     ['donor_id']
     """
+    from pyflashmm._frontend.inputs import is_anndata, open_cells
+
+    if is_anndata(Y) or isinstance(Y, str | os.PathLike):
+        cells = open_cells(Y, layer)
+        names = cells.gene_names if gene_names is None else gene_names
+        try:
+            return summary_stats(cells.counts, X, Z, d, transform=transform,
+                                 chunk_size=chunk_size, gene_names=names, progress=progress,
+                                 scheduler=scheduler)  # fmt: skip
+        finally:
+            cells.close()
+    if layer is not None:
+        raise ValueError("layer: only an AnnData (or a path to one) has layers")
     if isinstance(Y, pd.DataFrame):
         gene_names = gene_names if gene_names is not None else list(map(str, Y.columns))
         Y = _frame_values(Y)
