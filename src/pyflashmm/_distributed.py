@@ -31,8 +31,6 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 #: cells per leaf of the reduction tree (fixed: changing it changes the rounding of the sums)
 LEAF_CELLS = 4096
 
