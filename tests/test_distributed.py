@@ -14,6 +14,7 @@ da = pytest.importorskip("dask.array")
 
 import pyflashmm as fm  # noqa: E402
 from pyflashmm import _distributed as _dist  # noqa: E402
+from pyflashmm._frontend.inputs import open_cells  # noqa: E402
 from pyflashmm.cli import main  # noqa: E402
 
 N_CELLS = 5 * _dist.LEAF_CELLS + 123  # several leaves and a short last one
@@ -229,7 +230,6 @@ def atlas_zarr(atlas, tmp_path_factory):
 def test_zarr_path_is_read_lazily(atlas, atlas_zarr):
     """A .zarr path is opened lazily (the counts stay in the store, read in row chunks), and
     de(), summary_stats and pseudobulk give bitwise the results of the in-memory counts."""
-    from pyflashmm._frontend.inputs import open_cells
 
     counts, obs, h5ad = atlas
     cells = open_cells(str(atlas_zarr), layer="counts")
@@ -263,7 +263,6 @@ def test_zarr_path_is_read_lazily(atlas, atlas_zarr):
 
 def test_zarr_errors(atlas_zarr, tmp_path):
     from pyflashmm._checks import MissingColumnError
-    from pyflashmm._frontend.inputs import open_cells
 
     with pytest.raises(MissingColumnError, match="layer 'raw' not in the AnnData"):
         open_cells(str(atlas_zarr), layer="raw")
@@ -296,3 +295,111 @@ def test_cli_reads_a_zarr_store(atlas, atlas_zarr, tmp_path):
         assert main(argv) == 0
         tables.append(pd.read_csv(out))
     pd.testing.assert_frame_equal(tables[1], tables[0], check_exact=True)
+
+
+# ----------------------------------------------------------------------------- gene blocks
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Gene blocks of 7 genes, and waves of about 60,000 stored counts (several of each on the
+    atlas's 40 genes); returns the list of waves run."""
+    from pyflashmm import _gene_blocks
+
+    runs = []
+    real_waves = _gene_blocks.waves
+
+    def recorded(*args):
+        out = real_waves(*args)
+        runs.append(out)
+        return out
+
+    monkeypatch.setattr(_gene_blocks, "default_genes_per_block", lambda G, n: 7)
+    monkeypatch.setattr(_gene_blocks, "wave_nonzeros_for", lambda client: 60_000.0)
+    monkeypatch.setattr(_gene_blocks, "waves", recorded)
+    return runs
+
+
+def _lazy_zarr(path):
+    from anndata.experimental import read_lazy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's experimental-API notices
+        return read_lazy(path)
+
+
+@pytest.mark.parametrize(
+    ("method", "source"),
+    [("nbmm", "h5ad"), ("nbmm", "lazy zarr"), ("nbglm", "zarr"), ("nbglm", "in memory")],
+)
+def test_cell_level_nb_fits_on_gene_blocks_are_bitwise(client, atlas, atlas_zarr, small_blocks,
+                                                       method, source):  # fmt: skip
+    """The NB mixed model and the cell-level NB GLM fitted block by block on the workers, in
+    several waves, from a file, a dask array or memory: the single-process table bit for
+    bit (including BH and independent filtering over all genes)."""
+    counts, obs, path = atlas
+    contrast = {"stim": "conditionstim", "NK_vs_B": "cell_typeNK"}
+    kw = {"fixed": "~ cell_type + condition", "method": method, "layer": "counts",
+          "contrast": contrast, "progress": False}  # fmt: skip
+    if method == "nbmm":
+        kw["random"] = "donor_id"
+        kw["reml"] = source == "h5ad"  # de's default once; ML (9× faster) otherwise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # genes without a GLM fit (both ways)
+        ref = fm.de(str(path), scheduler=False, **kw)
+        data = {"h5ad": str(path), "zarr": str(atlas_zarr), "lazy zarr": _lazy_zarr(atlas_zarr),
+                "in memory": _as_anndata(counts, obs)}[source]  # fmt: skip
+        got = fm.de(data, scheduler=client, **kw)
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+    assert got.attrs == ref.attrs
+    n_waves = len(small_blocks[-1])
+    assert n_waves >= 3 if method == "nbmm" else n_waves >= 3 and len(small_blocks) == 2
+
+
+def test_size_factors_on_the_workers_are_bitwise(client, atlas):
+    """poscounts from two passes on the workers (16 row ranges read in chunks): the in-memory
+    factors bit for bit; the per-gene positive counts and per-cell totals come with them."""
+    from pyflashmm._gene_blocks import poscounts_on_cluster
+    from pyflashmm._size_factors import poscounts_rescaled
+
+    counts, _, path = atlas
+    backed = open_cells(str(path), "counts")
+    try:
+        raw, totals, nnz = poscounts_on_cluster(client, backed.counts, *counts.shape, 3000,
+                                                "layers['counts']")  # fmt: skip
+    finally:
+        backed.close()
+    assert np.array_equal(poscounts_rescaled(raw), fm.size_factors(counts, "poscounts"))
+    assert np.array_equal(nnz, np.asarray((counts > 0).sum(axis=0)).ravel())
+    assert np.array_equal(totals, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel())
+
+
+def test_gene_block_fits_survive_a_worker_death(client, atlas, small_blocks, tmp_path):
+    counts, obs, _ = atlas
+    kw = {"fixed": "~ condition", "random": "donor_id", "method": "nbmm", "reml": False,
+          "contrast": "conditionstim", "progress": False}  # fmt: skip
+    ref = fm.de((counts, obs), scheduler=False, **kw)
+    marker = str(tmp_path / "killed")
+    lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
+    lazy = lazy.map_blocks(_kill_once, marker, dtype=counts.dtype, meta=counts[:0])
+    got = fm.de((lazy, obs), scheduler=client, **kw)
+    assert os.path.exists(marker)  # a worker did die
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_gene_block_fits_name_a_failing_chunk_and_bad_input(client, atlas):
+    counts, obs, _ = atlas
+    kw = {"fixed": "~ condition", "method": "nbglm", "progress": False}
+    lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
+    failing = lazy.map_blocks(_fail_rows, dtype=counts.dtype, meta=counts[:0])
+    with pytest.raises(fm.ChunkError, match=r"cells \d+:\d+ of the dask array .*inflate"):
+        fm.de((failing, obs), scheduler=client, **kw)
+    empty = counts.tolil()
+    empty[[5, 9]] = 0
+    with pytest.raises(ValueError, match=r"2 cells have no counts at all in counts \(first: "
+                                         r"'cell5', 'cell9'\)"):  # fmt: skip
+        fm.de((da.from_array(empty.tocsr(), chunks=(4096, N_GENES), asarray=False), obs),
+              scheduler=client, **kw)  # fmt: skip
+    with pytest.raises(ValueError, match="size_factors='ratio': on a Dask cluster"):
+        fm.de((lazy, obs), scheduler=client, size_factors="ratio", **kw)

@@ -182,7 +182,7 @@ class _Rows:
         self.Y = Y
 
 
-def _read(data, start: int, stop: int, where: str):
+def read_block(data, start: int, stop: int, where: str):
     """The chunk's rows: read from a file, sliced, or (already a block) as they are. Reading
     errors become a :class:`ChunkError` naming the rows."""
     if not isinstance(data, FileSource | _Rows):
@@ -193,16 +193,16 @@ def _read(data, start: int, stop: int, where: str):
         block = data.Y[start:stop]
         return block.compute() if hasattr(block, "compute") else block
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the rows
-        raise ChunkError(_chunk_message(where, start, stop, exc)) from exc
+        raise ChunkError(chunk_message(where, start, stop, exc)) from exc
 
 
 def read_chunk(Y, start: int, stop: int, where: str):
     """Rows ``start:stop`` of ``Y`` read here (a dask block computed); reading errors become a
     :class:`ChunkError` naming the rows."""
-    return _read(_Rows(Y), start, stop, where)
+    return read_block(_Rows(Y), start, stop, where)
 
 
-def _chunk_message(where: str, start: int, stop: int, exc: BaseException) -> str:
+def chunk_message(where: str, start: int, stop: int, exc: BaseException) -> str:
     reason = str(exc).splitlines()[0] if str(exc) else ""
     return (
         f"cannot read cells {start}:{stop} of {where} ({type(exc).__name__}: {reason}); the "
@@ -223,7 +223,7 @@ def sum_range(op, data, start: int, stop: int, reads, args, where: str) -> tuple
     acc = None
     leaf_end = start
     for a, b in reads:
-        block = op.prepare(_read(data, a, b, where), a, b)
+        block = op.prepare(read_block(data, a, b, where), a, b)
         i = a
         while i < b:
             if i == leaf_end:
@@ -320,17 +320,22 @@ def task_ranges(n: int, chunk_size: int) -> tuple[list[tuple[int, int]], int]:
     return [(a, min(n, a + size)) for a in range(0, n, size)], level
 
 
+def task_inputs(client, Y, tasks: list[tuple[int, int]], where: str) -> tuple[list, str]:
+    """What each task reads its rows ``tasks[k]`` from, and how messages name the input: the
+    file (workers read their rows themselves), a future of the rows of a dask array (computed
+    on the workers), or the rows of an in-memory matrix scattered once."""
+    source = file_source(Y)
+    if source is not None:
+        return [source] * len(tasks), str(source)
+    if is_dask_array(Y):
+        blocks = [Y[a:b].rechunk(-1).to_delayed().ravel()[0] for a, b in tasks]
+        return client.compute(blocks), "the dask array"
+    return [client.scatter(read_block(_Rows(Y), a, b, where)) for a, b in tasks], where
+
+
 def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
     tasks, level = task_ranges(n, chunk_size)
-    source = file_source(Y)
-    if source is not None:  # workers read their rows from the file
-        inputs = [source] * len(tasks)
-        where = str(source)
-    elif is_dask_array(Y):  # workers compute the task's rows of the graph
-        where = "the dask array"
-        inputs = client.compute([Y[a:b].rechunk(-1).to_delayed().ravel()[0] for a, b in tasks])
-    else:  # in memory: each task's rows are scattered once
-        inputs = [client.scatter(_read(_Rows(Y), a, b, where)) for a, b in tasks]
+    inputs, where = task_inputs(client, Y, tasks, where)
     leaves = [
         client.submit(sum_range, op, data, a, b, [(a, b)], args_of(a, b), where, pure=False)
         for data, (a, b) in zip(inputs, tasks, strict=True)
@@ -347,16 +352,24 @@ def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
     except ChunkError:
         raise
     except Exception as exc:
-        from distributed import Future, wait
-
-        wait(leaves)
-        for data, leaf, (a, b) in zip(inputs, leaves, tasks, strict=True):
-            if leaf.status != "error":
-                continue
-            if isinstance(data, Future) and data.status == "error":  # the block itself failed
-                raise ChunkError(_chunk_message(where, a, b, data.exception())) from exc
-            err = leaf.exception()
-            if isinstance(err, ValueError | TypeError):
-                raise err from None  # the chunk's own check (its message names the rows)
-            raise ChunkError(_chunk_message(where, a, b, err)) from exc
+        raise_chunk_failure(exc, inputs, leaves, tasks, where)
         raise
+
+
+def raise_chunk_failure(exc, inputs, futures, tasks, where) -> None:
+    """Raise the error of the first failed task of ``futures`` (one per row range of
+    ``tasks``, reading from ``inputs``) in terms of its cells: a :class:`ChunkError` naming
+    them, or the chunk's own ValueError/TypeError (its message names the rows). Returns when
+    none of them failed (the failure was elsewhere)."""
+    from distributed import Future, wait
+
+    wait(futures)
+    for data, fut, (a, b) in zip(inputs, futures, tasks, strict=True):
+        if fut.status != "error":
+            continue
+        if isinstance(data, Future) and data.status == "error":  # the block itself failed
+            raise ChunkError(chunk_message(where, a, b, data.exception())) from exc
+        err = fut.exception()
+        if isinstance(err, ValueError | TypeError):
+            raise err from None
+        raise ChunkError(chunk_message(where, a, b, err)) from exc

@@ -101,7 +101,13 @@ def size_factors_checked(Y, method: str):
     loggeo = _ks.log_geo_means_csr(indptr, indices, data, G)
     if np.isinf(loggeo).all():
         raise ValueError("counts: every gene is all-zero")
-    sf = _usable(_ks.median_log_ratios_csr(indptr, indices, data, loggeo))
+    return poscounts_rescaled(_ks.median_log_ratios_csr(indptr, indices, data, loggeo))
+
+
+def poscounts_rescaled(ratios: np.ndarray) -> np.ndarray:
+    """The poscounts size factors from every sample's exp(median log ratio): checked (a NaN is
+    a sample without a usable count) and rescaled to geometric mean 1."""
+    sf = _usable(ratios)
     return sf / np.exp(np.mean(np.log(sf)))
 
 

@@ -14,6 +14,11 @@ from pyflashmm._checks import MissingColumnError
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._design import design, formula_columns, level_label, random_groupings
 from pyflashmm._distributed import client_for
+from pyflashmm._frontend.cluster_fits import (
+    empty_cells_error,
+    nbglm_on_cluster,
+    nbmm_on_cluster,
+)
 from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import DF_METHODS, lmmtest
@@ -258,10 +263,11 @@ def de(
                                             client)  # fmt: skip
         elif method == "nbmm":
             table, dsg, used_test = _de_nbmm(cells, obs, fixed, random, contrast, test, df,
-                                             reml, chunk_size, progress, kwargs)  # fmt: skip
+                                             reml, chunk_size, progress, kwargs,
+                                             client)  # fmt: skip
         elif method == "nbglm":
             table, dsg, used_test = _de_cells(cells, obs, fixed, random, contrast, test,
-                                              chunk_size, kwargs)  # fmt: skip
+                                              chunk_size, kwargs, client)  # fmt: skip
         else:
             table, dsg, used_test = _de_pseudobulk(cells, obs, fixed, random, contrast, cell_type,
                                                    per_cell_type, test, chunk_size,
@@ -430,18 +436,13 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
 
 def _nonempty_cells(cells: CellData, obs: pd.DataFrame, chunk_size: int) -> None:
     """Refuse cells without any count (a cell-level NB model gives them no size factor)."""
-    totals = row_sums(cells, chunk_size)
-    empty = np.flatnonzero(totals == 0)
+    empty = np.flatnonzero(row_sums(cells, chunk_size) == 0)
     if empty.size:
-        names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
-        raise ValueError(
-            f"data: {empty.size} cells have no counts at all in {cells.where} (first: {names}): "
-            "a cell without counts has no size factor; remove them first (e.g. "
-            "sc.pp.filter_cells(adata, min_counts=1))"
-        )
+        raise empty_cells_error(empty, obs, cells.where)
 
 
-def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, progress, kwargs):
+def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, progress, kwargs,
+             client=None):  # fmt: skip
     if random is None:
         raise ValueError(
             "random: method='nbmm' needs the grouping of the cells into donors, e.g. "
@@ -461,8 +462,6 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, pr
     dsg = design(obs, fixed)
     as_contrasts(dsg.fixed_names, contrast)  # typos reported before the fit
     _check_counts(cells, "nbmm", kwargs.get("allow_non_integer", False))
-    if isinstance(kwargs.get("size_factors", "poscounts"), str):
-        _nonempty_cells(cells, obs, chunk_size)
     if test == "lrt" and reml:
         raise ValueError(
             "test='lrt' compares ML likelihoods: pass reml=False with method='nbmm' (CLI: "
@@ -472,20 +471,28 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, pr
         groups = obs[cols[0]].astype(str).to_numpy()
     else:  # an interaction grouping: one label per observed combination
         groups = obs[cols].astype(str).agg(":".join, axis=1).to_numpy()
-    counts = read_csr(cells, chunk_size)
     kwargs = dict(kwargs)
     if kwargs.get("n_agq") not in (None, 1):  # de's method= is taken: n_agq alone asks for AGQ
         kwargs["method"] = "agq"
+    test = "wald" if test is None else test
+    used = "lrt" if test == "lrt" else f"wald ({'z' if df == 'z' else 'between'})"
+    used += ", reml" if reml and test != "lrt" else ""
+    if client is not None:  # gene blocks fitted by the workers
+        table = nbmm_on_cluster(client, cells, obs, dsg.X_frame(), groups, contrast=contrast,
+                                test=test, df=df, reml=reml, chunk_size=chunk_size,
+                                kwargs=kwargs)  # fmt: skip
+        return table, dsg, used
+    if isinstance(kwargs.get("size_factors", "poscounts"), str):
+        _nonempty_cells(cells, obs, chunk_size)
+    counts = read_csr(cells, chunk_size)
     fit = nbmm(counts, dsg.X_frame(), groups, gene_names=cells.gene_names, progress=progress,
                reml=bool(reml), **kwargs)  # fmt: skip
-    test = "wald" if test is None else test
     table = nbmm_test(fit, contrast, test=test, df=df,
                       progress=progress)  # fmt: skip
-    used = "lrt" if test == "lrt" else f"wald ({table.attrs['df']})" + (", reml" if reml else "")
     return table, dsg, used
 
 
-def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
+def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs, client=None):
     if random is not None:
         cols = grouping_columns(random, "nbglm")
         warnings.warn(
@@ -499,6 +506,13 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs):
         )
     dsg = design(obs, fixed)
     _check_counts(cells, "nbglm", kwargs.get("allow_non_integer", False))
+    if client is not None:  # gene blocks fitted by the workers
+        _check_residual_df(dsg, "cells")
+        contrasts = as_contrasts(dsg.fixed_names, contrast)
+        table, used_test = nbglm_on_cluster(client, cells, obs, dsg.X_frame(), contrasts,
+                                            chunk_size=chunk_size,
+                                            kwargs=dict(kwargs, test=test))  # fmt: skip
+        return table, dsg, used_test
     _nonempty_cells(cells, obs, chunk_size)
     counts = read_csr(cells, chunk_size)
     table, used_test = _nb_fit_test(counts, dsg, contrast, cells.gene_names,
@@ -615,14 +629,18 @@ def _pooled_over(obs: pd.DataFrame, samples: list[str], cell_type: str | None):
     return None
 
 
-def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs, what="cells"):
-    """Fit the NB GLM once and test every contrast on that fit; returns (table, test)."""
+def _check_residual_df(dsg, what: str) -> None:
     m, p = dsg.X.shape
     if m <= p:
         raise ValueError(
             f"fixed: {dsg.spec.fixed!r} has {p} coefficients for {m} {what}: no residual "
             "degrees of freedom (the NB GLM needs more samples than coefficients)"
         )
+
+
+def _nb_fit_test(counts, dsg, contrast, gene_names, kwargs, what="cells"):
+    """Fit the NB GLM once and test every contrast on that fit; returns (table, test)."""
+    _check_residual_df(dsg, what)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     contrasts = as_contrasts(dsg.fixed_names, contrast)
     first = dict([next(iter(contrasts.items()))])  # the fit's own test: not repeated below

@@ -48,6 +48,22 @@ def _log_count(v, table):
     return math.log(v)
 
 
+@njit
+def add_log_positive(indptr, indices, data, lo, hi, part, npos):
+    """Add ln y of every positive entry of CSR rows ``lo:hi`` to ``part`` at its column and
+    count it in ``npos``, rows in order (one row range of :func:`log_geo_means_csr`; the
+    distributed size factors add a range read in pieces with the same calls, in the same
+    order)."""
+    table = _log_table()
+    for j in range(lo, hi):
+        for t in range(indptr[j], indptr[j + 1]):
+            v = data[t]
+            if v > 0.0:
+                i = indices[t]
+                part[i] += _log_count(v, table)
+                npos[i] += 1
+
+
 @njit(parallel=True)
 def log_geo_means_csr(indptr, indices, data, G):
     """ln g_i = Σ_{y_ji > 0} ln y_ji / m of every column i of an m×G CSR matrix; −inf for a
@@ -59,15 +75,9 @@ def log_geo_means_csr(indptr, indices, data, G):
     m = indptr.shape[0] - 1
     part = np.zeros((GEO_CHUNKS, G))
     npos = np.zeros((GEO_CHUNKS, G), dtype=np.int64)
-    table = _log_table()
     for ch in prange(GEO_CHUNKS):
-        for j in range(m * ch // GEO_CHUNKS, m * (ch + 1) // GEO_CHUNKS):
-            for t in range(indptr[j], indptr[j + 1]):
-                v = data[t]
-                if v > 0.0:
-                    i = indices[t]
-                    part[ch, i] += _log_count(v, table)
-                    npos[ch, i] += 1
+        add_log_positive(indptr, indices, data, m * ch // GEO_CHUNKS, m * (ch + 1) // GEO_CHUNKS,
+                         part[ch], npos[ch])  # fmt: skip
     out = np.empty(G)
     for i in range(G):
         s = 0.0

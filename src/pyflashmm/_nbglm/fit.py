@@ -309,8 +309,9 @@ class _Inputs:
     all_zero: np.ndarray
 
 
-def _validate(counts, X, *, coef_names, gene_names, allow_non_integer) -> _Inputs:
-    """Check counts and design (types, shapes, values, rank, names) before any work."""
+def _validate(counts, X, *, coef_names, gene_names, allow_non_integer, whole=True) -> _Inputs:
+    """Check counts and design (types, shapes, values, rank, names) before any work;
+    ``whole=False`` for a block of the genes (the genes' number is checked on the whole)."""
     if gene_names is None and isinstance(counts, pd.DataFrame):
         gene_names = [str(c) for c in counts.columns]
     if coef_names is None and isinstance(X, pd.DataFrame):
@@ -336,6 +337,13 @@ def _validate(counts, X, *, coef_names, gene_names, allow_non_integer) -> _Input
         raise ValueError(f"X has {p} columns for {m} samples: no residual degrees of freedom")
     all_zero = np.asarray(Y.sum(axis=0)).ravel() == 0
     n_genes = int(np.count_nonzero(~all_zero))
+    if whole:
+        check_gene_count(n_genes)
+    return _Inputs(Y, genes_by_samples(Y), design_layout(X), coef_names, gene_names, all_zero)
+
+
+def check_gene_count(n_genes: int) -> None:
+    """The dispersion trend needs at least 2 genes that are not all-zero."""
     if n_genes == 0:
         raise ValueError("counts: every gene is all-zero")
     if n_genes < 2:
@@ -343,7 +351,6 @@ def _validate(counts, X, *, coef_names, gene_names, allow_non_integer) -> _Input
             f"counts: {n_genes} gene is not all-zero; nbglm estimates a dispersion trend across "
             "genes and needs at least 2 (in practice hundreds of) genes that are not all-zero"
         )
-    return _Inputs(Y, genes_by_samples(Y), design_layout(X), coef_names, gene_names, all_zero)
 
 
 # ----------------------------------------------------------------------------- 2. size factors
@@ -383,8 +390,8 @@ def _gene_wise_stage(blocks: GeneBlocks, sf, layout, classes, opts: _Options) ->
         )
         for _idx, blk in blocks
     ]
-    disp = np.concatenate([gw.disp for gw in per_block])
-    base_mean = np.concatenate([gw.base_mean for gw in per_block])
+    disp = np.concatenate([gw.disp for gw in per_block] + [np.zeros(0)])
+    base_mean = np.concatenate([gw.base_mean for gw in per_block] + [np.zeros(0)])
     return _GeneWiseStage(disp, base_mean, per_block)
 
 
@@ -609,15 +616,25 @@ def _replace_outliers(ck: _CooksStage, ctx: _BlockContext, arrays: _GeneArrays) 
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _fit(inputs: _Inputs, sf, opts: _Options) -> NbGlmFit:
-    """Stages 3–6 (module docstring): the fit without its default test."""
+def warn_not_converged(n_genes: int, stacklevel: int) -> None:
+    """The warning of a fit in which the GLM of ``n_genes`` genes did not converge."""
+    warnings.warn(
+        f"{n_genes} genes did not converge in the GLM fit", RuntimeWarning, stacklevel=stacklevel
+    )
+
+
+def _fit(inputs: _Inputs, sf, opts: _Options, prior: _Prior | None = None,
+         warn: bool = True) -> NbGlmFit:  # fmt: skip
+    """Stages 3–6 (module docstring): the fit without its default test; with ``prior`` (the
+    trend and prior of all genes, for a block of them) stage 4 is skipped."""
     layout = inputs.layout
     m, p = layout.m, layout.p
     G = inputs.all_zero.size
     classes = sample_classes(sf, layout)
     blocks = GeneBlocks(inputs.Yt, np.flatnonzero(~inputs.all_zero), opts.block_size)
     gw = _gene_wise_stage(blocks, sf, layout, classes, opts)
-    prior = _trend_and_prior(gw, layout, opts)
+    if prior is None:
+        prior = _trend_and_prior(gw, layout, opts)
     cutoff = float(stats.f.ppf(0.99, p, m - p))
     can_replace = opts.cooks and np.isfinite(opts.min_replicates_for_replace)
     replaceable = np.zeros(m, bool)
@@ -648,10 +665,8 @@ def _fit(inputs: _Inputs, sf, opts: _Options) -> NbGlmFit:
     status[~arrays.converged] = _status.MAX_ITER
     status[inputs.all_zero | zero_after] = _status.ALL_ZERO
     nconv = int(np.sum(~arrays.converged[~inputs.all_zero]))
-    if nconv:
-        warnings.warn(
-            f"{nconv} genes did not converge in the GLM fit", RuntimeWarning, stacklevel=3
-        )
+    if nconv and warn:
+        warn_not_converged(nconv, stacklevel=5)
     data = NbGlmData(
         counts=inputs.Yt,
         layout=layout,
@@ -835,11 +850,18 @@ def nbglm(
     inputs = _validate(
         counts, X, coef_names=coef_names, gene_names=gene_names, allow_non_integer=allow_non_integer
     )
+    return fit_and_test(inputs, opts, contrast, reduced)
+
+
+def fit_and_test(inputs: _Inputs, opts: _Options, contrast, reduced,
+                 prior: _Prior | None = None, warn: bool = True) -> NbGlmFit:  # fmt: skip
+    """:func:`nbglm` after its checks: size factors, the fit (with the trend and prior of all
+    genes when ``prior`` is given, for a block of them) and the default test."""
     name, L = _default_contrast(contrast, inputs.coef_names)
     if opts.test == "lrt" and reduced is not None:
         reduced = _inference.check_reduced(reduced, inputs.layout)
     sf = _estimate_size_factors(inputs, opts.size_factors)
-    fit = _fit(inputs, sf, opts)
+    fit = _fit(inputs, sf, opts, prior, warn)
     if opts.test == "lrt":
         fit = replace(fit, loglik=_inference.full_loglik(fit))
     lrt_stats: dict = {}

@@ -315,14 +315,8 @@ def nbmm(
     res = fit_arrays(data, Xa, sf, len(levels), progress)
     names = np.asarray(STATUS_NAMES, dtype=object)[res["status"]]
     converged = np.isin(res["status"], (_status.OK, _status.BOUNDARY))
-    bad = ~converged & ~np.isin(names, ("all_zero", "one_group"))
-    if warn and bad.any():
-        warnings.warn(
-            f"nbmm: {int(bad.sum())} of {len(gene_names)} genes did not converge (see the "
-            "status field)",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+    if warn and failed_fits(names):
+        warn_not_converged(failed_fits(names), len(gene_names), stacklevel=3)
     p = Xa.shape[1]
     cov = res["cov"]
     diag = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
@@ -348,6 +342,20 @@ def nbmm(
         data=data,
         n_agq=nq,
         reml=bool(reml),
+    )
+
+
+def failed_fits(status: np.ndarray) -> int:
+    """Genes whose fit failed (not converged, and not all-zero or in one donor)."""
+    return int(np.sum(~np.isin(status, ("ok", "boundary", "all_zero", "one_group"))))
+
+
+def warn_not_converged(n_bad: int, n_genes: int, stacklevel: int) -> None:
+    """The one warning of a fit in which ``n_bad`` of ``n_genes`` genes failed."""
+    warnings.warn(
+        f"nbmm: {n_bad} of {n_genes} genes did not converge (see the status field)",
+        ConvergenceWarning,
+        stacklevel=stacklevel,
     )
 
 

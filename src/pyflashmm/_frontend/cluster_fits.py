@@ -1,0 +1,168 @@
+"""The cell-level NB fits of :func:`pyflashmm.de` on a Dask cluster, one gene block per task
+(:mod:`pyflashmm._gene_blocks`), with the tables of the blocks put together here.
+
+Every gene sees the same counts, design and size factors as in one process, so its fit and
+test are bitwise the same; what spans genes (BH per contrast) is applied to the gathered
+table, as in one process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pyflashmm._frontend.inputs import CellData
+from pyflashmm._gene_blocks import fit_blocks, poscounts_on_cluster
+from pyflashmm._multitest import bh_adjust
+from pyflashmm._nbglm.blockwise import block_options, fit_block, gene_wise_of_block, prior_of_blocks
+from pyflashmm._nbglm.fit import warn_not_converged as warn_glm_not_converged
+from pyflashmm._nbglm.inference import independent_filter, nbglm_test
+from pyflashmm._nbmm.fit import failed_fits, nbmm, warn_not_converged
+from pyflashmm._nbmm.inference import nbmm_test
+from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
+from pyflashmm._size_factors import poscounts_rescaled, size_factors_checked
+
+
+def empty_cells_error(empty: np.ndarray, obs: pd.DataFrame, where: str) -> ValueError:
+    """The error for cells without any count (a cell-level NB model gives them no size
+    factor), naming the first few."""
+    names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
+    return ValueError(
+        f"data: {empty.size} cells have no counts at all in {where} (first: {names}): a cell "
+        "without counts has no size factor; remove them first (e.g. "
+        "sc.pp.filter_cells(adata, min_counts=1))"
+    )
+
+
+def cluster_size_factors(client, cells: CellData, obs: pd.DataFrame, size_factors,
+                         chunk_size: int):  # fmt: skip
+    """(size factors, positive counts per gene) of the cells, from passes on the workers (or
+    here, for counts held in memory). ``size_factors`` is ``"poscounts"`` or the factors."""
+    if isinstance(size_factors, str) and size_factors != "poscounts":
+        if size_factors not in SIZE_FACTOR_METHODS:
+            raise ValueError(
+                f"size_factors must be one of {SIZE_FACTOR_METHODS} or an array, got "
+                f"{size_factors!r}"
+            )
+        raise ValueError(
+            f"size_factors={size_factors!r}: on a Dask cluster the cell-level models estimate "
+            "'poscounts' size factors (DESeq2's for sparse counts) or take the factors as an "
+            "array; pass size_factors='poscounts' or the array"
+        )
+    Y = cells.counts
+    n, G = cells.shape
+    if isinstance(Y, np.ndarray) or sp.issparse(Y):
+        Yr = sp.csr_matrix(Y, dtype=np.float64)
+        nnz = np.bincount(Yr.indices[Yr.data > 0], minlength=G)
+        if not isinstance(size_factors, str):
+            return size_factors, nnz
+        _check_nonempty(np.asarray(Yr.sum(axis=1)).ravel(), obs, cells.where)
+        return size_factors_checked(Yr, "poscounts"), nnz
+    raw, totals, nnz = poscounts_on_cluster(client, Y, n, G, chunk_size, cells.where)
+    if not isinstance(size_factors, str):
+        return size_factors, nnz
+    _check_nonempty(totals, obs, cells.where)
+    return poscounts_rescaled(raw), nnz
+
+
+def _check_nonempty(totals: np.ndarray, obs: pd.DataFrame, where: str) -> None:
+    empty = np.flatnonzero(totals == 0)
+    if empty.size:
+        raise empty_cells_error(empty, obs, where)
+
+
+def _nbmm_block(block, bounds, X, groups, sf, genes, options):
+    """Fit and test the NB mixed model on one gene block (a task): (table, failed fits)."""
+    a, b = bounds
+    fit = nbmm(block, X, groups, size_factors=sf, gene_names=genes[a:b], progress=False,
+               warn=False, **options["fit"])  # fmt: skip
+    table = nbmm_test(fit, options["contrast"], test=options["test"], df=options["df"],
+                      progress=False)  # fmt: skip
+    return table, failed_fits(fit.status)
+
+
+def _bh(part: pd.DataFrame) -> np.ndarray:
+    return bh_adjust(part["p_value"].to_numpy())
+
+
+def by_contrast(tables: list[pd.DataFrame], adjust=_bh) -> pd.DataFrame:
+    """The blocks' tables (each one row per gene and contrast, contrasts in blocks) as one:
+    contrasts in blocks, genes in order, ``adj_p_value`` by ``adjust`` (BH) over all genes
+    per contrast."""
+    contrasts = list(pd.unique(tables[0]["contrast"]))
+    parts = []
+    for c in contrasts:
+        part = pd.concat([t[t["contrast"] == c] for t in tables], ignore_index=True)
+        part["adj_p_value"] = adjust(part)
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs.update(tables[0].attrs)
+    return out
+
+
+def nbmm_on_cluster(client, cells: CellData, obs, X, groups, *, contrast, test, df, reml,
+                    chunk_size, kwargs) -> pd.DataFrame:  # fmt: skip
+    """:func:`pyflashmm.de`'s NB mixed model fitted block by block on the cluster's workers."""
+    options = dict(kwargs)
+    size_factors = options.pop("size_factors", "poscounts")
+    warn = options.pop("warn", True)
+    sf, nnz = cluster_size_factors(client, cells, obs, size_factors, chunk_size)
+    n, G = cells.shape
+    shared = (
+        X,  # a DataFrame: its columns name the coefficients
+        np.asarray(groups),
+        np.asarray(sf, dtype=np.float64),
+        list(cells.gene_names),
+        {"fit": dict(options, reml=bool(reml)), "contrast": contrast, "test": test, "df": df},
+    )
+    out = fit_blocks(client, cells.counts, n, G, _nbmm_block, shared, chunk_size=chunk_size,
+                     where=cells.where, gene_nnz=nnz)  # fmt: skip
+    n_bad = sum(bad for _, bad in out)
+    if n_bad and warn:
+        warn_not_converged(n_bad, G, stacklevel=5)
+    return by_contrast([table for table, _ in out])
+
+
+def _nbglm_gene_wise(block, bounds, X, sf, opts, allow_non_integer):
+    """Round 1 of the NB GLM on one gene block (a task): gene-wise dispersions, base means."""
+    return gene_wise_of_block(block, X, sf, opts, allow_non_integer)
+
+
+def _nbglm_block(block, bounds, X, sf, genes, opts, allow_non_integer, prior, contrasts):
+    """Round 2 on one gene block (a task): the fit with the trend and prior of all genes, its
+    tests (adjusted later) and the number of genes whose GLM did not converge."""
+    a, b = bounds
+    fit = fit_block(block, X, sf, opts, prior, contrast=dict([next(iter(contrasts.items()))]),
+                    gene_names=genes[a:b], allow_non_integer=allow_non_integer)  # fmt: skip
+    table = nbglm_test(fit, contrasts, independent_filtering=False)
+    return table, int(np.sum(~fit.converged[~fit.all_zero]))
+
+
+def nbglm_on_cluster(client, cells: CellData, obs, X, contrasts: dict, *, chunk_size,
+                     kwargs) -> tuple[pd.DataFrame, str]:  # fmt: skip
+    """:func:`pyflashmm.de`'s cell-level NB GLM fitted block by block on the workers, in two
+    rounds (:mod:`pyflashmm._nbglm.blockwise`); returns the table and the test."""
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    allow_non_integer = bool(options.pop("allow_non_integer", False))
+    opts = block_options("single_cell", options)
+    sf, nnz = cluster_size_factors(client, cells, obs, opts.size_factors, chunk_size)
+    n, G = cells.shape
+    sf = np.asarray(sf, dtype=np.float64)
+    run = dict(chunk_size=chunk_size, where=cells.where, gene_nnz=nnz)
+    rounds = fit_blocks(client, cells.counts, n, G, _nbglm_gene_wise,
+                        (X, sf, opts, allow_non_integer), **run)  # fmt: skip
+    prior = prior_of_blocks(rounds, X, opts)
+    shared = (X, sf, list(cells.gene_names), opts, allow_non_integer, prior, contrasts)
+    out = fit_blocks(client, cells.counts, n, G, _nbglm_block, shared, **run)
+    n_bad = sum(bad for _, bad in out)
+    if n_bad:
+        warn_glm_not_converged(n_bad, stacklevel=5)
+
+    def adjust(part: pd.DataFrame) -> np.ndarray:
+        p = part["p_value"].to_numpy()
+        if not opts.independent_filtering:
+            return bh_adjust(p)
+        return independent_filter(part["base_mean"].to_numpy(), p, opts.alpha)[0]
+
+    return by_contrast([table for table, _ in out], adjust), opts.test

@@ -1,0 +1,272 @@
+"""Cell-level fits on a Dask cluster, distributed over gene blocks.
+
+The cell-level NB models (the NB GLM of cells, the NB mixed model) need every cell of a gene at
+once, so unlike the LMM's statistics they are not sums over cell chunks. Their per-gene fits
+are independent given the size factors (and, for the NB GLM, the dispersion trend), so the
+genes are cut into blocks that the workers fit:
+
+1. **Size factors** (``poscounts``), in two passes over cell chunks on the workers: the log
+   geometric mean of every gene (the sums of the in-memory kernel's 16 row ranges, each range
+   added chunk after chunk by the same kernel, then the ranges added in order: the same bits),
+   then every cell's median ratio (a per-cell kernel). The first pass also counts each gene's
+   positive counts, the second each cell's total.
+2. **Gene blocks** (a shuffle): a worker reads a chunk of cells from the store once and cuts it
+   into the blocks' columns; each block's pieces are stacked on one worker. Reading a block's
+   columns straight from a row-oriented (CSR) store would read every row once per block; the
+   shuffle reads it once per *wave*. Genes are taken in waves of at most ``wave_nonzeros``
+   stored counts (from the counts of the first pass), so the cluster holds one wave of the
+   matrix at a time, and a wave's blocks are released when they are fitted.
+3. **Fits**: each block is fitted (and tested) on its worker by a function of the block's counts
+   (cells × block genes, CSC, float64) and its gene range; only its result travels back.
+
+The fits see the same size factors and the same counts of each gene as in one process, so the
+results per gene are bitwise the same; what spans genes (BH, the NB GLM's dispersion trend) is
+done here on the gathered results.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from pyflashmm._distributed import (
+    ChunkError,
+    chunk_message,
+    file_source,
+    is_dask_array,
+    raise_chunk_failure,
+    read_block,
+    task_ranges,
+)
+from pyflashmm._kernels import size_factors as _ks
+
+#: stored counts per wave when the workers' memory is not known (≈ 2.4 GB of CSC float64 and
+#: int32 indices, held once as pieces and once stacked)
+DEFAULT_WAVE_NONZEROS = 100_000_000
+#: share of the cluster's memory that one wave of blocks may take (pieces + stacked copies at
+#: 12 bytes per stored count each)
+WAVE_MEMORY_SHARE = 0.25
+
+
+def gene_block_bounds(G: int, genes_per_block: int) -> list[tuple[int, int]]:
+    """Consecutive gene ranges of ``genes_per_block`` genes (the last may be shorter)."""
+    return [(a, min(G, a + genes_per_block)) for a in range(0, G, genes_per_block)]
+
+
+def default_genes_per_block(G: int, n_threads: int) -> int:
+    """About four blocks per worker thread (load balance), 16 to 1,024 genes each."""
+    return int(np.clip(-(-G // max(1, 4 * n_threads)), 16, 1024))
+
+
+def waves(blocks: Sequence[tuple[int, int]], gene_nnz: np.ndarray, wave_nonzeros: float):
+    """Consecutive runs of ``blocks`` holding at most ``wave_nonzeros`` stored counts (at
+    least one block each)."""
+    out: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    held = 0.0
+    for a, b in blocks:
+        size = float(gene_nnz[a:b].sum())
+        if current and held + size > wave_nonzeros:
+            out.append(current)
+            current, held = [], 0.0
+        current.append((a, b))
+        held += size
+    if current:
+        out.append(current)
+    return out
+
+
+def wave_nonzeros_for(client) -> float:
+    """Stored counts per wave: a share of the workers' total memory limit, or the default."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    limit = sum(float(w.get("memory_limit") or 0) for w in workers)
+    if limit <= 0:
+        return float(DEFAULT_WAVE_NONZEROS)
+    return max(1e6, WAVE_MEMORY_SHARE * limit / 24.0)
+
+
+def n_worker_threads(client) -> int:
+    workers = client.scheduler_info().get("workers", {}).values()
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+def _source_name(Y, where: str) -> str:
+    source = file_source(Y)
+    return str(source) if source is not None else "the dask array" if is_dask_array(Y) else where
+
+
+def _submit_rows(client, Y, fn, start: int, stop: int, where: str, *args):
+    """A future of ``fn(rows, start, stop, where, *args)`` computed on a worker, which reads
+    the rows from ``Y``'s file itself, or (a dask array) computes them from the graph in the
+    same task graph, so that a block is dropped as soon as ``fn`` has used it."""
+    source = file_source(Y)
+    if source is not None:
+        return client.submit(fn, source, start, stop, where, *args, pure=False)
+    if is_dask_array(Y):
+        import dask
+
+        block = Y[start:stop].rechunk(-1).to_delayed().ravel()[0]
+        return client.compute(dask.delayed(fn, pure=False)(block, start, stop, where, *args))
+    raise TypeError(f"{type(Y).__name__}: not a file-backed matrix or a dask array")
+
+
+# ----------------------------------------------------------------------------- size factors
+
+
+def _csr64(block) -> sp.csr_matrix:
+    """A block of rows as CSR with float64 values and sorted int64 indices (the kernels' form)."""
+    Y = block if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+    Y = sp.csr_matrix(Y)
+    if not Y.has_sorted_indices:
+        Y = Y.sorted_indices()
+    return Y
+
+
+def _geo_step(data, start: int, stop: int, where: str, G: int, acc):
+    """``acc`` (Σ ln y over positive counts per gene, their number) plus cells start:stop."""
+    Y = _csr64(read_block(data, start, stop, where))
+    if acc is None:
+        part, npos = np.zeros(G), np.zeros(G, np.int64)
+    else:  # a new partial sum: the previous step's result may be needed again on a retry
+        part, npos = acc[0].copy(), acc[1].copy()
+    indptr = Y.indptr.astype(np.int64)
+    _ks.add_log_positive(indptr, Y.indices.astype(np.int64),
+                         np.ascontiguousarray(Y.data, dtype=np.float64), 0, Y.shape[0], part,
+                         npos)  # fmt: skip
+    return part, npos
+
+
+def _ratio_step(data, start: int, stop: int, where: str, loggeo):
+    """The median ratio (exp of the median log ratio) and the total count of cells start:stop."""
+    Y = _csr64(read_block(data, start, stop, where))
+    indptr = Y.indptr.astype(np.int64)
+    values = np.ascontiguousarray(Y.data, dtype=np.float64)
+    ratios = _ks.median_log_ratios_csr(indptr, Y.indices.astype(np.int64), values, loggeo)
+    return ratios, np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
+
+
+def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str):
+    """DESeq2's poscounts size factors of the cells × genes counts ``Y`` (a file-backed matrix
+    or a dask array), computed on the workers; bitwise :func:`pyflashmm.size_factors`
+    (``"poscounts"``) of the same counts in memory.
+
+    Returns
+    -------
+    raw : ndarray (n,)
+        exp(median log ratio) per cell before rescaling (NaN for a cell without a usable
+        count; the caller checks and rescales to geometric mean 1).
+    totals : ndarray (n,)
+        Total count of every cell.
+    gene_nnz : ndarray (G,)
+        Positive counts per gene.
+    """
+    ranges = []
+    for ch in range(_ks.GEO_CHUNKS):
+        lo, hi = n * ch // _ks.GEO_CHUNKS, n * (ch + 1) // _ks.GEO_CHUNKS
+        ranges.append([(a, min(hi, a + chunk_size)) for a in range(lo, hi, chunk_size)])
+    where = _source_name(Y, where)
+    steps, reads, chains = [], [], []
+    for rng in ranges:  # one chain of steps per range: its rows are added in order
+        acc = None
+        for a, b in rng:
+            acc = _submit_rows(client, Y, _geo_step, a, b, where, G, acc)
+            steps.append(acc)
+            reads.append((a, b))
+        chains.append(acc)
+    try:
+        parts = client.gather([c for c in chains if c is not None])
+    except Exception as exc:
+        raise_chunk_failure(exc, [None] * len(steps), steps, reads, where)
+        raise
+    total, npos = np.zeros(G), np.zeros(G, np.int64)
+    for part, count in parts:  # the ranges added in order, as the in-memory kernel does
+        total += part
+        npos += count
+    with np.errstate(divide="ignore"):
+        loggeo = np.where(npos > 0, total / n, -np.inf)
+    if np.isinf(loggeo).all():
+        raise ValueError("counts: every gene is all-zero")
+    tasks, _ = task_ranges(n, chunk_size)
+    shared = client.scatter([loggeo], broadcast=True, hash=False)[0]
+    futures = [_submit_rows(client, Y, _ratio_step, a, b, where, shared) for a, b in tasks]
+    try:
+        out = client.gather(futures)
+    except Exception as exc:
+        raise_chunk_failure(exc, [None] * len(tasks), futures, tasks, where)
+        raise
+    raw = np.concatenate([r for r, _ in out])
+    totals = np.concatenate([t for _, t in out])
+    return raw, totals, npos
+
+
+# ----------------------------------------------------------------------------- gene blocks
+
+
+def _split_columns(data, start: int, stop: int, where: str, bounds):
+    """Cells start:stop cut into the column ranges ``bounds`` (CSC float64 pieces)."""
+    block = read_block(data, start, stop, where)
+    try:
+        Y = block if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        lo, hi = bounds[0][0], bounds[-1][1]
+        wave = sp.csc_matrix(sp.csr_matrix(Y)[:, lo:hi], dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - a block that is not a matrix of numbers
+        raise ChunkError(chunk_message(where, start, stop, exc)) from exc
+    return tuple(wave[:, a - lo : b - lo] for a, b in bounds)
+
+
+def _stack(*pieces) -> sp.csc_matrix:
+    """A gene block's pieces (consecutive cell chunks) stacked into cells × genes CSC."""
+    out = sp.vstack(pieces, format="csc")
+    out.sort_indices()
+    return out
+
+
+def fit_blocks(client, Y, n: int, G: int, fit: Callable, shared: tuple, *, chunk_size: int,
+               where: str, gene_nnz: np.ndarray, genes_per_block: int | None = None,
+               wave_nonzeros: float | None = None) -> list:  # fmt: skip
+    """``fit(block, (a, b), *shared)`` of every gene block on the workers, in gene order.
+
+    ``Y`` is read from its file (or computed from its dask graph) by the workers, once per
+    wave (``where`` names it in messages); an in-memory ``Y`` is cut into blocks here and the
+    blocks are scattered. ``shared`` (the design, the size factors) is sent to every worker
+    once.
+    """
+    if genes_per_block is None:
+        genes_per_block = default_genes_per_block(G, n_worker_threads(client))
+    if wave_nonzeros is None:
+        wave_nonzeros = wave_nonzeros_for(client)
+    # one future per argument (a bare list or dict would be scattered item by item)
+    shared = tuple(client.scatter(list(shared), broadcast=True, hash=False))
+    bounds = gene_block_bounds(G, genes_per_block)
+    results: list = []
+    in_memory = isinstance(Y, np.ndarray) or sp.issparse(Y)
+    for wave in waves(bounds, gene_nnz, wave_nonzeros):
+        if in_memory:
+            Yc = sp.csc_matrix(Y[:, wave[0][0] : wave[-1][1]], dtype=np.float64)
+            lo = wave[0][0]
+            blocks = [client.scatter(Yc[:, a - lo : b - lo]) for a, b in wave]
+            futures = [client.submit(fit, blk, ab, *shared, pure=False)
+                       for blk, ab in zip(blocks, wave, strict=True)]  # fmt: skip
+            results.extend(client.gather(futures))
+            continue
+        tasks, _ = task_ranges(n, chunk_size)
+        splits = [_submit_rows(client, Y, _split_columns, a, b, where, wave) for a, b in tasks]
+        blocks = []
+        for k in range(len(wave)):
+            pieces = [client.submit(operator.getitem, s, k, pure=False) for s in splits]
+            blocks.append(client.submit(_stack, *pieces, pure=False))
+        futures = [client.submit(fit, blk, ab, *shared, pure=False)
+                   for blk, ab in zip(blocks, wave, strict=True)]  # fmt: skip
+        try:
+            results.extend(client.gather(futures))
+        except Exception as exc:
+            raise_chunk_failure(exc, [None] * len(tasks), splits, tasks, where)
+            raise
+        del splits, blocks, futures  # the wave's counts are released before the next is read
+    return results
