@@ -637,8 +637,14 @@ def test_backed_files_without_x_and_anndata_given_as_y(pbmc, tmp_path):
                 contrast="conditionstim")  # fmt: skip
     np.testing.assert_allclose(table["p_value"], ref["p_value"], rtol=1e-10)
     dsg = fm.design(adata.obs, "~ condition", random="donor_id")
-    with pytest.raises(TypeError, match="Y: pass the AnnData's counts"):
-        fm.summary_stats(adata, dsg)
+    # an AnnData (or its file) given as Y: its X or layers[layer], named by its var_names
+    ref = fm.summary_stats(adata.layers["counts"], dsg, transform="log2p1", progress=False)
+    for data in (adata, path):
+        got = fm.summary_stats(data, dsg, layer="counts", transform="log2p1", progress=False)
+        assert np.array_equal(got.XY, ref.XY) and np.array_equal(got.Ynorm, ref.Ynorm)
+        assert list(got.gene_names) == list(adata.var_names)
+    with pytest.raises(ValueError, match=r"adata.X is None"):
+        fm.summary_stats(path, dsg)
 
 
 def test_cli_warnings_are_one_line(pbmc_file, tmp_path):

@@ -354,11 +354,6 @@ def _frame_values(Y: pd.DataFrame):
 
 
 def _check_Y(Y) -> tuple[int, int]:
-    if hasattr(Y, "obs") and hasattr(Y, "var_names"):
-        raise TypeError(
-            "Y: pass the AnnData's counts (adata.X or adata.layers['counts']), not the AnnData; "
-            "pyflashmm.de(adata, layer=...) takes the AnnData itself"
-        )
     shape = getattr(Y, "shape", None)
     if shape is None or len(shape) != 2:
         raise TypeError(
