@@ -137,8 +137,9 @@ def _add_de(subparsers) -> None:
                    "Laplace, as glmmTMB)")  # fmt: skip
     p.add_argument("--chunk-size", type=int, default=16_384, help="cells read at a time")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
-                   help="compute the summary statistics / pseudobulk sums on this Dask "
-                   "scheduler's workers (e.g. tcp://host:8786); bitwise the same "
+                   help="run the work on the counts on this Dask scheduler's workers "
+                   "(e.g. tcp://host:8786): the summary statistics / pseudobulk sums over "
+                   "cell chunks, the nbmm / nbglm fits over gene blocks; bitwise the same "
                    "results")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="result CSV file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")

@@ -120,9 +120,10 @@ def de(
     Parameters
     ----------
     data : AnnData, str or path, or (counts, obs)
-        Cells × genes counts and the cell table: an AnnData (in memory or opened with
-        ``backed="r"``, then read in cell chunks), a path to an ``.h5ad`` file (opened backed)
-        or ``.zarr`` store, or a pair (counts matrix or DataFrame, obs DataFrame).
+        Cells × genes counts and the cell table: an AnnData (in memory, or opened with
+        ``backed="r"`` or ``anndata.experimental.read_lazy``, then read in cell chunks), a
+        path to an ``.h5ad`` file (opened backed) or ``.zarr`` store, or a pair (counts
+        matrix, dask array or DataFrame, obs DataFrame).
     fixed : str
         R-style fixed-effects formula on the cell table (``"~ condition + cell_type"``); for
         ``"pseudobulk"`` on the sample table.
@@ -190,13 +191,16 @@ def de(
     progress : bool, optional
         Progress bars over cell chunks and gene blocks (default: shown for long runs).
     scheduler : None, False, str or dask.distributed.Client
-        Where the summary statistics (``"lmm"``) and the pseudobulk sums (``"pseudobulk"``) are
-        computed: ``None`` (default) on the workers of the active Dask client if there is one,
-        else here; ``False`` here; a ``Client`` or a scheduler address on its workers. Workers
-        read backed ``.h5ad``/``.zarr`` counts from the file themselves. The results are
-        bitwise the same as without Dask. The model fits run here (the LMM fit works on the
-        small statistics; the NB fits of ``"nbglm"``, ``"nbmm"`` and the pseudobulk GLM are
-        not distributed).
+        Where the work on the counts runs: ``None`` (default) on the workers of the active Dask
+        client if there is one, else here; ``False`` here; a ``Client`` or a scheduler address
+        on its workers. Workers read backed ``.h5ad``/``.zarr`` counts from the file
+        themselves (a dask array is computed by them). Distributed: the summary statistics
+        (``"lmm"``) and the pseudobulk sums (``"pseudobulk"``) over cell chunks, and the
+        cell-level fits of ``"nbmm"`` and ``"nbglm"`` over gene blocks (their size factors
+        computed by the workers, the NB GLM's dispersion trend fitted here between two
+        rounds over the blocks); the LMM fit (on the small statistics) and the pseudobulk
+        GLMs run here. The results are bitwise the same as without Dask. With Dask, the
+        cell-level models take ``size_factors="poscounts"`` (the default) or an array.
     **kwargs
         Passed to :func:`pyflashmm.lmm`, :func:`pyflashmm.nbmm` or :func:`pyflashmm.nbglm`;
         for ``"nbmm"``, ``n_agq=k`` (k ≥ 2) fits by adaptive Gauss–Hermite quadrature.
