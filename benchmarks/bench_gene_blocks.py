@@ -121,10 +121,18 @@ def main(argv=None) -> int:
     same = {m: len({r["table_sha256"] for r in runs[m] + runs[f"{m}_dask"]}) == 1
             for m in ("nbmm", "nbglm")}  # fmt: skip
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},  # fmt: skip
-        "data": {"cells": args.cells, "genes": args.genes, "donors": 24, "cell_types": 8,
-                 "format": "zarr"},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "data": {
+            "cells": args.cells,
+            "genes": args.genes,
+            "donors": 24,
+            "cell_types": 8,
+            "format": "zarr",
+        },  # fmt: skip
         "model": {"fixed": FIXED, "nbmm": "random=sam, ML, Wald t", "nbglm": "LRT"},
         "repeats": args.repeats,
         "median_seconds": med,
