@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
     for _ in range(args.repeats):
         for k in KINDS:
+            load = os.getloadavg()[0]
             r = run_child(k, path)
-            r["load1_before"] = os.getloadavg()[0]
+            r["load1_before"] = load
             runs[k].append(r)
             print(json.dumps(r), file=sys.stderr)
     med = {k: statistics.median(r["seconds"] for r in runs[k]) for k in KINDS}
