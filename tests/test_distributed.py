@@ -365,7 +365,8 @@ def test_size_factors_on_the_workers_are_bitwise(client, atlas):
     counts, _, path = atlas
     backed = open_cells(str(path), "counts")
     try:
-        raw, totals, nnz = poscounts_on_cluster(client, backed.counts, *counts.shape, 3000,
+        # 500-cell reads: each of the 16 ranges (1,287 or 1,288 cells) is added in 3 pieces
+        raw, totals, nnz = poscounts_on_cluster(client, backed.counts, *counts.shape, 500,
                                                 "layers['counts']")  # fmt: skip
     finally:
         backed.close()
@@ -374,16 +375,38 @@ def test_size_factors_on_the_workers_are_bitwise(client, atlas):
     assert np.array_equal(totals, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel())
 
 
-def test_gene_block_fits_survive_a_worker_death(client, atlas, small_blocks, tmp_path):
+def _kill_when_armed(block, armed, marker):
+    """A chunk loader that kills its own worker process once, after ``armed`` exists."""
+    if os.path.exists(armed) and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("killed")
+        os.kill(os.getpid(), 9)
+    return block
+
+
+def test_gene_block_fits_survive_a_worker_death(client, atlas, small_blocks, tmp_path,
+                                                monkeypatch):  # fmt: skip
+    """A worker dies while the counts are cut into gene blocks (after the size factors):
+    Dask recomputes what it held and the table is unchanged."""
+    from pyflashmm._frontend import cluster_fits
+
     counts, obs, _ = atlas
     kw = {"fixed": "~ condition", "random": "donor_id", "method": "nbmm", "reml": False,
           "contrast": "conditionstim", "progress": False}  # fmt: skip
     ref = fm.de((counts, obs), scheduler=False, **kw)
-    marker = str(tmp_path / "killed")
+    armed, marker = str(tmp_path / "armed"), str(tmp_path / "killed")
+    real = cluster_fits.fit_blocks
+
+    def arm_then_fit(*args, **kwargs):
+        open(armed, "w").close()  # the size factors are done: the next read kills
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_fits, "fit_blocks", arm_then_fit)
     lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
-    lazy = lazy.map_blocks(_kill_once, marker, dtype=counts.dtype, meta=counts[:0])
+    lazy = lazy.map_blocks(_kill_when_armed, armed, marker, dtype=counts.dtype, meta=counts[:0])
     got = fm.de((lazy, obs), scheduler=client, **kw)
-    assert os.path.exists(marker)  # a worker did die
+    assert os.path.exists(marker)  # a worker did die, in the gene-block shuffle
+    assert len(small_blocks[-1]) >= 3
     pd.testing.assert_frame_equal(got, ref, check_exact=True)
     client.wait_for_workers(2, timeout=30)
 
@@ -393,7 +416,8 @@ def test_gene_block_fits_name_a_failing_chunk_and_bad_input(client, atlas):
     kw = {"fixed": "~ condition", "method": "nbglm", "progress": False}
     lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
     failing = lazy.map_blocks(_fail_rows, dtype=counts.dtype, meta=counts[:0])
-    with pytest.raises(fm.ChunkError, match=r"cells \d+:\d+ of the dask array .*inflate"):
+    # the size factors' first pass reads the 16 ranges of n·k//16 cells: 7726:9013 holds 8192
+    with pytest.raises(fm.ChunkError, match=r"cells 7726:9013 of the dask array .*inflate"):
         fm.de((failing, obs), scheduler=client, **kw)
     empty = counts.tolil()
     empty[[5, 9]] = 0
@@ -401,5 +425,83 @@ def test_gene_block_fits_name_a_failing_chunk_and_bad_input(client, atlas):
                                          r"'cell5', 'cell9'\)"):  # fmt: skip
         fm.de((da.from_array(empty.tocsr(), chunks=(4096, N_GENES), asarray=False), obs),
               scheduler=client, **kw)  # fmt: skip
-    with pytest.raises(ValueError, match="size_factors='ratio': on a Dask cluster"):
+    with pytest.raises(ValueError, match="size_factors='ratio': on a Dask cluster, counts"):
         fm.de((lazy, obs), scheduler=client, size_factors="ratio", **kw)
+
+
+def test_the_shuffle_names_a_failing_chunk(client, atlas):
+    """A chunk that fails while the counts are cut into gene blocks: a ChunkError naming its
+    cells (not the fits' error), and the run's tasks are cancelled."""
+    from pyflashmm._gene_blocks import fit_blocks
+
+    counts, _, _ = atlas
+    lazy = da.from_array(counts, chunks=(4096, N_GENES), asarray=False)
+    failing = lazy.map_blocks(_fail_rows, dtype=counts.dtype, meta=counts[:0])
+    nnz = np.asarray((counts > 0).sum(axis=0)).ravel()
+    names = [f"GENE{j}" for j in range(N_GENES)]
+    with pytest.raises(fm.ChunkError, match=r"cells 8192:12288 of the dask array .*inflate"):
+        fit_blocks(client, failing, *counts.shape, _column_sums, (), chunk_size=4096,
+                   where="counts", gene_nnz=nnz, gene_names=names)  # fmt: skip
+    sums = fit_blocks(client, lazy, *counts.shape, _column_sums, (), chunk_size=4096,
+                      where="counts", gene_nnz=nnz, gene_names=names)  # fmt: skip
+    assert np.array_equal(np.concatenate(sums), np.asarray(counts.sum(axis=0)).ravel())
+    with pytest.raises(ValueError, match=r"genes \d+:\d+ \(GENE\d+ … GENE\d+\): no fit"):
+        fit_blocks(client, lazy, *counts.shape, _failing_fit, (), chunk_size=4096,
+                   where="counts", gene_nnz=nnz, gene_names=names)  # fmt: skip
+
+
+def _column_sums(block, bounds, names):
+    return np.asarray(block.sum(axis=0)).ravel()
+
+
+def _failing_fit(block, bounds, names):
+    raise ValueError("no fit")
+
+
+def test_gene_block_fits_of_harder_inputs_are_bitwise(client, atlas, small_blocks):
+    """All-zero genes filling a whole block, a continuous covariate (a design without groups
+    of identical rows), given size factors, joint and Wald contrasts: the single-process
+    tables bit for bit. (The atlas's Poisson genes have too few dispersions above the floor
+    for the local trend DESeq2 falls back to: the mean trend.)"""
+    counts, obs, _ = atlas
+    counts = counts.tolil()
+    counts[:, 14:21] = 0  # the third block of 7 genes is all-zero
+    counts = counts.tocsr()
+    obs = obs.assign(log_depth=np.log(np.asarray(counts.sum(axis=1)).ravel() + 1.0))
+    lazy = da.from_array(counts, chunks=(3000, N_GENES), asarray=False)
+    sf = np.random.default_rng(3).lognormal(0.0, 0.3, len(obs))
+    cases = [
+        {"method": "nbglm", "fixed": "~ condition + log_depth", "test": "wald", "fit_type": "mean",
+         "contrast": {"stim": "conditionstim", "both": ["conditionstim", "log_depth"]}},
+        {"method": "nbglm", "fixed": "~ condition + log_depth", "size_factors": sf,
+         "fit_type": "mean", "contrast": "conditionstim"},
+        {"method": "nbmm", "fixed": "~ condition + log_depth", "random": "donor_id",
+         "reml": False, "size_factors": sf,
+         "contrast": {"stim": "conditionstim", "both": ["conditionstim", "log_depth"]}},
+    ]  # fmt: skip
+    for kw in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # genes without a fit (both ways)
+            ref = fm.de((counts, obs), scheduler=False, progress=False, **kw)
+            got = fm.de((lazy, obs), scheduler=client, progress=False, **kw)
+        pd.testing.assert_frame_equal(got, ref, check_exact=True)
+        assert (got["status"] == "all_zero").sum() >= 7 * got["contrast"].nunique()
+
+
+def test_bad_options_fail_before_any_pass_over_the_counts(client, atlas, monkeypatch):
+    from pyflashmm._frontend import cluster_fits
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the counts were read before the options were checked")
+
+    monkeypatch.setattr(cluster_fits, "poscounts_on_cluster", no_pass)
+    _, obs, path = atlas
+    kw = {"fixed": "~ condition", "random": "donor_id", "method": "nbmm", "scheduler": client}
+    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+        fm.de(str(path), max_iter=0, **kw)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['maxiter'\]"):
+        fm.de(str(path), maxiter=5, **kw)
+    with pytest.raises(ValueError, match=r"size_factors must have 20603 entries"):
+        fm.de(str(path), size_factors=np.ones(5), **kw)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['fit_typ'\]"):
+        fm.de(str(path), fixed="~ condition", method="nbglm", scheduler=client, fit_typ="mean")

@@ -359,7 +359,9 @@ def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
 def raise_chunk_failure(exc, inputs, futures, tasks, where) -> None:
     """Raise the error of the first failed task of ``futures`` (one per row range of
     ``tasks``, reading from ``inputs``) in terms of its cells: a :class:`ChunkError` naming
-    them, or the chunk's own ValueError/TypeError (its message names the rows). Returns when
+    them, or the chunk's own ValueError/TypeError (the checks of the sums name the rows). An
+    input of None means the task computed its block itself (a dask array's rows in the same
+    graph): any error but a ChunkError is then the block's, named by its cells. Returns when
     none of them failed (the failure was elsewhere)."""
     from distributed import Future, wait
 
@@ -370,6 +372,8 @@ def raise_chunk_failure(exc, inputs, futures, tasks, where) -> None:
         if isinstance(data, Future) and data.status == "error":  # the block itself failed
             raise ChunkError(chunk_message(where, a, b, data.exception())) from exc
         err = fut.exception()
-        if isinstance(err, ValueError | TypeError):
+        if isinstance(err, ChunkError) or (
+            data is not None and isinstance(err, ValueError | TypeError)
+        ):
             raise err from None
         raise ChunkError(chunk_message(where, a, b, err)) from exc

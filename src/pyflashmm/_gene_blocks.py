@@ -14,8 +14,9 @@ genes are cut into blocks that the workers fit:
    into the blocks' columns; each block's pieces are stacked on one worker. Reading a block's
    columns straight from a row-oriented (CSR) store would read every row once per block; the
    shuffle reads it once per *wave*. Genes are taken in waves of at most ``wave_nonzeros``
-   stored counts (from the counts of the first pass), so the cluster holds one wave of the
-   matrix at a time, and a wave's blocks are released when they are fitted.
+   stored counts (from the counts of the first pass; a block larger than that is a wave of
+   its own), so the cluster holds one wave of the matrix at a time, released when the whole
+   wave is fitted.
 3. **Fits**: each block is fitted (and tested) on its worker by a function of the block's counts
    (cells × block genes, CSC, float64) and its gene range; only its result travels back.
 
@@ -39,6 +40,7 @@ from pyflashmm._distributed import (
     is_dask_array,
     raise_chunk_failure,
     read_block,
+    read_chunk,
     task_ranges,
 )
 from pyflashmm._kernels import size_factors as _ks
@@ -96,15 +98,18 @@ def n_worker_threads(client) -> int:
 # ----------------------------------------------------------------------------- reading rows
 
 
-def _source_name(Y, where: str) -> str:
+def source_name(Y, where: str) -> str:
+    """How messages name the counts read by the workers: the file, the dask array, or
+    ``where``."""
     source = file_source(Y)
     return str(source) if source is not None else "the dask array" if is_dask_array(Y) else where
 
 
 def _submit_rows(client, Y, fn, start: int, stop: int, where: str, *args):
     """A future of ``fn(rows, start, stop, where, *args)`` computed on a worker, which reads
-    the rows from ``Y``'s file itself, or (a dask array) computes them from the graph in the
-    same task graph, so that a block is dropped as soon as ``fn`` has used it."""
+    the rows from ``Y``'s file itself, or (a dask array) computes them in the same task graph,
+    so that a block is dropped as soon as ``fn`` has used it. Anything else (an in-memory
+    matrix, a store the workers cannot open by path) is read here and scattered."""
     source = file_source(Y)
     if source is not None:
         return client.submit(fn, source, start, stop, where, *args, pure=False)
@@ -113,24 +118,41 @@ def _submit_rows(client, Y, fn, start: int, stop: int, where: str, *args):
 
         block = Y[start:stop].rechunk(-1).to_delayed().ravel()[0]
         return client.compute(dask.delayed(fn, pure=False)(block, start, stop, where, *args))
-    raise TypeError(f"{type(Y).__name__}: not a file-backed matrix or a dask array")
+    block = client.scatter([read_chunk(Y, start, stop, where)], hash=False)[0]
+    return client.submit(fn, block, start, stop, where, *args, pure=False)
+
+
+def _rows(data, start: int, stop: int, where: str, G: int):
+    """The block of cells start:stop (read if need be), checked to be rows × G."""
+    block = read_block(data, start, stop, where)
+    shape = tuple(getattr(block, "shape", ()))
+    if shape != (stop - start, G):
+        raise ChunkError(
+            f"cells {start}:{stop} of {where}: the block read has shape {shape}, expected "
+            f"({stop - start}, {G}); the file or the source of this chunk may be damaged"
+        )
+    return block
+
+
+def _cancel(client, *futures) -> None:
+    """Stop the tasks of a failed run and release what they hold."""
+    client.cancel([f for group in futures for f in group if f is not None])
 
 
 # ----------------------------------------------------------------------------- size factors
 
 
 def _csr64(block) -> sp.csr_matrix:
-    """A block of rows as CSR with float64 values and sorted int64 indices (the kernels' form)."""
-    Y = block if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
-    Y = sp.csr_matrix(Y)
-    if not Y.has_sorted_indices:
-        Y = Y.sorted_indices()
+    """A block of rows as canonical CSR (duplicates summed, indices sorted), the form the
+    in-memory size factors see after ``as_counts``."""
+    Y = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))
+    Y.sum_duplicates()  # also sorts the indices
     return Y
 
 
 def _geo_step(data, start: int, stop: int, where: str, G: int, acc):
     """``acc`` (Σ ln y over positive counts per gene, their number) plus cells start:stop."""
-    Y = _csr64(read_block(data, start, stop, where))
+    Y = _csr64(_rows(data, start, stop, where, G))
     if acc is None:
         part, npos = np.zeros(G), np.zeros(G, np.int64)
     else:  # a new partial sum: the previous step's result may be needed again on a retry
@@ -144,7 +166,7 @@ def _geo_step(data, start: int, stop: int, where: str, G: int, acc):
 
 def _ratio_step(data, start: int, stop: int, where: str, loggeo):
     """The median ratio (exp of the median log ratio) and the total count of cells start:stop."""
-    Y = _csr64(read_block(data, start, stop, where))
+    Y = _csr64(_rows(data, start, stop, where, loggeo.size))
     indptr = Y.indptr.astype(np.int64)
     values = np.ascontiguousarray(Y.data, dtype=np.float64)
     ratios = _ks.median_log_ratios_csr(indptr, Y.indices.astype(np.int64), values, loggeo)
@@ -170,7 +192,7 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
     for ch in range(_ks.GEO_CHUNKS):
         lo, hi = n * ch // _ks.GEO_CHUNKS, n * (ch + 1) // _ks.GEO_CHUNKS
         ranges.append([(a, min(hi, a + chunk_size)) for a in range(lo, hi, chunk_size)])
-    where = _source_name(Y, where)
+    where = source_name(Y, where)
     steps, reads, chains = [], [], []
     for rng in ranges:  # one chain of steps per range: its rows are added in order
         acc = None
@@ -182,8 +204,11 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
     try:
         parts = client.gather([c for c in chains if c is not None])
     except Exception as exc:
-        raise_chunk_failure(exc, [None] * len(steps), steps, reads, where)
-        raise
+        try:
+            raise_chunk_failure(exc, [None] * len(steps), steps, reads, where)
+            raise
+        finally:
+            _cancel(client, steps)
     total, npos = np.zeros(G), np.zeros(G, np.int64)
     for part, count in parts:  # the ranges added in order, as the in-memory kernel does
         total += part
@@ -198,8 +223,11 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
     try:
         out = client.gather(futures)
     except Exception as exc:
-        raise_chunk_failure(exc, [None] * len(tasks), futures, tasks, where)
-        raise
+        try:
+            raise_chunk_failure(exc, [None] * len(tasks), futures, tasks, where)
+            raise
+        finally:
+            _cancel(client, futures)
     raw = np.concatenate([r for r, _ in out])
     totals = np.concatenate([t for _, t in out])
     return raw, totals, npos
@@ -208,16 +236,31 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
 # ----------------------------------------------------------------------------- gene blocks
 
 
-def _split_columns(data, start: int, stop: int, where: str, bounds):
+def _split_columns(data, start: int, stop: int, where: str, bounds, G: int):
     """Cells start:stop cut into the column ranges ``bounds`` (CSC float64 pieces)."""
-    block = read_block(data, start, stop, where)
+    block = _rows(data, start, stop, where, G)
     try:
-        Y = block if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        Y = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))
         lo, hi = bounds[0][0], bounds[-1][1]
-        wave = sp.csc_matrix(sp.csr_matrix(Y)[:, lo:hi], dtype=np.float64)
+        wave = sp.csc_matrix(Y[:, lo:hi], dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - a block that is not a matrix of numbers
         raise ChunkError(chunk_message(where, start, stop, exc)) from exc
     return tuple(wave[:, a - lo : b - lo] for a, b in bounds)
+
+
+def _fit_task(fit: Callable, block, bounds, names, *shared):
+    """``fit(block, bounds, names, *shared)`` of one gene block; its errors name the block's
+    genes."""
+    try:
+        return fit(block, bounds, names, *shared)
+    except Exception as exc:
+        a, b = bounds
+        what = f"genes {a}:{b} ({names[a]} … {names[b - 1]})"
+        try:
+            err = type(exc)(f"{what}: {exc}")
+        except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+            err = RuntimeError(f"{what}: {type(exc).__name__}: {exc}")
+        raise err from exc
 
 
 def _stack(*pieces) -> sp.csc_matrix:
@@ -228,45 +271,47 @@ def _stack(*pieces) -> sp.csc_matrix:
 
 
 def fit_blocks(client, Y, n: int, G: int, fit: Callable, shared: tuple, *, chunk_size: int,
-               where: str, gene_nnz: np.ndarray, genes_per_block: int | None = None,
-               wave_nonzeros: float | None = None) -> list:  # fmt: skip
-    """``fit(block, (a, b), *shared)`` of every gene block on the workers, in gene order.
+               where: str, gene_nnz: np.ndarray, gene_names: Sequence[str]) -> list:  # fmt: skip
+    """``fit(block, (a, b), gene_names, *shared)`` of every gene block on the workers, in gene
+    order.
 
     ``Y`` is read from its file (or computed from its dask graph) by the workers, once per
     wave (``where`` names it in messages); an in-memory ``Y`` is cut into blocks here and the
     blocks are scattered. ``shared`` (the design, the size factors) is sent to every worker
-    once.
+    once. An error of a fit names its genes (``gene_names``), a reading error its cells.
     """
-    if genes_per_block is None:
-        genes_per_block = default_genes_per_block(G, n_worker_threads(client))
-    if wave_nonzeros is None:
-        wave_nonzeros = wave_nonzeros_for(client)
+    genes_per_block = default_genes_per_block(G, n_worker_threads(client))
+    wave_nonzeros = wave_nonzeros_for(client)
     # one future per argument (a bare list or dict would be scattered item by item)
-    shared = tuple(client.scatter(list(shared), broadcast=True, hash=False))
-    bounds = gene_block_bounds(G, genes_per_block)
+    names, *shared = client.scatter([list(gene_names), *shared], broadcast=True, hash=False)
+    where = source_name(Y, where)
     results: list = []
     in_memory = isinstance(Y, np.ndarray) or sp.issparse(Y)
-    for wave in waves(bounds, gene_nnz, wave_nonzeros):
+    for wave in waves(gene_block_bounds(G, genes_per_block), gene_nnz, wave_nonzeros):
+        splits: list = []
         if in_memory:
-            Yc = sp.csc_matrix(Y[:, wave[0][0] : wave[-1][1]], dtype=np.float64)
-            lo = wave[0][0]
-            blocks = [client.scatter(Yc[:, a - lo : b - lo]) for a, b in wave]
-            futures = [client.submit(fit, blk, ab, *shared, pure=False)
-                       for blk, ab in zip(blocks, wave, strict=True)]  # fmt: skip
-            results.extend(client.gather(futures))
-            continue
-        tasks, _ = task_ranges(n, chunk_size)
-        splits = [_submit_rows(client, Y, _split_columns, a, b, where, wave) for a, b in tasks]
-        blocks = []
-        for k in range(len(wave)):
-            pieces = [client.submit(operator.getitem, s, k, pure=False) for s in splits]
-            blocks.append(client.submit(_stack, *pieces, pure=False))
-        futures = [client.submit(fit, blk, ab, *shared, pure=False)
+            lo, hi = wave[0][0], wave[-1][1]
+            part = sp.csc_matrix(Y[:, lo:hi], dtype=np.float64)
+            blocks = [client.scatter([part[:, a - lo : b - lo]], hash=False)[0] for a, b in wave]
+            del part
+        else:
+            tasks, _ = task_ranges(n, chunk_size)
+            splits = [_submit_rows(client, Y, _split_columns, a, b, where, wave, G)
+                      for a, b in tasks]  # fmt: skip
+            blocks = [client.submit(_stack, *[client.submit(operator.getitem, s, k, pure=False)
+                                              for s in splits], pure=False)
+                      for k in range(len(wave))]  # fmt: skip
+        futures = [client.submit(_fit_task, fit, blk, ab, names, *shared, pure=False)
                    for blk, ab in zip(blocks, wave, strict=True)]  # fmt: skip
         try:
             results.extend(client.gather(futures))
         except Exception as exc:
-            raise_chunk_failure(exc, [None] * len(tasks), splits, tasks, where)
-            raise
-        del splits, blocks, futures  # the wave's counts are released before the next is read
+            try:
+                if splits:  # a reading error is reported as such, naming its cells
+                    raise_chunk_failure(exc, [None] * len(splits), splits, tasks, where)
+                raise
+            finally:
+                _cancel(client, futures, blocks, splits)
+        # the wave's counts are released before the next wave is read
+        del splits, blocks, futures
     return results

@@ -2,11 +2,14 @@
 (:mod:`pyflashmm._gene_blocks`), with the tables of the blocks put together here.
 
 Every gene sees the same counts, design and size factors as in one process, so its fit and
-test are bitwise the same; what spans genes (BH per contrast) is applied to the gathered
-table, as in one process.
+test are bitwise the same; what spans genes (BH, DESeq2's independent filtering, per
+contrast) is applied to the gathered table, as in one process. Options are checked here
+before any pass over the counts.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pandas as pd
@@ -15,71 +18,82 @@ import scipy.sparse as sp
 from pyflashmm._frontend.inputs import CellData
 from pyflashmm._gene_blocks import fit_blocks, poscounts_on_cluster
 from pyflashmm._multitest import bh_adjust
-from pyflashmm._nbglm.blockwise import block_options, fit_block, gene_wise_of_block, prior_of_blocks
-from pyflashmm._nbglm.fit import warn_not_converged as warn_glm_not_converged
+from pyflashmm._nbglm.blockwise import (
+    block_options,
+    fit_block,
+    gene_wise_of_block,
+    prior_of_blocks,
+)
+from pyflashmm._nbglm.fit import check_gene_count, warn_glm_not_converged
 from pyflashmm._nbglm.inference import independent_filter, nbglm_test
-from pyflashmm._nbmm.fit import failed_fits, nbmm, warn_not_converged
+from pyflashmm._nbmm.fit import check_options, failed_fits, nbmm, warn_nbmm_not_converged
 from pyflashmm._nbmm.inference import nbmm_test
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
 from pyflashmm._size_factors import poscounts_rescaled, size_factors_checked
 
 
-def empty_cells_error(empty: np.ndarray, obs: pd.DataFrame, where: str) -> ValueError:
-    """The error for cells without any count (a cell-level NB model gives them no size
-    factor), naming the first few."""
-    names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
-    return ValueError(
-        f"data: {empty.size} cells have no counts at all in {where} (first: {names}): a cell "
-        "without counts has no size factor; remove them first (e.g. "
-        "sc.pp.filter_cells(adata, min_counts=1))"
-    )
+def check_cells_have_counts(totals: np.ndarray, obs: pd.DataFrame, where: str) -> None:
+    """Refuse cells without any count (a cell-level NB model gives them no size factor),
+    naming the first few."""
+    empty = np.flatnonzero(totals == 0)
+    if empty.size:
+        names = ", ".join(repr(str(obs.index[i])) for i in empty[:5])
+        raise ValueError(
+            f"data: {empty.size} cells have no counts at all in {where} (first: {names}): a "
+            "cell without counts has no size factor; remove them first (e.g. "
+            "sc.pp.filter_cells(adata, min_counts=1))"
+        )
+
+
+def _given_size_factors(size_factors, n: int) -> np.ndarray:
+    sf = np.asarray(size_factors, dtype=np.float64)
+    if sf.shape != (n,):
+        raise ValueError(f"size_factors must have {n} entries (one per cell), got {sf.shape}")
+    if not np.all(np.isfinite(sf) & (sf > 0)):
+        raise ValueError("size_factors must be positive and finite")
+    return sf
 
 
 def cluster_size_factors(client, cells: CellData, obs: pd.DataFrame, size_factors,
-                         chunk_size: int):  # fmt: skip
-    """(size factors, positive counts per gene) of the cells, from passes on the workers (or
-    here, for counts held in memory). ``size_factors`` is ``"poscounts"`` or the factors."""
-    if isinstance(size_factors, str) and size_factors != "poscounts":
+                         chunk_size: int, *, cells_need_counts: bool):  # fmt: skip
+    """(size factors, positive counts per gene) of the cells: computed by the workers in
+    passes over cell chunks (``"poscounts"``, ``"normed_sum"``), or here for counts held in
+    memory (any method), or checked when given. ``cells_need_counts``: refuse cells without
+    counts even when the factors are given."""
+    n, G = cells.shape
+    if isinstance(size_factors, str):
         if size_factors not in SIZE_FACTOR_METHODS:
             raise ValueError(
                 f"size_factors must be one of {SIZE_FACTOR_METHODS} or an array, got "
                 f"{size_factors!r}"
             )
-        raise ValueError(
-            f"size_factors={size_factors!r}: on a Dask cluster the cell-level models estimate "
-            "'poscounts' size factors (DESeq2's for sparse counts) or take the factors as an "
-            "array; pass size_factors='poscounts' or the array"
-        )
+        cells_need_counts = True
+    else:
+        size_factors = _given_size_factors(size_factors, n)
     Y = cells.counts
-    n, G = cells.shape
     if isinstance(Y, np.ndarray) or sp.issparse(Y):
         Yr = sp.csr_matrix(Y, dtype=np.float64)
         nnz = np.bincount(Yr.indices[Yr.data > 0], minlength=G)
-        if not isinstance(size_factors, str):
-            return size_factors, nnz
-        _check_nonempty(np.asarray(Yr.sum(axis=1)).ravel(), obs, cells.where)
-        return size_factors_checked(Yr, "poscounts"), nnz
-    raw, totals, nnz = poscounts_on_cluster(client, Y, n, G, chunk_size, cells.where)
-    if not isinstance(size_factors, str):
+        if cells_need_counts:
+            check_cells_have_counts(np.asarray(Yr.sum(axis=1)).ravel(), obs, cells.where)
+        if isinstance(size_factors, str):
+            return size_factors_checked(Yr, size_factors), nnz
         return size_factors, nnz
-    _check_nonempty(totals, obs, cells.where)
-    return poscounts_rescaled(raw), nnz
-
-
-def _check_nonempty(totals: np.ndarray, obs: pd.DataFrame, where: str) -> None:
-    empty = np.flatnonzero(totals == 0)
-    if empty.size:
-        raise empty_cells_error(empty, obs, where)
-
-
-def _nbmm_block(block, bounds, X, groups, sf, genes, options):
-    """Fit and test the NB mixed model on one gene block (a task): (table, failed fits)."""
-    a, b = bounds
-    fit = nbmm(block, X, groups, size_factors=sf, gene_names=genes[a:b], progress=False,
-               warn=False, **options["fit"])  # fmt: skip
-    table = nbmm_test(fit, options["contrast"], test=options["test"], df=options["df"],
-                      progress=False)  # fmt: skip
-    return table, failed_fits(fit.status)
+    method = size_factors if isinstance(size_factors, str) else None
+    if method in ("ratio", "iterate"):
+        raise ValueError(
+            f"size_factors={size_factors!r}: on a Dask cluster, counts that the workers read "
+            "get 'poscounts' (DESeq2's for sparse counts) or 'normed_sum' size factors; pass "
+            "one of those or the factors as an array"
+        )
+    raw, totals, nnz = poscounts_on_cluster(client, Y, n, G, chunk_size, cells.where)
+    if cells_need_counts:
+        check_cells_have_counts(totals, obs, cells.where)
+    if method == "poscounts":
+        return poscounts_rescaled(raw), nnz
+    if method == "normed_sum":
+        return totals / np.exp(np.mean(np.log(totals))), nnz
+    return size_factors, nnz
 
 
 def _bh(part: pd.DataFrame) -> np.ndarray:
@@ -101,40 +115,58 @@ def by_contrast(tables: list[pd.DataFrame], adjust=_bh) -> pd.DataFrame:
     return out
 
 
+# ----------------------------------------------------------------------------- nbmm
+
+
+def _nbmm_block(block, bounds, names, X, groups, sf, options):
+    """Fit and test the NB mixed model on one gene block (a task): (table, failed fits)."""
+    a, b = bounds
+    fit = nbmm(block, X, groups, size_factors=sf, gene_names=names[a:b], progress=False,
+               warn=False, **options["fit"])  # fmt: skip
+    table = nbmm_test(fit, options["contrast"], test=options["test"], df=options["df"],
+                      progress=False)  # fmt: skip
+    return table, failed_fits(fit.status)
+
+
 def nbmm_on_cluster(client, cells: CellData, obs, X, groups, *, contrast, test, df, reml,
                     chunk_size, kwargs) -> pd.DataFrame:  # fmt: skip
     """:func:`pyflashmm.de`'s NB mixed model fitted block by block on the cluster's workers."""
-    options = dict(kwargs)
+    options = dict(kwargs, reml=bool(reml))
     size_factors = options.pop("size_factors", "poscounts")
     warn = options.pop("warn", True)
-    sf, nnz = cluster_size_factors(client, cells, obs, size_factors, chunk_size)
+    params = inspect.signature(nbmm).parameters
+    unknown = sorted(set(options) - set(params) - {"counts", "X", "groups", "gene_names"})
+    if unknown:
+        raise TypeError(f"nbmm() got unexpected keyword arguments {unknown}")
+    checked = ("max_iter", "tol", "method", "n_agq", "reml", "progress")
+    check_options(*(options.get(k, params[k].default) for k in checked))
+    sf, nnz = cluster_size_factors(client, cells, obs, size_factors, chunk_size,
+                                   cells_need_counts=False)  # fmt: skip
     n, G = cells.shape
-    shared = (
-        X,  # a DataFrame: its columns name the coefficients
-        np.asarray(groups),
-        np.asarray(sf, dtype=np.float64),
-        list(cells.gene_names),
-        {"fit": dict(options, reml=bool(reml)), "contrast": contrast, "test": test, "df": df},
-    )
+    shared = (X, np.asarray(groups), sf,  # X a DataFrame: its columns name the coefficients
+              {"fit": options, "contrast": contrast, "test": test, "df": df})  # fmt: skip
     out = fit_blocks(client, cells.counts, n, G, _nbmm_block, shared, chunk_size=chunk_size,
-                     where=cells.where, gene_nnz=nnz)  # fmt: skip
+                     where=cells.where, gene_nnz=nnz, gene_names=cells.gene_names)  # fmt: skip
     n_bad = sum(bad for _, bad in out)
     if n_bad and warn:
-        warn_not_converged(n_bad, G, stacklevel=5)
+        warn_nbmm_not_converged(n_bad, G, stacklevel=5)
     return by_contrast([table for table, _ in out])
 
 
-def _nbglm_gene_wise(block, bounds, X, sf, opts, allow_non_integer):
+# ----------------------------------------------------------------------------- nbglm
+
+
+def _nbglm_gene_wise(block, bounds, names, X, sf, opts, allow_non_integer):
     """Round 1 of the NB GLM on one gene block (a task): gene-wise dispersions, base means."""
     return gene_wise_of_block(block, X, sf, opts, allow_non_integer)
 
 
-def _nbglm_block(block, bounds, X, sf, genes, opts, allow_non_integer, prior, contrasts):
+def _nbglm_block(block, bounds, names, X, sf, opts, allow_non_integer, prior, contrasts):
     """Round 2 on one gene block (a task): the fit with the trend and prior of all genes, its
     tests (adjusted later) and the number of genes whose GLM did not converge."""
     a, b = bounds
     fit = fit_block(block, X, sf, opts, prior, contrast=dict([next(iter(contrasts.items()))]),
-                    gene_names=genes[a:b], allow_non_integer=allow_non_integer)  # fmt: skip
+                    gene_names=names[a:b], allow_non_integer=allow_non_integer)  # fmt: skip
     table = nbglm_test(fit, contrasts, independent_filtering=False)
     return table, int(np.sum(~fit.converged[~fit.all_zero]))
 
@@ -146,14 +178,16 @@ def nbglm_on_cluster(client, cells: CellData, obs, X, contrasts: dict, *, chunk_
     options = {k: v for k, v in kwargs.items() if v is not None}
     allow_non_integer = bool(options.pop("allow_non_integer", False))
     opts = block_options("single_cell", options)
-    sf, nnz = cluster_size_factors(client, cells, obs, opts.size_factors, chunk_size)
+    sf, nnz = cluster_size_factors(client, cells, obs, opts.size_factors, chunk_size,
+                                   cells_need_counts=True)  # fmt: skip
+    check_gene_count(int(np.count_nonzero(nnz)))
     n, G = cells.shape
-    sf = np.asarray(sf, dtype=np.float64)
-    run = dict(chunk_size=chunk_size, where=cells.where, gene_nnz=nnz)
+    run = dict(chunk_size=chunk_size, where=cells.where, gene_nnz=nnz,
+               gene_names=cells.gene_names)  # fmt: skip
     rounds = fit_blocks(client, cells.counts, n, G, _nbglm_gene_wise,
                         (X, sf, opts, allow_non_integer), **run)  # fmt: skip
     prior = prior_of_blocks(rounds, X, opts)
-    shared = (X, sf, list(cells.gene_names), opts, allow_non_integer, prior, contrasts)
+    shared = (X, sf, opts, allow_non_integer, prior, contrasts)
     out = fit_blocks(client, cells.counts, n, G, _nbglm_block, shared, **run)
     n_bad = sum(bad for _, bad in out)
     if n_bad:

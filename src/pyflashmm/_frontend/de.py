@@ -15,7 +15,7 @@ from pyflashmm._contrasts import as_contrasts
 from pyflashmm._design import design, formula_columns, level_label, random_groupings
 from pyflashmm._distributed import client_for
 from pyflashmm._frontend.cluster_fits import (
-    empty_cells_error,
+    check_cells_have_counts,
     nbglm_on_cluster,
     nbmm_on_cluster,
 )
@@ -230,6 +230,11 @@ def de(
     """
     _check_arguments(method, fixed, contrast, cell_type, per_cell_type, transform, test, df,
                      chunk_size)  # fmt: skip
+    if "reduced" in kwargs and method in ("nbglm", "pseudobulk"):
+        raise TypeError(
+            "reduced: de() tests every contrast against its own reduced model; for another "
+            "reduced design call pyflashmm.nbglm and nbglm_test(fit, contrast, reduced=...)"
+        )
     if reml is None:
         reml = _nbmm_reml_default(test, kwargs) if method == "nbmm" else True
     if not isinstance(reml, bool | np.bool_):
@@ -440,9 +445,7 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
 
 def _nonempty_cells(cells: CellData, obs: pd.DataFrame, chunk_size: int) -> None:
     """Refuse cells without any count (a cell-level NB model gives them no size factor)."""
-    empty = np.flatnonzero(row_sums(cells, chunk_size) == 0)
-    if empty.size:
-        raise empty_cells_error(empty, obs, cells.where)
+    check_cells_have_counts(row_sums(cells, chunk_size), obs, cells.where)
 
 
 def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, progress, kwargs,
@@ -507,6 +510,11 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs, cli
             "(counts summed per donor) or method='lmm' (a donor random effect)",
             PseudoreplicationWarning,
             stacklevel=3,
+        )
+    if "preset" in kwargs:
+        raise TypeError(
+            "preset: de(method='nbglm') fits nbglm's single-cell preset; pass its options "
+            "(e.g. minmu=, size_factors=) or call pyflashmm.nbglm for another preset"
         )
     dsg = design(obs, fixed)
     _check_counts(cells, "nbglm", kwargs.get("allow_non_integer", False))

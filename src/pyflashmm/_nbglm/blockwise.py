@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from pyflashmm._jit import numba_parallel_only
 from pyflashmm._nbglm.count_block import GeneBlocks
 from pyflashmm._nbglm.fit import (
     NbGlmFit,
@@ -38,26 +39,24 @@ from pyflashmm._nbglm.fit import (
 )
 from pyflashmm._nbglm.layout import design_layout, sample_classes
 
-#: the arguments of :func:`pyflashmm.nbglm` that set its options
-_OPTION_ARGS = (
-    "size_factors", "fit_type", "test", "minmu", "cooks", "independent_filtering", "alpha",
-    "use_t", "min_replicates_for_replace", "prior_var", "exact_dispersion", "block_size",
-)  # fmt: skip
-#: the other arguments :func:`block_options` accepts (used by the block functions)
-_DATA_ARGS = ("allow_non_integer", "reduced", "contrast", "coef_names", "gene_names")
+#: the arguments of :func:`pyflashmm.nbglm` that are not its options (the data, the test's
+#: contrast and reduced design: the blocks are tested by the caller's contrasts)
+_NOT_OPTIONS = ("counts", "X", "reduced", "contrast", "preset", "allow_non_integer",
+                "coef_names", "gene_names")  # fmt: skip
 
 
 def block_options(preset, kwargs: dict) -> _Options:
     """:func:`pyflashmm.nbglm`'s options from its keyword arguments (its own defaults for
     those not given), checked here before any block is fitted."""
     params = inspect.signature(nbglm).parameters
-    unknown = sorted(set(kwargs) - set(_OPTION_ARGS) - set(_DATA_ARGS))
+    names = [k for k in params if k not in _NOT_OPTIONS]
+    unknown = sorted(set(kwargs) - set(names))
     if unknown:
         raise TypeError(f"nbglm() got unexpected keyword arguments {unknown}")
-    args = {k: kwargs.get(k, params[k].default) for k in _OPTION_ARGS}
-    return _options(preset, **args)
+    return _options(preset, **{k: kwargs.get(k, params[k].default) for k in names})
 
 
+@numba_parallel_only
 def gene_wise_of_block(counts, X, sf, opts: _Options, allow_non_integer: bool = False):
     """(gene-wise dispersions, base means) of the genes of a block that are not all-zero, in
     order (stage 3)."""
@@ -80,11 +79,13 @@ def prior_of_blocks(per_block: list, X, opts: _Options) -> _Prior:
     return _trend_and_prior(_GeneWiseStage(disp, base_mean, []), layout, opts)
 
 
+@numba_parallel_only
 def fit_block(counts, X, sf, opts: _Options, prior: _Prior, *, contrast, gene_names,
               allow_non_integer: bool = False) -> NbGlmFit:  # fmt: skip
     """The fit and default test of a block of genes with the trend and prior of all genes
-    (its ``adj_p_value`` is BH over the block only: the caller adjusts over all genes)."""
+    (without independent filtering and BH, which the caller applies over all genes)."""
     inputs = _validate(counts, X, coef_names=None, gene_names=gene_names,
                        allow_non_integer=allow_non_integer, whole=False)  # fmt: skip
-    opts = replace(opts, size_factors=np.asarray(sf, dtype=np.float64))
+    opts = replace(opts, size_factors=np.asarray(sf, dtype=np.float64),
+                   independent_filtering=False)  # fmt: skip
     return fit_and_test(inputs, opts, contrast, None, prior, warn=False)

@@ -616,7 +616,7 @@ def _replace_outliers(ck: _CooksStage, ctx: _BlockContext, arrays: _GeneArrays) 
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def warn_not_converged(n_genes: int, stacklevel: int) -> None:
+def warn_glm_not_converged(n_genes: int, stacklevel: int) -> None:
     """The warning of a fit in which the GLM of ``n_genes`` genes did not converge."""
     warnings.warn(
         f"{n_genes} genes did not converge in the GLM fit", RuntimeWarning, stacklevel=stacklevel
@@ -666,7 +666,7 @@ def _fit(inputs: _Inputs, sf, opts: _Options, prior: _Prior | None = None,
     status[inputs.all_zero | zero_after] = _status.ALL_ZERO
     nconv = int(np.sum(~arrays.converged[~inputs.all_zero]))
     if nconv and warn:
-        warn_not_converged(nconv, stacklevel=5)
+        warn_glm_not_converged(nconv, stacklevel=5)
     data = NbGlmData(
         counts=inputs.Yt,
         layout=layout,

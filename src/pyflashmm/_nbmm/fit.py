@@ -289,20 +289,7 @@ def nbmm(
         Once, when some genes did not converge (``max_iter``, ``separation``, …).
     """
     # the options first: no work on the counts before a bad argument is reported
-    if isinstance(max_iter, bool) or not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (isinstance(tol, int | float | np.floating) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
-    nq = check_method(method, n_agq)
-    if not isinstance(reml, bool | np.bool_):
-        raise ValueError(f"reml must be True or False, got {reml!r}")
-    if reml and nq > 1:
-        raise ValueError(
-            "reml=True with method='agq' is not supported: REML is glmmTMB's Laplace "
-            "approximation over (β, b); use method='laplace'"
-        )
-    if progress is not None and not isinstance(progress, bool | np.bool_):
-        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    nq = check_options(max_iter, tol, method, n_agq, reml, progress)
     Y, Xa, code, levels, sf, coef_names, gene_names = _validate(
         counts, X, groups, size_factors, allow_non_integer, gene_names
     )
@@ -316,7 +303,7 @@ def nbmm(
     names = np.asarray(STATUS_NAMES, dtype=object)[res["status"]]
     converged = np.isin(res["status"], (_status.OK, _status.BOUNDARY))
     if warn and failed_fits(names):
-        warn_not_converged(failed_fits(names), len(gene_names), stacklevel=3)
+        warn_nbmm_not_converged(failed_fits(names), len(gene_names), stacklevel=3)
     p = Xa.shape[1]
     cov = res["cov"]
     diag = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
@@ -345,12 +332,32 @@ def nbmm(
     )
 
 
+def check_options(max_iter, tol, method, n_agq, reml, progress) -> int:
+    """:func:`nbmm`'s options checked (ValueError naming the bad one); returns the number of
+    quadrature nodes (1 = Laplace)."""
+    if isinstance(max_iter, bool) or not (isinstance(max_iter, int | np.integer) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(tol, int | float | np.floating) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    nq = check_method(method, n_agq)
+    if not isinstance(reml, bool | np.bool_):
+        raise ValueError(f"reml must be True or False, got {reml!r}")
+    if reml and nq > 1:
+        raise ValueError(
+            "reml=True with method='agq' is not supported: REML is glmmTMB's Laplace "
+            "approximation over (β, b); use method='laplace'"
+        )
+    if progress is not None and not isinstance(progress, bool | np.bool_):
+        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    return nq
+
+
 def failed_fits(status: np.ndarray) -> int:
     """Genes whose fit failed (not converged, and not all-zero or in one donor)."""
     return int(np.sum(~np.isin(status, ("ok", "boundary", "all_zero", "one_group"))))
 
 
-def warn_not_converged(n_bad: int, n_genes: int, stacklevel: int) -> None:
+def warn_nbmm_not_converged(n_bad: int, n_genes: int, stacklevel: int) -> None:
     """The one warning of a fit in which ``n_bad`` of ``n_genes`` genes failed."""
     warnings.warn(
         f"nbmm: {n_bad} of {n_genes} genes did not converge (see the status field)",
