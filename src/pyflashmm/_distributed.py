@@ -320,26 +320,43 @@ def task_ranges(n: int, chunk_size: int) -> tuple[list[tuple[int, int]], int]:
     return [(a, min(n, a + size)) for a in range(0, n, size)], level
 
 
-def task_inputs(client, Y, tasks: list[tuple[int, int]], where: str) -> tuple[list, str]:
-    """What each task reads its rows ``tasks[k]`` from, and how messages name the input: the
-    file (workers read their rows themselves), a future of the rows of a dask array (computed
-    on the workers), or the rows of an in-memory matrix scattered once."""
+def source_name(Y, where: str) -> str:
+    """How messages name the counts read by the workers: the file, the dask array, or
+    ``where``."""
+    source = file_source(Y)
+    return str(source) if source is not None else "the dask array" if is_dask_array(Y) else where
+
+
+def submit_on_rows(client, Y, fn, start: int, stop: int, where: str, *args):
+    """A future of ``fn(rows, start, stop, where, *args)`` computed on a worker, which reads
+    the rows from ``Y``'s file itself, or (a dask array) computes them in the same task graph,
+    so that a block is dropped as soon as ``fn`` has used it. Anything else (an in-memory
+    matrix, a store the workers cannot open by path) is read here and scattered."""
     source = file_source(Y)
     if source is not None:
-        return [source] * len(tasks), str(source)
+        return client.submit(fn, source, start, stop, where, *args, pure=False)
     if is_dask_array(Y):
-        blocks = [Y[a:b].rechunk(-1).to_delayed().ravel()[0] for a, b in tasks]
-        return client.compute(blocks), "the dask array"
-    return [client.scatter(read_block(_Rows(Y), a, b, where)) for a, b in tasks], where
+        import dask
+
+        block = Y[start:stop].rechunk(-1).to_delayed().ravel()[0]
+        return client.compute(dask.delayed(fn, pure=False)(block, start, stop, where, *args))
+    block = client.scatter([read_chunk(Y, start, stop, where)], hash=False)[0]
+    return client.submit(fn, block, start, stop, where, *args, pure=False)
+
+
+def _sum_task(data, start: int, stop: int, where: str, op, args) -> tuple:
+    """One Dask task of :func:`chunk_sum`: the tree sum of its leaves."""
+    return sum_range(op, data, start, stop, [(start, stop)], args, where)
 
 
 def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
     tasks, level = task_ranges(n, chunk_size)
-    inputs, where = task_inputs(client, Y, tasks, where)
-    leaves = [
-        client.submit(sum_range, op, data, a, b, [(a, b)], args_of(a, b), where, pure=False)
-        for data, (a, b) in zip(inputs, tasks, strict=True)
-    ]
+    where = source_name(Y, where)
+    leaves = [submit_on_rows(client, Y, _sum_task, a, b, where, op, args_of(a, b))
+              for a, b in tasks]  # fmt: skip
+    # None: the task computed its dask block itself (any error is the block's); else the
+    # task's own checks name the rows
+    inputs = [None if is_dask_array(Y) else True] * len(tasks)
     tree = TreeSum(lambda left, right: client.submit(add_new, left, right, pure=False))
     full = LEAF_CELLS << level
     for leaf, (a, b) in zip(leaves, tasks, strict=True):

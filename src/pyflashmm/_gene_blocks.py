@@ -36,11 +36,10 @@ import scipy.sparse as sp
 from pyflashmm._distributed import (
     ChunkError,
     chunk_message,
-    file_source,
-    is_dask_array,
     raise_chunk_failure,
     read_block,
-    read_chunk,
+    source_name,
+    submit_on_rows,
     task_ranges,
 )
 from pyflashmm._kernels import size_factors as _ks
@@ -96,30 +95,6 @@ def n_worker_threads(client) -> int:
 
 
 # ----------------------------------------------------------------------------- reading rows
-
-
-def source_name(Y, where: str) -> str:
-    """How messages name the counts read by the workers: the file, the dask array, or
-    ``where``."""
-    source = file_source(Y)
-    return str(source) if source is not None else "the dask array" if is_dask_array(Y) else where
-
-
-def _submit_rows(client, Y, fn, start: int, stop: int, where: str, *args):
-    """A future of ``fn(rows, start, stop, where, *args)`` computed on a worker, which reads
-    the rows from ``Y``'s file itself, or (a dask array) computes them in the same task graph,
-    so that a block is dropped as soon as ``fn`` has used it. Anything else (an in-memory
-    matrix, a store the workers cannot open by path) is read here and scattered."""
-    source = file_source(Y)
-    if source is not None:
-        return client.submit(fn, source, start, stop, where, *args, pure=False)
-    if is_dask_array(Y):
-        import dask
-
-        block = Y[start:stop].rechunk(-1).to_delayed().ravel()[0]
-        return client.compute(dask.delayed(fn, pure=False)(block, start, stop, where, *args))
-    block = client.scatter([read_chunk(Y, start, stop, where)], hash=False)[0]
-    return client.submit(fn, block, start, stop, where, *args, pure=False)
 
 
 def _rows(data, start: int, stop: int, where: str, G: int):
@@ -197,7 +172,7 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
     for rng in ranges:  # one chain of steps per range: its rows are added in order
         acc = None
         for a, b in rng:
-            acc = _submit_rows(client, Y, _geo_step, a, b, where, G, acc)
+            acc = submit_on_rows(client, Y, _geo_step, a, b, where, G, acc)
             steps.append(acc)
             reads.append((a, b))
         chains.append(acc)
@@ -219,7 +194,7 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
         raise ValueError("counts: every gene is all-zero")
     tasks, _ = task_ranges(n, chunk_size)
     shared = client.scatter([loggeo], broadcast=True, hash=False)[0]
-    futures = [_submit_rows(client, Y, _ratio_step, a, b, where, shared) for a, b in tasks]
+    futures = [submit_on_rows(client, Y, _ratio_step, a, b, where, shared) for a, b in tasks]
     try:
         out = client.gather(futures)
     except Exception as exc:
@@ -296,7 +271,7 @@ def fit_blocks(client, Y, n: int, G: int, fit: Callable, shared: tuple, *, chunk
             del part
         else:
             tasks, _ = task_ranges(n, chunk_size)
-            splits = [_submit_rows(client, Y, _split_columns, a, b, where, wave, G)
+            splits = [submit_on_rows(client, Y, _split_columns, a, b, where, wave, G)
                       for a, b in tasks]  # fmt: skip
             blocks = [client.submit(_stack, *[client.submit(operator.getitem, s, k, pure=False)
                                               for s in splits], pure=False)

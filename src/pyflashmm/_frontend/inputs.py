@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pyflashmm._checks import MissingColumnError
-from pyflashmm._distributed import is_dask_array
+from pyflashmm._distributed import is_dask_array, read_chunk
 
 #: rows read to decide what kind of values the counts hold (integers, non-integers, negatives)
 PEEK_ROWS = 2_000
@@ -287,14 +287,16 @@ def peek_values(cells: CellData, rows: int = PEEK_ROWS) -> ValueSummary:
 
 
 def read_csr(cells: CellData, chunk_size: int) -> sp.csr_matrix | np.ndarray:
-    """The whole count matrix in memory, for fits that need every cell of a gene at once:
-    in-memory input as it is; backed input read in row chunks into one CSR matrix (its
-    sparse form is the only copy made)."""
+    """The whole count matrix in memory, for fits that need every cell of a gene at once
+    (in one process): in-memory input as it is; backed input read in row chunks into one CSR
+    matrix (its sparse form is the only copy made). A chunk that cannot be read raises a
+    ChunkError naming its cells."""
     counts = cells.counts
     if isinstance(counts, np.ndarray) or sp.issparse(counts):
         return counts
     n = cells.shape[0]
-    parts = [sp.csr_matrix(_dense_or_csr(counts[a : min(n, a + chunk_size)]))
+    parts = [sp.csr_matrix(_dense_or_csr(read_chunk(counts, a, min(n, a + chunk_size),
+                                                     cells.where)))
              for a in range(0, n, chunk_size)]  # fmt: skip
     return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(cells.shape)
 
@@ -305,6 +307,6 @@ def row_sums(cells: CellData, chunk_size: int) -> np.ndarray:
     out = np.empty(n)
     for a in range(0, n, chunk_size):
         b = min(n, a + chunk_size)
-        block = _dense_or_csr(cells.counts[a:b])
+        block = _dense_or_csr(read_chunk(cells.counts, a, b, cells.where))
         out[a:b] = np.asarray(block.sum(axis=1)).ravel()
     return out
