@@ -15,6 +15,8 @@ is its own; Numba's cached kernels are compiled by a warm-up child first. Measur
 * ``lmm_split``: the same steps timed one by one: opening the file and building the design,
   ``summary_stats`` from the backed matrix, ``lmm``, ``lmmtest``;
 * ``read``: one pass that only reads the row chunks of the backed matrix (the reading cost);
+* ``lmm_lazy``: ``lmm`` from the AnnData of ``anndata.experimental.read_lazy(path)`` (its
+  counts a dask array of 1,000-row blocks);
 * ``lmm_dask``: ``lmm`` with ``scheduler=`` a ``LocalCluster`` of 2 worker processes (1 thread
   each) started in the child; the cluster's start-up is not timed;
 * ``pseudobulk``: ``de(path, fixed="~ trt", random="sam", cell_type="cls",
@@ -116,6 +118,17 @@ def child(kind: str, path: str, chunk_size: int | None) -> dict:
     t0 = time.perf_counter()
     if kind == "lmm":
         table = fm.de(path, fixed=FIXED, random=RANDOM, contrast=CONTRAST, method="lmm",
+                      progress=False, **kw)  # fmt: skip
+        out["rows"] = len(table)
+    elif kind == "lmm_lazy":  # the AnnData of anndata.experimental.read_lazy
+        import warnings
+
+        from anndata.experimental import read_lazy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # anndata's experimental-API notices
+            adata = read_lazy(path)
+        table = fm.de(adata, fixed=FIXED, random=RANDOM, contrast=CONTRAST, method="lmm",
                       progress=False, **kw)  # fmt: skip
         out["rows"] = len(table)
     elif kind == "lmm_dask":

@@ -189,7 +189,8 @@ def de(
         Cells per chunk when reading counts (a dask array of counts is read in its own row
         chunks).
     progress : bool, optional
-        Progress bars over cell chunks and gene blocks (default: shown for long runs).
+        Progress bars over cell chunks and gene blocks (default: shown for long runs; in one
+        process only, none for the work of a Dask cluster).
     scheduler : None, False, str or dask.distributed.Client
         Where the work on the counts runs: ``None`` (default) on the workers of the active Dask
         client if there is one, else here; ``False`` here; a ``Client`` or a scheduler address
