@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import _peak_gb, reference  # noqa: E402
+from bench_scale import run_child as _run_child  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_gene_blocks.json"
 FIXED = "~ cls + trt"
@@ -88,11 +88,7 @@ def child(kind: str, path: str) -> dict:
 
 
 def run_child(kind: str, path: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--path", str(path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"{kind} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return _run_child(kind, path, None, __file__)
 
 
 def main(argv=None) -> int:

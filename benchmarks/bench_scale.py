@@ -182,8 +182,9 @@ def child(kind: str, path: str, chunk_size: int | None) -> dict:
     return out
 
 
-def run_child(kind: str, path: Path, chunk_size: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--path", str(path)]
+def run_child(kind: str, path: Path, chunk_size: int | None, script: str = __file__) -> dict:
+    """One measurement of ``script`` (this benchmark or another) in a fresh process."""
+    cmd = [sys.executable, script, "--child", kind, "--path", str(path)]
     if chunk_size is not None:
         cmd += ["--chunk-size", str(chunk_size)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -114,6 +114,19 @@ def _cancel(client, *futures) -> None:
     client.cancel([f for group in futures for f in group if f is not None])
 
 
+def _gather_rows(client, futures: list, reads: list, where: str) -> list:
+    """The results of tasks over the row ranges ``reads`` (each computing its own rows); a
+    failure is raised in terms of its cells, and the other tasks are cancelled."""
+    try:
+        return client.gather(futures)
+    except Exception as exc:
+        try:
+            raise_chunk_failure(exc, [None] * len(futures), futures, reads, where)
+            raise
+        finally:
+            _cancel(client, futures)
+
+
 # ----------------------------------------------------------------------------- size factors
 
 
@@ -176,14 +189,8 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
             steps.append(acc)
             reads.append((a, b))
         chains.append(acc)
-    try:
-        parts = client.gather([c for c in chains if c is not None])
-    except Exception as exc:
-        try:
-            raise_chunk_failure(exc, [None] * len(steps), steps, reads, where)
-            raise
-        finally:
-            _cancel(client, steps)
+    _gather_rows(client, steps, reads, where)  # every step, so that a failure names its cells
+    parts = client.gather([c for c in chains if c is not None])
     total, npos = np.zeros(G), np.zeros(G, np.int64)
     for part, count in parts:  # the ranges added in order, as the in-memory kernel does
         total += part
@@ -195,14 +202,7 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
     tasks, _ = task_ranges(n, chunk_size)
     shared = client.scatter([loggeo], broadcast=True, hash=False)[0]
     futures = [submit_on_rows(client, Y, _ratio_step, a, b, where, shared) for a, b in tasks]
-    try:
-        out = client.gather(futures)
-    except Exception as exc:
-        try:
-            raise_chunk_failure(exc, [None] * len(tasks), futures, tasks, where)
-            raise
-        finally:
-            _cancel(client, futures)
+    out = _gather_rows(client, futures, tasks, where)
     raw = np.concatenate([r for r, _ in out])
     totals = np.concatenate([t for _, t in out])
     return raw, totals, npos
