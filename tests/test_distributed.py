@@ -505,3 +505,17 @@ def test_bad_options_fail_before_any_pass_over_the_counts(client, atlas, monkeyp
         fm.de(str(path), size_factors=np.ones(5), **kw)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['fit_typ'\]"):
         fm.de(str(path), fixed="~ condition", method="nbglm", scheduler=client, fit_typ="mean")
+
+
+def test_cli_fits_the_nb_glm_on_the_workers(client, atlas, tmp_path):
+    """`pyflashmm de --method nbglm --dask-scheduler ADDRESS`: the in-process table."""
+    _, _, path = atlas
+    tables = []
+    for extra in ([], ["--dask-scheduler", client.scheduler.address]):
+        out = tmp_path / f"nbglm{len(extra)}.csv"
+        argv = ["de", str(path), "--fixed", "~ condition", "--method", "nbglm", "--layer",
+                "counts", "--contrast", "stim=conditionstim", "-o", str(out), "--quiet",
+                *extra]  # fmt: skip
+        assert main(argv) == 0
+        tables.append(pd.read_csv(out))
+    pd.testing.assert_frame_equal(tables[1], tables[0], check_exact=True)
