@@ -163,7 +163,7 @@ def child(kind: str, path: str, chunk_size: int | None) -> dict:
         from pyflashmm._frontend.inputs import open_cells
 
         cells = open_cells(path)  # backed .h5ad or lazy .zarr: obs loaded, counts on disk
-        dsg = fm.design(cells.obs, FIXED, RANDOM)
+        dsg = fm.design(cells.obs, FIXED, RANDOM, sparse_x=True)  # as de() codes it
         t1 = time.perf_counter()
         stats = fm.summary_stats(cells.counts, dsg, transform="log2p1", progress=False, **kw)
         t2 = time.perf_counter()

@@ -474,7 +474,10 @@ class _FormulaBlock:
         """No categorical variable in the formula."""
         return not self.categorical_levels
 
-    def matrix(self, obs: pd.DataFrame, sparse: bool = False):
+    def matrix(self, obs: pd.DataFrame, sparse: bool = False, csr_blocks: bool = False):
+        """The block's columns for the cells of ``obs``: dense, or CSR (``sparse``: coded by
+        formulaic's sparse output; ``csr_blocks``: coded densely in row blocks, each stored
+        as CSR, so the values are the dense ones and the dense matrix never exists)."""
         from formulaic.errors import DataMismatchWarning
 
         if len(obs) == 0:
@@ -496,11 +499,18 @@ class _FormulaBlock:
         else:
             # row blocks: formulaic's intermediates are a few copies of the block, not of X
             n = len(data)
-            M = np.empty((n, len(self.perm)))
+            M = np.empty((0 if csr_blocks else n, len(self.perm)))
+            parts = []
             for a in range(0, n, _DENSE_ROWS):
                 b = min(n, a + _DENSE_ROWS)
                 block = model_matrix(data.iloc[a:b], "pandas")
-                M[a:b] = np.asarray(block, dtype=np.float64)[:, self.perm]
+                block = np.asarray(block, dtype=np.float64)[:, self.perm]
+                if csr_blocks:
+                    parts.append(sp.csr_matrix(block))
+                else:
+                    M[a:b] = block
+            if csr_blocks:
+                M = sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float64)
         _check_finite_values(M, obs, self.r_names, self.arg, self.where)
         return M
 
@@ -916,7 +926,7 @@ class DesignSpec:
     def d(self) -> np.ndarray:
         return np.array([_block_width(b) for b in self._random_blocks], dtype=np.int64)
 
-    def apply(self, obs) -> Design:
+    def apply(self, obs, sparse_x: bool = False) -> Design:
         """X, Z and d for the cells of ``obs`` (e.g. a chunk), with the columns of the full design.
 
         Parameters
@@ -924,13 +934,15 @@ class DesignSpec:
         obs : pandas.DataFrame
             Cell table holding (at least) the columns the formulas use. Levels absent from the
             chunk give all-zero columns; levels never seen when the design was built are an error.
+        sparse_x : bool
+            X as a CSR matrix (see :func:`design`).
 
         Returns
         -------
         Design
         """
         obs = _check_obs(obs)
-        X = self._fixed_block.matrix(obs)
+        X = self._fixed_block.matrix(obs, csr_blocks=sparse_x)
         Z = _hstack([_block_matrix(b, obs) for b in self._random_blocks], len(obs))
         return Design(
             X=X,
@@ -961,8 +973,9 @@ class Design:
 
     Attributes
     ----------
-    X : numpy.ndarray
-        Fixed-effects design, dense float64, n × p, columns in R's ``model.matrix`` order.
+    X : numpy.ndarray or scipy.sparse.csr_matrix
+        Fixed-effects design, float64, n × p, columns in R's ``model.matrix`` order: dense, or
+        CSR when built with ``design(..., sparse_x=True)``.
     Z : scipy.sparse.csr_matrix
         Random-effects design, float64, n × q: the K blocks side by side.
     d : numpy.ndarray
@@ -1005,8 +1018,9 @@ class Design:
         return self.spec.apply(obs)
 
     def X_frame(self, index=None) -> pd.DataFrame:
-        """X as a DataFrame with the R-style column names."""
-        return pd.DataFrame(self.X, columns=self.fixed_names, index=index)
+        """X as a (dense) DataFrame with the R-style column names."""
+        X = self.X.toarray() if sp.issparse(self.X) else self.X
+        return pd.DataFrame(X, columns=self.fixed_names, index=index)
 
 
 def _random_entries(random) -> list[str]:
@@ -1038,7 +1052,7 @@ def random_groupings(random) -> list[tuple[str, tuple[str, ...]]]:
     return [(t.kind, t.columns) for e in _random_entries(random) for t in _random_terms(e)]
 
 
-def design(obs, fixed, random=None) -> Design:
+def design(obs, fixed, random=None, *, sparse_x: bool = False) -> Design:
     """Build X, Z and d from a cell table and R-style formulas.
 
     The model is y = Xβ + Σₖ Zₖbₖ + ε with bₖ ~ N(0, σₖ² I) independent across the K blocks of
@@ -1060,6 +1074,12 @@ def design(obs, fixed, random=None) -> Design:
         (two blocks), ``"(1 | donor_id/cell_type)"``, ``"(0 + time | donor_id)"``,
         ``"(1 + time || donor_id)"`` (two uncorrelated blocks), nlme's ``"~ 1 | donor_id"``.
         ``None``: no Z (q = 0).
+    sparse_x : bool
+        Store X as CSR (the same values, coded densely 65,536 rows at a time): an atlas's
+        dense X takes n·p·8 bytes (0.47 GB for a million cells and p = 59) while most of its
+        entries are cell-type indicators that are 0. :func:`pyflashmm.summary_stats` takes
+        either form (its XᵀX and ZᵀX then come from sparse products, equal to the dense ones
+        to rounding); ``X_frame()`` gives a dense copy.
 
     Returns
     -------
@@ -1098,7 +1118,9 @@ def design(obs, fixed, random=None) -> Design:
                 f" and {terms[k].text!r}); its variance would not be identifiable"
             )
     spec = DesignSpec(fixed, tuple(entries), fixed_block, tuple(blocks))
-    des = spec.apply(obs)
+    des = spec.apply(obs, sparse_x=sparse_x)
     if des.X.shape[1]:
-        _checks.check_full_rank(des.X.T @ des.X, des.fixed_names, name="X (fixed)")
+        XX = des.X.T @ des.X
+        _checks.check_full_rank(XX.toarray() if sp.issparse(XX) else XX, des.fixed_names,
+                                name="X (fixed)")  # fmt: skip
     return des

@@ -412,7 +412,7 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
             "random: method='lmm' needs the grouping of the cells into donors (samples), e.g. "
             "random='donor_id' or random='(1|donor_id)'"
         )
-    dsg = design(obs, fixed, random)
+    dsg = design(obs, fixed, random, sparse_x=True)  # an atlas's dense X is mostly zeros
     values = peek_values(cells)
     if not values.numeric:
         raise TypeError(f"data: the values in {cells.where} are not numbers")

@@ -247,10 +247,11 @@ def _csr_in_memory(Y, G, P, w_indptr, w_indices, w_data, code, table):
 def _finish(Xd, Zs, WY, Ynorm, n, d, names: _Names, gene_names, transform):
     """Assemble :class:`SummaryStats` from the accumulators and the designs."""
     p = Xd.shape[1]
+    XX, ZX = Xd.T @ Xd, Zs.T @ Xd
     return SummaryStats(
-        XX=Xd.T @ Xd,
+        XX=XX.toarray() if sp.issparse(XX) else XX,
         XY=WY[:p],
-        ZX=np.asarray(Zs.T @ Xd),
+        ZX=ZX.toarray() if sp.issparse(ZX) else np.asarray(ZX),
         ZY=WY[p:],
         ZZ=np.asarray((Zs.T @ Zs).toarray()),
         Ynorm=Ynorm,
@@ -296,7 +297,11 @@ def _designs(X, Z, d, n: int):
             )
         names = None
     fixed_names = _names_from(X, np.shape(X)[1] if np.ndim(X) == 2 else 1, "x")
-    Xd = _checks.as_float_matrix("X", X, n_rows=n)
+    if isinstance(X, sp.csr_matrix) and names is not None:  # a Design's sparse X: kept sparse
+        Xd = sp.csr_matrix(X, dtype=np.float64)
+        _checks.check_finite("X", Xd)
+    else:
+        Xd = _checks.as_float_matrix("X", X, n_rows=n)
     if sp.issparse(Z):
         Zs = sp.csr_matrix(Z, dtype=np.float64)
         _checks.check_numeric_dtype("Z", Z.dtype)
@@ -529,6 +534,8 @@ def summary_stats(
 
     p = Xd.shape[1]
     W = sp.hstack([sp.csr_matrix(Xd), Zs], format="csr")  # [X | Z]; exact zeros dropped
+    if sp.issparse(Xd):
+        W.eliminate_zeros()  # as from a dense X
     W.sort_indices()
     w_indptr = W.indptr.astype(np.int64)
     w_indices = W.indices.astype(np.int64)
