@@ -20,7 +20,14 @@ import scipy.sparse as sp
 
 from pyflashmm import _distributed as _dist
 from pyflashmm._design import check_columns_exist, check_no_nan
-from pyflashmm._kernels.aggregate import add_rows_by_group_csr, add_rows_by_group_dense
+from pyflashmm._kernels.aggregate import (
+    FLAW_NEGATIVE,
+    FLAW_NON_FINITE,
+    FLAW_NON_INTEGER,
+    add_rows_by_group_csr,
+    add_rows_by_group_dense,
+    count_flaws,
+)
 
 
 def _as_frame_by(by) -> list[str]:
@@ -81,16 +88,17 @@ def _check_chunk(block, start: int, allow_non_integer: bool) -> None:
     values = block.data if sp.issparse(block) else block
     if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must hold real numbers; got dtype {values.dtype}")
-    if values.size == 0:
+    if values.size == 0 or values.dtype.kind == "b":  # booleans are counts of 0 and 1
         return
-    if not np.isfinite(values).all():
+    flaw = count_flaws(np.ravel(values))  # one pass (the chunks of an atlas are large)
+    if flaw == FLAW_NON_FINITE:
         raise ValueError(f"counts contain NaN or Inf (cells {start}:{start + block.shape[0]})")
-    if values.min() < 0:
+    if flaw == FLAW_NEGATIVE:
         raise ValueError(
             f"counts contain negative values (cells {start}:{start + block.shape[0]}): a "
             "pseudobulk sums raw counts; pass the counts layer (layer='counts')"
         )
-    if not allow_non_integer and values.dtype.kind == "f" and (values != np.floor(values)).any():
+    if not allow_non_integer and flaw == FLAW_NON_INTEGER:
         raise ValueError(
             f"counts contain non-integer values (cells {start}:{start + block.shape[0]}): they "
             "look normalised or log-transformed, and a pseudobulk sums raw counts; pass the "
@@ -193,10 +201,13 @@ class _SumOp:
                 f"counts[{start}:{stop}] has shape {chunk.shape}; expected {(stop - start, self.G)}"
             )
         _check_chunk(chunk, start, self.allow_non_integer)
+        # the kernels read any numeric dtype and add it to float64 sums exactly as a float64
+        # copy would (float32 and integer counts convert exactly): no converted copy is made
+        dtype = np.float64 if chunk.dtype.kind == "b" else None
         if sp.issparse(chunk):
-            chunk.data = np.ascontiguousarray(chunk.data, dtype=np.float64)
+            chunk.data = np.ascontiguousarray(chunk.data, dtype=dtype)
             return chunk
-        return np.ascontiguousarray(chunk, dtype=np.float64)
+        return np.ascontiguousarray(chunk, dtype=dtype)
 
     def zeros(self):
         return (np.zeros((self.n_groups, self.G)),)

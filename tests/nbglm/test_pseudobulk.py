@@ -48,3 +48,22 @@ def test_pseudobulk_sparse_integer_csc_and_duplicate_entries(rng):
     assert dup.nnz == 2 * csr.nnz
     pb2, _ = pseudobulk(dup, obs, by="sam", chunk_size=50)
     np.testing.assert_array_equal(pb2, ref)
+
+
+def test_count_flaws_reports_by_priority_in_one_pass():
+    """NaN/Inf before a negative value before a non-integer one, whatever their order; any
+    numeric dtype."""
+    from pyflashmm._kernels import aggregate as k
+
+    cases = [
+        ([2.0, 1.5, -1.0, np.nan], k.FLAW_NON_FINITE),
+        ([np.inf, 0.0], k.FLAW_NON_FINITE),
+        ([1.5, 3.0, -2.0], k.FLAW_NEGATIVE),
+        ([0.0, 7.0, 2.25], k.FLAW_NON_INTEGER),
+        ([0.0, 7.0, 1e9], k.FLAW_NONE),
+    ]
+    for values, flaw in cases:
+        for dtype in (np.float64, np.float32):
+            assert k.count_flaws(np.asarray(values, dtype=dtype)) == flaw, (values, dtype)
+    assert k.count_flaws(np.array([3, -1, 2], dtype=np.int32)) == k.FLAW_NEGATIVE
+    assert k.count_flaws(np.array([3, 0, 2], dtype=np.uint16)) == k.FLAW_NONE

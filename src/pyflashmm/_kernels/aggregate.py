@@ -7,6 +7,28 @@ import numpy as np
 
 from pyflashmm._jit import njit, prange
 
+#: what :func:`count_flaws` finds, in the order the checks report them
+FLAW_NONE, FLAW_NON_FINITE, FLAW_NEGATIVE, FLAW_NON_INTEGER = 0, 1, 2, 3
+
+
+@njit
+def count_flaws(values):
+    """The first flaw, by priority, of values meant to be counts: NaN/Inf (reported first,
+    whatever else there is), a negative value, a non-integer value, or none. One pass, no
+    temporary arrays (``values`` of any numeric dtype, flattened)."""
+    negative = False
+    fraction = False
+    for v in values:
+        if not np.isfinite(v):
+            return FLAW_NON_FINITE
+        if v < 0:
+            negative = True
+        elif not fraction and v != np.floor(v):
+            fraction = True
+    if negative:
+        return FLAW_NEGATIVE
+    return FLAW_NON_INTEGER if fraction else FLAW_NONE
+
 
 @njit
 def add_rows_by_group_csr(out, data, indices, indptr, lab):
