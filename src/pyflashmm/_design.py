@@ -482,7 +482,7 @@ class _FormulaBlock:
 
         if len(obs) == 0:
             n_col = len(self.perm)
-            return sp.csr_matrix((0, n_col)) if sparse else np.zeros((0, n_col))
+            return sp.csr_matrix((0, n_col)) if sparse or csr_blocks else np.zeros((0, n_col))
         check_columns_exist(obs, self.columns, self.arg, self.where)
         check_no_nan(obs, self.columns, self.arg)
         for col, levels in self.categorical_levels.items():
@@ -998,7 +998,7 @@ class Design:
         Reusable spec: ``spec.apply(obs_chunk)`` (or ``design.apply``) rebuilds X and Z.
     """
 
-    X: np.ndarray
+    X: np.ndarray | sp.csr_matrix
     Z: sp.csr_matrix
     d: np.ndarray
     fixed_names: list[str]
@@ -1014,8 +1014,9 @@ class Design:
         return int(self.X.shape[0])
 
     def apply(self, obs) -> Design:
-        """Same as ``self.spec.apply(obs)``: the design of a chunk of cells, same columns."""
-        return self.spec.apply(obs)
+        """Same as ``self.spec.apply(obs)``: the design of a chunk of cells, same columns (X
+        sparse if this design's is)."""
+        return self.spec.apply(obs, sparse_x=sp.issparse(self.X))
 
     def X_frame(self, index=None) -> pd.DataFrame:
         """X as a (dense) DataFrame with the R-style column names."""

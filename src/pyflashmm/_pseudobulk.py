@@ -84,11 +84,16 @@ def varying_example(obs: pd.DataFrame, lab: np.ndarray, col: str):
     return obs[col].iloc[j], obs[col].iloc[i]
 
 
+def _kernel_dtype(dtype: np.dtype) -> bool:
+    """Values the Numba kernels read as stored: native-order integers, float32 and float64."""
+    return dtype.isnative and (dtype.kind in "iu" or dtype in (np.float32, np.float64))
+
+
 def _check_chunk(block, start: int, allow_non_integer: bool) -> None:
     values = block.data if sp.issparse(block) else block
     if values.dtype.kind not in "biuf":
         raise TypeError(f"counts must hold real numbers; got dtype {values.dtype}")
-    if values.size == 0 or values.dtype.kind == "b":  # booleans are counts of 0 and 1
+    if values.size == 0:
         return
     flaw = count_flaws(np.ravel(values))  # one pass (the chunks of an atlas are large)
     if flaw == FLAW_NON_FINITE:
@@ -189,6 +194,9 @@ class _SumOp:
     allow_non_integer: bool
 
     def prepare(self, chunk, start, stop):
+        # the kernels read native int/float32/float64 values as stored and add them to float64
+        # sums exactly as a float64 copy would (no copy is made); other numbers (bool,
+        # float16, long double, big-endian) are converted first, as Numba cannot read them
         if sp.issparse(chunk):
             chunk = sp.csr_matrix(chunk)
             if not chunk.has_canonical_format:
@@ -196,18 +204,17 @@ class _SumOp:
                 chunk.sum_duplicates()
         else:
             chunk = np.asarray(chunk)
+        if chunk.dtype.kind in "biuf" and not _kernel_dtype(chunk.dtype):
+            chunk = chunk.astype(np.float64)
         if chunk.shape != (stop - start, self.G):
             raise ValueError(
                 f"counts[{start}:{stop}] has shape {chunk.shape}; expected {(stop - start, self.G)}"
             )
         _check_chunk(chunk, start, self.allow_non_integer)
-        # the kernels read any numeric dtype and add it to float64 sums exactly as a float64
-        # copy would (float32 and integer counts convert exactly): no converted copy is made
-        dtype = np.float64 if chunk.dtype.kind == "b" else None
         if sp.issparse(chunk):
-            chunk.data = np.ascontiguousarray(chunk.data, dtype=dtype)
+            chunk.data = np.ascontiguousarray(chunk.data)
             return chunk
-        return np.ascontiguousarray(chunk, dtype=dtype)
+        return np.ascontiguousarray(chunk)
 
     def zeros(self):
         return (np.zeros((self.n_groups, self.G)),)

@@ -67,3 +67,22 @@ def test_count_flaws_reports_by_priority_in_one_pass():
             assert k.count_flaws(np.asarray(values, dtype=dtype)) == flaw, (values, dtype)
     assert k.count_flaws(np.array([3, -1, 2], dtype=np.int32)) == k.FLAW_NEGATIVE
     assert k.count_flaws(np.array([3, 0, 2], dtype=np.uint16)) == k.FLAW_NONE
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ">f4", ">i4", np.longdouble, np.bool_, np.uint8])
+def test_counts_of_any_numeric_dtype_are_summed(dtype):
+    """Counts stored as float16, big-endian, long double, bool or uint8 give the float64 sums,
+    dense and (where scipy takes the dtype) CSR."""
+    rng = np.random.default_rng(4)
+    Y = rng.poisson(0.8, (60, 7)).astype(np.float64)
+    if np.dtype(dtype) == np.bool_:
+        Y = np.minimum(Y, 1.0)
+    obs = pd.DataFrame({"donor_id": rng.choice(["D1", "D2", "D3"], 60)})
+    ref, _ = pseudobulk(Y, obs, by="donor_id")
+    stored = Y.astype(dtype)
+    forms = [stored]
+    if np.dtype(dtype) in (np.longdouble, np.bool_, np.uint8):  # the others scipy refuses
+        forms.append(sp.csr_matrix(stored))
+    for counts in forms:
+        got, _ = pseudobulk(counts, obs, by="donor_id")
+        pd.testing.assert_frame_equal(got, ref, check_exact=True)

@@ -533,9 +533,8 @@ def summary_stats(
         raise ValueError("Y has no cells (rows)")
 
     p = Xd.shape[1]
-    W = sp.hstack([sp.csr_matrix(Xd), Zs], format="csr")  # [X | Z]; exact zeros dropped
-    if sp.issparse(Xd):
-        W.eliminate_zeros()  # as from a dense X
+    # [X | Z]; a dense X's exact zeros are dropped, as a sparse X (from design) never stores them
+    W = sp.hstack([sp.csr_matrix(Xd), Zs], format="csr")
     W.sort_indices()
     w_indptr = W.indptr.astype(np.int64)
     w_indices = W.indices.astype(np.int64)
