@@ -68,6 +68,21 @@ def _stats_equal(a, b):
         assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr
 
 
+def test_sums_from_the_workers_are_aligned_arrays(client, atlas):
+    """The statistics come back as owned arrays at 8-byte aligned addresses: arrays unpickled
+    from a worker's buffers may be misaligned, and the fits of the same (bitwise equal)
+    statistics then gave other last bits."""
+    counts, obs, path = atlas
+    dsg = fm.design(obs, FIXED, random="(1 | donor_id)")
+    wide = sp.hstack([counts] * 8, format="csr")  # 320 genes: results sent as larger frames
+    stats = fm.summary_stats(wide, dsg, transform="log2p1", scheduler=client)
+    for attr in ("XX", "XY", "ZX", "ZY", "ZZ", "Ynorm"):
+        arr = getattr(stats, attr)
+        assert arr.ctypes.data % 8 == 0, attr
+    sums, _ = fm.pseudobulk(str(path), by=["donor_id"], layer="counts", scheduler=client)
+    assert sums.to_numpy().ctypes.data % 8 == 0
+
+
 def test_tree_sum_is_the_same_tree_for_any_grouping():
     """Tasks of 2**j aligned leaves (and a tail) give the leaf-by-leaf tree's result bitwise."""
     rng = np.random.default_rng(0)

@@ -31,6 +31,8 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 #: cells per leaf of the reduction tree (fixed: changing it changes the rounding of the sums)
 LEAF_CELLS = 4096
 
@@ -365,7 +367,10 @@ def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
     tail = leaves[-1] if tasks[-1][1] - tasks[-1][0] < full else None
     total = tree.result(tail)
     try:
-        return total.result()
+        # copies: arrays unpickled from a worker's buffers can sit at addresses that are not
+        # multiples of 8, and the BLAS behind the fits then rounds differently (a fit of the
+        # same statistics gave other bits in the last place)
+        return tuple(np.array(a, copy=True) for a in total.result())
     except ChunkError:
         raise
     except Exception as exc:
