@@ -356,9 +356,6 @@ def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
     where = source_name(Y, where)
     leaves = [submit_on_rows(client, Y, _sum_task, a, b, where, op, args_of(a, b))
               for a, b in tasks]  # fmt: skip
-    # None: the task computed its dask block itself (any error is the block's); else the
-    # task's own checks name the rows
-    inputs = [None if is_dask_array(Y) else True] * len(tasks)
     tree = TreeSum(lambda left, right: client.submit(add_new, left, right, pure=False))
     full = LEAF_CELLS << level
     for leaf, (a, b) in zip(leaves, tasks, strict=True):
@@ -374,28 +371,26 @@ def _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where):
     except ChunkError:
         raise
     except Exception as exc:
-        raise_chunk_failure(exc, inputs, leaves, tasks, where)
+        raise_chunk_failure(exc, leaves, tasks, where, reads_in_task=is_dask_array(Y))
         raise
 
 
-def raise_chunk_failure(exc, inputs, futures, tasks, where) -> None:
+def raise_chunk_failure(exc, futures, tasks, where, *, reads_in_task: bool) -> None:
     """Raise the error of the first failed task of ``futures`` (one per row range of
-    ``tasks``, reading from ``inputs``) in terms of its cells: a :class:`ChunkError` naming
-    them, or the chunk's own ValueError/TypeError (the checks of the sums name the rows). An
-    input of None means the task computed its block itself (a dask array's rows in the same
-    graph): any error but a ChunkError is then the block's, named by its cells. Returns when
-    none of them failed (the failure was elsewhere)."""
-    from distributed import Future, wait
+    ``tasks``) in terms of its cells: a :class:`ChunkError` naming them, or the chunk's own
+    ValueError/TypeError (the checks of the sums name the rows). ``reads_in_task``: the tasks
+    computed their dask blocks in the same graph, so any error but a ChunkError is the
+    block's, named by its cells. Returns when none of them failed (the failure was
+    elsewhere)."""
+    from distributed import wait
 
     wait(futures)
-    for data, fut, (a, b) in zip(inputs, futures, tasks, strict=True):
+    for fut, (a, b) in zip(futures, tasks, strict=True):
         if fut.status != "error":
             continue
-        if isinstance(data, Future) and data.status == "error":  # the block itself failed
-            raise ChunkError(chunk_message(where, a, b, data.exception())) from exc
         err = fut.exception()
         if isinstance(err, ChunkError) or (
-            data is not None and isinstance(err, ValueError | TypeError)
+            not reads_in_task and isinstance(err, ValueError | TypeError)
         ):
             raise err from None
         raise ChunkError(chunk_message(where, a, b, err)) from exc

@@ -114,14 +114,15 @@ def _cancel(client, *futures) -> None:
     client.cancel([f for group in futures for f in group if f is not None])
 
 
-def _gather_rows(client, futures: list, reads: list, where: str) -> list:
-    """The results of tasks over the row ranges ``reads`` (each computing its own rows); a
-    failure is raised in terms of its cells, and the other tasks are cancelled."""
+def _gather_rows(client, futures: list, reads: list, where: str, wanted: list | None = None):
+    """The results of ``wanted`` (default: all) of the tasks ``futures`` over the row ranges
+    ``reads`` (each computing its own rows); a failure of any of them is raised in terms of
+    its cells, and the others are cancelled."""
     try:
-        return client.gather(futures)
+        return client.gather(futures if wanted is None else wanted)
     except Exception as exc:
         try:
-            raise_chunk_failure(exc, [None] * len(futures), futures, reads, where)
+            raise_chunk_failure(exc, futures, reads, where, reads_in_task=True)
             raise
         finally:
             _cancel(client, futures)
@@ -189,8 +190,8 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
             steps.append(acc)
             reads.append((a, b))
         chains.append(acc)
-    _gather_rows(client, steps, reads, where)  # every step, so that a failure names its cells
-    parts = client.gather([c for c in chains if c is not None])
+    # the chains' ends only; a failed step (and the chain after it) is named by its cells
+    parts = _gather_rows(client, steps, reads, where, [c for c in chains if c is not None])
     total, npos = np.zeros(G), np.zeros(G, np.int64)
     for part, count in parts:  # the ranges added in order, as the in-memory kernel does
         total += part
@@ -283,7 +284,7 @@ def fit_blocks(client, Y, n: int, G: int, fit: Callable, shared: tuple, *, chunk
         except Exception as exc:
             try:
                 if splits:  # a reading error is reported as such, naming its cells
-                    raise_chunk_failure(exc, [None] * len(splits), splits, tasks, where)
+                    raise_chunk_failure(exc, splits, tasks, where, reads_in_task=True)
                 raise
             finally:
                 _cancel(client, futures, blocks, splits)
