@@ -19,7 +19,7 @@ from pyflashmm._frontend.cluster_fits import (
     nbglm_on_cluster,
     nbmm_on_cluster,
 )
-from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr, row_sums
+from pyflashmm._frontend.inputs import CellData, open_cells, peek_values, read_csr
 from pyflashmm._lmm.fit import lmm
 from pyflashmm._lmm.inference import DF_METHODS, lmmtest
 from pyflashmm._lmm.moderation import check_moderation_args
@@ -444,9 +444,13 @@ def _de_lmm(cells, obs, fixed, random, contrast, transform, reml, tests, chunk_s
     return table, dsg, used
 
 
-def _nonempty_cells(cells: CellData, obs: pd.DataFrame, chunk_size: int) -> None:
-    """Refuse cells without any count (a cell-level NB model gives them no size factor)."""
-    check_cells_have_counts(row_sums(cells, chunk_size), obs, cells.where)
+def _read_nonempty(cells: CellData, obs: pd.DataFrame, chunk_size: int, check: bool = True):
+    """The whole count matrix (:func:`read_csr`), its cells without any count refused when
+    ``check`` (a cell-level NB model gives them no size factor): one pass over the file."""
+    counts = read_csr(cells, chunk_size)
+    if check:
+        check_cells_have_counts(np.asarray(counts.sum(axis=1)).ravel(), obs, cells.where)
+    return counts
 
 
 def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, progress, kwargs,
@@ -490,9 +494,8 @@ def _de_nbmm(cells, obs, fixed, random, contrast, test, df, reml, chunk_size, pr
                                 test=test, df=df, reml=reml, chunk_size=chunk_size,
                                 kwargs=kwargs)  # fmt: skip
         return table, dsg, used
-    if isinstance(kwargs.get("size_factors", "poscounts"), str):
-        _nonempty_cells(cells, obs, chunk_size)
-    counts = read_csr(cells, chunk_size)
+    counts = _read_nonempty(cells, obs, chunk_size,
+                            isinstance(kwargs.get("size_factors", "poscounts"), str))  # fmt: skip
     fit = nbmm(counts, dsg.X_frame(), groups, gene_names=cells.gene_names, progress=progress,
                reml=bool(reml), **kwargs)  # fmt: skip
     table = nbmm_test(fit, contrast, test=test, df=df,
@@ -526,8 +529,7 @@ def _de_cells(cells, obs, fixed, random, contrast, test, chunk_size, kwargs, cli
                                             chunk_size=chunk_size,
                                             kwargs=dict(kwargs, test=test))  # fmt: skip
         return table, dsg, used_test
-    _nonempty_cells(cells, obs, chunk_size)
-    counts = read_csr(cells, chunk_size)
+    counts = _read_nonempty(cells, obs, chunk_size)
     table, used_test = _nb_fit_test(counts, dsg, contrast, cells.gene_names,
                                     dict(kwargs, preset="single_cell", test=test))  # fmt: skip
     return table, dsg, used_test

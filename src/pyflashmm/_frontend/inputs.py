@@ -299,14 +299,3 @@ def read_csr(cells: CellData, chunk_size: int) -> sp.csr_matrix | np.ndarray:
                                                      cells.where)))
              for a in range(0, n, chunk_size)]  # fmt: skip
     return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(cells.shape)
-
-
-def row_sums(cells: CellData, chunk_size: int) -> np.ndarray:
-    """Total count of every cell, read in row chunks."""
-    n = cells.shape[0]
-    out = np.empty(n)
-    for a in range(0, n, chunk_size):
-        b = min(n, a + chunk_size)
-        block = _dense_or_csr(read_chunk(cells.counts, a, b, cells.where))
-        out[a:b] = np.asarray(block.sum(axis=1)).ravel()
-    return out
