@@ -534,3 +534,10 @@ def test_cli_fits_the_nb_glm_on_the_workers(client, atlas, tmp_path):
         assert main(argv) == 0
         tables.append(pd.read_csv(out))
     pd.testing.assert_frame_equal(tables[1], tables[0], check_exact=True)
+
+
+def test_cli_chunk_size_default_is_de_default():
+    from pyflashmm.cli import build_parser
+
+    args = build_parser().parse_args(["de", "in.h5ad", "--fixed", "~ trt", "-o", "out.csv"])
+    assert args.chunk_size == fm._lmm.stats.DEFAULT_CHUNK_SIZE

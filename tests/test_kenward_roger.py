@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 
 import pyflashmm as fm
+from pyflashmm._kernels import kenward_roger as _kk
 from pyflashmm._lmm import kenward_roger as kr
 from pyflashmm._lmm.inference import lmmtest
 from tests import oracle
@@ -339,3 +340,24 @@ def test_results_do_not_depend_on_thread_count(rng, sizes):
     finally:
         numba.set_num_threads(before)
     pd.testing.assert_frame_equal(out[0], out[1], check_exact=True)
+
+
+def test_single_rows_without_the_adjustment_matrices(rng):
+    """K = 1, single rows: the quadratic forms in Φc equal cᵀΦc, cᵀΦ_Ac and a from the full
+    Dᵢ and Λ (including genes at σ₁² = 0 and a failed gene), to rounding."""
+    X, Z, d = oracle.random_design(rng, 150, 4, (9,))
+    Y = oracle.simulate_y(rng, X, Z, d, (0.02, 1.0), 40)
+    Y[:, 3] = X @ np.array([1.0, 2.0, -1.0, 0.5])  # in the span of X: a failed fit
+    fit = fm.lmmfit(Y, X, Z, d, nonneg=True, warn=False)
+    assert (fit.theta[:, 0] == 0).any() and fit.status[3] == "zero_variance"
+    W = kr.inverse_expected_information(fit)
+    prep = kr.prepared(fit)
+    C = np.ascontiguousarray(np.array([[0, 1, 0, 0], [0, 0.5, -2, 0], [1, 1, 1, 1.0]]))
+    cov = np.ascontiguousarray(fit.cov)
+    D, Lam = kr.adjustment(fit, W, prep=prep)
+    full = _kk.single_contrasts(cov, Lam, D, W, C)
+    fast = kr._single_k1(fit, W, slice(None), prep, cov, C)
+    for ref, got in zip(full, fast, strict=True):
+        np.testing.assert_array_equal(np.isnan(ref), np.isnan(got))
+        np.testing.assert_allclose(got, ref, rtol=1e-9)
+    assert np.isnan(fast[0][3]).all() and np.isfinite(fast[0][np.arange(40) != 3]).all()

@@ -135,7 +135,8 @@ def _add_de(subparsers) -> None:
     p.add_argument("--agq", type=int, default=None, metavar="N",
                    help="nbmm: adaptive Gauss-Hermite quadrature with N >= 2 nodes (default: "
                    "Laplace, as glmmTMB)")  # fmt: skip
-    p.add_argument("--chunk-size", type=int, default=16_384, help="cells read at a time")
+    # de()'s default (pyflashmm._lmm.stats.DEFAULT_CHUNK_SIZE), not imported: --help needs no Numba
+    p.add_argument("--chunk-size", type=int, default=8_192, help="cells read at a time")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                    help="run the work on the counts on this Dask scheduler's workers "
                    "(e.g. tcp://host:8786): the summary statistics / pseudobulk sums over "

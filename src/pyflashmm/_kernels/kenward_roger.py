@@ -139,6 +139,109 @@ def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
     return D, Lam
 
 
+@njit(parallel=True)
+def single_contrasts_k1(theta, Winv, mu, ZXq, XX, cov, C):
+    """(f, f_A, a) of :func:`single_contrasts` for K = 1 without forming Dᵢ and Λ.
+
+    For one row c only quadratic forms in v = Φc are needed: with u = (QᵀZX)v (u_j = z_jᵀv),
+    the weights c¹, c⁰, c^Q of :func:`adjustment_k1` and aᵢ = Aᵢv,
+
+    * ∇fᵢ = cᵀDᵢc = vᵀAᵢv: vᵀA₁v = Σ c¹_j u_j²/σ⁴, vᵀA₀v = (vᵀXXv − Σ c⁰_j u_j²)/σ⁴;
+    * cᵀΛc = vᵀ(Σᵢⱼ WᵢⱼQᵢⱼ)v − Σᵢⱼ Wᵢⱼ aᵢᵀΦaⱼ, the first term (W₀₀vᵀXXv + Σ c^Q_j u_j²)/σ⁶,
+      with a₁ = (QᵀZX)ᵀ(c¹∘u)/σ⁴ and a₀ = (XXv − (QᵀZX)ᵀ(c⁰∘u))/σ⁴.
+
+    A gene and contrast cost O(qp + p²) rather than the O(qp² + p³) of forming Dᵢ and Λ.
+    ``C`` (m × p) holds the contrasts; genes whose inputs are not finite or whose V is not
+    positive definite get NaN.
+    """
+    G = theta.shape[0]
+    q, p = ZXq.shape
+    m = C.shape[0]
+    f = np.full((G, m), np.nan)
+    fa = np.full((G, m), np.nan)
+    a = np.full((G, m), np.nan)
+    for g in prange(G):
+        s1 = theta[g, 0]
+        s0 = theta[g, 1]
+        if not (np.isfinite(s1) and s0 > 0.0 and _finite(Winv[g]) and _finite(cov[g])):
+            continue
+        gam = s1 / s0
+        w11 = Winv[g, 0, 0]
+        w10 = Winv[g, 0, 1]
+        w00 = Winv[g, 1, 1]
+        c1 = np.empty(q)
+        c0 = np.empty(q)
+        cq = np.empty(q)
+        pd = True
+        for j in range(q):
+            den = 1.0 + gam * mu[j]
+            if not den > 0.0:  # V not positive definite
+                pd = False
+                break
+            r = 1.0 / den
+            r2 = r * r
+            r3 = r2 * r
+            c1[j] = r2
+            c0[j] = gam * (r + r2)
+            cq[j] = w11 * mu[j] * r3 + 2.0 * w10 * r3 - w00 * gam * (r + r2 + r3)
+        if not pd:
+            continue
+        Phi = cov[g]
+        s02 = s0 * s0
+        u = np.empty(q)
+        vec = np.empty((2, p))
+        Pa = np.empty((2, p))
+        for l in range(m):
+            v = Phi @ C[l]
+            XXv = XX @ v
+            vXXv = 0.0
+            fl = 0.0
+            for s in range(p):
+                vXXv += v[s] * XXv[s]
+                fl += C[l, s] * v[s]
+            q1 = 0.0
+            q0 = 0.0
+            qq = 0.0
+            for j in range(q):
+                uj = 0.0
+                for s in range(p):
+                    uj += ZXq[j, s] * v[s]
+                u2 = uj * uj
+                q1 += c1[j] * u2
+                q0 += c0[j] * u2
+                qq += cq[j] * u2
+                u[j] = uj
+            for s in range(p):
+                vec[0, s] = 0.0
+                vec[1, s] = XXv[s]
+            for j in range(q):
+                e1 = c1[j] * u[j]
+                e0 = c0[j] * u[j]
+                for s in range(p):
+                    vec[0, s] += e1 * ZXq[j, s]
+                    vec[1, s] -= e0 * ZXq[j, s]
+            for i in range(2):
+                for s in range(p):
+                    vec[i, s] /= s02
+                Pa[i] = Phi @ vec[i]
+            g1 = q1 / s02
+            g0 = (vXXv - q0) / s02
+            lam = (w00 * vXXv + qq) / (s02 * s0)
+            for i in range(2):
+                for j in range(2):
+                    d = 0.0
+                    for s in range(p):
+                        d += vec[i, s] * Pa[j, s]
+                    lam -= Winv[g, i, j] * d
+            quad = g1 * (Winv[g, 0, 0] * g1 + Winv[g, 0, 1] * g0) + g0 * (
+                Winv[g, 1, 0] * g1 + Winv[g, 1, 1] * g0
+            )
+            f[g, l] = fl
+            fa[g, l] = fl + 2.0 * lam
+            a[g, l] = quad / (fl * fl)
+    return f, fa, a
+
+
 @njit
 def _apply_M(Tz, dvec, Bm, s0):
     """(I − T_Z D) Bm / σ² for a q × p matrix ``Bm`` (one application of V⁻¹ in the Z basis)."""

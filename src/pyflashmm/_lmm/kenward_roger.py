@@ -110,6 +110,15 @@ def adjustment(
     )
 
 
+def _single_k1(fit: LmmFit, W, genes: slice, prep: _Prepared, cov, C):
+    """(f, f_A, a) of the single-row contrasts ``C`` for K = 1 (see
+    :func:`pyflashmm._kernels.kenward_roger.single_contrasts_k1`)."""
+    theta = np.ascontiguousarray(fit.theta[genes])
+    mu = prep.inference_problem().mu
+    return _kk.single_contrasts_k1(theta, np.ascontiguousarray(W), mu, prep.ZXq(),
+                                   fit.stats.XX, cov, C)  # fmt: skip
+
+
 def kr_ddf(A1: np.ndarray, A2: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Denominator df ν and F scaling λ from A₁, A₂ for r rows (the module docstring)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -174,11 +183,17 @@ def kenward_roger(
         k: (np.full(G, np.nan), np.full(G, np.nan), np.full((G, v.shape[1], v.shape[1]), np.nan))
         for k, v in joint.items()
     }
+    # one random-effect block: single rows need only quadratic forms (O(qp + p²) a gene)
+    k1_single = single and len(fit.stats.d) == 1
     for start in range(0, G, _GENE_BLOCK):
         genes = slice(start, min(G, start + _GENE_BLOCK))
-        D, Lam = adjustment(fit, W[genes], genes, prep)
         cov = np.ascontiguousarray(fit.cov[genes])
-        if single:
+        if k1_single:
+            _, f_adj[genes], a[genes] = _single_k1(fit, W[genes], genes, prep, cov, C)
+        if not joint and k1_single:
+            continue
+        D, Lam = adjustment(fit, W[genes], genes, prep)
+        if single and not k1_single:
             _, f_adj[genes], a[genes] = _kk.single_contrasts(cov, Lam, D, W[genes], C)
         for name, Lm in joint.items():
             F, nu, SA = _joint(Lm, fit.coef[genes], cov, D, Lam, W[genes])
