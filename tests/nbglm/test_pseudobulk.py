@@ -86,3 +86,29 @@ def test_counts_of_any_numeric_dtype_are_summed(dtype):
     for counts in forms:
         got, _ = pseudobulk(counts, obs, by="donor_id")
         pd.testing.assert_frame_equal(got, ref, check_exact=True)
+
+
+def test_group_sums_are_the_same_on_any_number_of_threads(rng):
+    """The CSR kernel adds every group's cells in cell order in one task (groups interleaved
+    over tasks): non-integer sums are bitwise those of a sequential pass, on 1 or 2 threads."""
+    import numba
+
+    from pyflashmm._kernels.aggregate import GROUP_SETS, add_rows_by_group_csr
+
+    n, G, n_groups = 500, 40, GROUP_SETS + 7  # groups in every set, some sets with two
+    Y = sp.random(n, G, density=0.3, format="csr", random_state=np.random.default_rng(3))
+    Y.data = rng.gamma(0.5, 3.0, Y.nnz)  # non-integer: the order of additions shows
+    lab = rng.integers(0, n_groups, n)
+    ref = np.zeros((n_groups, G))
+    for c in range(n):  # a sequential pass, cell after cell
+        for k in range(Y.indptr[c], Y.indptr[c + 1]):
+            ref[lab[c], Y.indices[k]] += Y.data[k]
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            out = np.zeros((n_groups, G))
+            add_rows_by_group_csr(out, Y.data, Y.indices, Y.indptr, lab)
+            np.testing.assert_array_equal(out, ref)
+    finally:
+        numba.set_num_threads(before)

@@ -30,17 +30,28 @@ def count_flaws(values):
     return FLAW_NON_INTEGER if fraction else FLAW_NONE
 
 
-@njit
+#: the groups are split into this many interleaved sets, one parallel task each
+GROUP_SETS = 16
+
+
+@njit(parallel=True)
 def add_rows_by_group_csr(out, data, indices, indptr, lab):
     """out[lab[c], j] += Y[c, j] for every stored entry of the CSR chunk Y (in place).
 
     Reads the CSR arrays as they are (any integer or float dtype), so no converted copy of the
-    chunk is made; the work is one pass over the stored entries.
+    chunk is made. The groups are split into :data:`GROUP_SETS` interleaved sets (group
+    mod the number of sets), one parallel task each: a task adds the rows of its groups' cells,
+    in cell order, so every sum is taken in the same order whatever the threads, and no two
+    tasks write the same row. Each stored entry is read once overall.
     """
-    for c in range(indptr.shape[0] - 1):
-        g = lab[c]
-        for k in range(indptr[c], indptr[c + 1]):
-            out[g, indices[k]] += data[k]
+    n_sets = GROUP_SETS
+    for t in prange(n_sets):
+        for c in range(indptr.shape[0] - 1):
+            g = lab[c]
+            if g % n_sets != t:
+                continue
+            for k in range(indptr[c], indptr[c + 1]):
+                out[g, indices[k]] += data[k]
 
 
 @njit
