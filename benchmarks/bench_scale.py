@@ -14,7 +14,8 @@ is its own; Numba's cached kernels are compiled by a warm-up child first. Measur
   contrast=<one cls:trt coefficient>, method="lmm")``, end to end;
 * ``lmm_split``: the same steps timed one by one: opening the file and building the design,
   ``summary_stats`` from the backed matrix, ``lmm``, ``lmmtest``;
-* ``read``: one pass that only reads the row chunks of the backed matrix (the reading cost);
+* ``read``: one pass that only reads the row chunks of the backed matrix as the statistics
+  and pseudobulk sums read them (the reading cost);
 * ``lmm_lazy``: ``lmm`` from the AnnData of ``anndata.experimental.read_lazy(path)`` (its
   counts a dask array of 1,000-row blocks);
 * ``lmm_dask``: ``lmm`` with ``scheduler=`` a ``LocalCluster`` of 2 worker processes (1 thread
@@ -149,14 +150,16 @@ def child(kind: str, path: str, chunk_size: int | None) -> dict:
                       contrast={"trtB": "trtB"}, progress=False, **kw)  # fmt: skip
         out["rows"] = len(table)
     elif kind == "read":
+        from pyflashmm._distributed import read_block, rows_of
         from pyflashmm._frontend.inputs import open_cells
         from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE
 
         cells = open_cells(path)
         n, step = cells.shape[0], chunk_size or DEFAULT_CHUNK_SIZE
+        rows = rows_of(cells.counts)  # the reader summary_stats and pseudobulk use
         nnz = 0
         for a in range(0, n, step):
-            nnz += cells.counts[a : min(n, a + step)].nnz
+            nnz += read_block(rows, a, min(n, a + step), "counts").nnz
         cells.close()
         out["nnz"] = int(nnz)
     elif kind == "lmm_split":

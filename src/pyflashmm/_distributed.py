@@ -223,6 +223,12 @@ def _h5_csr(Y):
     return group["data"], group["indices"], group["indptr"], int(Y.shape[1])
 
 
+def rows_of(Y) -> _Rows:
+    """A reader of ``Y``'s rows for :func:`read_block`, one chunk after another in this process
+    (each block read is overwritten by the next: see :class:`_Rows`)."""
+    return _Rows(Y)
+
+
 def read_block(data, start: int, stop: int, where: str):
     """The chunk's rows: read from a file, sliced, or (already a block) as they are. Reading
     errors become a :class:`ChunkError` naming the rows."""

@@ -239,8 +239,9 @@ def _sum_integer_counts(op, counts, n, chunk_size, lab, where) -> np.ndarray:
     the tree instead.
     """
     out = np.zeros((op.n_groups, op.G))
+    rows = _dist.rows_of(counts)  # one reader: its arrays are reused from chunk to chunk
     for a, b in _dist.row_chunks(counts, n, chunk_size):
-        block = op.prepare(_dist.read_chunk(counts, a, b, where), a, b)
+        block = op.prepare(_dist.read_block(rows, a, b, where), a, b)
         op.add(block, 0, b - a, (out,), lab[a:b], 0)
     if out.size and out.max() >= 2.0**53:
         (out,) = _dist.chunk_sum(op, counts, n, chunk_size, lambda a, b: lab[a:b], where=where)

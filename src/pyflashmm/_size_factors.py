@@ -23,8 +23,8 @@ from scipy import optimize, stats
 from pyflashmm._kernels import size_factors as _ks
 from pyflashmm._nbglm import dispersion as _disp
 from pyflashmm._nbglm import trend as _trend
-from pyflashmm._nbglm._util import as_counts
 from pyflashmm._nbglm.count_block import CountBlock
+from pyflashmm._nbglm.counts_input import as_counts
 from pyflashmm._nbglm.layout import design_layout, sample_classes
 
 METHODS = ("ratio", "poscounts", "normed_sum", "iterate")

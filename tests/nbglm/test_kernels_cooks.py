@@ -9,9 +9,9 @@ from numba import njit
 from pyflashmm._kernels import nb_cooks as K
 from pyflashmm._kernels.nb_layout import FittedRows
 from pyflashmm._kernels.order_stats import median_inplace, trimmed_mean_row
-from pyflashmm._nbglm._util import trimmed_mean
 from pyflashmm._nbglm.count_block import CountBlock
 from pyflashmm._nbglm.layout import design_layout, sample_classes
+from pyflashmm._nbglm.r_stats import trimmed_mean
 
 
 @njit

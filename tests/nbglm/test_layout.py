@@ -8,8 +8,8 @@ import scipy.sparse as sp
 
 from pyflashmm._kernels.aggregate import csr_rows_dense
 from pyflashmm._kernels.checks import count_problems
-from pyflashmm._nbglm._util import as_counts
 from pyflashmm._nbglm.count_block import CountBlock, GeneBlocks, gene_block, genes_by_samples
+from pyflashmm._nbglm.counts_input import as_counts
 from pyflashmm._nbglm.layout import design_layout, sample_classes
 
 

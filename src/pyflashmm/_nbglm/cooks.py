@@ -15,10 +15,10 @@ import numpy as np
 
 from pyflashmm._kernels import nb_cooks as _kc
 from pyflashmm._kernels.nb_layout import divide_cols
-from pyflashmm._nbglm._util import trimmed_mean
 from pyflashmm._nbglm.count_block import CountBlock
 from pyflashmm._nbglm.irls import GlmBlockFit
 from pyflashmm._nbglm.layout import DesignLayout
+from pyflashmm._nbglm.r_stats import trimmed_mean
 
 #: minmu of the genes refitted after outlier replacement (DESeq2's ``refitWithoutOutliers``
 #: re-estimates them with its default)

@@ -40,12 +40,13 @@ from pyflashmm._contrasts import as_contrasts
 from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels.nb_layout import SampleClasses
 from pyflashmm._nbglm import inference as _inference
-from pyflashmm._nbglm._util import as_counts, trimmed_mean
 from pyflashmm._nbglm.cooks import REFIT_MINMU, CooksSummary, cooks_block
 from pyflashmm._nbglm.count_block import CountBlock, GeneBlocks, genes_by_samples
+from pyflashmm._nbglm.counts_input import as_counts
 from pyflashmm._nbglm.dispersion import GeneWise, MapDispersion, gene_wise_block, map_dispersion
 from pyflashmm._nbglm.irls import LN2, GlmBlockFit, fit_glm
 from pyflashmm._nbglm.layout import DesignLayout, design_layout, sample_classes
+from pyflashmm._nbglm.r_stats import trimmed_mean
 from pyflashmm._nbglm.trend import (
     MIN_DISP,
     DispersionTrend,

@@ -36,11 +36,11 @@ from pyflashmm._checks import check_full_rank
 from pyflashmm._contrasts import as_contrasts
 from pyflashmm._kernels.lowess import lowess
 from pyflashmm._multitest import bh_adjust
-from pyflashmm._nbglm._util import r_quantile
 from pyflashmm._nbglm.cooks import REFIT_MINMU
 from pyflashmm._nbglm.count_block import CountBlock, gene_block
 from pyflashmm._nbglm.irls import LN2, fit_means, loglik, row_means_of
 from pyflashmm._nbglm.layout import DesignLayout, design_layout, sample_classes
+from pyflashmm._nbglm.r_stats import r_quantile
 
 if TYPE_CHECKING:
     from pyflashmm._nbglm.fit import NbGlmFit

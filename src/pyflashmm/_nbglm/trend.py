@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal, special, stats
 
-from pyflashmm._nbglm._util import mad, trimmed_mean
+from pyflashmm._nbglm.r_stats import mad, trimmed_mean
 
 MIN_DISP = 1e-8
 

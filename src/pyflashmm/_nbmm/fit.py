@@ -27,7 +27,7 @@ from pyflashmm._jit import numba_parallel_only
 from pyflashmm._kernels import nbmm as _k
 from pyflashmm._kernels import nbmm_reml as _kr
 from pyflashmm._lmm.fit import ConvergenceWarning
-from pyflashmm._nbglm._util import as_counts
+from pyflashmm._nbglm.counts_input import as_counts
 from pyflashmm._nbglm.layout import row_labels
 from pyflashmm._nbmm.agq import agq_refit, check_method
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS

@@ -1,4 +1,5 @@
-"""Input checks and small R-compatible helpers shared by the NB-GLM modules."""
+"""The check of a count matrix shared by the NB models and the size factors: numeric,
+non-negative, finite and (unless allowed otherwise) integer."""
 
 from __future__ import annotations
 
@@ -60,27 +61,3 @@ def as_counts(counts, *, allow_non_integer: bool = False, name: str = "counts"):
             f"{name} contains non-integer values; pass allow_non_integer=True for estimated counts"
         )
     return mat
-
-
-def trimmed_mean(x, trim, axis=-1):
-    """R's ``mean(x, trim=)``: drop floor(n·trim) values at each end of the sorted data."""
-    x = np.sort(np.asarray(x, dtype=np.float64), axis=axis)
-    n = x.shape[axis]
-    if trim <= 0 or n == 0:
-        return x.mean(axis=axis)
-    if trim >= 0.5:
-        return np.median(x, axis=axis)
-    lo = int(np.floor(n * trim))
-    hi = n - lo
-    return np.take(x, np.arange(lo, hi), axis=axis).mean(axis=axis)
-
-
-def mad(x):
-    """R's ``mad``: 1.4826 · median |x − median(x)|."""
-    x = np.asarray(x, dtype=np.float64)
-    return 1.4826 * np.median(np.abs(x - np.median(x)))
-
-
-def r_quantile(x, probs):
-    """R's default (type 7) quantile."""
-    return np.quantile(np.asarray(x, dtype=np.float64), probs, method="linear")
