@@ -25,6 +25,20 @@ Observed FDR–TPR curve
 For each distinct cutoff c of the adjusted p-values, the genes with padj ≤ c are called:
 TPR(c) = TP(c)/n_DE and observed FDR(c) = FP(c)/(FP(c) + TP(c)) (iCOBRA's curves; genes
 with a missing adjusted p-value are never called).
+
+Tail counts
+-----------
+Of n finite null p-values, the number at or below t is Binomial(n, t) ≈ Poisson(nt) when
+calibrated; a count outside the central ``level`` interval of Poisson(nt) (quantiles
+(1 − level)/2 and (1 + level)/2) flags the tail where BH operates, which the type-I error at
+0.05 does not see.
+
+TPR at a matched observed FDR
+-----------------------------
+Genes ranked by p-value (ties kept together; NaN last, never called): among the cutoffs whose
+observed FDR = FP/(FP + TP) is at most the target, the one with the most discoveries; its TPR
+= TP/n_DE. Methods are then compared at the same realised error rate instead of at a nominal
+BH level that some of them do not keep.
 """
 
 from __future__ import annotations
@@ -34,7 +48,15 @@ from scipy import stats
 
 from pyflashmm._multitest import bh_adjust
 
-__all__ = ["bh_adjust", "called", "fdr_tpr_curve", "roc_auc", "wilson_interval"]
+__all__ = [
+    "bh_adjust",
+    "called",
+    "fdr_tpr_curve",
+    "roc_auc",
+    "tail_counts",
+    "tpr_at_matched_fdr",
+    "wilson_interval",
+]
 
 
 def wilson_interval(k, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -166,3 +188,55 @@ def fdr_tpr_curve(adj_p_value, is_de, *, max_points: int = 200) -> tuple[np.ndar
         keep = np.unique(np.round(np.linspace(0, tp.size - 1, int(max_points))).astype(int))
         tp, fp = tp[keep], fp[keep]
     return fp / (fp + tp), tp / n_de
+
+
+def tail_counts(p_value, thresholds=(1e-3, 1e-4), level: float = 0.99) -> list[dict]:
+    """Null p-values at or below each threshold against Poisson(n·t) (the module docstring).
+
+    Returns
+    -------
+    list of dict
+        Per threshold t: ``threshold``, ``n_tests`` (finite p-values), ``observed``,
+        ``expected`` = n·t, ``lo`` and ``hi`` (the central ``level`` interval of the count) and
+        ``within`` (lo ≤ observed ≤ hi).
+    """
+    p = np.asarray(p_value, dtype=np.float64).ravel()
+    p = p[np.isfinite(p)]
+    out = []
+    for t in thresholds:
+        mu = p.size * float(t)
+        lo, hi = stats.poisson.ppf([(1 - level) / 2, (1 + level) / 2], mu)
+        k = int((p <= t).sum())
+        out.append(dict(threshold=float(t), n_tests=int(p.size), observed=k, expected=mu,
+                        lo=int(lo), hi=int(hi), within=bool(lo <= k <= hi)))  # fmt: skip
+    return out
+
+
+def tpr_at_matched_fdr(p_value, is_de, fdr: float = 0.05) -> dict:
+    """TPR at the largest cutoff whose observed FDR is at most ``fdr`` (the module docstring).
+
+    Returns
+    -------
+    dict
+        ``tpr``, ``n_discoveries``, ``tp``, ``fp``, ``observed_fdr`` and ``cutoff`` (the
+        largest p-value called; NaN with no discovery, when TPR is 0).
+    """
+    p = np.asarray(p_value, dtype=np.float64).ravel()
+    lab = _labels(is_de, p.size)
+    n_de = int(lab.sum())
+    if n_de == 0:
+        raise ValueError("is_de: TPR needs at least one DE gene")
+    ok = ~np.isnan(p)
+    order = np.argsort(p[ok], kind="stable")
+    v = p[ok][order]
+    tp = np.cumsum(lab[ok][order])
+    fp = np.cumsum(~lab[ok][order])
+    last = np.append(v[1:] != v[:-1], True) if v.size else np.zeros(0, bool)
+    v, tp, fp = v[last], tp[last], fp[last]
+    good = np.flatnonzero(fp <= fdr * (fp + tp))
+    if good.size == 0:
+        return dict(tpr=0.0, n_discoveries=0, tp=0, fp=0, observed_fdr=np.nan, cutoff=np.nan)
+    i = good[np.argmax(tp[good] + fp[good])]
+    n = int(tp[i] + fp[i])
+    return dict(tpr=float(tp[i] / n_de), n_discoveries=n, tp=int(tp[i]), fp=int(fp[i]),
+                observed_fdr=float(fp[i] / n), cutoff=float(v[i]))  # fmt: skip
