@@ -361,3 +361,26 @@ def test_single_rows_without_the_adjustment_matrices(rng):
         np.testing.assert_array_equal(np.isnan(ref), np.isnan(got))
         np.testing.assert_allclose(got, ref, rtol=1e-9)
     assert np.isnan(fast[0][3]).all() and np.isfinite(fast[0][np.arange(40) != 3]).all()
+
+
+def test_single_and_joint_contrasts_over_several_gene_blocks(rng, monkeypatch):
+    """kenward_roger() with single rows and a joint contrast, genes in blocks of 7: the single
+    rows are bitwise those of a call without the joint contrast, and equal the general
+    (dense) kernel's to rounding."""
+    X, Z, d = oracle.random_design(rng, 160, 3, (8,))
+    Y = oracle.simulate_y(rng, X, Z, d, (0.4, 1.0), 30)
+    fit = fm.lmmfit(Y, X, Z, d, warn=False)
+    monkeypatch.setattr(kr, "_GENE_BLOCK", 7)
+    single = {"x1": np.eye(3)[:, [1]], "combo": np.array([[1.0], [0.5], [-2.0]])}
+    both = kr.kenward_roger(fit, {**single, "joint": np.eye(3)[:, 1:3]})
+    alone = kr.kenward_roger(fit, single)
+    W = kr.inverse_expected_information(fit)
+    D, Lam = kr.adjustment(fit, W, engine="dense")
+    C = np.ascontiguousarray(np.stack([v[:, 0] for v in single.values()]))
+    _, f_adj, a = _kk.single_contrasts(np.ascontiguousarray(fit.cov), Lam, D, W, C)
+    for j, name in enumerate(single):
+        np.testing.assert_array_equal(both[name].cov, alone[name].cov)
+        np.testing.assert_array_equal(both[name].df, alone[name].df)
+        np.testing.assert_allclose(both[name].cov[:, 0, 0], f_adj[:, j], rtol=1e-9)
+        np.testing.assert_allclose(both[name].df, kr.kr_ddf(a[:, j], a[:, j], 1)[0], rtol=1e-8)
+    assert np.isfinite(both["joint"].df).all()

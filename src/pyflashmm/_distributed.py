@@ -181,14 +181,18 @@ class _Rows:
     """A matrix that the chunk function slices itself (one process: nothing was read yet).
 
     Rows of a CSR matrix in an HDF5 file (a backed ``.h5ad``) are read straight into arrays
-    kept from one read to the next: a block read earlier is overwritten by the next read, so
-    the reader must be done with it (as :func:`sum_range` is). Fresh arrays for every chunk
-    cost more than the copy itself: a page fault per 4 KiB on first touch.
+    kept from one read to the next (``reuse=True``): a block read earlier is overwritten by the
+    next read, so the reader must be done with it (as :func:`sum_range` is). Fresh arrays for
+    every chunk cost more than the copy itself: a page fault per 4 KiB on first touch. scipy
+    still copies a block's arrays when they fill less than half of the kept ones (a short
+    last chunk) and casts int64 indices that fit to int32; the result is the same.
+    ``reuse=False`` (one read whose block the caller keeps) allocates exactly the block.
     """
 
-    def __init__(self, Y):
+    def __init__(self, Y, reuse: bool = True):
         self.Y = Y
         self._h5 = _h5_csr(Y)
+        self._reuse = reuse
         self._store: tuple[np.ndarray, np.ndarray] | None = None
 
     def rows(self, start: int, stop: int):
@@ -201,8 +205,8 @@ class _Rows:
         ptr = indptr[start : stop + 1].astype(np.int64)
         lo, hi = int(ptr[0]), int(ptr[-1])
         k = hi - lo
-        if self._store is None or self._store[0].size < k:
-            size = k + k // 4  # room for the next chunks, which hold a few more values
+        if self._store is None or self._store[0].size < k or not self._reuse:
+            size = k + k // 4 if self._reuse else k  # room for the next, larger chunks
             self._store = (np.empty(size, data.dtype), np.empty(size, indices.dtype))
         d, i = self._store[0][:k], self._store[1][:k]
         if k:
@@ -245,7 +249,7 @@ def read_block(data, start: int, stop: int, where: str):
 def read_chunk(Y, start: int, stop: int, where: str):
     """Rows ``start:stop`` of ``Y`` read here (a dask block computed); reading errors become a
     :class:`ChunkError` naming the rows."""
-    return read_block(_Rows(Y), start, stop, where)
+    return read_block(_Rows(Y, reuse=False), start, stop, where)
 
 
 def chunk_message(where: str, start: int, stop: int, exc: BaseException) -> str:

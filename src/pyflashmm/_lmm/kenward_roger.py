@@ -168,14 +168,18 @@ def kenward_roger(
     """Kenward–Roger results of every contrast (``name → p × r matrix``), gene by gene.
 
     Genes are processed in blocks of :data:`_GENE_BLOCK`; single-row contrasts go through one
-    kernel call per block (:func:`pyflashmm._kernels.kenward_roger.single_contrasts`).
+    kernel call per block: for one random-effect block, quadratic forms in Φc without the
+    p × p matrices Dᵢ and Λ (:func:`pyflashmm._kernels.kenward_roger.single_contrasts_k1`),
+    otherwise :func:`pyflashmm._kernels.kenward_roger.single_contrasts` on them. Dᵢ and Λ are
+    formed only where needed (several blocks, or joint contrasts).
     """
     check_fit(fit)
     prep = prep or prepared(fit)
     G = fit.n_genes
     W = inverse_expected_information(fit)
     single = [k for k, v in contrasts.items() if v.shape[1] == 1]
-    C = np.ascontiguousarray(np.stack([contrasts[k][:, 0] for k in single])) if single else None
+    C = (np.ascontiguousarray(np.stack([contrasts[k][:, 0] for k in single]), dtype=np.float64)
+         if single else None)  # fmt: skip
     f_adj = np.full((G, len(single)), np.nan)
     a = np.full((G, len(single)), np.nan)
     joint = {k: v for k, v in contrasts.items() if v.shape[1] > 1}
@@ -184,7 +188,7 @@ def kenward_roger(
         for k, v in joint.items()
     }
     # one random-effect block: single rows need only quadratic forms (O(qp + p²) a gene)
-    k1_single = single and len(fit.stats.d) == 1
+    k1_single = bool(single) and len(fit.stats.d) == 1
     for start in range(0, G, _GENE_BLOCK):
         genes = slice(start, min(G, start + _GENE_BLOCK))
         cov = np.ascontiguousarray(fit.cov[genes])
