@@ -138,8 +138,12 @@ def child(kind: str, path: str, chunk_size: int | None) -> dict:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
         with cluster, Client(cluster) as client:
             t0 = time.perf_counter()  # the cluster's start is not the computation's
+            # tasks of 16,384 cells unless --chunk-size says otherwise: twice the one-process
+            # default, as a cluster wants fewer, larger tasks (their results are (p+q+1)·G
+            # floats whatever their cells); the recorded runs used this size
+            task_kw = {"chunk_size": 16_384, **kw}
             table = fm.de(path, fixed=FIXED, random=RANDOM, contrast=CONTRAST, method="lmm",
-                          progress=False, scheduler=client, **kw)  # fmt: skip
+                          progress=False, scheduler=client, **task_kw)  # fmt: skip
             out["workers_rss_gb_at_end"] = (
                 max(w["metrics"]["memory"] for w in client.scheduler_info()["workers"].values())
                 / 1e9
