@@ -151,6 +151,18 @@ def called(adj_p_value, is_de, threshold: float) -> tuple[int, int]:
     return int((hit & lab).sum()), int((hit & ~lab).sum())
 
 
+def _calls_by_cutoff(values: np.ndarray, lab: np.ndarray):
+    """(cutoffs, TP, FP): every distinct non-NaN value in increasing order and the true and
+    false positives of calling the genes at or below it (NaN is never called)."""
+    ok = ~np.isnan(values)
+    order = np.argsort(values[ok], kind="stable")
+    v = values[ok][order]
+    tp = np.cumsum(lab[ok][order])
+    fp = np.cumsum(~lab[ok][order])
+    last = np.append(v[1:] != v[:-1], True) if v.size else np.zeros(0, bool)
+    return v[last], tp[last], fp[last]  # the last gene of each run of equal values
+
+
 def fdr_tpr_curve(adj_p_value, is_de, *, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Observed FDR and TPR at every distinct cutoff of ``adj_p_value``, thinned.
 
@@ -175,15 +187,9 @@ def fdr_tpr_curve(adj_p_value, is_de, *, max_points: int = 200) -> tuple[np.ndar
     n_de = int(lab.sum())
     if n_de == 0:
         raise ValueError("is_de: the curve needs at least one DE gene")
-    ok = ~np.isnan(padj)
-    order = np.argsort(padj[ok], kind="stable")
-    v = padj[ok][order]
-    tp = np.cumsum(lab[ok][order])
-    fp = np.cumsum(~lab[ok][order])
-    if v.size == 0:
+    _, tp, fp = _calls_by_cutoff(padj, lab)
+    if tp.size == 0:
         return np.zeros(0), np.zeros(0)
-    last = np.append(v[1:] != v[:-1], True)  # the last gene of each run of equal cutoffs
-    tp, fp = tp[last], fp[last]
     if tp.size > max_points:
         keep = np.unique(np.round(np.linspace(0, tp.size - 1, int(max_points))).astype(int))
         tp, fp = tp[keep], fp[keep]
@@ -226,13 +232,7 @@ def tpr_at_matched_fdr(p_value, is_de, fdr: float = 0.05) -> dict:
     n_de = int(lab.sum())
     if n_de == 0:
         raise ValueError("is_de: TPR needs at least one DE gene")
-    ok = ~np.isnan(p)
-    order = np.argsort(p[ok], kind="stable")
-    v = p[ok][order]
-    tp = np.cumsum(lab[ok][order])
-    fp = np.cumsum(~lab[ok][order])
-    last = np.append(v[1:] != v[:-1], True) if v.size else np.zeros(0, bool)
-    v, tp, fp = v[last], tp[last], fp[last]
+    v, tp, fp = _calls_by_cutoff(p, lab)
     good = np.flatnonzero(fp <= fdr * (fp + tp))
     if good.size == 0:
         return dict(tpr=0.0, n_discoveries=0, tp=0, fp=0, observed_fdr=np.nan, cutoff=np.nan)

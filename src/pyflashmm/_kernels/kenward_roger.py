@@ -85,6 +85,27 @@ def _finite(a):
     return True
 
 
+@njit
+def _k1_weights(gam, mu, Winv, c1, c0, cq):
+    """The weights of z_j z_jᵀ in A₁σ⁴ (c¹ = r²), in XX − A₀σ⁴ (c⁰ = γ(r + r²)) and in
+    Σᵢⱼ WᵢⱼQᵢⱼσ⁶ − W₀₀XX (c^Q), r_j = 1/(1 + γμ_j); False when some 1 + γμ_j ≤ 0 (V not
+    positive definite)."""
+    w11 = Winv[0, 0]
+    w10 = Winv[0, 1]
+    w00 = Winv[1, 1]
+    for j in range(mu.shape[0]):
+        den = 1.0 + gam * mu[j]
+        if not den > 0.0:
+            return False
+        r = 1.0 / den
+        r2 = r * r
+        r3 = r2 * r
+        c1[j] = r2
+        c0[j] = gam * (r + r2)
+        cq[j] = w11 * mu[j] * r3 + 2.0 * w10 * r3 - w00 * gam * (r + r2 + r3)
+    return True
+
+
 @njit(parallel=True)
 def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
     """Dᵢ (G × 2 × p × p) and Λ (G × p × p) for K = 1 (the module docstring's eigen form).
@@ -102,26 +123,10 @@ def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
         s0 = theta[g, 1]
         if not (np.isfinite(s1) and s0 > 0.0 and _finite(Winv[g]) and _finite(cov[g])):
             continue
-        gam = s1 / s0
-        w11 = Winv[g, 0, 0]
-        w10 = Winv[g, 0, 1]
-        w00 = Winv[g, 1, 1]
         c1 = np.empty(q)
         c0 = np.empty(q)
         cq = np.empty(q)
-        pd = True
-        for j in range(q):
-            den = 1.0 + gam * mu[j]
-            if not den > 0.0:  # V not positive definite
-                pd = False
-                break
-            r = 1.0 / den
-            r2 = r * r
-            r3 = r2 * r
-            c1[j] = r2
-            c0[j] = gam * (r + r2)
-            cq[j] = w11 * mu[j] * r3 + 2.0 * w10 * r3 - w00 * gam * (r + r2 + r3)
-        if not pd:
+        if not _k1_weights(s1 / s0, mu, Winv[g], c1, c0, cq):  # V not positive definite
             continue
         s02 = s0 * s0
         A = np.empty((2, p, p))
@@ -134,7 +139,7 @@ def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
             for b in range(p):
                 A[0, a, b] = A[0, a, b] / s02
                 A[1, a, b] = (XX[a, b] - A[1, a, b]) / s02
-                Qsum[a, b] = (w00 * XX[a, b] + Qsum[a, b]) / (s02 * s0)
+                Qsum[a, b] = (Winv[g, 1, 1] * XX[a, b] + Qsum[a, b]) / (s02 * s0)
         _adjustment(cov[g], A, Qsum, Winv[g], D[g], Lam[g])
     return D, Lam
 
@@ -165,26 +170,10 @@ def single_contrasts_k1(theta, Winv, mu, ZXq, XX, cov, C):
         s0 = theta[g, 1]
         if not (np.isfinite(s1) and s0 > 0.0 and _finite(Winv[g]) and _finite(cov[g])):
             continue
-        gam = s1 / s0
-        w11 = Winv[g, 0, 0]
-        w10 = Winv[g, 0, 1]
-        w00 = Winv[g, 1, 1]
         c1 = np.empty(q)
         c0 = np.empty(q)
         cq = np.empty(q)
-        pd = True
-        for j in range(q):
-            den = 1.0 + gam * mu[j]
-            if not den > 0.0:  # V not positive definite
-                pd = False
-                break
-            r = 1.0 / den
-            r2 = r * r
-            r3 = r2 * r
-            c1[j] = r2
-            c0[j] = gam * (r + r2)
-            cq[j] = w11 * mu[j] * r3 + 2.0 * w10 * r3 - w00 * gam * (r + r2 + r3)
-        if not pd:
+        if not _k1_weights(s1 / s0, mu, Winv[g], c1, c0, cq):  # V not positive definite
             continue
         Phi = cov[g]
         s02 = s0 * s0
@@ -226,7 +215,7 @@ def single_contrasts_k1(theta, Winv, mu, ZXq, XX, cov, C):
                 Pa[i] = Phi @ vec[i]
             g1 = q1 / s02
             g0 = (vXXv - q0) / s02
-            lam = (w00 * vXXv + qq) / (s02 * s0)
+            lam = (Winv[g, 1, 1] * vXXv + qq) / (s02 * s0)
             for i in range(2):
                 for j in range(2):
                     d = 0.0
