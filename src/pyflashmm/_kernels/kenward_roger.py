@@ -106,6 +106,21 @@ def _k1_weights(gam, mu, Winv, c1, c0, cq):
     return True
 
 
+@njit
+def _k1_gene(theta, Winv, cov, mu):
+    """(usable, σ², c¹, c⁰, c^Q) of one gene: unusable when θ, W or Φ is not finite, σ² ≤ 0
+    or V is not positive definite."""
+    q = mu.shape[0]
+    c1 = np.empty(q)
+    c0 = np.empty(q)
+    cq = np.empty(q)
+    s1 = theta[0]
+    s0 = theta[1]
+    if not (np.isfinite(s1) and s0 > 0.0 and _finite(Winv) and _finite(cov)):
+        return False, s0, c1, c0, cq
+    return _k1_weights(s1 / s0, mu, Winv, c1, c0, cq), s0, c1, c0, cq
+
+
 @njit(parallel=True)
 def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
     """Dᵢ (G × 2 × p × p) and Λ (G × p × p) for K = 1 (the module docstring's eigen form).
@@ -119,14 +134,8 @@ def adjustment_k1(theta, Winv, mu, ZXq, ZXqT, XX, cov):
     D = np.full((G, 2, p, p), np.nan)
     Lam = np.full((G, p, p), np.nan)
     for g in prange(G):
-        s1 = theta[g, 0]
-        s0 = theta[g, 1]
-        if not (np.isfinite(s1) and s0 > 0.0 and _finite(Winv[g]) and _finite(cov[g])):
-            continue
-        c1 = np.empty(q)
-        c0 = np.empty(q)
-        cq = np.empty(q)
-        if not _k1_weights(s1 / s0, mu, Winv[g], c1, c0, cq):  # V not positive definite
+        ok, s0, c1, c0, cq = _k1_gene(theta[g], Winv[g], cov[g], mu)
+        if not ok:
             continue
         s02 = s0 * s0
         A = np.empty((2, p, p))
@@ -166,14 +175,8 @@ def single_contrasts_k1(theta, Winv, mu, ZXq, XX, cov, C):
     fa = np.full((G, m), np.nan)
     a = np.full((G, m), np.nan)
     for g in prange(G):
-        s1 = theta[g, 0]
-        s0 = theta[g, 1]
-        if not (np.isfinite(s1) and s0 > 0.0 and _finite(Winv[g]) and _finite(cov[g])):
-            continue
-        c1 = np.empty(q)
-        c0 = np.empty(q)
-        cq = np.empty(q)
-        if not _k1_weights(s1 / s0, mu, Winv[g], c1, c0, cq):  # V not positive definite
+        ok, s0, c1, c0, cq = _k1_gene(theta[g], Winv[g], cov[g], mu)
+        if not ok:
             continue
         Phi = cov[g]
         s02 = s0 * s0
