@@ -1,0 +1,117 @@
+r"""Calibration on the realistic scenarios: type-I error per setting, never only pooled.
+
+For every scenario of ``scenarios`` (:data:`validation.scenarios.SCENARIOS`), number of donors
+S ∈ ``n_donors``, mean cells per donor m ∈ ``cells_per_donor`` and replicate r, null data
+(``simulate_scenario(..., null=True)``: no gene DE, the arms fixed and recorded) are drawn from
+their own child of ``SeedSequence(seed)`` (task order: scenarios, donors, cells, replicates
+innermost), and every method of :mod:`validation.mock_null` tests the recorded condition within
+each cell type (the ``cell_type:condition`` question). The arms are the scenario's own
+(balanced, or a quarter treated for ``unbalanced_arms``), not a random split.
+
+Outputs: ``scenario_null_pvalues.csv.gz`` (one row per scenario, setting, replicate, method,
+cell type and gene) and ``scenario_null_type1.csv``: per scenario, S, m, method and cell type
+(and over the cell types, ``cell_type == "all"``), the type-I error at 0.05, 0.01 and 0.001
+with Wilson 95% intervals and the tail counts at 10⁻³ and 10⁻⁴ against their Poisson 99%
+interval (:func:`validation.mock_null.type1_table`).
+
+Not yet a stage of ``python -m validation`` (its quick variant would exceed the 15-minute
+budget with the others); run it with ``python -m validation.scenario_null --variant quick
+--out validation/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from validation.config import check_config, load_config
+from validation.mock_null import GROUP_A, GROUP_B, METHODS, run_split, type1_table
+from validation.parallel import map_replicates, replicate_seeds
+from validation.provenance import write_table
+from validation.scenarios import CELLS_RANGE, DONOR_RANGE, SCENARIOS, TREATED, simulate_scenario
+
+NAME = "scenario_null"
+SOURCES = ("mock_null", "scenarios", "metrics", "parallel", "provenance")
+KEYS = ["scenario", "n_donors", "cells_per_donor"]
+
+
+def settings(config: dict) -> list[tuple[str, int, int]]:
+    """The grid (scenario, S, m) of ``config``, in the order the tasks run."""
+    return list(
+        itertools.product(
+            [str(s) for s in config["scenarios"]],
+            [int(s) for s in config["n_donors"]],
+            [int(m) for m in config["cells_per_donor"]],
+        )
+    )
+
+
+def _task(task: dict) -> pd.DataFrame:
+    data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],
+                             cells_per_donor=task["cells_per_donor"], n_genes=task["n_genes"],
+                             seed=task["seed"], null=True)  # fmt: skip
+    adata = data.to_anndata()
+    adata.obs["libsize"] = np.asarray(data.counts.sum(axis=1)).ravel()
+    adata = adata[adata.obs["libsize"] > 0].copy()
+    split = {d: (GROUP_B if arm == TREATED else GROUP_A) for d, arm in data.arms.items()}
+    res = run_split(adata, split, donor="donor_id", cell_type="cell_type", layer="counts",
+                    methods=task["methods"], min_cells=task["min_cells"])  # fmt: skip
+    return res.assign(**{k: task[k] for k in KEYS}, replicate=task["replicate"])
+
+
+def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
+    """Run the experiment of ``config`` (checked first); write the two tables to
+    ``results_dir`` and return their paths."""
+    check_config(config, NAME, ("scenarios", "n_donors", "cells_per_donor", "n_genes",
+                                "replicates"), {
+        "scenarios": (lambda v: v in SCENARIOS, f"names in {sorted(SCENARIOS)}"),
+        "n_donors": (lambda v: DONOR_RANGE[0] <= int(v) <= DONOR_RANGE[1], "integers in 4–40"),
+        "cells_per_donor": (lambda v: CELLS_RANGE[0] <= int(v) <= CELLS_RANGE[1],
+                            "integers in 20–2,000"),
+        "n_genes": (lambda v: int(v) >= 1, "an integer >= 1"),
+        "replicates": (lambda v: int(v) >= 1, "an integer >= 1"),
+        "methods": (lambda v: v in METHODS, f"names in {list(METHODS)}"),
+    })  # fmt: skip
+    grid = settings(config)
+    reps = int(config["replicates"])
+    seeds = replicate_seeds(int(config["seed"]), len(grid) * reps)
+    tasks = [
+        {"scenario": sc, "n_donors": s, "cells_per_donor": m, "replicate": r,
+         "n_genes": int(config["n_genes"]), "methods": tuple(config.get("methods", METHODS)),
+         "min_cells": int(config.get("min_cells", 10)),
+         "seed": int(seeds[i * reps + r].generate_state(1)[0])}
+        for i, (sc, s, m) in enumerate(grid)
+        for r in range(reps)
+    ]  # fmt: skip
+    frames = map_replicates(_task, tasks, workers=workers, progress=progress, desc=NAME)
+    pvalues = pd.concat(frames, ignore_index=True)
+    parts = []
+    for key, g in pvalues.groupby(KEYS, sort=False):
+        parts.append(type1_table(g).assign(**dict(zip(KEYS, key, strict=True))))
+    type1 = pd.concat(parts, ignore_index=True)
+    type1 = type1[KEYS + [c for c in type1.columns if c not in KEYS]]
+    results_dir = Path(results_dir)
+    seed = int(config["seed"])
+    return [
+        write_table(type1, results_dir / f"{NAME}_type1.csv", seed=seed),
+        write_table(pvalues, results_dir / f"{NAME}_pvalues.csv.gz", seed=seed),
+    ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m validation.scenario_null",
+                                description=__doc__.splitlines()[0])  # fmt: skip
+    p.add_argument("--variant", choices=("tiny", "quick", "full"), default="quick")
+    p.add_argument("--out", default="validation/results")
+    p.add_argument("--workers", type=int, default=1)
+    a = p.parse_args(argv)
+    run(load_config(NAME, a.variant), results_dir=Path(a.out), workers=a.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
