@@ -154,13 +154,13 @@ def child(kind: str, path: str, chunk_size: int | None) -> dict:
                       contrast={"trtB": "trtB"}, progress=False, **kw)  # fmt: skip
         out["rows"] = len(table)
     elif kind == "read":
-        from pyflashmm._distributed import read_block, rows_of
+        from pyflashmm._distributed import RowReader, read_block
         from pyflashmm._frontend.inputs import open_cells
         from pyflashmm._lmm.stats import DEFAULT_CHUNK_SIZE
 
         cells = open_cells(path)
         n, step = cells.shape[0], chunk_size or DEFAULT_CHUNK_SIZE
-        rows = rows_of(cells.counts)  # the reader summary_stats and pseudobulk use
+        rows = RowReader(cells.counts)  # the reader summary_stats and pseudobulk use
         nnz = 0
         for a in range(0, n, step):
             nnz += read_block(rows, a, min(n, a + step), "counts").nnz

@@ -30,7 +30,7 @@ def backed(request, tmp_path, rng):
 
 def test_reused_reader_gives_anndatas_blocks(backed):
     a, counts = backed
-    rows = _dist.rows_of(a.X)
+    rows = _dist.RowReader(a.X)
     assert rows._h5 is not None  # the h5py path is the one tested
     # growing, shrinking, empty, all-empty-rows and a short last chunk
     for start, stop in [(0, 64), (64, 400), (400, 410), (100, 150), (410, 410), (410, 900),

@@ -66,6 +66,14 @@ def _counts_of(adata, layer):
     return sp.csr_matrix(m) if sp.issparse(m) else sp.csr_matrix(np.asarray(m))
 
 
+def cells_with_counts(adata, layer):
+    """``adata`` with an obs column ``libsize`` (each cell's total count, unless it has one),
+    without the cells that have no count (their log library size is not finite)."""
+    if "libsize" not in adata.obs.columns:
+        adata.obs["libsize"] = np.asarray(_counts_of(adata, layer).sum(axis=1)).ravel()
+    return adata[adata.obs["libsize"] > 0].copy()
+
+
 def _wilcoxon(counts: sp.csr_matrix, in_b: np.ndarray) -> np.ndarray:
     lib = np.asarray(counts.sum(axis=1)).ravel()
     x = np.log1p(sp.diags(1e4 / np.maximum(lib, 1.0)) @ counts).toarray()
@@ -180,9 +188,7 @@ def run(
         if col not in adata.obs.columns or not value:
             raise ValueError(f"keep must be COLUMN=VALUE with a column of obs; got {keep!r}")
         adata = adata[adata.obs[col].astype(str) == value].copy()
-    if "libsize" not in adata.obs.columns:
-        adata.obs["libsize"] = np.asarray(_counts_of(adata, layer).sum(axis=1)).ravel()
-    adata = adata[adata.obs["libsize"] > 0].copy()
+    adata = cells_with_counts(adata, layer)
     donors = sorted(adata.obs[donor].astype(str).unique())
     if len(donors) < 4:
         raise ValueError(f"donor: a mock split needs at least 4 donors; {path} has {len(donors)}")

@@ -25,11 +25,17 @@ import argparse
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from validation.config import check_config, load_config
-from validation.mock_null import GROUP_A, GROUP_B, METHODS, run_split, type1_table
+from validation.mock_null import (
+    GROUP_A,
+    GROUP_B,
+    METHODS,
+    cells_with_counts,
+    run_split,
+    type1_table,
+)
 from validation.parallel import map_replicates, replicate_seeds
 from validation.provenance import write_table
 from validation.scenarios import CELLS_RANGE, DONOR_RANGE, SCENARIOS, TREATED, simulate_scenario
@@ -54,9 +60,7 @@ def _task(task: dict) -> pd.DataFrame:
     data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],
                              cells_per_donor=task["cells_per_donor"], n_genes=task["n_genes"],
                              seed=task["seed"], null=True)  # fmt: skip
-    adata = data.to_anndata()
-    adata.obs["libsize"] = np.asarray(data.counts.sum(axis=1)).ravel()
-    adata = adata[adata.obs["libsize"] > 0].copy()
+    adata = cells_with_counts(data.to_anndata(), "counts")
     split = {d: (GROUP_B if arm == TREATED else GROUP_A) for d, arm in data.arms.items()}
     res = run_split(adata, split, donor="donor_id", cell_type="cell_type", layer="counts",
                     methods=task["methods"], min_cells=task["min_cells"])  # fmt: skip

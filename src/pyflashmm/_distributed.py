@@ -177,8 +177,9 @@ def read_rows(source: FileSource, start: int, stop: int):
     return obj[start:stop]
 
 
-class _Rows:
-    """A matrix that the chunk function slices itself (one process: nothing was read yet).
+class RowReader:
+    """A reader of a matrix's rows for :func:`read_block`, in this process, one chunk after
+    another (nothing was read yet).
 
     Rows of a CSR matrix in an HDF5 file (a backed ``.h5ad``) are read straight into arrays
     kept from one read to the next (``reuse=True``): a block read earlier is overwritten by the
@@ -227,16 +228,10 @@ def _h5_csr(Y):
     return group["data"], group["indices"], group["indptr"], int(Y.shape[1])
 
 
-def rows_of(Y) -> _Rows:
-    """A reader of ``Y``'s rows for :func:`read_block`, one chunk after another in this process
-    (each block read is overwritten by the next: see :class:`_Rows`)."""
-    return _Rows(Y)
-
-
 def read_block(data, start: int, stop: int, where: str):
     """The chunk's rows: read from a file, sliced, or (already a block) as they are. Reading
     errors become a :class:`ChunkError` naming the rows."""
-    if not isinstance(data, FileSource | _Rows):
+    if not isinstance(data, FileSource | RowReader):
         return data
     try:
         if isinstance(data, FileSource):
@@ -249,7 +244,7 @@ def read_block(data, start: int, stop: int, where: str):
 def read_chunk(Y, start: int, stop: int, where: str):
     """Rows ``start:stop`` of ``Y`` read here (a dask block computed); reading errors become a
     :class:`ChunkError` naming the rows."""
-    return read_block(_Rows(Y, reuse=False), start, stop, where)
+    return read_block(RowReader(Y, reuse=False), start, stop, where)
 
 
 def chunk_message(where: str, start: int, stop: int, exc: BaseException) -> str:
@@ -375,7 +370,7 @@ def chunk_sum(op, Y, n: int, chunk_size: int, args_of: Callable, *, client=None,
     if client is None:
         reads = row_chunks(Y, n, chunk_size)
         reads = progress(reads) if progress is not None else reads
-        return sum_range(op, _Rows(Y), 0, n, reads, args_of(0, n), where)
+        return sum_range(op, RowReader(Y), 0, n, reads, args_of(0, n), where)
     return _chunk_sum_dask(op, Y, n, chunk_size, args_of, client, where)
 
 

@@ -239,7 +239,7 @@ def _sum_integer_counts(op, counts, n, chunk_size, lab, where) -> np.ndarray:
     the tree instead.
     """
     out = np.zeros((op.n_groups, op.G))
-    rows = _dist.rows_of(counts)  # one reader: its arrays are reused from chunk to chunk
+    rows = _dist.RowReader(counts)  # one reader: its arrays are reused from chunk to chunk
     for a, b in _dist.row_chunks(counts, n, chunk_size):
         block = op.prepare(_dist.read_block(rows, a, b, where), a, b)
         op.add(block, 0, b - a, (out,), lab[a:b], 0)

@@ -189,15 +189,16 @@ def kenward_roger(
     }
     # one random-effect block: single rows need only quadratic forms (O(qp + p²) a gene)
     k1_single = bool(single) and len(fit.stats.d) == 1
+    single_from_matrices = bool(single) and not k1_single
     for start in range(0, G, _GENE_BLOCK):
         genes = slice(start, min(G, start + _GENE_BLOCK))
         cov = np.ascontiguousarray(fit.cov[genes])
         if k1_single:
             _, f_adj[genes], a[genes] = _single_k1(fit, W[genes], genes, prep, cov, C)
-        if not joint and k1_single:
+        if not (joint or single_from_matrices):
             continue
         D, Lam = adjustment(fit, W[genes], genes, prep)
-        if single and not k1_single:
+        if single_from_matrices:
             _, f_adj[genes], a[genes] = _kk.single_contrasts(cov, Lam, D, W[genes], C)
         for name, Lm in joint.items():
             F, nu, SA = _joint(Lm, fit.coef[genes], cov, D, Lam, W[genes])
