@@ -398,6 +398,24 @@ def test_size_factors_on_the_workers_are_bitwise(client, atlas):
     assert np.array_equal(totals, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel())
 
 
+def test_totals_in_one_pass_equal_the_two_pass_ones(client, atlas):
+    """The totals and positive counts that normed_sum and given factors need, in one pass on
+    the workers: those of the two poscounts passes, and normed_sum as in memory."""
+    from pyflashmm._gene_blocks import poscounts_on_cluster, totals_on_cluster
+    from pyflashmm._size_factors import normed_sum_rescaled
+
+    counts, _, path = atlas
+    backed = open_cells(str(path), "counts")
+    try:
+        totals, nnz = totals_on_cluster(client, backed.counts, *counts.shape, 3000, "counts")
+        _, totals2, nnz2 = poscounts_on_cluster(client, backed.counts, *counts.shape, 3000,
+                                                "counts")  # fmt: skip
+    finally:
+        backed.close()
+    assert np.array_equal(totals, totals2) and np.array_equal(nnz, nnz2)
+    assert np.array_equal(normed_sum_rescaled(totals), fm.size_factors(counts, "normed_sum"))
+
+
 def _kill_when_armed(block, armed, marker):
     """A chunk loader that kills its own worker process once, after ``armed`` exists."""
     if os.path.exists(armed) and not os.path.exists(marker):

@@ -35,7 +35,6 @@ import scipy.sparse as sp
 
 from pyflashmm._distributed import (
     ChunkError,
-    chunk_message,
     raise_chunk_failure,
     read_block,
     source_name,
@@ -111,7 +110,7 @@ def _rows(data, start: int, stop: int, where: str, G: int):
 
 def _cancel(client, *futures) -> None:
     """Stop the tasks of a failed run and release what they hold."""
-    client.cancel([f for group in futures for f in group if f is not None])
+    client.cancel([f for group in futures for f in group])
 
 
 def _gather_rows(client, futures: list, reads: list, where: str, wanted: list | None = None):
@@ -160,6 +159,27 @@ def _ratio_step(data, start: int, stop: int, where: str, loggeo):
     values = np.ascontiguousarray(Y.data, dtype=np.float64)
     ratios = _ks.median_log_ratios_csr(indptr, Y.indices.astype(np.int64), values, loggeo)
     return ratios, np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
+
+
+def _count_step(data, start: int, stop: int, where: str, G: int):
+    """The total count of each of cells start:stop and the positive counts per gene."""
+    Y = _csr64(_rows(data, start, stop, where, G))
+    totals = np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
+    return totals, np.bincount(Y.indices[Y.data > 0], minlength=G)
+
+
+def totals_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str):
+    """(total count of every cell, positive counts per gene) of ``Y`` in one pass on the
+    workers: what the size factors other than poscounts need (the same values as
+    :func:`poscounts_on_cluster` gives, without its two passes)."""
+    where = source_name(Y, where)
+    tasks, _ = task_ranges(n, chunk_size)
+    futures = [submit_on_rows(client, Y, _count_step, a, b, where, G) for a, b in tasks]
+    out = _gather_rows(client, futures, tasks, where)
+    npos = np.sum([c for _, c in out], axis=0, dtype=np.int64)
+    if not npos.any():
+        raise ValueError("counts: every gene is all-zero")
+    return np.concatenate([t for t, _ in out]), npos
 
 
 def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str):
@@ -214,13 +234,11 @@ def poscounts_on_cluster(client, Y, n: int, G: int, chunk_size: int, where: str)
 
 def _split_columns(data, start: int, stop: int, where: str, bounds, G: int):
     """Cells start:stop cut into the column ranges ``bounds`` (CSC float64 pieces)."""
+    # a block that is not a matrix of numbers fails here: fit_blocks reports it by its cells
     block = _rows(data, start, stop, where, G)
-    try:
-        Y = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))
-        lo, hi = bounds[0][0], bounds[-1][1]
-        wave = sp.csc_matrix(Y[:, lo:hi], dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001 - a block that is not a matrix of numbers
-        raise ChunkError(chunk_message(where, start, stop, exc)) from exc
+    Y = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))
+    lo, hi = bounds[0][0], bounds[-1][1]
+    wave = sp.csc_matrix(Y[:, lo:hi], dtype=np.float64)
     return tuple(wave[:, a - lo : b - lo] for a, b in bounds)
 
 
@@ -263,6 +281,7 @@ def fit_blocks(client, Y, n: int, G: int, fit: Callable, shared: tuple, *, chunk
     where = source_name(Y, where)
     results: list = []
     in_memory = isinstance(Y, np.ndarray) or sp.issparse(Y)
+    tasks, _ = task_ranges(n, chunk_size)
     for wave in waves(gene_block_bounds(G, genes_per_block), gene_nnz, wave_nonzeros):
         splits: list = []
         if in_memory:
@@ -271,7 +290,6 @@ def fit_blocks(client, Y, n: int, G: int, fit: Callable, shared: tuple, *, chunk
             blocks = [client.scatter([part[:, a - lo : b - lo]], hash=False)[0] for a, b in wave]
             del part
         else:
-            tasks, _ = task_ranges(n, chunk_size)
             splits = [submit_on_rows(client, Y, _split_columns, a, b, where, wave, G)
                       for a, b in tasks]  # fmt: skip
             blocks = [client.submit(_stack, *[client.submit(operator.getitem, s, k, pure=False)

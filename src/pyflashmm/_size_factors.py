@@ -70,8 +70,7 @@ def size_factors_checked(Y, method: str):
     m, G = Y.shape
     check_samples_have_counts(Y)
     if method == "normed_sum":
-        tot = np.asarray(Y.sum(axis=1)).ravel()
-        return tot / np.exp(np.mean(np.log(tot)))
+        return normed_sum_rescaled(np.asarray(Y.sum(axis=1)).ravel())
     if method == "iterate":
         return _iterate(Y)
     if method == "ratio":
@@ -102,6 +101,22 @@ def size_factors_checked(Y, method: str):
     if np.isinf(loggeo).all():
         raise ValueError("counts: every gene is all-zero")
     return poscounts_rescaled(_ks.median_log_ratios_csr(indptr, indices, data, loggeo))
+
+
+def given_size_factors(size_factors, n: int) -> np.ndarray:
+    """Size factors passed as an array: ``n`` positive finite numbers (else ``ValueError``)."""
+    sf = np.asarray(size_factors, dtype=np.float64)
+    if sf.shape != (n,):
+        raise ValueError(f"size_factors must have {n} entries (one per cell), got {sf.shape}")
+    if not np.all(np.isfinite(sf) & (sf > 0)):
+        raise ValueError("size_factors must be positive and finite")
+    return sf
+
+
+def normed_sum_rescaled(totals: np.ndarray) -> np.ndarray:
+    """``"normed_sum"`` size factors from the samples' total counts: totals over their
+    geometric mean."""
+    return totals / np.exp(np.mean(np.log(totals)))
 
 
 def poscounts_rescaled(ratios: np.ndarray) -> np.ndarray:

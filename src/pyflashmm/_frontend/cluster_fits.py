@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pyflashmm._frontend.inputs import CellData
-from pyflashmm._gene_blocks import fit_blocks, poscounts_on_cluster
+from pyflashmm._gene_blocks import fit_blocks, poscounts_on_cluster, totals_on_cluster
 from pyflashmm._multitest import bh_adjust
 from pyflashmm._nbglm.blockwise import (
     block_options,
@@ -29,7 +29,12 @@ from pyflashmm._nbglm.inference import independent_filter, nbglm_test
 from pyflashmm._nbmm.fit import check_options, failed_fits, nbmm, warn_nbmm_not_converged
 from pyflashmm._nbmm.inference import nbmm_test
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
-from pyflashmm._size_factors import poscounts_rescaled, size_factors_checked
+from pyflashmm._size_factors import (
+    given_size_factors,
+    normed_sum_rescaled,
+    poscounts_rescaled,
+    size_factors_checked,
+)
 
 
 def check_cells_have_counts(totals: np.ndarray, obs: pd.DataFrame, where: str) -> None:
@@ -43,15 +48,6 @@ def check_cells_have_counts(totals: np.ndarray, obs: pd.DataFrame, where: str) -
             "cell without counts has no size factor; remove them first (e.g. "
             "sc.pp.filter_cells(adata, min_counts=1))"
         )
-
-
-def _given_size_factors(size_factors, n: int) -> np.ndarray:
-    sf = np.asarray(size_factors, dtype=np.float64)
-    if sf.shape != (n,):
-        raise ValueError(f"size_factors must have {n} entries (one per cell), got {sf.shape}")
-    if not np.all(np.isfinite(sf) & (sf > 0)):
-        raise ValueError("size_factors must be positive and finite")
-    return sf
 
 
 def cluster_size_factors(client, cells: CellData, obs: pd.DataFrame, size_factors,
@@ -69,7 +65,7 @@ def cluster_size_factors(client, cells: CellData, obs: pd.DataFrame, size_factor
             )
         cells_need_counts = True
     else:
-        size_factors = _given_size_factors(size_factors, n)
+        size_factors = given_size_factors(size_factors, n)
     Y = cells.counts
     if isinstance(Y, np.ndarray) or sp.issparse(Y):
         Yr = sp.csr_matrix(Y, dtype=np.float64)
@@ -86,13 +82,16 @@ def cluster_size_factors(client, cells: CellData, obs: pd.DataFrame, size_factor
             "get 'poscounts' (DESeq2's for sparse counts) or 'normed_sum' size factors; pass "
             "one of those or the factors as an array"
         )
-    raw, totals, nnz = poscounts_on_cluster(client, Y, n, G, chunk_size, cells.where)
+    if method == "poscounts":
+        raw, totals, nnz = poscounts_on_cluster(client, Y, n, G, chunk_size, cells.where)
+    else:  # the totals and the genes' positive counts need one pass only
+        totals, nnz = totals_on_cluster(client, Y, n, G, chunk_size, cells.where)
     if cells_need_counts:
         check_cells_have_counts(totals, obs, cells.where)
     if method == "poscounts":
         return poscounts_rescaled(raw), nnz
     if method == "normed_sum":
-        return totals / np.exp(np.mean(np.log(totals))), nnz
+        return normed_sum_rescaled(totals), nnz
     return size_factors, nnz
 
 

@@ -295,7 +295,6 @@ def read_csr(cells: CellData, chunk_size: int) -> sp.csr_matrix | np.ndarray:
     if isinstance(counts, np.ndarray) or sp.issparse(counts):
         return counts
     n = cells.shape[0]
-    parts = [sp.csr_matrix(_dense_or_csr(read_chunk(counts, a, min(n, a + chunk_size),
-                                                     cells.where)))
+    parts = [sp.csr_matrix(read_chunk(counts, a, min(n, a + chunk_size), cells.where))
              for a in range(0, n, chunk_size)]  # fmt: skip
     return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(cells.shape)

@@ -31,7 +31,7 @@ from pyflashmm._nbglm.counts_input import as_counts
 from pyflashmm._nbglm.layout import row_labels
 from pyflashmm._nbmm.agq import agq_refit, check_method
 from pyflashmm._size_factors import METHODS as SIZE_FACTOR_METHODS
-from pyflashmm._size_factors import size_factors_checked
+from pyflashmm._size_factors import given_size_factors, size_factors_checked
 from pyflashmm._status import STATUS_NAMES
 
 
@@ -176,11 +176,7 @@ def _validate(counts, X, groups, size_factors, allow_non_integer, gene_names):
             )
         sf = size_factors_checked(Y, size_factors)
     else:
-        sf = np.asarray(size_factors, dtype=np.float64)
-        if sf.shape != (m,):
-            raise ValueError(f"size_factors must have {m} entries, got shape {sf.shape}")
-        if not np.all(np.isfinite(sf) & (sf > 0)):
-            raise ValueError("size_factors must be positive and finite")
+        sf = given_size_factors(size_factors, m)
     if gene_names is None:
         gene_names = _names(counts, G, "gene")
     gene_names = tuple(str(g) for g in gene_names)
