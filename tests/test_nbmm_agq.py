@@ -20,6 +20,9 @@ from pyflashmm._kernels import nbmm_agq as _ka
 from pyflashmm._nbmm.agq import hermite_rule
 from pyflashmm._nbmm.fit import cell_classes, nbmm
 
+# the AGQ kernels take about a minute to compile on a cold cache (the CI's): the slow run
+pytestmark = pytest.mark.slow
+
 LME4 = Path(__file__).parent / "data" / "lme4-1.1.31" / "nbmm_agq"
 
 
