@@ -159,4 +159,7 @@ def run_pipeline(variant: str = "quick", *, only: list[str] | None = None,
     report = importlib.import_module("validation.report")
     report_path = report.write_report(paths.results, paths.figures, paths.report)
     _log(f"[report] {report_path}", quiet)
+    if paths == OutputPaths.default():
+        readme = importlib.import_module("validation.readme_tables").update_readme(paths.results)
+        _log(f"[readme] generated tables of {readme}", quiet)
     return {"tables": tables, "figures": figures, "tex": tex, "report": report_path}

@@ -16,8 +16,9 @@ import numpy as np
 
 from validation import summaries
 from validation.provenance import git_revision
+from validation.scenario_report import read_scenarios
 
-EXPERIMENTS = ("agreement", "calibration", "power", "runtime")
+EXPERIMENTS = ("agreement", "calibration", "power", "runtime", "scenario_null", "scenario_power")
 
 
 def _label(method: str) -> str:
@@ -400,6 +401,8 @@ def write_report(results_dir: Path, figures_dir: Path, report_path: Path) -> Pat
         lines += (reading(results_dir) if reading else ["(no reading defined)"]) + [""]
     lines += ["## Comparison with published findings", ""]
     lines += compare_with_literature(results_dir) + [""]
+    lines += ["## Realistic scenarios: calibration and power per scenario", ""]
+    lines += read_scenarios(results_dir) + [""]
     report_dir.mkdir(parents=True, exist_ok=True)
     report_path.write_text("\n".join(lines))
     return report_path

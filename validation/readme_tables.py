@@ -1,0 +1,136 @@
+"""The README's validation tables, generated from the results tables (never copied by hand).
+
+Each generated block of ``README.md`` sits between ``<!-- generated:NAME -->`` and
+``<!-- /generated:NAME -->``; :func:`update_readme` rewrites the blocks it knows from the
+results in ``results_dir`` and leaves the rest of the file alone. The pipeline calls it after
+the report when it writes to the repository's own folders, and ``tests`` check that the
+committed README equals what the committed results generate.
+
+Blocks
+------
+``six-methods``
+    The calibration and power experiments (``calibration_type1.csv``, ``power_summary.csv``):
+    pooled type-I error at α = 0.05 (Σ rejections / Σ tests) with the range over settings, and
+    TPR / observed FDR at BH 0.05 (pooled counts), then the generated comparison with the
+    published findings (:func:`validation.report.compare_with_literature`).
+``scenarios``
+    The realistic scenarios (``scenario_null_type1.csv``, ``scenario_power_summary.csv``): per
+    method and scenario, the number of settings in which the method is calibrated
+    (:func:`validation.scenario_report.setting_verdicts`) and the mean TPR at matched observed
+    FDR 0.05.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from validation import summaries
+from validation.provenance import REPO_ROOT
+from validation.scenario_report import power_by_method, scenario_verdicts, setting_verdicts
+
+README = REPO_ROOT / "README.md"
+
+
+def _label(method: str) -> str:
+    from figures.style import method_label
+
+    return method_label(method)
+
+
+def _pct(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def six_methods_block(results_dir: Path) -> list[str]:
+    """The ``six-methods`` block (the module docstring)."""
+    from validation.report import compare_with_literature
+
+    t1 = summaries.load(results_dir, "calibration_type1.csv")
+    ps = summaries.load(results_dir, "power_summary.csv")
+    if t1 is None:
+        return ["*No calibration results: run `python -m validation`.*"]
+    pooled = summaries.type1_by_method(t1)
+    p5 = pooled[np.isclose(pooled["alpha"], 0.05)].set_index("method")
+    pw = summaries.power_by_method(ps, 0.05).set_index("method") if ps is not None else None
+    lines = [
+        "| method | type-I error at α = 0.05, pooled (range over settings) "
+        "| TPR / observed FDR at BH 0.05 |",
+        "|---|---|---|",
+    ]
+    for m, r in p5.iterrows():
+        power = "–"
+        if pw is not None and m in pw.index:
+            power = f"{_pct(pw.loc[m, 'tpr'])} / {_pct(pw.loc[m, 'observed_fdr'])}"
+        lines.append(
+            f"| {_label(m)} | {_pct(r['rate'])} ({_pct(r['min_rate'])}–"
+            f"{_pct(r['max_rate'])}) | {power} |"
+        )
+    return lines + [""] + compare_with_literature(results_dir)
+
+
+def scenarios_block(results_dir: Path) -> list[str]:
+    """The ``scenarios`` block (the module docstring)."""
+    type1 = summaries.load(results_dir, "scenario_null_type1.csv")
+    if type1 is None:
+        return ["*No scenario results: run `python -m validation`.*"]
+    cal = scenario_verdicts(setting_verdicts(type1))
+    power = power_by_method(summaries.load(results_dir, "scenario_power_summary.csv"))
+    tpr = {(r.scenario, r.method): r.tpr for r in power.itertuples()}
+    scenarios = list(dict.fromkeys(cal["scenario"]))
+    lines = [
+        "| method | " + " | ".join(f"`{s}`" for s in scenarios) + " |",
+        "|---" * (len(scenarios) + 1) + "|",
+    ]
+    for m in dict.fromkeys(cal["method"]):
+        cells = []
+        for s in scenarios:
+            r = cal[(cal["scenario"] == s) & (cal["method"] == m)]
+            if r.empty:
+                cells.append("–")
+                continue
+            r = r.iloc[0]
+            mark = "✓" if r["calibrated"] else "✗"
+            cell = f"{mark} {int(r['n_calibrated'])}/{int(r['n_settings'])}"
+            if (s, m) in tpr:
+                cell += f", TPR {_pct(float(tpr[(s, m)]))}"
+            cells.append(cell)
+        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    return lines + [
+        "",
+        "Each cell: calibrated (✓) in every setting or not (✗), the number of settings in "
+        "which the method is calibrated (Wilson 95% interval reaching α at 0.05 and 0.01, "
+        "tail counts at 10⁻³ and 10⁻⁴ not above their Poisson 99% interval), and the mean TPR "
+        "at matched observed FDR 5% where the power experiment ran the scenario.",
+    ]
+
+
+BLOCKS = {"six-methods": six_methods_block, "scenarios": scenarios_block}
+
+
+def render(text: str, results_dir: Path) -> str:
+    """``text`` with every known generated block rewritten from ``results_dir``."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(
+            rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", flags=re.S
+        )
+        if pattern.search(text):
+            body = "\n".join(make(Path(results_dir))) + "\n"
+            text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
+    return text
+
+
+def update_readme(results_dir: Path, readme: Path = README) -> Path:
+    """Rewrite the generated blocks of ``readme`` from ``results_dir``; returns its path."""
+    readme = Path(readme)
+    old = readme.read_text()
+    new = render(old, results_dir)
+    if new != old:
+        readme.write_text(new)
+    return readme
+
+
+if __name__ == "__main__":
+    print(update_readme(REPO_ROOT / "validation" / "results"))
