@@ -499,6 +499,27 @@ def _failing_fit(block, bounds, names):
     raise ValueError("no fit")
 
 
+def test_gene_wise_dispersions_do_not_depend_on_the_block(atlas):
+    """A gene's gene-wise dispersion has the same bits in a block of any size (the workers fit
+    blocks of other sizes than one process): the OLS start of a design that is not a group
+    design was a BLAS product of the whole block, whose last bits for a row depended on the
+    number of rows with OpenBLAS's AVX-512 kernels."""
+    from pyflashmm._nbglm.blockwise import block_options, gene_wise_of_block
+
+    counts, obs, _ = atlas
+    obs = obs.assign(log_depth=np.log(np.asarray(counts.sum(axis=1)).ravel() + 1.0))
+    X = fm.design(obs, "~ condition + log_depth").X_frame()
+    sf = np.random.default_rng(3).lognormal(0.0, 0.3, len(obs))
+    opts = block_options("single_cell", {"size_factors": sf})
+    Y = sp.csc_matrix(counts, dtype=np.float64)
+    ref = gene_wise_of_block(Y, X, sf, opts)
+    for size in (1, 3, 7, 16):
+        starts = range(0, N_GENES, size)
+        parts = [gene_wise_of_block(Y[:, a : a + size], X, sf, opts) for a in starts]
+        for k in range(2):  # dispersions, base means
+            assert np.array_equal(np.concatenate([p[k] for p in parts]), ref[k]), (size, k)
+
+
 def test_gene_block_fits_of_harder_inputs_are_bitwise(client, atlas, small_blocks):
     """All-zero genes filling a whole block, a continuous covariate (a design without groups
     of identical rows), given size factors, joint and Wald contrasts: the single-process

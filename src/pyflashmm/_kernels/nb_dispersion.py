@@ -371,26 +371,42 @@ def fit_dispersion_grid(counts, means, design, classes, prior_mean, obj, grid):
 
 
 @njit(parallel=True)
-def initial_disp(Qn, FIT, df, xim):
+def initial_disp(Qn, q, df, xim):
     """min(rough, moments) initial dispersions (module docstring; before clipping) from
-    normalized counts Qn and their OLS fit FIT (both G×m), with ``df`` = m − p and ``xim`` =
-    mean(1/s)."""
+    normalized counts Qn (G×m) and the orthonormal basis ``q`` (m×p, from a QR of X) of the
+    design, with ``df`` = m − p and ``xim`` = mean(1/s).
+
+    The OLS fit of row g is μ̂_g = q (qᵀ Qn_g), summed here in a fixed order per gene (the
+    sample order for qᵀ Qn_g, the column order for q t): a gene's value depends on its own row
+    only. (A BLAS product (Qn q) qᵀ of the whole block gave other last bits to a gene
+    depending on the number of rows of its block (OpenBLAS's kernels for the tiles and edges
+    of a matrix), so blocks of other sizes, e.g. the gene blocks of a cluster, gave other
+    initial dispersions.)"""
     G, m = Qn.shape
+    p = q.shape[1]
     out = np.empty(G)
     for g in prange(G):
-        q = Qn[g]
+        row = Qn[g]
+        t = np.zeros(p)
+        for j in range(m):
+            v = row[j]
+            for k in range(p):
+                t[k] += v * q[j, k]
         s = 0.0
         tot = 0.0
         for j in range(m):
-            mu = max(1.0, FIT[g, j])
-            d = q[j] - mu
+            fit = 0.0
+            for k in range(p):
+                fit += t[k] * q[j, k]
+            mu = max(1.0, fit)
+            d = row[j] - mu
             s += (d * d - mu) / (mu * mu)
-            tot += q[j]
+            tot += row[j]
         rough = max(s / df, 0.0)
         bm = tot / m
         ss = 0.0
         for j in range(m):
-            d = q[j] - bm
+            d = row[j] - bm
             ss += d * d
         bv = ss / (m - 1)
         mom = (bv - xim * bm) / (bm * bm)

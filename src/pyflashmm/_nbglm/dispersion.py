@@ -33,22 +33,12 @@ from pyflashmm._nbglm.trend import MIN_DISP
 # ----------------------------------------------------------------------------- initial values
 
 
-def linear_model_mu(Q, layout: DesignLayout):
-    """OLS fitted values of each row of Q (G×m) on X (m×p): Q X (XᵀX)⁻¹ Xᵀ.
-
-    For a group design (as many distinct rows as columns) the fit is the mean of each group,
-    computed as such (samples of a group then get bitwise-equal fitted values).
-    """
-    X = layout.X
-    lab = layout.rows.lab
-    R = layout.n_rows
-    if layout.is_group:
-        ind = np.zeros((X.shape[0], R))
-        ind[np.arange(X.shape[0]), lab] = 1.0
-        means = (Q @ ind) / np.bincount(lab, minlength=R)
-        return means[:, lab]
-    q, _ = np.linalg.qr(X)
-    return (Q @ q) @ q.T
+def ols_basis(layout: DesignLayout) -> np.ndarray:
+    """An orthonormal basis q (m×p, C order) of the columns of X: the OLS fit of a row Q_g of
+    normalized counts is q (qᵀ Q_g), which ``_kernels.nb_dispersion.initial_disp`` sums gene
+    by gene in a fixed order (the same bits for a gene whatever block it is fitted in)."""
+    q, _ = np.linalg.qr(layout.X)
+    return np.ascontiguousarray(q, dtype=np.float64)
 
 
 def expand_means(means: RowMeans, sf, layout: DesignLayout) -> np.ndarray:
@@ -81,8 +71,7 @@ def gene_wise_block(
         means, bm, a0 = _kd.group_design_start(blk.csr, sf, layout.rows, float(m - p), xim)
     else:
         Qn = divide_cols(blk.dense(), sf)
-        ols = linear_model_mu(Qn, layout)
-        a0 = _kd.initial_disp(Qn, np.ascontiguousarray(ols), float(m - p), xim)
+        a0 = _kd.initial_disp(Qn, ols_basis(layout), float(m - p), xim)
         bm = Qn.mean(axis=1)
     a0 = np.clip(a0, min_disp, max(10.0, m))
     if not layout.is_group:  # the means of a GLM fit at the initial dispersions (minmu 0.5)
