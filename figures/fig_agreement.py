@@ -4,7 +4,7 @@
 (filled: largest relative difference over the values of the scenario; hollow: median), on a
 log10 axis; exact zeros are drawn at a floor of 1e-16 (said in the axis label).
 ``fig_agreement_scatter``: our value against the reference value, one panel per comparison ×
-quantity, with the identity line.
+quantity (letters a, b, …), with the identity line. ``fig_agreement`` is one panel (no letter).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _pairs(df) -> list:
 
 def _strip(summary):
     pairs = _pairs(summary)
-    fig, ax = plt.subplots(figsize=(6.0, 0.22 * max(len(pairs), 4) + 1.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.5, 0.2 * max(len(pairs), 4) + 1.2), layout="constrained")
     rng = np.random.default_rng(0)  # vertical jitter only
     for k, (c, q) in enumerate(pairs):
         d = summary[(summary["comparison"] == c) & (summary["quantity"] == q)]
@@ -59,32 +59,34 @@ def _strip(summary):
 
 def _scatter(values):
     pairs = _pairs(values)
-    nc = min(5, max(len(pairs), 1))
+    nc = min(4, max(len(pairs), 1))
     nr = max(int(np.ceil(len(pairs) / nc)), 1)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.0 * nc + 0.3, 2.0 * nr + 0.3), squeeze=False,
-                             layout="constrained")  # fmt: skip
-    for k, ax in enumerate(axes.flat):
-        if k >= len(pairs):
-            ax.set_axis_off()
-            continue
+    fig, axes = style.panel_grid(lambda r, c: r * nc + c < max(len(pairs), 1), nr, nc,
+                                 width=(style.PAGE_WIDTH - 0.5) / nc, height=1.45)  # fmt: skip
+    for k, ax in enumerate(axes.flat[: len(pairs)]):
         c, q = pairs[k]
         d = values[(values["comparison"] == c) & (values["quantity"] == q)]
         d = d[np.isfinite(d["ours"]) & np.isfinite(d["reference"])]
-        ax.scatter(d["reference"], d["ours"], s=5, lw=0, alpha=0.7, rasterized=True,
+        ax.scatter(d["reference"], d["ours"], s=4, lw=0, alpha=0.7, rasterized=True,
                    color=style.COMPARISON_COLORS.get(c, "0.4"))  # fmt: skip
         if len(d):
             lo = min(d["reference"].min(), d["ours"].min())
             hi = max(d["reference"].max(), d["ours"].max())
             ax.plot([lo, hi], [lo, hi], color=style.REFERENCE_COLOR, lw=0.6)
-        ax.set_title(f"{style.comparison_label(c)}\n{q} (n = {len(d)})", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"{style.comparison_label(c)}\n{q} (n = {len(d)})", fontsize=7)
+        ax.tick_params(labelsize=6.5)
+        ax.xaxis.get_offset_text().set_fontsize(6.5)
+        ax.yaxis.get_offset_text().set_fontsize(6.5)
+        ax.locator_params(nbins=4)
+        ax.ticklabel_format(style="sci", scilimits=(-3, 3), useMathText=True)
         if k % nc == 0:
-            ax.set_ylabel("ours")
+            ax.set_ylabel("ours (pyflashmm)")
         if k >= len(pairs) - nc:
             ax.set_xlabel("reference")
     if not pairs:
         style.empty_panel(axes[0, 0], "no agreement values")
-        axes[0, 0].set_axis_on()
+    else:
+        style.panel_letters(axes)
     return fig
 
 

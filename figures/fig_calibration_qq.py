@@ -2,11 +2,13 @@
 
 x is −log10 of the expected quantile (j − 0.5)/n, y is −log10 of the observed p-value, the grey
 band is the pointwise 95% interval of the j-th uniform order statistic (Beta(j, n − j + 1)
-quantiles) and the black line the diagonal. ``fig_calibration_qq``: rows are subject-variance
-settings, columns cells per subject, at the smallest number of subjects (where the df
-approximation matters most). ``fig_calibration_qq_subjects``: rows are numbers of subjects,
-columns cells per subject, at the largest subject variance. Points are thinned in the bulk
-(the 200 smallest p-values are all kept); values above a panel are drawn on its top edge.
+quantiles) and the black line the diagonal. ``fig_calibration_qq``: rows are donor-variance
+(σ_b²) settings, columns cells per donor, at the smallest number of donors (where the df
+approximation matters most). ``fig_calibration_qq_subjects``: rows are numbers of donors,
+columns cells per donor, at the largest σ_b². Donors are the ``subjects`` of the table. Points
+are thinned in the bulk (the 200 smallest p-values are all kept); values above a panel are
+drawn on its top edge. Each panel's title gives its number of null genes n, which sets how far
+the expected axis reaches (−log10(0.5/n)).
 """
 
 from __future__ import annotations
@@ -64,13 +66,13 @@ def _panel(ax, sub, methods, handles) -> None:
     top = max(2.0 * ex.max(), 3.0)
     ax.fill_between(ex, lo, hi, color=style.BAND_COLOR, lw=0)
     ax.plot([0, ex.max()], [0, ex.max()], color=style.REFERENCE_COLOR, lw=0.8)
-    for i, m in enumerate(methods):
+    for m in methods:
         e, o, _, _ = qq_points(sub.loc[sub["method"] == m, "p_value"])
         if e.size == 0:
             continue
-        (h,) = ax.plot(e, np.minimum(o, top), ls="none", marker=style.MARKERS[i % 8], ms=2.2,
-                       mew=0, color=style.method_color(m), alpha=0.8)  # fmt: skip
-        handles.setdefault(m, h)
+        kw = style.method_style(m, ms=2.4) | {"ls": "none", "alpha": 0.85}
+        ax.plot(e, np.minimum(o, top), clip_on=False, **kw)
+        handles.setdefault(m, style.method_handle(m, ls="none", ms=4))
     ax.set_xlim(0, ex.max() * 1.03)
     ax.set_ylim(0, top * 1.03)
 
@@ -79,27 +81,31 @@ def _grid(df, row_key: str, row_fmt, fixed_key: str, fixed_value, methods, title
     df = df[df[fixed_key] == fixed_value]
     rows, cols = sorted(df[row_key].unique()), sorted(df[_COL].unique())
     nr, nc = max(len(rows), 1), max(len(cols), 1)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.4 * nc + 0.3, 2.2 * nr + 0.8), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    have = {k for k, _ in df.groupby([row_key, _COL])}
+    fig, axes = style.panel_grid(lambda r, c: not rows or (rows[r], cols[c]) in have, nr, nc,
+                                 width=min(2.3, (style.PAGE_WIDTH - 0.5) / nc),
+                                 height=2.0)  # fmt: skip
     handles: dict = {}
     for r, rv in enumerate(rows):
         for c, cv in enumerate(cols):
             ax = axes[r, c]
             sub = df[(df[row_key] == rv) & (df[_COL] == cv)]
             if sub.empty:
-                style.empty_panel(ax, "not run")
                 continue
             _panel(ax, sub, methods, handles)
-            ax.set_title(f"{row_fmt(rv)}\n{cv:g} cells per subject")
-            if r == nr - 1:
+            n = int(sub.groupby("method").size().max())
+            ax.set_title(f"{row_fmt(rv)}\n{cv:g} {style.CELLS_LABEL} (n = {n} tests)")
+            if r == nr - 1 or (rows[r + 1], cv) not in have:
                 ax.set_xlabel("expected −log10 p")
             if c == 0:
                 ax.set_ylabel("observed −log10 p")
     if not rows:
         style.empty_panel(axes[0, 0], "no null p-values")
+    else:
+        style.panel_letters(axes)
     band = plt.Rectangle((0, 0), 1, 1, color=style.BAND_COLOR)
     style.method_legend(fig, handles, methods, ((band, "pointwise 95% band"),),
-                        ncol=2 if nc == 1 else 4, markerscale=3, title=title)  # fmt: skip
+                        ncol=3, title=title)  # fmt: skip
     return fig
 
 
@@ -111,11 +117,11 @@ def make(results_dir: Path, figures_dir: Path) -> list[Path]:
     methods = style.methods_in(df)
     paths = []
     ns = df["n_subjects"].min() if len(df) else 0
-    fig = _grid(df, "var_random_effects", lambda v: f"subject variance {v:g}", "n_subjects", ns,
-                methods, f"Null p-values, {ns:g} subjects")  # fmt: skip
+    fig = _grid(df, "var_random_effects", lambda v: f"{style.SIGMA_LABEL} = {v:g}", "n_subjects",
+                ns, methods, f"Null p-values, {ns:g} donors (subjects)")  # fmt: skip
     paths += style.save(fig, figures_dir, OUTPUTS[0])
     vre = df["var_random_effects"].max() if len(df) else 0
-    fig = _grid(df, "n_subjects", lambda v: f"{v:g} subjects", "var_random_effects", vre, methods,
-                f"Null p-values, subject variance {vre:g}")  # fmt: skip
+    fig = _grid(df, "n_subjects", lambda v: f"{v:g} donors (subjects)", "var_random_effects", vre,
+                methods, f"Null p-values, {style.SIGMA_LABEL} = {vre:g}")  # fmt: skip
     paths += style.save(fig, figures_dir, OUTPUTS[1])
     return paths

@@ -4,48 +4,48 @@ Any ``.h5ad`` with a donor and a cell-type column will do. Each split r assigns 
 random to two mock groups of ⌊S/2⌋ and ⌈S/2⌉ (a permutation drawn from the r-th child of
 ``SeedSequence(seed)``); no gene can differ between the groups except by chance, so every
 rejection is a false positive and a calibrated method rejects a fraction α of the tests at
-level α. Each method tests the mock group within each cell type with at least ``min_cells``
-cells in both groups:
-
-``lmm``
-    :func:`pyflashmm.de` on the cell type's cells, ``fixed="~ log(libsize) + mock"``,
-    ``random="(1|donor)"`` (log2(1 + count), REML, Kenward–Roger df).
-``pseudobulk``
-    :func:`pyflashmm.de` with ``method="pseudobulk"``: counts summed per donor and cell type,
-    DESeq2's NB GLM of ``~ mock``.
-``nbglm_cells``
-    :func:`pyflashmm.de` with ``method="nbglm"`` on the cells of the cell type, ``~ mock``:
-    cells taken as independent replicates (pseudoreplication; expected to be anti-conservative).
-``wilcoxon``
-    scanpy's default: counts scaled to 10⁴ per cell and log1p-transformed, then a two-sided
-    Wilcoxon rank-sum test per gene between the cells of the two groups (normal approximation
-    with tie correction, :func:`scipy.stats.mannwhitneyu`); cells as replicates too.
+level α. The mock group is tested within each cell type with at least ``min_cells`` cells in
+both groups (the ``cell_type:mock`` question) by every method of ``methods``, through
+:func:`validation.scenario_methods.test_data` (the models, contrasts and timings are described
+there): the package's LMMs (``lmm`` with Kenward–Roger df, ``lmm_satterthwaite``,
+``lmm_between_within``, ``lmm_moderated``: one fit of all the cells, ``~ log(libsize) +
+cell_type + cell_type:mock``, the cell type's interaction tested), ``lm`` (no donor effect),
+``nbmm`` (NB GLMM), ``pseudobulk`` (DESeq2-style NB GLM on the cell type's donor sums),
+``nbglm_cells`` and ``wilcoxon`` (cells as replicates), ``dream`` (voom-weighted LMM on donor ×
+cell-type sums), and, where R and their packages are installed, ``edger_ql``, ``limma_voom``,
+``deseq2_r``, ``glmmtmb`` and ``lmertest`` (the last two on ``r_gene_subset`` random genes).
+Default: every Python method and the R methods that can run; an R method that cannot is
+skipped with a note.
 
 Outputs (``out``): ``mock_null_pvalues.csv.gz`` (split, method, cell type, gene, p-value,
-status) and ``mock_null_type1.csv``: per method and cell type, and per method over all cell
-types, the type-I error at α ∈ {0.05, 0.01, 0.001} with its Wilson 95% interval and the tail
-counts at 10⁻³ and 10⁻⁴ against their Poisson 99% interval (:mod:`validation.metrics`).
+log fold change and its scale, status, seconds), ``mock_null_type1.csv``: per method and cell
+type, and per method over all cell types, the type-I error at α ∈ {0.05, 0.01, 0.001} with its
+Wilson 95% interval and the tail counts at 10⁻³ and 10⁻⁴ against their Poisson 99% interval
+(:mod:`validation.metrics`), and ``mock_null_notes.csv`` (what was skipped or warned, per split).
 
 Command line: ``python -m validation.mock_null DATA.h5ad --donor COL --cell-type COL
-[--layer counts] [--keep COL=VALUE] [--splits 20] [--methods lmm,pseudobulk,...] [--out DIR]``.
+[--layer counts] [--keep COL=VALUE] [--splits 20] [--methods lmm,pseudobulk,...]
+[--r-gene-subset 50] [--out DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from scipy import stats
 
+from validation import scenario_methods
 from validation.metrics import tail_counts, wilson_interval
 from validation.provenance import write_table
+from validation.scenario_methods import cells_with_counts, check_methods
 
-METHODS = ("lmm", "pseudobulk", "nbglm_cells", "wilcoxon")
+__all__ = ["METHODS", "cells_with_counts", "mock_splits", "run", "run_split", "type1_table"]
+
+#: every method id :func:`run` accepts (:data:`validation.scenario_methods.METHODS`)
+METHODS = tuple(scenario_methods.METHODS)
 ALPHAS = (0.05, 0.01, 0.001)
 MOCK, GROUP_A, GROUP_B = "mock", "groupA", "groupB"
 
@@ -61,82 +61,46 @@ def mock_splits(donors, n_splits: int, seed: int) -> list[dict]:
     return out
 
 
-def _counts_of(adata, layer):
-    m = adata.X if layer is None else adata.layers[layer]
-    return sp.csr_matrix(m) if sp.issparse(m) else sp.csr_matrix(np.asarray(m))
-
-
-def cells_with_counts(adata, layer):
-    """``adata`` with an obs column ``libsize`` (each cell's total count, unless it has one),
-    without the cells that have no count (their log library size is not finite)."""
-    if "libsize" not in adata.obs.columns:
-        adata.obs["libsize"] = np.asarray(_counts_of(adata, layer).sum(axis=1)).ravel()
-    return adata[adata.obs["libsize"] > 0].copy()
-
-
-def _wilcoxon(counts: sp.csr_matrix, in_b: np.ndarray) -> np.ndarray:
-    lib = np.asarray(counts.sum(axis=1)).ravel()
-    x = np.log1p(sp.diags(1e4 / np.maximum(lib, 1.0)) @ counts).toarray()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        res = stats.mannwhitneyu(x[in_b], x[~in_b], axis=0, method="asymptotic")
-    p = np.asarray(res.pvalue, dtype=np.float64)
-    p[(x[in_b].std(axis=0) == 0) & (x[~in_b].std(axis=0) == 0)] = np.nan  # constant gene
-    return p
-
-
-def _de_method(method, adata, layer, donor, cell_type):
-    import pyflashmm as fm
-
-    contrast = {MOCK: f"{MOCK}{GROUP_B}"}
-    if method == "lmm":
-        return fm.de(adata, layer=layer, fixed=f"~ log(libsize) + {MOCK}",
-                     random=f"(1|{donor})", contrast=contrast, progress=False)  # fmt: skip
-    if method == "pseudobulk":
-        return fm.de(adata, layer=layer, method="pseudobulk", fixed=f"~ {MOCK}",
-                     random=donor, contrast=contrast, progress=False)  # fmt: skip
-    return fm.de(adata, layer=layer, method="nbglm", fixed=f"~ {MOCK}", contrast=contrast,
-                 progress=False)  # fmt: skip
-
-
-def run_split(adata, split: dict, *, donor, cell_type, layer, methods, min_cells) -> pd.DataFrame:
-    """The p-values of every method and cell type for one mock split."""
-    obs = adata.obs
-    mock = obs[donor].astype(str).map(split)
-    rows = []
-    for ct in obs[cell_type].astype(str).unique():
-        cells = (obs[cell_type].astype(str) == ct).to_numpy()
-        in_b = (mock == GROUP_B).to_numpy()[cells]
-        if min(in_b.sum(), (~in_b).sum()) < min_cells:
-            continue
-        sub = adata[cells].copy()
-        sub.obs[MOCK] = pd.Categorical(mock[cells], categories=[GROUP_A, GROUP_B])
-        for method in methods:
-            genes = sub.var_names.astype(str)
-            try:
-                if method == "wilcoxon":
-                    p = _wilcoxon(_counts_of(sub, layer), in_b)
-                    status = np.where(np.isnan(p), "constant", "ok")
-                else:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # per-gene fit warnings: in status
-                        tab = _de_method(method, sub, layer, donor, cell_type)
-                    tab = tab.set_index("variable").reindex(genes)
-                    p = tab["p_value"].to_numpy(dtype=np.float64)
-                    status = tab["status"].astype(str).to_numpy()
-            except Exception as exc:  # noqa: BLE001 - a failing method is data, not a crash
-                p = np.full(len(genes), np.nan)
-                status = np.full(len(genes), f"failed: {type(exc).__name__}: {exc}"[:200])
-            rows.append(pd.DataFrame({"method": method, "cell_type": ct, "gene": genes,
-                                      "p_value": p, "status": status}))  # fmt: skip
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+def run_split(
+    adata,
+    split: dict,
+    *,
+    donor,
+    cell_type,
+    layer,
+    methods=None,
+    min_cells=10,
+    r_gene_subset=50,
+    seed=0,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Every method's tests of one mock split ``{donor: group}`` within each cell type:
+    (:func:`validation.scenario_methods.test_data`'s table, notes). Sets the obs column
+    ``mock`` of ``adata`` (in place: no copy of the counts)."""
+    adata.obs[MOCK] = pd.Categorical(adata.obs[donor].astype(str).map(split),
+                                     categories=[GROUP_A, GROUP_B])  # fmt: skip
+    return scenario_methods.test_data(
+        adata,
+        donor=donor,
+        cell_type=cell_type,
+        condition=MOCK,
+        levels=(GROUP_A, GROUP_B),
+        layer=layer,
+        question="within",
+        methods=methods,
+        min_cells=min_cells,
+        r_gene_subset=r_gene_subset,
+        seed=seed,
+    )
 
 
 def type1_table(pvalues: pd.DataFrame) -> pd.DataFrame:
     """Type-I error with Wilson intervals and tail counts per (method, cell type) and per
-    method over all cell types (``cell_type == "all"``)."""
+    method over all cell types (``cell_type == "all"``; a method tested only on the average
+    question, whose rows already say ``"all"``, gets that one row)."""
     out = []
     groups = list(pvalues.groupby(["method", "cell_type"], sort=True))
-    groups += [((m, "all"), g) for m, g in pvalues.groupby("method", sort=True)]
+    groups += [((m, "all"), g) for m, g in pvalues.groupby("method", sort=True)
+               if set(g["cell_type"].astype(str)) != {"all"}]  # fmt: skip
     for (method, ct), g in groups:
         p = g["p_value"].to_numpy(dtype=np.float64)
         n = int(np.isfinite(p).sum())
@@ -163,17 +127,21 @@ def run(
     keep=None,
     n_splits=20,
     seed=1,
-    methods=METHODS,
+    methods=None,
     min_cells=10,
+    r_gene_subset=50,
     out=None,
     progress=True,
 ):
-    """Read ``path``, check the arguments, run every split; write the tables to ``out``."""
+    """Read ``path``, check the arguments, run every split; write the tables to ``out``.
+
+    ``methods``: ids of :data:`METHODS` (default: every Python method and the R methods that
+    can run here). Split r draws the R cell-level models' genes from seed ``seed + r``.
+    Returns (p-values, type-I table, notes), the notes a DataFrame (``split``, ``note``).
+    """
     import anndata as ad
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"methods: unknown {bad}; choose from {list(METHODS)}")
+    methods = None if methods is None else check_methods(methods)  # None: resolved per split
     if not (isinstance(n_splits, int) and n_splits >= 1):
         raise ValueError(f"n_splits must be a positive integer; got {n_splits!r}")
     adata = ad.read_h5ad(path)
@@ -192,20 +160,25 @@ def run(
     donors = sorted(adata.obs[donor].astype(str).unique())
     if len(donors) < 4:
         raise ValueError(f"donor: a mock split needs at least 4 donors; {path} has {len(donors)}")
-    frames = []
+    frames, notes = [], []
     for r, split in enumerate(mock_splits(donors, n_splits, seed)):
         if progress:
             print(f"mock split {r + 1}/{n_splits}", file=sys.stderr)
-        res = run_split(adata, split, donor=donor, cell_type=cell_type, layer=layer,
-                        methods=methods, min_cells=min_cells)  # fmt: skip
+        res, why = run_split(adata, split, donor=donor, cell_type=cell_type, layer=layer,
+                             methods=methods, min_cells=min_cells, r_gene_subset=r_gene_subset,
+                             seed=seed + r)  # fmt: skip
         frames.append(res.assign(split=r))
+        notes += [{"split": r, "note": n} for n in why]
     pvalues = pd.concat(frames, ignore_index=True)
+    pvalues = pvalues[["split"] + [c for c in pvalues.columns if c != "split"]]
     type1 = type1_table(pvalues)
+    notes = pd.DataFrame(notes, columns=["split", "note"])
     if out is not None:
         out = Path(out)
         write_table(pvalues, out / "mock_null_pvalues.csv.gz", seed=seed)
         write_table(type1, out / "mock_null_type1.csv", seed=seed)
-    return pvalues, type1
+        write_table(notes, out / "mock_null_notes.csv", seed=seed)
+    return pvalues, type1, notes
 
 
 def main(argv=None) -> int:
@@ -219,12 +192,20 @@ def main(argv=None) -> int:
     p.add_argument("--splits", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--min-cells", type=int, default=10)
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=None,
+                   help="comma-separated ids (default: every Python method and the R methods "
+                   f"that can run here); any of {','.join(METHODS)}")  # fmt: skip
+    p.add_argument("--r-gene-subset", type=int, default=50,
+                   help="genes of the R cell-level models (glmmtmb, lmertest)")  # fmt: skip
     p.add_argument("--out", default="validation/results/mock_null")
     a = p.parse_args(argv)
-    _, type1 = run(a.data, donor=a.donor, cell_type=a.cell_type, layer=a.layer, keep=a.keep,
-                   n_splits=a.splits, seed=a.seed, methods=tuple(a.methods.split(",")),
-                   min_cells=a.min_cells, out=a.out)  # fmt: skip
+    methods = None if a.methods is None else tuple(a.methods.split(","))
+    _, type1, notes = run(a.data, donor=a.donor, cell_type=a.cell_type, layer=a.layer,
+                          keep=a.keep, n_splits=a.splits, seed=a.seed, methods=methods,
+                          min_cells=a.min_cells, r_gene_subset=a.r_gene_subset,
+                          out=a.out)  # fmt: skip
+    for note in dict.fromkeys(n for n in notes["note"] if "skipped" in n):
+        print(note, file=sys.stderr)
     cols = ["method", "cell_type", "n_tests", "type1_0.05", "lo_0.05", "hi_0.05", "type1_0.01",
             "tail_0.001", "expected_0.001"]  # fmt: skip
     print(type1.loc[type1["cell_type"] == "all", cols].to_string(index=False))

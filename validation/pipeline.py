@@ -23,7 +23,7 @@ from validation.config import load_config
 from validation.provenance import REPO_ROOT, digest, git_revision
 
 #: experiments in the order they run
-EXPERIMENTS = ("agreement", "calibration", "power", "runtime")
+EXPERIMENTS = ("agreement", "calibration", "power", "runtime", "scenario_null", "scenario_power")
 FIGURES_DIR = REPO_ROOT / "figures"
 
 

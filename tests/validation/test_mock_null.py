@@ -1,20 +1,21 @@
-"""Mock nulls: random balanced donor splits of an .h5ad, every Python method, the tables."""
+"""Mock nulls: random balanced donor splits of an .h5ad, the methods of the engine, the tables
+and the command line."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
-from scipy import stats
 
-from validation import mock_null
+from validation import mock_null, scenario_methods
 from validation.scenarios import simulate_scenario
+
+#: a quick subset of the engine's methods: each family once
+QUICK = ("lmm", "pseudobulk", "nbglm_cells", "wilcoxon", "dream")
 
 
 @pytest.fixture(scope="module")
 def h5ad(tmp_path_factory):
-    data = simulate_scenario("droplet", n_donors=8, cells_per_donor=80, n_genes=120, seed=3)
+    data = simulate_scenario("droplet", n_donors=8, cells_per_donor=80, n_genes=60, seed=3)
     path = tmp_path_factory.mktemp("mock") / "pbmc_like.h5ad"
     data.to_anndata().write_h5ad(path)
     return path
@@ -29,36 +30,46 @@ def test_splits_are_balanced_random_and_reproducible():
     assert splits == mock_null.mock_splits(donors, 50, seed=7)
 
 
-def test_every_method_on_a_simulated_h5ad(h5ad, tmp_path):
-    pvalues, type1 = mock_null.run(h5ad, donor="donor_id", cell_type="cell_type", layer="counts",
-                                   keep="condition=control", n_splits=2, out=tmp_path,
-                                   progress=False)  # fmt: skip
-    assert set(pvalues["method"]) == set(mock_null.METHODS)
+def test_methods_on_a_simulated_h5ad(h5ad, tmp_path):
+    pvalues, type1, notes = mock_null.run(h5ad, donor="donor_id", cell_type="cell_type",
+                                          layer="counts", keep="condition=control", n_splits=2,
+                                          methods=QUICK, out=tmp_path, progress=False)  # fmt: skip
+    assert set(pvalues["method"]) == set(QUICK)
     assert set(pvalues["split"]) == {0, 1}
+    assert {"log_fc", "lfc_scale", "seconds"} <= set(pvalues.columns)
     ok = pvalues["p_value"].notna()
     assert pvalues.loc[ok, "p_value"].between(0, 1).all()
     assert not pvalues["status"].str.startswith("failed").any()
     # genes with no count in a cell type are the only ones without a p-value
     assert (pvalues.loc[~ok, "status"].isin(["all_zero", "zero_variance", "constant"])).all()
+    # the mock group is tested within each cell type: three types, one type-I row each + "all"
+    assert set(type1["cell_type"]) == {"CD4 T", "CD14 Mono", "B", "all"}
     overall = type1[type1["cell_type"] == "all"].set_index("method")
-    assert (overall["n_tests"] > 500).all()
+    assert (overall["n_tests"] > 250).all()
     assert ((overall["lo_0.05"] <= overall["type1_0.05"] + 1e-12)
             & (overall["type1_0.05"] <= overall["hi_0.05"])).all()  # fmt: skip
     written = pd.read_csv(tmp_path / "mock_null_type1.csv")
     assert {"git_rev", "seed"} <= set(written.columns) and len(written) == len(type1)
     assert (tmp_path / "mock_null_pvalues.csv.gz").exists()
+    assert list(pd.read_csv(tmp_path / "mock_null_notes.csv").columns)[:2] == ["split", "note"]
+    assert list(notes.columns) == ["split", "note"]
 
 
-def test_wilcoxon_is_scanpys_default_on_log_normalised_counts(rng):
-    dense = rng.poisson(0.8, (60, 5)).astype(np.float32)
-    dense[:, 0] += 1  # every cell has counts
-    counts = sp.csr_matrix(dense)
-    in_b = np.arange(60) < 25
-    got = mock_null._wilcoxon(counts, in_b)
-    x = np.log1p(dense / dense.sum(axis=1, keepdims=True) * 1e4)
-    for g in range(5):
-        ref = stats.mannwhitneyu(x[in_b, g], x[~in_b, g], method="asymptotic").pvalue
-        assert got[g] == pytest.approx(ref, rel=1e-12)
+def test_command_line_takes_any_method_id(h5ad, tmp_path, capsys):
+    assert set(mock_null.METHODS) == set(scenario_methods.METHODS)
+    rc = mock_null.main([str(h5ad), "--donor", "donor_id", "--cell-type", "cell_type",
+                         "--layer", "counts", "--keep", "condition=control", "--splits", "1",
+                         "--methods", "lm,lmm_moderated", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "lmm_moderated" in out and "type1_0.05" in out
+
+
+def test_type1_table_of_an_average_question_has_one_all_row():
+    p = pd.DataFrame({"method": "lm", "cell_type": "all", "gene": ["a", "b", "c"],
+                      "p_value": [0.01, 0.5, 0.9]})  # fmt: skip
+    t = mock_null.type1_table(p)
+    assert len(t) == 1 and t["n_tests"].iat[0] == 3
 
 
 def test_bad_arguments_are_named(h5ad):
@@ -69,5 +80,7 @@ def test_bad_arguments_are_named(h5ad):
         mock_null.run(h5ad, donor="donor_id", methods=("edger",), **kw)
     with pytest.raises(ValueError, match="keep must be COLUMN=VALUE"):
         mock_null.run(h5ad, donor="donor_id", keep="stim", **kw)
+    with pytest.raises(ValueError, match="n_splits must be a positive integer"):
+        mock_null.run(h5ad, donor="donor_id", **{**kw, "n_splits": 0})
     with pytest.raises(ValueError, match="layer: no layer 'raw'"):
         mock_null.run(h5ad, donor="donor_id", **{**kw, "layer": "raw"})
