@@ -144,6 +144,8 @@ def run(
     methods = None if methods is None else check_methods(methods)  # None: resolved per split
     if not (isinstance(n_splits, int) and n_splits >= 1):
         raise ValueError(f"n_splits must be a positive integer; got {n_splits!r}")
+    if not Path(path).is_file():
+        raise ValueError(f"path: no file {str(path)!r}")
     adata = ad.read_h5ad(path)
     for arg, col in (("donor", donor), ("cell_type", cell_type)):
         if col not in adata.obs.columns:
@@ -200,10 +202,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="validation/results/mock_null")
     a = p.parse_args(argv)
     methods = None if a.methods is None else tuple(a.methods.split(","))
-    _, type1, notes = run(a.data, donor=a.donor, cell_type=a.cell_type, layer=a.layer,
-                          keep=a.keep, n_splits=a.splits, seed=a.seed, methods=methods,
-                          min_cells=a.min_cells, r_gene_subset=a.r_gene_subset,
-                          out=a.out)  # fmt: skip
+    try:
+        _, type1, notes = run(a.data, donor=a.donor, cell_type=a.cell_type, layer=a.layer,
+                              keep=a.keep, n_splits=a.splits, seed=a.seed, methods=methods,
+                              min_cells=a.min_cells, r_gene_subset=a.r_gene_subset,
+                              out=a.out)  # fmt: skip
+    except ValueError as exc:  # bad arguments: the message names them, no traceback
+        p.error(str(exc))
     for note in dict.fromkeys(n for n in notes["note"] if "skipped" in n):
         print(note, file=sys.stderr)
     cols = ["method", "cell_type", "n_tests", "type1_0.05", "lo_0.05", "hi_0.05", "type1_0.01",

@@ -84,3 +84,12 @@ def test_bad_arguments_are_named(h5ad):
         mock_null.run(h5ad, donor="donor_id", **{**kw, "n_splits": 0})
     with pytest.raises(ValueError, match="layer: no layer 'raw'"):
         mock_null.run(h5ad, donor="donor_id", **{**kw, "layer": "raw"})
+
+
+def test_command_line_names_a_missing_file_without_a_traceback(tmp_path, capsys):
+    from validation.mock_null import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "kang2018.h5ad"), "--donor", "ind", "--cell-type", "cell"])
+    assert exc.value.code == 2
+    assert "path: no file" in capsys.readouterr().err
