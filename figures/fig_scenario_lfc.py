@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures import style
+from figures.fig_scenario_power import nearest_setting
 from figures.tables import read_table
 
 INPUTS = ["scenario_lfc.csv", "scenario_lfc_genes.csv.gz"]
@@ -29,37 +30,19 @@ SCALE_LABELS = {
     "log2": "estimate: log2 FC",
     "ln": "estimate: natural-log FC",
     "log2_1p": "estimate: difference of log2(1+count)",
+    "log2_expm1": "estimate: scanpy logfoldchanges (log2)",
 }
 PREFERRED_SCENARIO = "droplet"
 #: the setting shown: the one nearest this (donors, cells per donor)
 REFERENCE_SETTING = (10, 200)
-_FALLBACK = plt.get_cmap("tab20").colors
 
 
 def _color(method: str, i: int) -> str:
-    colors = getattr(style, "METHOD_COLORS", {})
-    return colors[method] if method in colors else _FALLBACK[i % len(_FALLBACK)]
+    return style.method_color(method)
 
 
 def _panel_letter(ax, i: int) -> None:
-    helper = getattr(style, "panel_letter", None)
-    if helper is not None:
-        helper(ax, i)
-        return
-    ax.text(-0.12, 1.04, "abcdefghijklmnopqrstuvwxyz"[i % 26], transform=ax.transAxes,
-            fontweight="bold", fontsize=10, va="bottom", ha="right")  # fmt: skip
-
-
-def nearest_setting(settings, reference=REFERENCE_SETTING) -> tuple[int, int]:
-    """The (donors, cells per donor) of ``settings`` nearest ``reference`` on log scales
-    (ties: the larger design)."""
-    settings = sorted({(int(s), int(m)) for s, m in settings})
-
-    def dist(sm):
-        return (np.log(sm[0] / reference[0]) ** 2 + np.log(sm[1] / reference[1]) ** 2,
-                -sm[0], -sm[1])  # fmt: skip
-
-    return min(settings, key=dist)
+    style.panel_letters([ax], start=i)
 
 
 def _ylim(y) -> tuple[float, float]:

@@ -35,12 +35,10 @@ FEW = 5
 #: the setting of the FDR–TPR panels: the one nearest this (donors, cells per donor)
 REFERENCE_SETTING = (10, 200)
 _GUIDES = (0.01, 0.05, 0.1)
-_FALLBACK = plt.get_cmap("tab20").colors
 
 
 def _color(method: str, i: int) -> str:
-    colors = getattr(style, "METHOD_COLORS", {})
-    return colors[method] if method in colors else _FALLBACK[i % len(_FALLBACK)]
+    return style.method_color(method)
 
 
 def _marker(i: int) -> str:
@@ -48,12 +46,7 @@ def _marker(i: int) -> str:
 
 
 def _panel_letter(ax, i: int) -> None:
-    helper = getattr(style, "panel_letter", None)
-    if helper is not None:
-        helper(ax, i)
-        return
-    ax.text(-0.12, 1.04, "abcdefghijklmnopqrstuvwxyz"[i % 26], transform=ax.transAxes,
-            fontweight="bold", fontsize=10, va="bottom", ha="right")  # fmt: skip
+    style.panel_letters([ax], start=i)
 
 
 def _scenarios(table) -> list:

@@ -37,7 +37,7 @@ METHOD_LABELS = {
     "lmm_moderated": "LMM, moderated variances",
     "lmm_ml": "LMM (ML), Satterthwaite df",
     "lmertest": "lmerTest LMM (R, gene subset)",
-    "dream": "dream-style weighted LMM (R, pseudobulk)",
+    "dream": "dream-style weighted LMM, pseudobulk",
     # NB pseudobulk
     "pseudobulk": "pseudobulk NB GLM, DESeq2-style (pyflashmm)",
     "nbglm_pseudobulk": "NB GLM, pseudobulk",

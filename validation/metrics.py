@@ -362,6 +362,7 @@ LFC_SCALES = {
     "log2": (2.0, True),  # log2 fold change of the mean (NB GLMs, edgeR, DESeq2, voom)
     "ln": (np.e, True),  # natural-log fold change
     "log2_1p": (2.0, False),  # difference of mean log2(1 + count): LMM, lmerTest
+    "log2_expm1": (2.0, False),  # scanpy's logfoldchanges: log2 ratio of expm1(mean log1p)
 }
 
 

@@ -56,9 +56,9 @@ NB models of the package:
     donor; within: on cell type t's donor pseudobulks, ``~ condition`` (muscat's default);
     average: one pseudobulk per donor (its cells of every entering type summed), ``~
     condition``. (Pooling the donor × cell-type pseudobulks in one model, ``~ cell_type +
-    condition``, takes a donor's pseudobulks as independent samples: in a trial run it rejected
-    25–37% of the null genes at 0.05 on FLASHMM's model; that is pseudoreplication, not the
-    pseudobulk approach, and ``dream`` is the model of those pseudobulks with a donor effect.)
+    condition``, takes a donor's pseudobulks as independent samples and rejects far more than
+    α of the null genes on FLASHMM's model: that is pseudoreplication, not the pseudobulk
+    approach, and ``dream`` is the model of those pseudobulks with a donor effect.)
 ``nbglm_cells``
     :func:`pyflashmm.de` with ``method="nbglm"`` (single-cell preset, LRT): the cells of type
     t, ``~ condition`` (within); every cell, ``~ cell_type + condition`` (average). Cells as

@@ -28,7 +28,8 @@ Generative model (gene g, cell c of donor s and cell type t, arm a(s) ∈ {contr
 * **Counts**: y_gc ~ NB(mean s_c·m_g·e^{type}·u_gs·e^{donor×type}·e^{lfc·treated}, dispersion
   φ_g), Var = μ + φ_gμ², φ_g = ``dispersion``·exp(N(0, 0.5²)), drawn as Poisson(Gamma).
 * **Design**: donors are split between the arms as ``arms`` says and the split is recorded:
-  ``balanced`` puts ⌊S/2⌋ donors in the treated arm; ``unbalanced`` puts max(2, round(S/4)).
+  ``balanced`` puts ⌊S/2⌋ donors in the treated arm; ``unbalanced`` puts ⌊S/4 + ½⌋ (a
+  quarter, rounded half up: 1 of 4, 3 of 10, 10 of 40).
   Donor d has N_d = max(5, round(m·exp(N(0, 0.3²)))) cells for a mean m of
   ``cells_per_donor``, and each cell's type is drawn from ``type_proportions``.
 
@@ -224,7 +225,7 @@ def _scenario(scenario) -> Scenario:
 def _design(sc: Scenario, S: int, m: int, rng: np.random.Generator):
     """The cells' donors, cell types, conditions and size factors, and the donors' arms."""
     donors = np.array([f"D{d + 1:02d}" for d in range(S)])
-    k = S // 2 if sc.arms == "balanced" else max(2, round(S / 4))
+    k = S // 2 if sc.arms == "balanced" else (S + 2) // 4
     treated = np.zeros(S, bool)
     treated[rng.permutation(S)[:k]] = True
     arms = pd.Series(np.where(treated, TREATED, CONTROL), index=pd.Index(donors, name=DONOR),

@@ -96,9 +96,18 @@ def test_lfc_scale_names():
     log1p = {"lmm", "lmm_satterthwaite", "lmm_between_within", "lmm_moderated", "lm",
              "lmertest"}  # fmt: skip
     assert {m for m, s in got.items() if s == "log2_1p"} == log1p
-    assert {m for m, s in got.items() if s == "log2"} == set(METHODS) - log1p
+    assert {m for m, s in got.items() if s == "log2_expm1"} == {"wilcoxon"}
+    assert {m for m, s in got.items() if s == "log2"} == set(METHODS) - log1p - {"wilcoxon"}
     assert sp.lfc_scale("log2(1+y) difference") == "log2_1p"
     assert sp.lfc_scale("ln") == "ln" and sp.lfc_scale("none") is None
+
+
+def test_lfc_genes_of_the_average_question_are_those_with_one_effect():
+    var = pd.DataFrame({"de": [True, True, False], "de_cell_type": ["all", "B", "none"],
+                        "lfc": [0.7, -1.0, 0.0]}, index=["IFI6", "MS4A1", "ACTB"])  # fmt: skip
+    assert sp.exact_truth(var, "within").all()
+    # MS4A1 is DE in B cells only: its averaged effect depends on the method's estimand
+    assert sp.exact_truth(var, "average").tolist() == [True, False, True]
 
 
 def test_truth_of_the_two_questions():
@@ -171,7 +180,7 @@ def test_tiny_variant_writes_every_table(tiny_tables):
     assert set(bh["nominal"]) == {0.01, 0.05, 0.1}
     for _, c in curves[curves["point"] == "curve"].groupby(["scenario", "method"]):
         assert np.all(np.diff(c["k"]) > 0) and np.all(np.diff(c["tpr"]) >= 0)
-    assert set(lfc["lfc_scale"]) <= {"log2", "ln", "log2_1p"}
+    assert set(lfc["lfc_scale"]) <= {"log2", "ln", "log2_1p", "log2_expm1"}
 
 
 @pytest.mark.parametrize("name", ["fig_scenario_power", "fig_scenario_lfc"])
