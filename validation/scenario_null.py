@@ -143,15 +143,21 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
     ]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m validation.scenario_null",
-                                description=__doc__.splitlines()[0])  # fmt: skip
+def command_line(name: str, doc: str, run_fn, argv=None) -> int:
+    """``python -m validation.<name> [--variant] [--out] [--workers]``: one scenario stage run
+    alone (shared by the scenario stages)."""
+    p = argparse.ArgumentParser(prog=f"python -m validation.{name}",
+                                description=doc.splitlines()[0])  # fmt: skip
     p.add_argument("--variant", choices=("tiny", "quick", "full"), default="quick")
     p.add_argument("--out", default="validation/results")
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
-    run(load_config(NAME, a.variant), results_dir=Path(a.out), workers=a.workers)
+    run_fn(load_config(name, a.variant), results_dir=Path(a.out), workers=a.workers)
     return 0
+
+
+def main(argv=None) -> int:
+    return command_line(NAME, __doc__, run, argv)
 
 
 if __name__ == "__main__":

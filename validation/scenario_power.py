@@ -53,14 +53,12 @@ A stage of ``python -m validation``; alone: ``python -m validation.scenario_powe
 
 from __future__ import annotations
 
-import argparse
-import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from validation.config import check_config, load_config
+from validation.config import check_config
 from validation.metrics import (
     LFC_SCALES,
     bh_points,
@@ -73,6 +71,7 @@ from validation.metrics import (
 from validation.mock_null import cells_with_counts
 from validation.parallel import map_replicates, replicate_seeds
 from validation.provenance import write_table
+from validation.scenario_null import command_line, settings
 from validation.scenarios import (
     CELL_TYPE,
     CELLS_RANGE,
@@ -86,8 +85,8 @@ from validation.scenarios import (
 )
 
 NAME = "scenario_power"
-SOURCES = ("scenario_methods", "methods", "r_de", "r_tools", "measure", "scenarios", "metrics",
-           "mock_null", "parallel", "provenance")  # fmt: skip
+SOURCES = ("scenario_null", "scenario_methods", "methods", "r_de", "r_tools", "measure",
+           "scenarios", "metrics", "mock_null", "parallel", "provenance")  # fmt: skip
 KEYS = ["scenario", "n_donors", "cells_per_donor"]
 FDR_LEVELS = (0.05, 0.1)
 BH_LEVELS = (0.01, 0.05, 0.1)
@@ -103,17 +102,6 @@ def _methods():
     from validation.scenario_methods import METHODS
 
     return METHODS
-
-
-def settings(config: dict) -> list[tuple[str, int, int]]:
-    """The grid (scenario, S, m) of ``config``, in the order the tasks run."""
-    return list(
-        itertools.product(
-            [str(s) for s in config["scenarios"]],
-            [int(s) for s in config["n_donors"]],
-            [int(m) for m in config["cells_per_donor"]],
-        )
-    )
 
 
 def environment(config: dict) -> dict:
@@ -410,14 +398,7 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m validation.scenario_power",
-                                description=__doc__.splitlines()[0])  # fmt: skip
-    p.add_argument("--variant", choices=("tiny", "quick", "full"), default="quick")
-    p.add_argument("--out", default="validation/results")
-    p.add_argument("--workers", type=int, default=1)
-    a = p.parse_args(argv)
-    run(load_config(NAME, a.variant), results_dir=Path(a.out), workers=a.workers)
-    return 0
+    return command_line(NAME, __doc__, run, argv)
 
 
 if __name__ == "__main__":
