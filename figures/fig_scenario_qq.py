@@ -4,9 +4,11 @@ Each panel is one setting (scenario, donors, cells per donor) with the p-values 
 replicates and cell types pooled (settings are never pooled), methods overlaid: x is −log10 of
 the expected quantile (j − 0.5)/n, y −log10 of the observed p-value, the grey band the
 pointwise 95% interval of the j-th uniform order statistic (Beta(j, n − j + 1)) and the black
-line the diagonal (:func:`figures.fig_calibration_qq.qq_points`). ``fig_scenario_qq`` shows
-the largest setting (most donors, then most cells per donor) and ``fig_scenario_qq_fewest_donors``
-the fewest donors at the most cells per donor. How far the expected axis reaches is set by the
+line the diagonal, read from the thinned coordinates of ``scenario_null_qq.csv.gz``
+(:func:`validation.scenario_null.qq_table`). ``fig_scenario_qq`` shows the setting with the
+most tests (the tail setting when the run has one; else the most donors, then the most cells
+per donor) and ``fig_scenario_qq_fewest_donors`` the fewest donors at the most cells per donor;
+the band drawn is that of the method with the most tests. How far the expected axis reaches is set by the
 number of tests n of a panel (−log10(0.5/n)): reaching −log10 p ≈ 5 needs about 10⁵ tests, and
 the legend title says so when a panel has fewer. Observed values above a panel are drawn on its
 top edge.
@@ -20,10 +22,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures import style
-from figures.fig_calibration_qq import qq_points
 from figures.tables import read_table
 
-INPUTS = ["scenario_null_pvalues.csv.gz"]
+INPUTS = ["scenario_null_qq.csv.gz"]
 OUTPUTS = ["fig_scenario_qq", "fig_scenario_qq_fewest_donors"]
 
 #: the −log10 p that a QQ plot should reach, and the tests that needs (0.5/n = 10⁻⁵)
@@ -31,13 +32,17 @@ TARGET = 5.0
 
 
 def setting_of(d, fewest_donors: bool) -> tuple:
-    """The (donors, cells per donor) shown for one scenario's p-values ``d``."""
-    s = d["n_donors"].min() if fewest_donors else d["n_donors"].max()
-    return s, d.loc[d["n_donors"] == s, "cells_per_donor"].max()
+    """The (donors, cells per donor) shown for one scenario's QQ rows ``d``."""
+    if fewest_donors:
+        s = d["n_donors"].min()
+        return s, d.loc[d["n_donors"] == s, "cells_per_donor"].max()
+    n = d.groupby(["n_donors", "cells_per_donor"])["n_tests"].max()
+    best = n[n == n.max()].index.max()  # ties: the most donors, then the most cells
+    return best
 
 
 def figure(df, fewest_donors: bool = False):
-    """The QQ figure of a ``scenario_null_pvalues.csv.gz`` table."""
+    """The QQ figure of a ``scenario_null_qq.csv.gz`` table."""
     scen = style.scenarios_in(df) if len(df) else []
     methods = style.methods_in(df) if len(df) else []
     nc = min(3, max(len(scen), 1))
@@ -52,30 +57,29 @@ def figure(df, fewest_donors: bool = False):
         d = df[df["scenario"] == sc]
         s, m = setting_of(d, fewest_donors)
         sub = d[(d["n_donors"] == s) & (d["cells_per_donor"] == m)]
-        finite = sub[np.isfinite(sub["p_value"].astype(float))]
-        n = int(finite.groupby("method").size().max()) if len(finite) else 0
+        n = int(sub["n_tests"].max()) if len(sub) else 0
         n_max = n if n_max is None else max(n_max, n)
         if n:
-            ex, _, lo, hi = qq_points((np.arange(1, n + 1) - 0.5) / n)
+            widest = sub[sub["n_tests"] == n]
+            widest = widest[widest["method"] == widest["method"].iloc[0]]
+            ex = widest["expected"].to_numpy(float)
             top = max(2.0 * ex.max(), 3.0)
-            ax.fill_between(ex, lo, hi, color=style.BAND_COLOR, lw=0)
+            ax.fill_between(ex, widest["band_low"], widest["band_high"], color=style.BAND_COLOR,
+                            lw=0)  # fmt: skip
             ax.plot([0, ex.max()], [0, ex.max()], color=style.REFERENCE_COLOR, lw=0.8)
             for meth in methods:
-                e, o, _, _ = qq_points(finite.loc[finite["method"] == meth, "p_value"])
-                if e.size == 0:
+                q = sub[sub["method"] == meth]
+                if q.empty:
                     continue
                 kw = style.method_style(meth, ms=2.6) | {"ls": "none", "alpha": 0.85}
-                ax.plot(e, np.minimum(o, top), clip_on=False, **kw)
+                ax.plot(q["expected"], np.minimum(q["observed"], top), clip_on=False, **kw)
                 handles.setdefault(meth, style.method_handle(meth, ls="none", ms=4))
             ax.set_xlim(0, ex.max() * 1.03)
             ax.set_ylim(0, top * 1.03)
-        n_rep = sub["replicate"].nunique() if "replicate" in sub.columns else 1
-        types = set(sub["cell_type"].astype(str)) if "cell_type" in sub.columns else set()
-        what = ("contrast over cell types" if types == {"all"}
-                else f"{len(types)} cell type{'s' * (len(types) != 1)}")  # fmt: skip
+        ns = sorted(set(sub["n_tests"].astype(int))) if len(sub) else [0]
+        span = f"{ns[0]:,}" if len(ns) == 1 else f"{ns[0]:,}–{ns[-1]:,}"
         ax.set_title(f"{style.scenario_label(sc)}\n{s:g} donors, {m:g} {style.CELLS_LABEL}\n"
-                     f"n = {n} tests ({n_rep} replicate{'s' * (n_rep != 1)}, {what})",
-                     fontsize=7)  # fmt: skip
+                     f"n = {span} tests per method", fontsize=7)  # fmt: skip
         if k // nc == nr - 1 or (k + nc) >= len(scen):
             ax.set_xlabel("expected −log10 p")
         if k % nc == 0:
@@ -84,7 +88,7 @@ def figure(df, fewest_donors: bool = False):
         style.empty_panel(axes[0, 0], "no scenario null p-values")
     else:
         style.panel_letters(axes)
-    which = "fewest donors" if fewest_donors else "largest setting"
+    which = "fewest donors" if fewest_donors else "setting with the most tests"
     title = f"Null p-values per scenario, {which} (replicates and cell types pooled)"
     if n_max is not None and -np.log10(0.5 / max(n_max, 1)) < TARGET:
         title += (f"\nwith n ≤ {n_max} tests per panel the expected −log10 p reaches at most "
@@ -97,7 +101,7 @@ def figure(df, fewest_donors: bool = False):
 
 
 def make(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Draw the scenario QQ figures from ``scenario_null_pvalues.csv.gz`` (the ``make`` of
+    """Draw the scenario QQ figures from ``scenario_null_qq.csv.gz`` (the ``make`` of
     the :mod:`figures` package)."""
     style.setup()
     df = read_table(Path(results_dir) / INPUTS[0])

@@ -15,12 +15,22 @@ for ``unbalanced_arms``), not a random split. R methods run where R and their pa
 installed and are skipped with a note otherwise; ``glmmtmb`` and ``lmertest`` test
 ``r_gene_subset`` genes drawn from the task's seed.
 
+Costly methods can be limited by ``method_limits`` (``{method = {replicates = k,
+max_cells_per_donor = m}}``: run on the first k replicates of a setting, or only where the
+cells per donor are at most m); every method left out of a task is a note. The optional
+``[tail]`` table (``n_donors``, ``cells_per_donor``, ``n_genes``, ``replicates``, ``methods``)
+adds, for every scenario, replicates of one setting with many genes for the methods cheap
+enough to give the ~10⁵ null tests a QQ plot needs to reach −log10 p ≈ 5; they are numbered
+after the grid's replicates of that setting (``tail`` in the notes) and pooled with them.
+
 Outputs: ``scenario_null_pvalues.csv.gz`` (one row per scenario, setting, replicate, method,
 cell type and gene: p-value, log fold change and its scale, status, seconds),
 ``scenario_null_type1.csv``: per scenario, S, m, method and cell type (and over the cell types,
 ``cell_type == "all"``; pooled within a setting, never across settings), the type-I error at
 0.05, 0.01 and 0.001 with Wilson 95% intervals and the tail counts at 10⁻³ and 10⁻⁴ against
 their Poisson 99% interval (:func:`validation.mock_null.type1_table`), and
+``scenario_null_qq.csv.gz`` (per scenario, setting and method: the thinned QQ coordinates of
+:func:`qq_table`, which the QQ figures draw; the p-value table can be too large to keep) and
 ``scenario_null_notes.csv`` (per task, what was skipped or warned).
 
 A stage of ``python -m validation``; alone: ``python -m validation.scenario_null --variant quick
@@ -33,6 +43,7 @@ import argparse
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from validation.config import check_config, load_config
@@ -56,6 +67,8 @@ SOURCES = ("scenario_methods", "methods", "mock_null", "scenarios", "metrics", "
 DATA = ("validation/R/pseudobulk_de.R", "validation/R/cell_mixed_models.R",
         "validation/R/check_packages.R")  # fmt: skip
 KEYS = ["scenario", "n_donors", "cells_per_donor"]
+#: what ``method_limits`` may bound
+LIMITS = ("replicates", "max_cells_per_donor")
 
 
 def environment(config: dict) -> dict:
@@ -75,18 +88,77 @@ def settings(config: dict) -> list[tuple[str, int, int]]:
     )
 
 
+def limited_methods(methods, limits: dict, *, cells_per_donor: int,
+                    replicate: int) -> tuple[tuple[str, ...], list[str]]:
+    """The ``methods`` a task runs under ``limits`` (``{method: {"replicates": k,
+    "max_cells_per_donor": m}}``) and a note for each method left out."""
+    keep, notes = [], []
+    for meth in methods:
+        lim = limits.get(meth, {})
+        if replicate >= int(lim.get("replicates", replicate + 1)):
+            notes.append(f"{meth}: not run (method_limits: first {lim['replicates']} "
+                         "replicates of a setting)")  # fmt: skip
+        elif cells_per_donor > int(lim.get("max_cells_per_donor", cells_per_donor)):
+            notes.append(f"{meth}: not run (method_limits: at most "
+                         f"{lim['max_cells_per_donor']} cells per donor)")  # fmt: skip
+        else:
+            keep.append(meth)
+    return tuple(keep), notes
+
+
+def check_limits(limits, methods, where: str) -> None:
+    """ValueError naming ``method_limits`` when ``limits`` is not {method: {limit: int >= 1}}."""
+    if not isinstance(limits, dict):
+        raise ValueError(f"{where}: method_limits must be a table of methods; got {limits!r}")
+    for meth, lim in limits.items():
+        if meth not in methods or not isinstance(lim, dict) or not lim or any(
+                k not in LIMITS or not isinstance(v, int) or v < 1 for k, v in lim.items()):
+            raise ValueError(f"{where}: method_limits.{meth} must name a method of "
+                             f"{list(methods)} and bound {list(LIMITS)} by integers >= 1; "
+                             f"got {lim!r}")  # fmt: skip
+
+
+def qq_table(pvalues: pd.DataFrame, *, tail: int = 100, bulk: int = 100) -> pd.DataFrame:
+    r"""Thinned QQ coordinates per scenario, setting and method.
+
+    For the n finite null p-values of a group sorted, p₍₁₎ ≤ … ≤ p₍ₙ₎, one row per kept order
+    statistic j (the ``tail`` smallest and ``bulk`` log-spaced ranks): ``expected`` =
+    −log10((j − ½)/n), ``observed`` = −log10 p₍ⱼ₎ and the pointwise 95% band of the j-th
+    uniform order statistic, Beta(j, n − j + 1) (``band_low``, ``band_high``, on the −log10
+    scale), by :func:`figures.fig_calibration_qq.qq_points`; ``n_tests`` = n.
+    """
+    from figures.fig_calibration_qq import qq_points
+
+    cols = [*KEYS, "method", "n_tests", "expected", "observed", "band_low", "band_high"]
+    parts = []
+    for key, g in pvalues.groupby([*KEYS, "method"], sort=True, observed=True):
+        p = g["p_value"].to_numpy(np.float64)
+        n = int(np.isfinite(p).sum())
+        if n == 0:
+            continue
+        ex, ob, lo, hi = qq_points(p, tail=tail, bulk=bulk)
+        parts.append(pd.DataFrame({**dict(zip([*KEYS, "method"], key, strict=True)),
+                                   "n_tests": n, "expected": ex, "observed": ob,
+                                   "band_low": lo, "band_high": hi}))  # fmt: skip
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
 def _task(task: dict) -> tuple[pd.DataFrame, list[str]]:
+    methods, skipped = limited_methods(task["methods"], task["method_limits"],
+                                       cells_per_donor=task["cells_per_donor"],
+                                       replicate=task["replicate"])  # fmt: skip
     data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],
                              cells_per_donor=task["cells_per_donor"], n_genes=task["n_genes"],
                              seed=task["seed"], null=True)  # fmt: skip
     res, notes = test_data(
         data.to_anndata(), donor="donor_id", cell_type="cell_type", condition="condition",
         levels=(CONTROL, TREATED), layer="counts", question=data.scenario.contrast,
-        methods=task["methods"], min_cells=task["min_cells"],
+        methods=methods, min_cells=task["min_cells"],
         r_gene_subset=task["r_gene_subset"], seed=task["seed"],
     )  # fmt: skip
     keys = {k: task[k] for k in KEYS} | {"replicate": task["replicate"]}
-    return res.assign(**keys)[[*keys, *res.columns]], notes
+    tail = [f"tail: {task['n_genes']} genes, methods {list(methods)}"] if task["tail"] else []
+    return res.assign(**keys)[[*keys, *res.columns]], tail + skipped + list(notes)
 
 
 def check(config: dict) -> None:
@@ -103,24 +175,60 @@ def check(config: dict) -> None:
         "min_cells": (lambda v: int(v) >= 1, "an integer >= 1"),
         "r_gene_subset": (lambda v: int(v) >= 1, "an integer >= 1"),
     })  # fmt: skip
+    where = f"configs/{NAME}.toml [{config.get('variant', '?')}]"
+    check_limits(config.get("method_limits", {}), METHODS, where)
+    tail = config.get("tail")
+    if tail is not None:
+        need = ("n_donors", "cells_per_donor", "n_genes", "replicates", "methods")
+        if not isinstance(tail, dict) or any(k not in tail for k in need):
+            raise ValueError(f"{where}: tail must be a table with {list(need)}; got {tail!r}")
+        check_config({**tail, "variant": config.get("variant")}, NAME, need, {
+            "n_donors": (lambda v: DONOR_RANGE[0] <= int(v) <= DONOR_RANGE[1],
+                         "an integer in 4–40"),
+            "cells_per_donor": (lambda v: CELLS_RANGE[0] <= int(v) <= CELLS_RANGE[1],
+                                "an integer in 20–2,000"),
+            "n_genes": (lambda v: int(v) >= 1, "an integer >= 1"),
+            "replicates": (lambda v: int(v) >= 1, "an integer >= 1"),
+            "methods": (lambda v: v in METHODS, f"names in {list(METHODS)}"),
+        })  # fmt: skip
+
+
+def _tail_settings(config: dict, reps: int) -> list[tuple[str, int, int, int, int]]:
+    """(scenario, S, m, replicate, n_genes) of the ``tail`` tasks: for every scenario, the
+    tail's replicates of its one setting, numbered after the grid's ``reps`` replicates."""
+    tail = config.get("tail")
+    if tail is None:
+        return []
+    s, m, g = int(tail["n_donors"]), int(tail["cells_per_donor"]), int(tail["n_genes"])
+    return [(sc, s, m, reps + r, g) for sc in config["scenarios"]
+            for r in range(int(tail["replicates"]))]  # fmt: skip
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
-    """Run the experiment of ``config`` (checked first); write the three tables to
-    ``results_dir`` and return their paths (type-I, p-values, notes)."""
+    """Run the experiment of ``config`` (checked first); write the four tables to
+    ``results_dir`` and return their paths (type-I, p-values, QQ, notes)."""
     check(config)
     grid = settings(config)
     reps = int(config["replicates"])
-    seeds = replicate_seeds(int(config["seed"]), len(grid) * reps)
+    tails = _tail_settings(config, reps)
+    # the tail's seeds follow the grid's: adding a tail leaves the grid's data unchanged
+    seeds = replicate_seeds(int(config["seed"]), len(grid) * reps + len(tails))
     methods = tuple(config["methods"]) if "methods" in config else default_methods()
+    common = {"min_cells": int(config.get("min_cells", 10)),
+              "r_gene_subset": int(config.get("r_gene_subset", 50)),
+              "method_limits": dict(config.get("method_limits", {}))}  # fmt: skip
     tasks = [
         {"scenario": sc, "n_donors": s, "cells_per_donor": m, "replicate": r,
-         "n_genes": int(config["n_genes"]), "methods": methods,
-         "min_cells": int(config.get("min_cells", 10)),
-         "r_gene_subset": int(config.get("r_gene_subset", 50)),
+         "n_genes": int(config["n_genes"]), "methods": methods, "tail": False, **common,
          "seed": int(seeds[i * reps + r].generate_state(1)[0])}
         for i, (sc, s, m) in enumerate(grid)
         for r in range(reps)
+    ]  # fmt: skip
+    tasks += [
+        {"scenario": sc, "n_donors": s, "cells_per_donor": m, "replicate": r, "n_genes": g,
+         "methods": tuple(config["tail"]["methods"]), "tail": True, **common,
+         "seed": int(seeds[len(grid) * reps + i].generate_state(1)[0])}
+        for i, (sc, s, m, r, g) in enumerate(tails)
     ]  # fmt: skip
     results = map_replicates(_task, tasks, workers=workers, progress=progress, desc=NAME)
     pvalues = pd.concat([res for res, _ in results], ignore_index=True)
@@ -139,6 +247,7 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
     return [
         write_table(type1, results_dir / f"{NAME}_type1.csv", seed=seed),
         write_table(pvalues, results_dir / f"{NAME}_pvalues.csv.gz", seed=seed),
+        write_table(qq_table(pvalues), results_dir / f"{NAME}_qq.csv.gz", seed=seed),
         write_table(notes, results_dir / f"{NAME}_notes.csv", seed=seed),
     ]
 

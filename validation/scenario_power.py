@@ -20,7 +20,8 @@ method of :mod:`validation.scenario_methods` tests the scenario's question:
     expectation) estimate, approximately (the NB models weight by expression too).
 
 Metrics per replicate and method (:mod:`validation.metrics`), on the genes the method tested
-(``n_genes_tested``: glmmTMB and lmerTest run on a gene subset, so theirs are subset metrics):
+(``n_genes_tested``: glmmTMB and lmerTest run on a gene subset, so theirs are subset metrics;
+``method_limits`` bounds costly methods as in :mod:`validation.scenario_null`):
 discoveries, TP, TPR and observed FDR of BH at each level of ``fdr_levels`` (BH over the
 method's finite p-values); TPR at matched observed FDR (the largest p-value cutoff whose
 observed FDR FP/(FP + TP) is at most the target) with its discoveries and cutoff; ROC AUC;
@@ -71,7 +72,7 @@ from validation.metrics import (
 from validation.mock_null import cells_with_counts
 from validation.parallel import map_replicates, replicate_seeds
 from validation.provenance import write_table
-from validation.scenario_null import command_line, settings
+from validation.scenario_null import check_limits, command_line, limited_methods, settings
 from validation.scenarios import (
     CELL_TYPE,
     CELLS_RANGE,
@@ -218,8 +219,12 @@ def _method_rows(res: pd.DataFrame, truth: pd.Series, levels, exact=None) -> tup
 
 
 def _task(task: dict) -> dict:
-    from validation.scenario_methods import test_data
+    from validation.scenario_methods import default_methods, test_data
 
+    methods, skipped = limited_methods(task["methods"] or default_methods(),
+                                       task["method_limits"],
+                                       cells_per_donor=task["cells_per_donor"],
+                                       replicate=task["replicate"])  # fmt: skip
     sc = SCENARIOS[task["scenario"]]
     data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],
                              cells_per_donor=task["cells_per_donor"], n_genes=task["n_genes"],
@@ -230,7 +235,7 @@ def _task(task: dict) -> dict:
     res, notes = test_data(adata, donor=DONOR, cell_type=CELL_TYPE, condition=CONDITION,
                            levels=(CONTROL, TREATED), layer="counts", question=question,
                            cell_types=[sc.de_cell_type] if question == "within" else None,
-                           methods=task["methods"], min_cells=task["min_cells"],
+                           methods=methods, min_cells=task["min_cells"],
                            r_gene_subset=task["r_gene_subset"], seed=task["seed"])  # fmt: skip
     weights = dict(zip(sc.cell_types, sc.type_proportions, strict=True))
     truth = truth_for(data.var, question, tested, weights)
@@ -241,7 +246,7 @@ def _task(task: dict) -> dict:
     label = {k: task[k] for k in (*KEYS, "replicate")}
     reps = pd.DataFrame(rows)
     reps.insert(0, "question", question)
-    note = "; ".join(str(n) for n in (notes or []))
+    note = "; ".join(str(n) for n in [*skipped, *(notes or [])])
     reps = reps.assign(**label, notes=note)
     return {
         "replicates": reps,
@@ -350,6 +355,8 @@ def check(config: dict) -> None:
         "bh_levels": (lambda v: isinstance(v, float) and 0 < v < 1, "levels in (0, 1)"),
         "curve_points": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
     })  # fmt: skip
+    check_limits(config.get("method_limits", {}), methods,
+                 f"configs/{NAME}.toml [{config.get('variant', '?')}]")  # fmt: skip
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
@@ -367,6 +374,7 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
          "methods": tuple(config["methods"]) if "methods" in config else None,
          "min_cells": int(config.get("min_cells", 10)),
          "r_gene_subset": int(config.get("r_gene_subset", 100)),
+         "method_limits": dict(config.get("method_limits", {})),
          "fdr_levels": levels, "bh_levels": bh_levels,
          "seed": int(seeds[i * reps + r].generate_state(1)[0])}
         for i, (sc, s, m) in enumerate(grid)

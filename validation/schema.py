@@ -36,6 +36,9 @@ TABLES = {
     "scenario_null_pvalues.csv.gz": ("scenario_null", (
         "scenario", "n_donors", "cells_per_donor", "replicate", "method", "cell_type", "gene",
         "p_value", "log_fc", "lfc_scale", "status", "seconds")),
+    "scenario_null_qq.csv.gz": ("scenario_null", (
+        "scenario", "n_donors", "cells_per_donor", "method", "n_tests", "expected", "observed",
+        "band_low", "band_high")),
     "scenario_null_notes.csv": ("scenario_null", (
         "scenario", "n_donors", "cells_per_donor", "replicate", "note")),
     "scenario_power_summary.csv": ("scenario_power", (

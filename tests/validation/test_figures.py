@@ -265,6 +265,7 @@ def test_scenario_type1_small_multiples(tmp_path, captured):
 
 def test_scenario_figures_draw_one_setting_and_missing_methods(tmp_path, captured):
     from figures import fig_scenario_qq, fig_scenario_tails, fig_scenario_type1
+    from validation.scenario_null import qq_table
 
     df = _scenario_type1_table()
     one = df[(df["n_donors"] == 4) & (df["cells_per_donor"] == 20) & (df["scenario"] == "droplet")]
@@ -275,7 +276,7 @@ def test_scenario_figures_draw_one_setting_and_missing_methods(tmp_path, capture
                        "cell_type": "B", "gene": np.tile(np.arange(300), 2),
                        "p_value": rng.uniform(size=600), "status": "ok"})  # fmt: skip
     pv.loc[::50, "p_value"] = np.nan
-    pv.to_csv(tmp_path / "scenario_null_pvalues.csv.gz", index=False)
+    qq_table(pv).to_csv(tmp_path / "scenario_null_qq.csv.gz", index=False)
     for mod in (fig_scenario_type1, fig_scenario_qq, fig_scenario_tails):
         mod.make(tmp_path, tmp_path)
     assert len(captured) == 5

@@ -16,8 +16,8 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     cfg = load_config("scenario_null", "tiny")
     assert set(cfg["scenarios"]) == set(SCENARIOS)
     assert set(PYTHON_METHODS) <= set(cfg["methods"])
-    type1_path, pvalues_path, notes_path = scenario_null.run(cfg, results_dir=tmp_path,
-                                                             progress=False)  # fmt: skip
+    type1_path, pvalues_path, qq_path, notes_path = scenario_null.run(
+        cfg, results_dir=tmp_path, progress=False)
     type1 = pd.read_csv(type1_path)
     pvalues = pd.read_csv(pvalues_path)
     notes = pd.read_csv(notes_path)
@@ -41,6 +41,56 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     assert (overall["lo_0.05"] <= overall["type1_0.05"] + 1e-12).all()
     assert (overall["type1_0.05"] <= overall["hi_0.05"] + 1e-12).all()
     assert {"tail_0.001", "expected_0.001", "tail_ok_0.0001", "git_rev"} <= set(type1.columns)
+    # the QQ table has a curve per scenario, setting and method that ran, with its test count
+    qq = pd.read_csv(qq_path)
+    assert set(qq.groupby(["scenario", "method"]).groups) == set(
+        pvalues.groupby(["scenario", "method"]).groups)
+    n = pvalues[pvalues["p_value"].notna()].groupby(["scenario", "method"]).size()
+    assert (qq.groupby(["scenario", "method"])["n_tests"].first() == n).all()
+
+
+def test_method_limits_leave_methods_out_with_a_note():
+    limits = {"nbmm": {"replicates": 1}, "glmmtmb": {"max_cells_per_donor": 200}}
+    methods = ("lmm", "nbmm", "glmmtmb")
+    kept, notes = scenario_null.limited_methods(methods, limits, cells_per_donor=200,
+                                                replicate=0)  # fmt: skip
+    assert kept == methods and notes == []
+    kept, notes = scenario_null.limited_methods(methods, limits, cells_per_donor=2000,
+                                                replicate=1)  # fmt: skip
+    assert kept == ("lmm",)
+    assert notes == ["nbmm: not run (method_limits: first 1 replicates of a setting)",
+                     "glmmtmb: not run (method_limits: at most 200 cells per donor)"]
+    cfg = {**load_config("scenario_null", "tiny"), "method_limits": {"nbmm": {"genes": 5}}}
+    with pytest.raises(ValueError, match="method_limits.nbmm must name a method"):
+        scenario_null.check(cfg)
+    cfg = {**load_config("scenario_null", "tiny"), "tail": {"n_donors": 10}}
+    with pytest.raises(ValueError, match="tail must be a table with"):
+        scenario_null.check(cfg)
+
+
+def test_tail_adds_replicates_of_one_setting_and_keeps_the_grid(tmp_path):
+    """The tail's tasks are more replicates of one setting with more genes and fewer methods;
+    the grid's data are those of a run without a tail (the tail's seeds come after)."""
+    base = {**load_config("scenario_null", "tiny"), "scenarios": ["droplet"],
+            "methods": ["lmm", "pseudobulk"], "n_genes": 30}
+    tail = {"n_donors": 6, "cells_per_donor": 40, "n_genes": 80, "replicates": 2,
+            "methods": ["lmm"]}
+    plain = pd.read_csv(scenario_null.run(base, results_dir=tmp_path / "a", progress=False)[1])
+    paths = scenario_null.run({**base, "tail": tail}, results_dir=tmp_path / "b",
+                              progress=False)  # fmt: skip
+    with_tail = pd.read_csv(paths[1])
+    grid = with_tail[with_tail["replicate"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(grid.drop(columns="seconds"), plain.drop(columns="seconds"))
+    extra = with_tail[with_tail["replicate"] > 0]
+    assert sorted(extra["replicate"].unique()) == [1, 2]
+    assert set(extra["method"]) == {"lmm"} and extra["gene"].nunique() == 80
+    assert (extra.groupby("replicate").size() == 80 * 3).all()  # 3 cell types
+    notes = pd.read_csv(paths[3])
+    assert notes["note"].str.startswith("tail: 80 genes").sum() == 2
+    qq = pd.read_csv(paths[2])
+    lmm = with_tail[with_tail["method"] == "lmm"]
+    assert len(lmm) == 30 * 3 + 2 * 80 * 3
+    assert qq.loc[qq["method"] == "lmm", "n_tests"].max() == lmm["p_value"].notna().sum()
 
 
 def test_bad_config_is_named(tmp_path):
