@@ -8,10 +8,10 @@ line the diagonal, read from the thinned coordinates of ``scenario_null_qq.csv.g
 (:func:`validation.scenario_null.qq_table`). ``fig_scenario_qq`` shows the setting with the
 most tests (the tail setting when the run has one; else the most donors, then the most cells
 per donor) and ``fig_scenario_qq_fewest_donors`` the fewest donors at the most cells per donor;
-the band drawn is that of the method with the most tests. How far the expected axis reaches is set by the
-number of tests n of a panel (−log10(0.5/n)): reaching −log10 p ≈ 5 needs about 10⁵ tests, and
-the legend title says so when a panel has fewer. Observed values above a panel are drawn on its
-top edge.
+the band drawn is that of the method with the most tests. How far the expected axis reaches is
+set by the number of tests n of a panel (−log10(0.5/n)): reaching −log10 p ≈ 5 needs about 10⁵
+tests, and the legend title says so when a panel has fewer. Observed values above a panel are
+drawn on its top edge.
 """
 
 from __future__ import annotations
