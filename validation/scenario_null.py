@@ -88,8 +88,9 @@ def settings(config: dict) -> list[tuple[str, int, int]]:
     )
 
 
-def limited_methods(methods, limits: dict, *, cells_per_donor: int,
-                    replicate: int) -> tuple[tuple[str, ...], list[str]]:
+def limited_methods(
+    methods, limits: dict, *, cells_per_donor: int, replicate: int
+) -> tuple[tuple[str, ...], list[str]]:
     """The ``methods`` a task runs under ``limits`` (``{method: {"replicates": k,
     "max_cells_per_donor": m}}``) and a note for each method left out."""
     keep, notes = [], []
@@ -111,8 +112,12 @@ def check_limits(limits, methods, where: str) -> None:
     if not isinstance(limits, dict):
         raise ValueError(f"{where}: method_limits must be a table of methods; got {limits!r}")
     for meth, lim in limits.items():
-        if meth not in methods or not isinstance(lim, dict) or not lim or any(
-                k not in LIMITS or not isinstance(v, int) or v < 1 for k, v in lim.items()):
+        if (
+            meth not in methods
+            or not isinstance(lim, dict)
+            or not lim
+            or any(k not in LIMITS or not isinstance(v, int) or v < 1 for k, v in lim.items())
+        ):
             raise ValueError(f"{where}: method_limits.{meth} must name a method of "
                              f"{list(methods)} and bound {list(LIMITS)} by integers >= 1; "
                              f"got {lim!r}")  # fmt: skip

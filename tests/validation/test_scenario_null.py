@@ -17,7 +17,8 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     assert set(cfg["scenarios"]) == set(SCENARIOS)
     assert set(PYTHON_METHODS) <= set(cfg["methods"])
     type1_path, pvalues_path, qq_path, notes_path = scenario_null.run(
-        cfg, results_dir=tmp_path, progress=False)
+        cfg, results_dir=tmp_path, progress=False
+    )
     type1 = pd.read_csv(type1_path)
     pvalues = pd.read_csv(pvalues_path)
     notes = pd.read_csv(notes_path)
@@ -44,7 +45,8 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     # the QQ table has a curve per scenario, setting and method that ran, with its test count
     qq = pd.read_csv(qq_path)
     assert set(qq.groupby(["scenario", "method"]).groups) == set(
-        pvalues.groupby(["scenario", "method"]).groups)
+        pvalues.groupby(["scenario", "method"]).groups
+    )
     n = pvalues[pvalues["p_value"].notna()].groupby(["scenario", "method"]).size()
     assert (qq.groupby(["scenario", "method"])["n_tests"].first() == n).all()
 
@@ -58,8 +60,10 @@ def test_method_limits_leave_methods_out_with_a_note():
     kept, notes = scenario_null.limited_methods(methods, limits, cells_per_donor=2000,
                                                 replicate=1)  # fmt: skip
     assert kept == ("lmm",)
-    assert notes == ["nbmm: not run (method_limits: first 1 replicates of a setting)",
-                     "glmmtmb: not run (method_limits: at most 200 cells per donor)"]
+    assert notes == [
+        "nbmm: not run (method_limits: first 1 replicates of a setting)",
+        "glmmtmb: not run (method_limits: at most 200 cells per donor)",
+    ]
     cfg = {**load_config("scenario_null", "tiny"), "method_limits": {"nbmm": {"genes": 5}}}
     with pytest.raises(ValueError, match="method_limits.nbmm must name a method"):
         scenario_null.check(cfg)
@@ -71,10 +75,19 @@ def test_method_limits_leave_methods_out_with_a_note():
 def test_tail_adds_replicates_of_one_setting_and_keeps_the_grid(tmp_path):
     """The tail's tasks are more replicates of one setting with more genes and fewer methods;
     the grid's data are those of a run without a tail (the tail's seeds come after)."""
-    base = {**load_config("scenario_null", "tiny"), "scenarios": ["droplet"],
-            "methods": ["lmm", "pseudobulk"], "n_genes": 30}
-    tail = {"n_donors": 6, "cells_per_donor": 40, "n_genes": 80, "replicates": 2,
-            "methods": ["lmm"]}
+    base = {
+        **load_config("scenario_null", "tiny"),
+        "scenarios": ["droplet"],
+        "methods": ["lmm", "pseudobulk"],
+        "n_genes": 30,
+    }
+    tail = {
+        "n_donors": 6,
+        "cells_per_donor": 40,
+        "n_genes": 80,
+        "replicates": 2,
+        "methods": ["lmm"],
+    }
     plain = pd.read_csv(scenario_null.run(base, results_dir=tmp_path / "a", progress=False)[1])
     paths = scenario_null.run({**base, "tail": tail}, results_dir=tmp_path / "b",
                               progress=False)  # fmt: skip
