@@ -29,8 +29,12 @@ cell type and gene: p-value, log fold change and its scale, status, seconds),
 ``cell_type == "all"``; pooled within a setting, never across settings), the type-I error at
 0.05, 0.01 and 0.001 with Wilson 95% intervals and the tail counts at 10⁻³ and 10⁻⁴ against
 their Poisson 99% interval (:func:`validation.mock_null.type1_table`), and
-``scenario_null_qq.csv.gz`` (per scenario, setting and method: the thinned QQ coordinates of
-:func:`qq_table`, which the QQ figures draw; the p-value table can be too large to keep) and
+``scenario_null_replicates.csv`` (the type-I error of each replicate, one data set, per method
+and cell type; the type-I table's ``rep_lo_<α>``/``rep_hi_<α>`` are the Student-t 95% interval
+over these, which unlike the Wilson interval of the pooled tests includes the correlation of the
+tests of one data set), ``scenario_null_qq.csv.gz`` (per scenario, setting and method: the
+thinned QQ coordinates of :func:`qq_table`, which the QQ figures draw; the p-value table can be
+too large to keep) and
 ``scenario_null_notes.csv`` (per task, what was skipped or warned).
 
 A stage of ``python -m validation``; alone: ``python -m validation.scenario_null --variant quick
@@ -67,6 +71,9 @@ SOURCES = ("scenario_methods", "methods", "mock_null", "scenarios", "metrics", "
 DATA = ("validation/R/pseudobulk_de.R", "validation/R/cell_mixed_models.R",
         "validation/R/check_packages.R")  # fmt: skip
 KEYS = ["scenario", "n_donors", "cells_per_donor"]
+#: the levels of the per-replicate table, and those with replicate intervals in the type-I table
+REPLICATE_ALPHAS = (0.05, 0.01, 0.001)
+ALPHAS = (0.05, 0.01)
 #: what ``method_limits`` may bound
 LIMITS = ("replicates", "max_cells_per_donor")
 
@@ -148,6 +155,45 @@ def qq_table(pvalues: pd.DataFrame, *, tail: int = 100, bulk: int = 100) -> pd.D
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
+def per_setting(pvalues: pd.DataFrame, keys=KEYS) -> pd.DataFrame:
+    """:func:`validation.mock_null.type1_table` of each group of ``keys`` (a setting: its
+    replicates pooled), the keys first."""
+    parts = [type1_table(g).assign(**dict(zip(keys, key, strict=True)))
+             for key, g in pvalues.groupby(list(keys), sort=False)]  # fmt: skip
+    out = pd.concat(parts, ignore_index=True)
+    return out[list(keys) + [c for c in out.columns if c not in keys]]
+
+
+def replicate_rates(pvalues: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, replicate, method and cell type (``"all"``: the replicate's cell types
+    pooled): the tests and the type-I error at 0.05, 0.01 and 0.001 of that one data set."""
+    cols = [*KEYS, "replicate", "method", "cell_type", "n_tests"]
+    out = per_setting(pvalues, [*KEYS, "replicate"])
+    return out[cols + [f"type1_{a:g}" for a in REPLICATE_ALPHAS]]
+
+
+def with_replicate_intervals(type1: pd.DataFrame, per_replicate: pd.DataFrame) -> pd.DataFrame:
+    r"""``type1`` with, per row, ``n_replicates`` and the Student-t 95% interval over the
+    replicates of the type-I error at 0.05 and 0.01 (``rep_lo_<α>``, ``rep_hi_<α>``; NaN with
+    one replicate).
+
+    The replicates are independent data sets (each its own design, donors and genes), so this
+    interval includes what the Wilson interval of the pooled tests leaves out: the tests of one
+    data set share its design and, for the cell types of a gene, its donor effects.
+    """
+    from validation.metrics import replicate_interval
+
+    rows = []
+    for key, g in per_replicate.groupby([*KEYS, "method", "cell_type"], sort=False):
+        row = dict(zip([*KEYS, "method", "cell_type"], key, strict=True))
+        row["n_replicates"] = int(g["replicate"].nunique())
+        for a in ALPHAS:
+            ci = replicate_interval(g[f"type1_{a:g}"])
+            row.update({f"rep_lo_{a:g}": ci["lo"], f"rep_hi_{a:g}": ci["hi"]})
+        rows.append(row)
+    return type1.merge(pd.DataFrame(rows), on=[*KEYS, "method", "cell_type"], how="left")
+
+
 def _task(task: dict) -> tuple[pd.DataFrame, list[str]]:
     methods, skipped = limited_methods(task["methods"], task["method_limits"],
                                        cells_per_donor=task["cells_per_donor"],
@@ -210,8 +256,8 @@ def _tail_settings(config: dict, reps: int) -> list[tuple[str, int, int, int, in
 
 
 def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = True) -> list[Path]:
-    """Run the experiment of ``config`` (checked first); write the four tables to
-    ``results_dir`` and return their paths (type-I, p-values, QQ, notes)."""
+    """Run the experiment of ``config`` (checked first); write the five tables to
+    ``results_dir`` and return their paths (type-I, per replicate, p-values, QQ, notes)."""
     check(config)
     grid = settings(config)
     reps = int(config["replicates"])
@@ -242,15 +288,13 @@ def run(config: dict, *, results_dir: Path, workers: int = 1, progress: bool = T
          for t, (_, why) in zip(tasks, results, strict=True) for n in why],
         columns=[*KEYS, "replicate", "note"],
     )  # fmt: skip
-    parts = []
-    for key, g in pvalues.groupby(KEYS, sort=False):
-        parts.append(type1_table(g).assign(**dict(zip(KEYS, key, strict=True))))
-    type1 = pd.concat(parts, ignore_index=True)
-    type1 = type1[KEYS + [c for c in type1.columns if c not in KEYS]]
+    per_replicate = replicate_rates(pvalues)
+    type1 = with_replicate_intervals(per_setting(pvalues), per_replicate)
     results_dir = Path(results_dir)
     seed = int(config["seed"])
     return [
         write_table(type1, results_dir / f"{NAME}_type1.csv", seed=seed),
+        write_table(per_replicate, results_dir / f"{NAME}_replicates.csv", seed=seed),
         write_table(pvalues, results_dir / f"{NAME}_pvalues.csv.gz", seed=seed),
         write_table(qq_table(pvalues), results_dir / f"{NAME}_qq.csv.gz", seed=seed),
         write_table(notes, results_dir / f"{NAME}_notes.csv", seed=seed),

@@ -32,7 +32,11 @@ TABLES = {
         "scenario", "n_donors", "cells_per_donor", "method", "cell_type", "n_tests", "n_failed",
         "type1_0.05", "lo_0.05", "hi_0.05", "type1_0.01", "lo_0.01", "hi_0.01", "type1_0.001",
         "lo_0.001", "hi_0.001", "tail_0.001", "expected_0.001", "tail_ok_0.001", "tail_0.0001",
-        "expected_0.0001", "tail_ok_0.0001")),
+        "expected_0.0001", "tail_ok_0.0001", "n_replicates", "rep_lo_0.05", "rep_hi_0.05",
+        "rep_lo_0.01", "rep_hi_0.01")),
+    "scenario_null_replicates.csv": ("scenario_null", (
+        "scenario", "n_donors", "cells_per_donor", "replicate", "method", "cell_type", "n_tests",
+        "type1_0.05", "type1_0.01", "type1_0.001")),
     "scenario_null_pvalues.csv.gz": ("scenario_null", (
         "scenario", "n_donors", "cells_per_donor", "replicate", "method", "cell_type", "gene",
         "p_value", "log_fc", "lfc_scale", "status", "seconds")),

@@ -3,8 +3,10 @@ runs), each scenario's own question, the tables."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from validation import scenario_null
 from validation.config import load_config
@@ -16,7 +18,7 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     cfg = load_config("scenario_null", "tiny")
     assert set(cfg["scenarios"]) == set(SCENARIOS)
     assert set(PYTHON_METHODS) <= set(cfg["methods"])
-    type1_path, pvalues_path, qq_path, notes_path = scenario_null.run(
+    type1_path, replicates_path, pvalues_path, qq_path, notes_path = scenario_null.run(
         cfg, results_dir=tmp_path, progress=False
     )
     type1 = pd.read_csv(type1_path)
@@ -88,19 +90,32 @@ def test_tail_adds_replicates_of_one_setting_and_keeps_the_grid(tmp_path):
         "replicates": 2,
         "methods": ["lmm"],
     }
-    plain = pd.read_csv(scenario_null.run(base, results_dir=tmp_path / "a", progress=False)[1])
+    plain = pd.read_csv(scenario_null.run(base, results_dir=tmp_path / "a", progress=False)[2])
     paths = scenario_null.run({**base, "tail": tail}, results_dir=tmp_path / "b",
                               progress=False)  # fmt: skip
-    with_tail = pd.read_csv(paths[1])
+    with_tail = pd.read_csv(paths[2])
     grid = with_tail[with_tail["replicate"] == 0].reset_index(drop=True)
     pd.testing.assert_frame_equal(grid.drop(columns="seconds"), plain.drop(columns="seconds"))
     extra = with_tail[with_tail["replicate"] > 0]
     assert sorted(extra["replicate"].unique()) == [1, 2]
     assert set(extra["method"]) == {"lmm"} and extra["gene"].nunique() == 80
     assert (extra.groupby("replicate").size() == 80 * 3).all()  # 3 cell types
-    notes = pd.read_csv(paths[3])
+    notes = pd.read_csv(paths[4])
     assert notes["note"].str.startswith("tail: 80 genes").sum() == 2
-    qq = pd.read_csv(paths[2])
+    qq = pd.read_csv(paths[3])
+    # the replicate interval: a Student-t interval over the three data sets' type-I errors
+    type1 = pd.read_csv(paths[0])
+    row = type1[(type1["method"] == "lmm") & (type1["cell_type"] == "all")].iloc[0]
+    rates = (with_tail[with_tail["method"] == "lmm"].groupby("replicate")["p_value"]
+             .apply(lambda p: (p.dropna() <= 0.05).mean()).to_numpy())  # fmt: skip
+    half = stats.t.ppf(0.975, 2) * rates.std(ddof=1) / np.sqrt(3)
+    assert row["n_replicates"] == 3
+    # (the tables are written with 10 significant digits)
+    assert row["rep_lo_0.05"] == pytest.approx(rates.mean() - half, rel=1e-9)
+    assert row["rep_hi_0.05"] == pytest.approx(rates.mean() + half, rel=1e-9)
+    reps = pd.read_csv(paths[1])
+    lmm_all = reps[(reps["method"] == "lmm") & (reps["cell_type"] == "all")]
+    np.testing.assert_allclose(lmm_all.sort_values("replicate")["type1_0.05"], rates, rtol=1e-9)
     lmm = with_tail[with_tail["method"] == "lmm"]
     assert len(lmm) == 30 * 3 + 2 * 80 * 3
     assert qq.loc[qq["method"] == "lmm", "n_tests"].max() == lmm["p_value"].notna().sum()
