@@ -17,18 +17,9 @@ import numpy as np
 from validation import summaries
 from validation.provenance import git_revision
 from validation.scenario_report import read_scenarios
+from validation.summaries import method_label, percent
 
 EXPERIMENTS = ("agreement", "calibration", "power", "runtime", "scenario_null", "scenario_power")
-
-
-def _label(method: str) -> str:
-    from figures.style import method_label
-
-    return method_label(method)
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def _sci(x: float) -> str:
@@ -116,8 +107,8 @@ def read_calibration(results_dir: Path) -> list[str]:
                 continue
             r = r.iloc[0]
             cells += [
-                f"{_pct(r['rate'])} ({_pct(r['ci_low'])}–{_pct(r['ci_high'])})",
-                f"{_pct(r['min_rate'])}–{_pct(r['max_rate'])}",
+                f"{percent(r['rate'])} ({percent(r['ci_low'])}–{percent(r['ci_high'])})",
+                f"{percent(r['min_rate'])}–{percent(r['max_rate'])}",
             ]
         verdict = _verdict_rate(r5.iloc[0], 0.05) if not r5.empty else "n/a"
         d = at5[at5["method"] == m]
@@ -125,10 +116,12 @@ def read_calibration(results_dir: Path) -> list[str]:
         n_all = d["n_tests"].sum() + d["n_failed"].sum()
         share = d["n_failed"] / (d["n_tests"] + d["n_failed"])
         failed = (
-            f"{_pct(d['n_failed'].sum() / n_all)} (max {_pct(share.max())})" if n_all else "n/a"
+            f"{percent(d['n_failed'].sum() / n_all)} (max {percent(share.max())})"
+            if n_all
+            else "n/a"
         )
-        lines.append(f"| {_label(m)} | {' | '.join(cells)} | {verdict} | {above} / {below} of "
-                     f"{len(d)} | {failed} |")  # fmt: skip
+        lines.append(f"| {method_label(m)} | {' | '.join(cells)} | {verdict} | {above} / "
+                     f"{below} of {len(d)} | {failed} |")  # fmt: skip
     lines += ["", "Settings above (below) 5%: the Wilson interval lies entirely above (below) "
               "5%. Genes without a p-value (fits that failed or did not converge, mostly LMM "
               "fits ending on the edge of the positive-definite region with few subjects) are "
@@ -160,14 +153,14 @@ def read_type1(results_dir: Path) -> list[str]:
     ]
     for m in by_v["method"].unique():
         d = by_v[by_v["method"] == m].sort_values("var_random_effects")
-        lines.append(f"| {_label(m)} | " + " | ".join(_pct(x) for x in d["rate"]) + " |")
+        lines.append(f"| {method_label(m)} | " + " | ".join(percent(x) for x in d["rate"]) + " |")
     worst = t1[np.isclose(t1["alpha"], 0.05)].sort_values("type1_error").iloc[-1]
     lines += [
         "",
-        f"The worst setting is {_label(worst['method'])} at σ_b² = "
+        f"The worst setting is {method_label(worst['method'])} at σ_b² = "
         f"{worst['var_random_effects']:g}, {worst['n_subjects']:g} subjects, "
         f"{worst['cells_per_subject']:g} cells per subject: "
-        f"{_pct(worst['type1_error'])}.",
+        f"{percent(worst['type1_error'])}.",
     ]
     return lines
 
@@ -185,8 +178,8 @@ def read_power(results_dir: Path) -> list[str]:
     ]
     for _, r in pw.iterrows():
         lines.append(
-            f"| {_label(r['method'])} | {_pct(r['tpr'])} | "
-            f"{_pct(r['observed_fdr'])} | {r['auc']:.3f} |"
+            f"| {method_label(r['method'])} | {percent(r['tpr'])} | "
+            f"{percent(r['observed_fdr'])} | {r['auc']:.3f} |"
         )
     ok = pw[pw["observed_fdr"] <= 0.05 + 1e-12]
     if not ok.empty:
@@ -194,7 +187,7 @@ def read_power(results_dir: Path) -> list[str]:
         lines += [
             "",
             f"Among methods whose observed FDR stays at or below 5%, "
-            f"{_label(best['method'])} has the highest TPR ({_pct(best['tpr'])}).",
+            f"{method_label(best['method'])} has the highest TPR ({percent(best['tpr'])}).",
         ]
     else:
         lines += ["", "No method keeps its observed FDR at or below 5% when pooled."]
@@ -210,7 +203,7 @@ def read_fdr_tpr(results_dir: Path) -> list[str]:
         pw = summaries.power_by_method(ps, thr)
         over = pw[pw["observed_fdr"] > thr]
         names = ", ".join(
-            f"{_label(m)} ({_pct(f)})"
+            f"{method_label(m)} ({percent(f)})"
             for m, f in zip(over["method"], over["observed_fdr"], strict=True)
         )
         lines.append(
@@ -322,10 +315,10 @@ def compare_with_literature(results_dir: Path) -> list[str]:
         word = "reproduced" if v != "inflated" else "only partly reproduced"
         text = (
             f"- **Pseudobulk NB GLM calibrated** (Squair et al. 2021; Murphy & Skene 2022): "
-            f"{word}. Pooled type-I error {_pct(pb['rate'])} at α = 5% "
-            f"({_pct(pb['ci_low'])}–{_pct(pb['ci_high'])}); {_pct(r_v[0])} at "
-            f"σ_b² = {vs[0]:g} and {_pct(r_v[1])} at σ_b² = {vs[-1]:g}; {_pct(r_n[0])} with "
-            f"{ns[0]:g} and {_pct(r_n[1])} with {ns[-1]:g} subjects."
+            f"{word}. Pooled type-I error {percent(pb['rate'])} at α = 5% "
+            f"({percent(pb['ci_low'])}–{percent(pb['ci_high'])}); {percent(r_v[0])} at "
+            f"σ_b² = {vs[0]:g} and {percent(r_v[1])} at σ_b² = {vs[-1]:g}; {percent(r_n[0])} with "
+            f"{ns[0]:g} and {percent(r_n[1])} with {ns[-1]:g} subjects."
         )
         by_n = [_rate(t1, "nbglm_pseudobulk", n_subjects=x) for x in ns]
         if v == "inflated":
@@ -357,10 +350,10 @@ def compare_with_literature(results_dir: Path) -> list[str]:
         lines.append(
             f"- **Cell-level NB GLM inflated, worse with more cells per subject** (Squair "
             f"et al. 2021; Zimmerman et al. 2021): {'reproduced' if ok else 'not reproduced'}. "
-            f"Pooled {_pct(cells['rate'])}; {_pct(r_small)} with {cps[0]:g} and {_pct(r_big)} "
-            f"with {cps[-1]:g} cells per subject; {_pct(r_v0)} at σ_b² = {vs[0]:g} (no "
-            f"subject effect, where ignoring subjects is harmless) and {_pct(r_vmax)} at "
-            f"σ_b² = {vs[-1]:g}."
+            f"Pooled {percent(cells['rate'])}; {percent(r_small)} with {cps[0]:g} and "
+            f"{percent(r_big)} with {cps[-1]:g} cells per subject; {percent(r_v0)} at σ_b² = "
+            f"{vs[0]:g} (no subject effect, where ignoring subjects is harmless) and "
+            f"{percent(r_vmax)} at σ_b² = {vs[-1]:g}."
         )
     if sat is not None:
         ns = sorted(t1["n_subjects"].unique())
@@ -370,10 +363,10 @@ def compare_with_literature(results_dir: Path) -> list[str]:
         lines.append(
             f"- **LMM with a subject random effect controls false positives** (FLASHMM, "
             f"Xu et al. 2026): {'reproduced' if v != 'inflated' else 'not reproduced'} with "
-            f"Satterthwaite df, pooled {_pct(sat['rate'])} ({v})"
+            f"Satterthwaite df, pooled {percent(sat['rate'])} ({v})"
             + (
-                f"; with FLASHMM's own n − p df it is {_pct(npd['rate'])} pooled and "
-                f"{_pct(few_np)} with {ns[0]:g} subjects (Satterthwaite: {_pct(few_sat)}), "
+                f"; with FLASHMM's own n − p df it is {percent(npd['rate'])} pooled and "
+                f"{percent(few_np)} with {ns[0]:g} subjects (Satterthwaite: {percent(few_sat)}), "
                 "because n − p counts cells, not subjects, as the df of a between-subject "
                 "contrast."
                 if npd is not None

@@ -4,12 +4,19 @@ Every sentence is a condition on the tables of :mod:`validation.scenario_null` a
 :mod:`validation.scenario_power`; nothing is typed in by hand.
 
 Calibration verdict of a method in one setting (scenario, S donors, m cells per donor; the row
-pooled over the tested cell types): **calibrated** when the lower end of the Wilson 95%
-interval of its type-I error is at or below α for α = 0.05 and α = 0.01 *and* its counts of
-null p ≤ 10⁻³ and ≤ 10⁻⁴ do not exceed the upper end of their Poisson 99% interval (fewer is
-conservative, which is not a calibration failure); **inflated** otherwise. A method is called
-calibrated in a scenario when it is calibrated in every setting of that scenario; otherwise the
-settings where it fails are named.
+pooled over the tested cell types and replicates), with a Bonferroni correction over the k
+settings in which the method ran in that scenario (the verdicts of a scenario are k tests, and
+without it a calibrated method fails somewhere by chance): **inflated** at α ∈ {0.05, 0.01}
+when the lower end of the two-sided Wilson interval of level 1 − 0.05/k of its type-I error
+exceeds α *and*, where the setting has at least three replicates, the lower end of the
+Student-t 95% interval over the replicates (``rep_lo_<α>`` of
+:func:`validation.scenario_null.with_replicate_intervals`) exceeds α as well — the replicates
+are independent data sets, so this interval includes what the Wilson interval leaves out: the
+tests of one data set share its design and a gene's tests in different cell types share its
+donor effects; or when its count of null p ≤ 10⁻³ or ≤ 10⁻⁴ exceeds the upper end of the
+central Poisson interval of level 1 − 0.01/k (fewer is conservative, which is not a calibration
+failure). **Calibrated** otherwise. A method is called calibrated in a scenario when it is
+calibrated in every setting of that scenario; otherwise the settings where it fails are named.
 
 Power: the method with the highest mean TPR at matched observed FDR 0.05 (replicate means; the
 table gives their intervals), over all methods and over the calibrated ones.
@@ -34,6 +41,7 @@ import pandas as pd
 
 from validation import summaries
 from validation.scenarios import SCENARIOS
+from validation.summaries import method_label, percent
 
 ALPHAS = (0.05, 0.01)
 TAILS = ("0.001", "0.0001")
@@ -57,37 +65,44 @@ LMM_DEFAULT = "lmm"
 SETTING = ["n_donors", "cells_per_donor"]
 
 
-def _label(method: str) -> str:
-    from figures.style import method_label
-
-    return method_label(method)
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
-
-
 def setting_verdicts(type1: pd.DataFrame) -> pd.DataFrame:
     """One row per scenario, setting and method (the rows pooled over cell types) with
-    ``calibrated`` (bool), ``reason`` (what failed) and the rates at 0.05 and 0.01."""
+    ``calibrated`` (bool), ``reason`` (what failed), the rates at 0.05 and 0.01 and the number
+    of settings ``k`` of the Bonferroni correction (the module docstring states the rule)."""
+    from scipy import stats
+
+    from validation.metrics import wilson_interval
+
     t = type1[type1["cell_type"].astype(str) == "all"].copy()
+    t["k"] = t.groupby(["scenario", "method"])["method"].transform("size")
     rows = []
     for _, r in t.iterrows():
         why = []
+        k, n = int(r["k"]), int(r["n_tests"])
+        n_rep = int(r["n_replicates"]) if np.isfinite(r.get("n_replicates", np.nan)) else 0
         for a in ALPHAS:
-            if r[f"lo_{a:g}"] > a:
-                why.append(f"type-I {_pct(r[f'type1_{a:g}'])} at α = {a:g}")
-        for k in TAILS:
-            obs, exp = r.get(f"tail_{k}"), r.get(f"expected_{k}")
-            if obs is not None and not bool(r.get(f"tail_ok_{k}", True)) and obs > exp:
-                why.append(f"{int(obs)} p ≤ {float(k):g} (expected {exp:.1f})")
+            rate = float(r[f"type1_{a:g}"])
+            lo = float(wilson_interval(round(rate * n), n, 1 - 0.05 / k)[0]) if n else np.nan
+            rep_lo = float(r.get(f"rep_lo_{a:g}", np.nan))
+            replicates_agree = n_rep < 3 or not np.isfinite(rep_lo) or rep_lo > a
+            if lo > a and replicates_agree:
+                why.append(f"type-I {percent(rate)} at α = {a:g}")
+        for key in TAILS:
+            obs, exp = r.get(f"tail_{key}"), r.get(f"expected_{key}")
+            if obs is None or not np.isfinite(obs):
+                continue
+            hi = stats.poisson.ppf(1 - 0.005 / k, float(exp))
+            if obs > hi:
+                why.append(f"{int(obs)} p ≤ {float(key):g} (expected {exp:.1f})")
         rows.append(
             {
                 "scenario": r["scenario"],
                 "n_donors": int(r["n_donors"]),
                 "cells_per_donor": int(r["cells_per_donor"]),
                 "method": r["method"],
-                "n_tests": int(r["n_tests"]),
+                "n_tests": n,
+                "n_replicates": n_rep,
+                "k": k,
                 "type1_005": r["type1_0.05"],
                 "type1_001": r["type1_0.01"],
                 "calibrated": not why,
@@ -134,10 +149,12 @@ def _setting_table(v: pd.DataFrame) -> list[str]:
     for m, g in v.groupby("method", sort=False):
         cell = {(r.n_donors, r.cells_per_donor): r for r in g.itertuples()}
         vals = [
-            f"{_pct(cell[c].type1_005)} {'✓' if cell[c].calibrated else '✗'}" if c in cell else "–"
+            f"{percent(cell[c].type1_005)} {'✓' if cell[c].calibrated else '✗'}"
+            if c in cell
+            else "–"
             for c in cols
         ]
-        out.append(f"| {_label(m)} | " + " | ".join(vals) + " |")
+        out.append(f"| {method_label(m)} | " + " | ".join(vals) + " |")
     return out
 
 
@@ -196,15 +213,15 @@ def _claims(sc: str, cal: pd.DataFrame, power: pd.DataFrame) -> list[str]:
         text = (
             f"  - Squair 2021 / Crowell 2020 (pseudobulk calibrated, cells as replicates "
             f"inflated): **{verdict}**; calibrated pseudobulk: "
-            f"{', '.join(_label(m) for m in pb_ok) or 'none'}; inflated cell-level: "
-            f"{', '.join(_label(m) for m in naive_bad) or 'none'}."
+            f"{', '.join(method_label(m) for m in pb_ok) or 'none'}; inflated cell-level: "
+            f"{', '.join(method_label(m) for m in naive_bad) or 'none'}."
         )
         pb_bad = [m for m in pb if not ok[m]]
         if pb_bad:
             few = all(bool(c.loc[m, "failed_few_donors_only"]) for m in pb_bad)
             text += (
                 " Where pseudobulk fails: "
-                + "; ".join(f"{_label(m)} in {c.loc[m, 'failed_settings']}" for m in pb_bad)
+                + "; ".join(f"{method_label(m)} in {c.loc[m, 'failed_settings']}" for m in pb_bad)
                 + "."
             )
             if few:
@@ -220,10 +237,10 @@ def _claims(sc: str, cal: pd.DataFrame, power: pd.DataFrame) -> list[str]:
         pb_wins = tpr_pb[1] >= tpr_mixed[1]
         lines.append(
             f"  - Murphy & Skene 2022 (pseudobulk at least as powerful as mixed models) vs "
-            f"Zimmerman 2021 (pseudobulk underpowered): best pseudobulk {_label(tpr_pb[0])} "
-            f"TPR {_pct(tpr_pb[1])} at matched FDR 5%, best mixed model {_label(tpr_mixed[0])} "
-            f"{_pct(tpr_mixed[1])}: **{'Murphy & Skene' if pb_wins else 'Zimmerman'}** "
-            "reproduced."
+            f"Zimmerman 2021 (pseudobulk underpowered): best pseudobulk "
+            f"{method_label(tpr_pb[0])} TPR {percent(tpr_pb[1])} at matched FDR 5%, best mixed "
+            f"model {method_label(tpr_mixed[0])} {percent(tpr_mixed[1])}: "
+            f"**{'Murphy & Skene' if pb_wins else 'Zimmerman'}** reproduced."
         )
     nbm = [m for m in NB_MIXED if m in have]
     if nbm:
@@ -238,8 +255,12 @@ def _claims(sc: str, cal: pd.DataFrame, power: pd.DataFrame) -> list[str]:
         lines.append(
             f"  - Gagnon 2022 (NB GLMM among the best): "
             f"**{'reproduced' if hit else 'not reproduced'}**; NB GLMM calibrated: "
-            f"{', '.join(_label(m) + (' yes' if ok[m] else ' no') for m in nbm)}"
-            + (f"; most powerful calibrated method {_label(best_all[0])}" if best_all[0] else "")
+            f"{', '.join(method_label(m) + (' yes' if ok[m] else ' no') for m in nbm)}"
+            + (
+                f"; most powerful calibrated method {method_label(best_all[0])}"
+                if best_all[0]
+                else ""
+            )
             + "."
         )
     if LMM_DEFAULT in have:
@@ -247,7 +268,7 @@ def _claims(sc: str, cal: pd.DataFrame, power: pd.DataFrame) -> list[str]:
         text = (
             f"  - FLASHMM (the LMM with a donor effect controls the type-I error): "
             f"**{'reproduced' if ok[LMM_DEFAULT] else 'not reproduced'}** "
-            f"(type-I at 0.05: {_pct(r['min_005'])}–{_pct(r['max_005'])} over "
+            f"(type-I at 0.05: {percent(r['min_005'])}–{percent(r['max_005'])} over "
             f"{int(r['n_settings'])} settings)"
         )
         if not ok[LMM_DEFAULT]:
@@ -274,20 +295,21 @@ def read_scenarios(results_dir: Path) -> list[str]:
     verdicts = setting_verdicts(type1)
     cal = scenario_verdicts(verdicts)
     lines = [
-        "Caveat: a setting's row pools the tested cell types, and a gene's tests in different "
-        "cell types share its donor effects, so they are not independent: the Wilson interval "
-        "and the Poisson tail interval of a pooled row are somewhat too narrow (the "
-        "per-cell-type rows of `scenario_null_type1.csv` are the independent ones). Power is "
-        "ranked over the settings every method ran, without the gene-subset R models.",
-        "",
-        "Calibrated = the Wilson 95% interval of the type-I error reaches down to α at "
-        "0.05 and 0.01, and the counts of null p ≤ 10⁻³ and ≤ 10⁻⁴ are not above their "
-        "Poisson 99% interval, in every setting of the scenario (rows pooled over the "
-        "tested cell types, never over settings).",
+        "Calibrated = in every setting of the scenario (rows pooled over the tested cell types "
+        "and replicates, never over settings), the type-I error at 0.05 and 0.01 is not shown "
+        "above α, and the counts of null p ≤ 10⁻³ and ≤ 10⁻⁴ are not above their Poisson "
+        "interval. With k the settings in which the method ran: shown above α = the lower end "
+        "of the Wilson interval of level 1 − 0.05/k above α and, with at least three "
+        "replicates, the lower end of the Student-t 95% interval over the replicates (each an "
+        "independent data set) above α too; the Poisson interval is of level 1 − 0.01/k. The "
+        "replicate interval is there because the tests of one data set are not independent: "
+        "they share its design, and a gene's tests in different cell types share its donor "
+        "effects, so the Wilson interval of a pooled row alone is too narrow. Power is ranked "
+        "over the settings every method ran, without the gene-subset R models.",
         "",
     ]
     for sc, g in cal.groupby("scenario", sort=False):
-        good = [_label(m) for m in g.loc[g["calibrated"], "method"]]
+        good = [method_label(m) for m in g.loc[g["calibrated"], "method"]]
         bad = g[~g["calibrated"]]
         lines += [f"### {sc}", ""] + _setting_table(verdicts[verdicts["scenario"] == sc]) + [""]
         lines.append(
@@ -297,18 +319,18 @@ def read_scenarios(results_dir: Path) -> list[str]:
         for r in bad.itertuples():
             where = "every setting" if r.n_calibrated == 0 else r.failed_settings
             lines.append(
-                f"- {_label(r.method)}: calibrated in {r.n_calibrated} of "
-                f"{r.n_settings} settings (type-I at 0.05 {_pct(r.min_005)}–"
-                f"{_pct(r.max_005)}); fails in {where}."
+                f"- {method_label(r.method)}: calibrated in {r.n_calibrated} of "
+                f"{r.n_settings} settings (type-I at 0.05 {percent(r.min_005)}–"
+                f"{percent(r.max_005)}); fails in {where}."
             )
         best = _best(power, sc)
         best_cal = _best(power, sc, g.loc[g["calibrated"], "method"].tolist())
         if best[0]:
             lines.append(
-                f"- Most powerful at matched observed FDR 5%: {_label(best[0])} "
-                f"(mean TPR {_pct(best[1])}); among the calibrated: "
-                f"{_label(best_cal[0]) if best_cal[0] else 'none'}"
-                f"{' (' + _pct(best_cal[1]) + ')' if best_cal[0] else ''}."
+                f"- Most powerful at matched observed FDR 5%: {method_label(best[0])} "
+                f"(mean TPR {percent(best[1])}); among the calibrated: "
+                f"{method_label(best_cal[0]) if best_cal[0] else 'none'}"
+                f"{' (' + percent(best_cal[1]) + ')' if best_cal[0] else ''}."
             )
         else:
             lines.append("- Power: no `scenario_power` results for this scenario.")

@@ -25,6 +25,18 @@ SPEEDUPS = (
 )
 
 
+def method_label(method: str) -> str:
+    """The display name of a method id (the figures' legend name)."""
+    from figures.style import method_label as label
+
+    return label(method)
+
+
+def percent(x, missing: str = "n/a") -> str:
+    """A proportion as a percentage with one decimal, ``missing`` for None or NaN."""
+    return missing if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
 def load(results_dir: Path, name: str) -> pd.DataFrame | None:
     """The table ``name`` of ``results_dir``, or None when it does not exist."""
     path = Path(results_dir) / name
