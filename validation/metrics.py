@@ -120,15 +120,9 @@ def wilson_interval(k, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     n = np.asarray(n, dtype=np.float64)
     if np.any(k < 0) or np.any(k > n):
         raise ValueError("k must satisfy 0 <= k <= n")
-    z = stats.norm.ppf(0.5 + level / 2.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1.0 + z**2 / n
-        centre = (p + z**2 / (2.0 * n)) / denom
-        half = z * np.sqrt(p * (1.0 - p) / n + z**2 / (4.0 * n**2)) / denom
-    low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-    high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
-    return low, high
+    from figures.style import wilson_interval as wilson_z  # the formula, shared with figures
+
+    return wilson_z(k, n, z=float(stats.norm.ppf(0.5 + level / 2.0)))
 
 
 def _labels(is_de, size: int) -> np.ndarray:

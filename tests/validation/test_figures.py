@@ -176,11 +176,16 @@ def test_letters():
     assert [style.letter(k) for k in (0, 1, 25, 26, 27)] == ["a", "b", "z", "aa", "ab"]
 
 
-def test_wilson_interval_matches_validation_metrics():
-    from validation.metrics import wilson_interval
-
+def test_wilson_interval_is_the_score_interval():
+    """Against the interval written out from its definition: the p with
+    |k/n − p| = z √(p(1 − p)/n), the roots of a quadratic in p."""
     k, n = np.array([0, 3, 50, 10]), np.array([10, 40, 100, 10])
-    np.testing.assert_allclose(style.wilson_interval(k, n), wilson_interval(k, n), rtol=1e-12)
+    z = 1.959963984540054
+    a, b, c = 1 + z**2 / n, -(2 * k / n + z**2 / n), (k / n) ** 2
+    disc = np.sqrt(b**2 - 4 * a * c)
+    lo, hi = style.wilson_interval(k, n)
+    np.testing.assert_allclose(lo, (-b - disc) / (2 * a), atol=1e-12)
+    np.testing.assert_allclose(hi, (-b + disc) / (2 * a), atol=1e-12)
 
 
 # --- synthetic tables ----------------------------------------------------------------------
