@@ -676,10 +676,27 @@ def _r_pieces(data, key, tables: dict, names, genes=None) -> dict[str, pd.DataFr
     return out
 
 
-def _run_r_pseudobulk(data: PreparedData, names) -> dict[str, list[pd.DataFrame]]:
-    r_de = _r_de()
-    y, samples = data.pseudobulk
+def _r_batch(data: PreparedData, names, keys, run_jobs, jobs, genes) -> dict:
+    """Run ``jobs`` (one per test key of ``keys``) in one R process by ``run_jobs``; a job R
+    could not run, or R failing as a whole, gives failed pieces and the rest proceed."""
     out = {m: [] for m in names}
+    try:
+        results = run_jobs(jobs, methods=list(names))
+    except Exception as exc:  # noqa: BLE001 - R failing is data
+        results = [exc] * len(keys)
+    for key, res in zip(keys, results, strict=True):
+        if isinstance(res, Exception):
+            pieces = {m: _failed_piece(data.label(key), genes, res) for m in names}
+        else:
+            pieces = _r_pieces(data, key, res, names, genes)
+        for m in names:
+            out[m].append(pieces[m])
+    return out
+
+
+def _run_r_pseudobulk(data: PreparedData, names) -> dict[str, list[pd.DataFrame]]:
+    y, samples = data.pseudobulk
+    jobs = []
     for key in data.tests:
         if key == "all":  # average: one pseudobulk per donor, as ``pseudobulk``
             donors = samples[_DONOR].cat.codes.to_numpy()
@@ -691,25 +708,18 @@ def _run_r_pseudobulk(data: PreparedData, names) -> dict[str, list[pd.DataFrame]
             yk, arm = y[rows], samples.loc[rows, _GROUP].reset_index(drop=True)
         tab = pd.DataFrame({"sample": [f"s{i}" for i in range(len(yk))],
                             "group": (arm.to_numpy() == _TESTED).astype(float)})  # fmt: skip
-        try:
-            tables = r_de.run_r_pseudobulk(yk, tab, data.genes, design="~ group", coef="group",
-                                           methods=list(names))  # fmt: skip
-            pieces = _r_pieces(data, key, tables, names)
-        except Exception as exc:  # noqa: BLE001 - R failing is data
-            pieces = {m: _failed_piece(data.label(key), data.genes, exc) for m in names}
-        for m in names:
-            out[m].append(pieces[m])
-    return out
+        jobs.append(dict(counts=yk, samples=tab, genes=data.genes, design="~ group",
+                         coef="group"))  # fmt: skip
+    return _r_batch(data, names, data.tests, _r_de().run_r_pseudobulk_jobs, jobs, data.genes)
 
 
 def _run_r_cells(data: PreparedData, names) -> dict[str, list[pd.DataFrame]]:
-    r_de = _r_de()
     idx = data.r_genes
     genes = [data.genes[i] for i in idx]
-    out = {m: [] for m in names}
     if not len(idx):
-        return out
+        return {m: [] for m in names}
     sf = data.size_factors
+    jobs = []
     for key in data.tests:
         mask = np.ones(len(data.obs), bool) if key == "all" else data.cells_of(key)
         obs = pd.DataFrame({"donor": data.obs[_DONOR].astype(str).to_numpy()[mask],
@@ -719,16 +729,9 @@ def _run_r_cells(data: PreparedData, names) -> dict[str, list[pd.DataFrame]]:
         several = key == "all" and len(data.fit_codes) > 1
         if several:
             obs[_TYPE] = data.obs[_TYPE].to_numpy()[mask]
-        try:
-            tables = r_de.run_r_cell_models(data.counts[mask][:, idx], obs, genes,
-                                            fixed=(_TYPE,) if several else (),
-                                            methods=list(names))  # fmt: skip
-            pieces = _r_pieces(data, key, tables, names, genes)
-        except Exception as exc:  # noqa: BLE001 - R failing is data
-            pieces = {m: _failed_piece(data.label(key), genes, exc) for m in names}
-        for m in names:
-            out[m].append(pieces[m])
-    return out
+        jobs.append(dict(counts=data.counts[mask][:, idx], obs=obs, genes=genes,
+                         fixed=(_TYPE,) if several else ()))  # fmt: skip
+    return _r_batch(data, names, data.tests, _r_de().run_r_cell_models_jobs, jobs, genes)
 
 
 # ----------------------------------------------------------------------------- the registry

@@ -16,8 +16,9 @@ installed and are skipped with a note otherwise; ``glmmtmb`` and ``lmertest`` te
 ``r_gene_subset`` genes drawn from the task's seed.
 
 Costly methods can be limited by ``method_limits`` (``{method = {replicates = k,
-max_cells_per_donor = m}}``: run on the first k replicates of a setting, or only where the
-cells per donor are at most m); every method left out of a task is a note. The optional
+max_cells_per_donor = m, scenarios = [...]}}``: run on the first k replicates of a setting, only
+where the cells per donor are at most m, or only in the scenarios named); every method left out
+of a task is a note. The optional
 ``[tail]`` table (``n_donors``, ``cells_per_donor``, ``n_genes``, ``replicates``, ``methods``)
 adds, for every scenario, replicates of one setting with many genes for the methods cheap
 enough to give the ~10⁵ null tests a QQ plot needs to reach −log10 p ≈ 5; they are numbered
@@ -96,10 +97,10 @@ def settings(config: dict) -> list[tuple[str, int, int]]:
 
 
 def limited_methods(
-    methods, limits: dict, *, cells_per_donor: int, replicate: int
+    methods, limits: dict, *, scenario: str, cells_per_donor: int, replicate: int
 ) -> tuple[tuple[str, ...], list[str]]:
     """The ``methods`` a task runs under ``limits`` (``{method: {"replicates": k,
-    "max_cells_per_donor": m}}``) and a note for each method left out."""
+    "max_cells_per_donor": m, "scenarios": [names]}}``) and a note for each method left out."""
     keep, notes = [], []
     for meth in methods:
         lim = limits.get(meth, {})
@@ -109,25 +110,34 @@ def limited_methods(
         elif cells_per_donor > int(lim.get("max_cells_per_donor", cells_per_donor)):
             notes.append(f"{meth}: not run (method_limits: at most "
                          f"{lim['max_cells_per_donor']} cells per donor)")  # fmt: skip
+        elif scenario not in lim.get("scenarios", [scenario]):
+            notes.append(f"{meth}: not run (method_limits: scenarios {lim['scenarios']})")
         else:
             keep.append(meth)
     return tuple(keep), notes
 
 
 def check_limits(limits, methods, where: str) -> None:
-    """ValueError naming ``method_limits`` when ``limits`` is not {method: {limit: int >= 1}}."""
+    """ValueError naming ``method_limits`` when ``limits`` is not {method: {limit: value}}
+    (``replicates`` and ``max_cells_per_donor`` integers >= 1, ``scenarios`` scenario names)."""
     if not isinstance(limits, dict):
         raise ValueError(f"{where}: method_limits must be a table of methods; got {limits!r}")
+
+    def ok(key, value):
+        if key == "scenarios":
+            return isinstance(value, list) and bool(value) and all(v in SCENARIOS for v in value)
+        return key in LIMITS and isinstance(value, int) and value >= 1
+
     for meth, lim in limits.items():
         if (
             meth not in methods
             or not isinstance(lim, dict)
             or not lim
-            or any(k not in LIMITS or not isinstance(v, int) or v < 1 for k, v in lim.items())
+            or not all(ok(k, v) for k, v in lim.items())
         ):
             raise ValueError(f"{where}: method_limits.{meth} must name a method of "
-                             f"{list(methods)} and bound {list(LIMITS)} by integers >= 1; "
-                             f"got {lim!r}")  # fmt: skip
+                             f"{list(methods)} and bound {list(LIMITS)} by integers >= 1 or "
+                             f"name the scenarios it runs in; got {lim!r}")  # fmt: skip
 
 
 def qq_table(pvalues: pd.DataFrame, *, tail: int = 100, bulk: int = 100) -> pd.DataFrame:
@@ -196,6 +206,7 @@ def with_replicate_intervals(type1: pd.DataFrame, per_replicate: pd.DataFrame) -
 
 def _task(task: dict) -> tuple[pd.DataFrame, list[str]]:
     methods, skipped = limited_methods(task["methods"], task["method_limits"],
+                                       scenario=task["scenario"],
                                        cells_per_donor=task["cells_per_donor"],
                                        replicate=task["replicate"])  # fmt: skip
     data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],

@@ -222,7 +222,7 @@ def _task(task: dict) -> dict:
     from validation.scenario_methods import default_methods, test_data
 
     methods, skipped = limited_methods(task["methods"] or default_methods(),
-                                       task["method_limits"],
+                                       task["method_limits"], scenario=task["scenario"],
                                        cells_per_donor=task["cells_per_donor"],
                                        replicate=task["replicate"])  # fmt: skip
     sc = SCENARIOS[task["scenario"]]

@@ -290,3 +290,29 @@ def test_arguments_are_checked_before_r_runs(monkeypatch, tmp_path):
         r_de.run_r_cell_models(cells, obs.drop(columns="size_factor"), cgenes)
     with pytest.raises(ValueError, match="0/1"):
         r_de.run_r_cell_models(cells, obs.assign(group=2), cgenes)
+
+
+def test_jobs_run_in_one_r_process_as_they_would_alone(pseudobulk, cell_models):
+    """Several data sets in one R process: each job's tables are those of its own run; a job R
+    stops on (a coefficient not in its design) is that job's RuntimeError and the others run;
+    a bad job is named by its index before R starts."""
+    counts, samples, genes, alone, missing = pseudobulk
+    _skip_unless(missing, "edger_ql", "limma_voom")
+    methods = ("edger_ql", "limma_voom")
+    job = dict(counts=counts, samples=samples, genes=genes, design="~ group", coef="group")
+    half = dict(job, counts=counts[:, :100], genes=genes[:100])
+    out = r_de.run_r_pseudobulk_jobs([job, dict(job, coef="groupX"), half], methods=methods)
+    assert isinstance(out[1], RuntimeError) and "not a column of the design" in str(out[1])
+    for m in methods:
+        pd.testing.assert_frame_equal(out[0][m], alone[m], check_exact=True)
+        small = r_de.run_r_pseudobulk(**half, methods=(m,))[m]
+        pd.testing.assert_frame_equal(out[2][m], small, check_exact=True)
+    with pytest.raises(ValueError, match=r"jobs\[1\]: samples has 4 rows"):
+        r_de.run_r_pseudobulk_jobs([job, dict(job, samples=samples.iloc[:4])], methods=methods)
+    cells, obs, cgenes, cell_alone, cmissing = cell_models
+    _skip_unless(cmissing, "lmertest")
+    two = r_de.run_r_cell_models_jobs(
+        [dict(counts=cells, obs=obs, genes=cgenes)] * 2, methods=("lmertest",)
+    )
+    for res in two:
+        pd.testing.assert_frame_equal(res["lmertest"], cell_alone["lmertest"], check_exact=True)

@@ -30,7 +30,13 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     assert set(pvalues["method"]) == set(ran)
     for m in skipped:  # an R method that cannot run leaves a note, not a failure
         assert notes["note"].str.startswith(f"{m} skipped").any()
-    assert not pvalues["status"].str.startswith("failed").any()
+    # no method fails as a whole; a per-gene fit in R may fail as data (lme4 stops on a
+    # gene of 6 donors with "not a positive definite matrix"), the Python methods' never do
+    assert not pvalues["status"].str.startswith("failed: RuntimeError").any()
+    python = pvalues[pvalues["method"].isin(PYTHON_METHODS)]
+    assert not python["status"].str.startswith("failed").any()
+    r_failed = pvalues[pvalues["status"].str.startswith("failed")]
+    assert len(r_failed) <= 0.05 * len(pvalues[~pvalues["method"].isin(PYTHON_METHODS)]) + 1
     assert {"log_fc", "lfc_scale", "seconds", "replicate"} <= set(pvalues.columns)
     assert pvalues["seconds"].notna().all()
     # each scenario's own question: within every cell type, or the averaged contrast
@@ -38,8 +44,13 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
         want = {"all"} if SCENARIOS[sc].contrast == "average" else set(SCENARIOS[sc].cell_types)
         assert set(g["cell_type"]) == want, sc
     overall = type1[type1["cell_type"] == "all"]
-    # one row per scenario × setting × method, each with tests and its interval
-    assert len(overall) == len(SCENARIOS) * len(ran)
+    # one row per scenario × setting × method it ran in (method_limits: DESeq2, glmmTMB and
+    # lmerTest in two scenarios), each with tests and its interval
+    limits = cfg["method_limits"]
+    want = {(sc, m) for sc in SCENARIOS for m in ran
+            if sc in limits.get(m, {}).get("scenarios", [sc])}  # fmt: skip
+    assert set(zip(overall["scenario"], overall["method"], strict=True)) == want
+    assert len(overall) == len(want)
     assert (overall["n_tests"] > 0).all()
     assert (overall["lo_0.05"] <= overall["type1_0.05"] + 1e-12).all()
     assert (overall["type1_0.05"] <= overall["hi_0.05"] + 1e-12).all()
@@ -54,21 +65,24 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
 
 
 def test_method_limits_leave_methods_out_with_a_note():
-    limits = {"nbmm": {"replicates": 1}, "glmmtmb": {"max_cells_per_donor": 200}}
-    methods = ("lmm", "nbmm", "glmmtmb")
-    kept, notes = scenario_null.limited_methods(methods, limits, cells_per_donor=200,
-                                                replicate=0)  # fmt: skip
+    limits = {"nbmm": {"replicates": 1}, "glmmtmb": {"max_cells_per_donor": 200},
+              "deseq2_r": {"scenarios": ["droplet"]}}  # fmt: skip
+    methods = ("lmm", "nbmm", "glmmtmb", "deseq2_r")
+    kept, notes = scenario_null.limited_methods(methods, limits, scenario="droplet",
+                                                cells_per_donor=200, replicate=0)  # fmt: skip
     assert kept == methods and notes == []
-    kept, notes = scenario_null.limited_methods(methods, limits, cells_per_donor=2000,
-                                                replicate=1)  # fmt: skip
+    kept, notes = scenario_null.limited_methods(methods, limits, scenario="gamma_donors",
+                                                cells_per_donor=2000, replicate=1)  # fmt: skip
     assert kept == ("lmm",)
     assert notes == [
         "nbmm: not run (method_limits: first 1 replicates of a setting)",
         "glmmtmb: not run (method_limits: at most 200 cells per donor)",
+        "deseq2_r: not run (method_limits: scenarios ['droplet'])",
     ]
-    cfg = {**load_config("scenario_null", "tiny"), "method_limits": {"nbmm": {"genes": 5}}}
-    with pytest.raises(ValueError, match="method_limits.nbmm must name a method"):
-        scenario_null.check(cfg)
+    for bad in ({"nbmm": {"genes": 5}}, {"nbmm": {"scenarios": ["pbmc"]}}):
+        cfg = {**load_config("scenario_null", "tiny"), "method_limits": bad}
+        with pytest.raises(ValueError, match="method_limits.nbmm must name a method"):
+            scenario_null.check(cfg)
     cfg = {**load_config("scenario_null", "tiny"), "tail": {"n_donors": 10}}
     with pytest.raises(ValueError, match="tail must be a table with"):
         scenario_null.check(cfg)

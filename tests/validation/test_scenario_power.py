@@ -11,6 +11,7 @@ import pytest
 
 from validation import scenario_power as sp
 from validation.config import load_config
+from validation.scenario_methods import r_unavailable
 from validation.scenarios import SCENARIOS
 
 SUMMARY_COLUMNS = {
@@ -169,17 +170,29 @@ def test_tiny_variant_writes_every_table(tiny_tables):
         assert set(g["question"]) == {SCENARIOS[sc].contrast}
         want = SCENARIOS[sc].de_cell_type if SCENARIOS[sc].contrast == "within" else "all"
         assert set(g["cell_type"]) == {want}
-    assert set(reps["method"]) == set(cfg["methods"])
+    skipped = r_unavailable(cfg["methods"])  # R methods where R or a package is missing
+    expected = [m for m in cfg["methods"] if m not in skipped]
+    assert set(reps["method"]) == set(expected)
+    limits = cfg["method_limits"]
     ran = reps[reps["n_no_p"] < reps["n_genes_tested"]]  # methods that gave p-values
-    assert (ran.groupby("scenario")["method"].nunique() >= len(cfg["methods"]) - 2).all()
-    assert (ran["n_de"] > 0).all() and (ran["n_genes_tested"] == cfg["n_genes"]).all()
-    assert ((ran["tpr_matched_0.05"] >= 0) & (ran["tpr_matched_0.05"] <= 1)).all()
-    assert (ran["discoveries_matched_0.05"] <= ran["discoveries_matched_0.1"]).all()
+    for sc, g in ran.groupby("scenario"):
+        want = {m for m in expected if sc in limits.get(m, {}).get("scenarios", [sc])}
+        assert set(g["method"]) <= want and len(want - set(g["method"])) <= 2, sc
+    subset = ran["method"].isin(["glmmtmb", "lmertest"])
+    # (a 5-gene subset may hold no DE gene)
+    assert (ran.loc[~subset, "n_de"] > 0).all()
+    assert (ran.loc[~subset, "n_genes_tested"] == cfg["n_genes"]).all()
+    assert (ran.loc[subset, "n_genes_tested"] == cfg["r_gene_subset"]).all()
+    tpr = ran["tpr_matched_0.05"]
+    assert (tpr.between(0, 1) | (tpr.isna() & (ran["n_de"] == 0))).all()
+    de = ran[ran["n_de"] > 0]
+    assert (de["discoveries_matched_0.05"] <= de["discoveries_matched_0.1"]).all()
     # the curves: one BH point per level and method, TPR non-decreasing along k
     bh = curves[curves["point"] == "bh"]
     assert set(bh["nominal"]) == {0.01, 0.05, 0.1}
     for _, c in curves[curves["point"] == "curve"].groupby(["scenario", "method"]):
-        assert np.all(np.diff(c["k"]) > 0) and np.all(np.diff(c["tpr"]) >= 0)
+        if c["tpr"].notna().any():  # (no TPR without a DE gene in a subset)
+            assert np.all(np.diff(c["k"]) > 0) and np.all(np.diff(c["tpr"]) >= 0)
     assert set(lfc["lfc_scale"]) <= {"log2", "ln", "log2_1p", "log2_expm1"}
 
 
