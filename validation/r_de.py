@@ -41,7 +41,9 @@ where the method gives none: edgeR), ``status`` (``ok``, ``all_zero``, ``cooks_o
 elapsed seconds R measured around the method's fit of all genes (R's start-up, package loading
 and input reading excluded), with ``.attrs["peak_mem_mb"]`` the peak RSS of the R process
 running all requested methods. As in :mod:`validation.r_tools`, every script is run as
-``Rscript <script> DIR`` through :func:`validation.measure.run_command`.
+``Rscript <script> DIR [DIR ...]`` through :func:`validation.measure.run_command`: the ``_jobs``
+runners give one R process several data sets (one folder each), so that the packages (DESeq2's
+~7 s above all) load once.
 
 A method that fails in R as a whole gives NaN p-values with status ``failed: <R's message>``;
 R itself failing (Rscript missing, a package missing, the script stopping) raises

@@ -18,6 +18,11 @@ Blocks
     method and scenario, the number of settings in which the method is calibrated
     (:func:`validation.scenario_report.setting_verdicts`) and the mean TPR at matched observed
     FDR 0.05.
+``scenarios-full``
+    The same table from the committed full run of the scenario stages (``validation/full/``,
+    written by ``python -m validation --full --only scenario_null --only scenario_power --out
+    validation/full``), headed by its revision and run time; whatever results a run writes,
+    this block reads the committed full results.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from validation.scenario_report import power_by_method, scenario_verdicts, setti
 from validation.summaries import method_label, percent
 
 README = REPO_ROOT / "README.md"
+#: the committed full run of the scenario stages
+FULL_DIR = REPO_ROOT / "validation" / "full"
 
 
 def six_methods_block(results_dir: Path) -> list[str]:
@@ -100,7 +107,31 @@ def scenarios_block(results_dir: Path) -> list[str]:
     ]
 
 
-BLOCKS = {"six-methods": six_methods_block, "scenarios": scenarios_block}
+def scenarios_full_block(_results_dir: Path) -> list[str]:
+    """The ``scenarios-full`` block (the module docstring)."""
+    import json
+
+    results = FULL_DIR / "results"
+    metas = [results / f"{name}.meta.json" for name in ("scenario_null", "scenario_power")]
+    if not all(m.exists() for m in metas):
+        return ["*No full run committed: `python -m validation --full --only scenario_null "
+                "--only scenario_power --out validation/full`.*"]  # fmt: skip
+    meta = [json.loads(m.read_text()) for m in metas]
+    revs = sorted({m["git_rev"] for m in meta})
+    head = (
+        f"Full variant, run from the clean tree at `{', '.join(revs)}`: calibration "
+        f"{meta[0]['seconds'] / 60:.0f} min and power {meta[1]['seconds'] / 60:.0f} min with "
+        f"{meta[0]['workers']} workers on {meta[0]['cpu_count']} cores; report "
+        "[`validation/full/REPORT.md`](validation/full/REPORT.md)."
+    )
+    return [head, ""] + scenarios_block(results)
+
+
+BLOCKS = {
+    "six-methods": six_methods_block,
+    "scenarios": scenarios_block,
+    "scenarios-full": scenarios_full_block,
+}
 
 
 def render(text: str, results_dir: Path) -> str:
