@@ -8,10 +8,10 @@ line the diagonal, read from the thinned coordinates of ``scenario_null_qq.csv.g
 (:func:`validation.scenario_null.qq_table`). ``fig_scenario_qq`` shows the setting with the
 most tests (the tail setting when the run has one; else the most donors, then the most cells
 per donor) and ``fig_scenario_qq_fewest_donors`` the fewest donors at the most cells per donor;
-the band drawn is that of the method with the most tests. How far the expected axis reaches is
-set by the number of tests n of a panel (−log10(0.5/n)): reaching −log10 p ≈ 5 needs about 10⁵
-tests, and the legend title says so when a panel has fewer. Observed values above a panel are
-drawn on its top edge.
+a band is drawn for each number of tests among the methods (overlapping where they agree). How
+far the expected axis reaches is set by the number of tests n of a panel (−log10(0.5/n)):
+reaching −log10 p ≈ 5 needs about 10⁵ tests, and the legend title says so when a panel has
+fewer. Observed values above a panel are drawn on its top edge.
 """
 
 from __future__ import annotations
@@ -60,12 +60,15 @@ def figure(df, fewest_donors: bool = False):
         n = int(sub["n_tests"].max()) if len(sub) else 0
         n_max = n if n_max is None else max(n_max, n)
         if n:
-            widest = sub[sub["n_tests"] == n]
-            widest = widest[widest["method"] == widest["method"].iloc[0]]
-            ex = widest["expected"].to_numpy(float)
+            # one band per number of tests: a method's band is that of its own n (the tail
+            # methods of a tail setting have many more tests than the others)
+            for n_k in sorted(set(sub["n_tests"].astype(int)), reverse=True):
+                one = sub[sub["n_tests"] == n_k]
+                one = one[one["method"] == one["method"].iloc[0]]
+                ax.fill_between(one["expected"], one["band_low"], one["band_high"],
+                                color=style.BAND_COLOR, lw=0, alpha=0.6)  # fmt: skip
+            ex = sub.loc[sub["n_tests"] == n, "expected"].to_numpy(float)
             top = max(2.0 * ex.max(), 3.0)
-            ax.fill_between(ex, widest["band_low"], widest["band_high"], color=style.BAND_COLOR,
-                            lw=0)  # fmt: skip
             ax.plot([0, ex.max()], [0, ex.max()], color=style.REFERENCE_COLOR, lw=0.8)
             for meth in methods:
                 q = sub[sub["method"] == meth]

@@ -40,10 +40,10 @@ where the method gives none: edgeR), ``status`` (``ok``, ``all_zero``, ``cooks_o
 ``warning: …``, ``failed: …``; the cell-level tables add ``df``) and ``.attrs["seconds"]``, the
 elapsed seconds R measured around the method's fit of all genes (R's start-up, package loading
 and input reading excluded), with ``.attrs["peak_mem_mb"]`` the peak RSS of the R process
-running all requested methods. As in :mod:`validation.r_tools`, every script is run as
-``Rscript <script> DIR [DIR ...]`` through :func:`validation.measure.run_command`: the ``_jobs``
-runners give one R process several data sets (one folder each), so that the packages (DESeq2's
-~7 s above all) load once.
+running all requested methods (on every job of a ``_jobs`` call). As in
+:mod:`validation.r_tools`, every script is run as ``Rscript <script> DIR [DIR ...]`` through
+:func:`validation.measure.run_command`: the ``_jobs`` runners give one R process several data
+sets (one folder each), so that the packages (DESeq2's ~7 s above all) load once.
 
 A method that fails in R as a whole gives NaN p-values with status ``failed: <R's message>``;
 R itself failing (Rscript missing, a package missing, the script stopping) raises
@@ -157,7 +157,8 @@ def _run(script: str, dirs: Sequence[Path], methods, genes_of) -> list:
     rscript = shutil.which("Rscript")
     if rscript is None:
         raise RuntimeError("R cannot run: Rscript not found")
-    res = run_command([rscript, str(SCRIPTS[script]), *map(str, dirs)], timeout=R_TIMEOUT)
+    res = run_command([rscript, str(SCRIPTS[script]), *map(str, dirs)],
+                      timeout=R_TIMEOUT * max(1, len(dirs)))  # fmt: skip
     if res.returncode == _NO_PACKAGE:
         note = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "a package"
         raise RuntimeError(f"R cannot run {', '.join(methods)}: {note}")

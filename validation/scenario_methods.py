@@ -682,6 +682,13 @@ def _r_batch(data: PreparedData, names, keys, run_jobs, jobs, genes) -> dict:
     out = {m: [] for m in names}
     try:
         results = run_jobs(jobs, methods=list(names))
+    except ValueError:  # a job R cannot take (named by its index): each job on its own
+        results = []
+        for job in jobs:
+            try:
+                results += run_jobs([job], methods=list(names))
+            except Exception as exc:  # noqa: BLE001 - R failing is data
+                results.append(exc)
     except Exception as exc:  # noqa: BLE001 - R failing is data
         results = [exc] * len(keys)
     for key, res in zip(keys, results, strict=True):

@@ -55,7 +55,13 @@ from validation.config import check_config, load_config
 from validation.mock_null import type1_table
 from validation.parallel import map_replicates, replicate_seeds
 from validation.provenance import write_table
-from validation.scenario_methods import METHODS, default_methods, r_unavailable, test_data
+from validation.scenario_methods import (
+    COLUMNS,
+    METHODS,
+    default_methods,
+    r_unavailable,
+    test_data,
+)
 from validation.scenarios import (
     CELLS_RANGE,
     CONTROL,
@@ -209,6 +215,9 @@ def _task(task: dict) -> tuple[pd.DataFrame, list[str]]:
                                        scenario=task["scenario"],
                                        cells_per_donor=task["cells_per_donor"],
                                        replicate=task["replicate"])  # fmt: skip
+    keys = {k: task[k] for k in KEYS} | {"replicate": task["replicate"]}
+    if not methods:  # every method limited out of this task
+        return pd.DataFrame(columns=[*keys, *COLUMNS]), skipped
     data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],
                              cells_per_donor=task["cells_per_donor"], n_genes=task["n_genes"],
                              seed=task["seed"], null=True)  # fmt: skip
@@ -218,7 +227,6 @@ def _task(task: dict) -> tuple[pd.DataFrame, list[str]]:
         methods=methods, min_cells=task["min_cells"],
         r_gene_subset=task["r_gene_subset"], seed=task["seed"],
     )  # fmt: skip
-    keys = {k: task[k] for k in KEYS} | {"replicate": task["replicate"]}
     tail = [f"tail: {task['n_genes']} genes, methods {list(methods)}"] if task["tail"] else []
     return res.assign(**keys)[[*keys, *res.columns]], tail + skipped + list(notes)
 
@@ -253,6 +261,20 @@ def check(config: dict) -> None:
             "replicates": (lambda v: int(v) >= 1, "an integer >= 1"),
             "methods": (lambda v: v in METHODS, f"names in {list(METHODS)}"),
         })  # fmt: skip
+        # the tail adds replicates to a setting of the grid, for methods the grid runs there
+        if (int(tail["n_donors"]), int(tail["cells_per_donor"])) not in {
+            (int(s), int(m)) for s in config["n_donors"] for m in config["cells_per_donor"]
+        }:
+            raise ValueError(f"{where}: tail's n_donors × cells_per_donor must be a setting of "
+                             "the grid")  # fmt: skip
+        grid_methods = config.get("methods", list(METHODS))
+        limits = config.get("method_limits", {})
+        bad = [m for m in tail["methods"]
+               if m not in grid_methods or "replicates" in limits.get(m, {})]  # fmt: skip
+        if bad:
+            raise ValueError(f"{where}: tail methods {bad} must be among methods and not "
+                             "bounded by method_limits' replicates (the tail's replicates come "
+                             "after the grid's)")  # fmt: skip
 
 
 def _tail_settings(config: dict, reps: int) -> list[tuple[str, int, int, int, int]]:

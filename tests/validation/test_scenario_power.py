@@ -11,7 +11,7 @@ import pytest
 
 from validation import scenario_power as sp
 from validation.config import load_config
-from validation.scenario_methods import r_unavailable
+from validation.scenario_methods import R_METHODS, r_unavailable
 from validation.scenarios import SCENARIOS
 
 SUMMARY_COLUMNS = {
@@ -178,6 +178,7 @@ def test_tiny_variant_writes_every_table(tiny_tables):
     for sc, g in ran.groupby("scenario"):
         want = {m for m in expected if sc in limits.get(m, {}).get("scenarios", [sc])}
         assert set(g["method"]) <= want and len(want - set(g["method"])) <= 2, sc
+        assert {m for m in want if m in R_METHODS} <= set(g["method"]), sc  # R ran where asked
     subset = ran["method"].isin(["glmmtmb", "lmertest"])
     # (a 5-gene subset may hold no DE gene)
     assert (ran.loc[~subset, "n_de"] > 0).all()

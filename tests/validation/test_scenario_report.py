@@ -42,19 +42,30 @@ def test_verdicts_correct_for_settings_and_need_the_replicates_to_agree():
         _row(10, 0.08, rep_lo=np.nan, n_rep=2, method="pseudobulk"),  # 2 replicates: Wilson
         _row(40, 0.05, tail3=int(tail_hi), method="pseudobulk"),  # at the upper end: fine
     ])  # fmt: skip
+    t["lo_0.05"] = [_wilson_low(x, 2000, 0.95) for x in t["type1_0.05"]]
+    t["lo_0.01"] = 0.0
+    t["tail_ok_0.001"] = [x <= stats.poisson.ppf(0.995, 2.0) for x in t["tail_0.001"]]
+    t["tail_ok_0.0001"] = True
     v = setting_verdicts(t).set_index(["method", "n_donors"])
     assert (v["k"] == k).all()
-    assert v.loc[("lmm", 4), "calibrated"]
-    assert not v.loc[("lmm", 10), "calibrated"]
-    assert v.loc[("lmm", 10), "reason"] == "type-I 8.0% at α = 0.05"
-    assert not v.loc[("lmm", 40), "calibrated"]
-    assert v.loc[("lmm", 40), "reason"].startswith(f"{int(tail_hi) + 1} p ≤ 0.001")
-    assert v.loc[("pseudobulk", 4), "calibrated"]
-    assert not v.loc[("pseudobulk", 10), "calibrated"]
-    assert v.loc[("pseudobulk", 40), "calibrated"]
+    corrected = v["calibrated_corrected"]
+    assert corrected[("lmm", 4)]
+    assert not corrected[("lmm", 10)]
+    assert v.loc[("lmm", 10), "reason_corrected"] == "type-I 8.0% at α = 0.05"
+    assert not corrected[("lmm", 40)]
+    assert v.loc[("lmm", 40), "reason_corrected"].startswith(f"{int(tail_hi) + 1} p ≤ 0.001")
+    assert corrected[("pseudobulk", 4)]
+    assert not corrected[("pseudobulk", 10)]
+    assert corrected[("pseudobulk", 40)]
+    # the plain rule (95% Wilson, 99% Poisson, no replicates): every 6.1% and 8% fails
+    plain = v["calibrated"]
+    assert not plain[("lmm", 4)] and not plain[("lmm", 10)] and not plain[("pseudobulk", 4)]
+    assert plain[("lmm", 40)] == (int(tail_hi) + 1 <= stats.poisson.ppf(0.995, 2.0))
+    assert not plain[("pseudobulk", 40)] or int(tail_hi) <= stats.poisson.ppf(0.995, 2.0)
     per = scenario_verdicts(v.reset_index()).set_index("method")
-    assert per.loc["lmm", "n_calibrated"] == 1 and not per.loc["lmm", "calibrated"]
-    assert per.loc["pseudobulk", "n_calibrated"] == 2
+    assert per.loc["lmm", "n_calibrated_corrected"] == 1
+    assert per.loc["pseudobulk", "n_calibrated_corrected"] == 2
+    assert per.loc["lmm", "n_calibrated"] == int(plain.loc["lmm"].sum())
 
 
 def test_verdicts_read_tables_without_replicate_columns():
@@ -62,6 +73,9 @@ def test_verdicts_read_tables_without_replicate_columns():
     t = pd.DataFrame([_row(4, 0.08), _row(10, 0.05)]).drop(
         columns=["n_replicates", "rep_lo_0.05", "rep_lo_0.01"]
     )
+    t["lo_0.05"], t["lo_0.01"] = [0.068, 0.041], 0.0
+    t["tail_ok_0.001"], t["tail_ok_0.0001"] = True, True
     v = setting_verdicts(t).set_index("n_donors")
+    assert not v.loc[4, "calibrated_corrected"] and v.loc[10, "calibrated_corrected"]
     assert not v.loc[4, "calibrated"] and v.loc[10, "calibrated"]
     assert (v["n_replicates"] == 0).all()
