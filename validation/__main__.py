@@ -11,6 +11,7 @@ examples:
   python -m validation --full --workers 8      # the paper's variant, hours
   python -m validation --only calibration      # one experiment, then figures and report
   python -m validation --tiny --out /tmp/v     # the test suite's variant, into a scratch folder
+  python -m validation --report-only --out validation/full   # redraw from the results there
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes for replicates (default: all cores)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="rerun stages that are up to date")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no experiment: redraw the figures, LaTeX tables and report (and "
+                   "the README's tables) from the results present")  # fmt: skip
     p.add_argument("--out", metavar="DIR",
                    help="write results, figures, tables and REPORT.md under DIR instead of "
                    "the repository's folders")  # fmt: skip
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     paths = OutputPaths.under(Path(args.out)) if args.out else OutputPaths.default()
     start = time.perf_counter()
     out = run_pipeline(args.variant, only=args.only, paths=paths, workers=args.workers,
-                       force=args.force, quiet=args.quiet)  # fmt: skip
+                       force=args.force, quiet=args.quiet,
+                       experiments=not args.report_only)  # fmt: skip
     print(
         f"{len(out['tables'])} tables, {len(out['figures'])} figure files drawn, "
         f"{len(out['tex'])} LaTeX tables, report {out['report']} "

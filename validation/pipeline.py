@@ -139,8 +139,9 @@ def make_figures(paths: OutputPaths, *, force: bool, quiet: bool) -> list[Path]:
 
 def run_pipeline(variant: str = "quick", *, only: list[str] | None = None,
                  paths: OutputPaths | None = None, workers: int = 1, force: bool = False,
-                 quiet: bool = False) -> dict:  # fmt: skip
-    """Run experiments (all, or ``only``), then figures, paper tables and the report.
+                 quiet: bool = False, experiments: bool = True) -> dict:  # fmt: skip
+    """Run experiments (all, or ``only``; none with ``experiments=False``), then figures, paper
+    tables and the report from the results present.
 
     Returns ``{"tables": [...], "figures": [...], "tex": [...], "report": Path}``.
     """
@@ -150,7 +151,7 @@ def run_pipeline(variant: str = "quick", *, only: list[str] | None = None,
     if unknown:
         raise ValueError(f"--only: unknown experiment(s) {unknown}; choose from {EXPERIMENTS}")
     tables = []
-    for name in names:
+    for name in names if experiments else []:
         tables += run_experiment(name, variant, paths, workers=workers, force=force,
                                  quiet=quiet)  # fmt: skip
     figures = make_figures(paths, force=force, quiet=quiet)

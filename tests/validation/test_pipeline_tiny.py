@@ -100,6 +100,16 @@ def test_second_run_skips_what_is_up_to_date(tiny_run, capsys):
     assert {p.name: p.read_text() for p in (tiny_run / "results").glob("*.meta.json")} == metas
 
 
+def test_report_only_redraws_without_running(tiny_run, capsys):
+    metas = {p.name: p.read_text() for p in (tiny_run / "results").glob("*.meta.json")}
+    (tiny_run / "REPORT.md").unlink()
+    assert main(["--tiny", "--out", str(tiny_run), "--report-only", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "up to date" not in err and "running" not in err  # no experiment was looked at
+    assert "[figures]" in err and (tiny_run / "REPORT.md").exists()
+    assert {p.name: p.read_text() for p in (tiny_run / "results").glob("*.meta.json")} == metas
+
+
 def test_unknown_experiment_is_a_clear_error(tmp_path, capsys):
     argv = ["--tiny", "--out", str(tmp_path), "--only", "calibraton"]
     assert main(argv) == 2
